@@ -1,0 +1,52 @@
+"""Every default value of kvsync, in one place.
+
+Servers, clients and stores read their defaults from here; nothing else hard-codes a
+limit or a timeout. Caps are server settings and can be raised per server.
+
+Example:
+    >>> from kvsync import defaults
+    >>> defaults.MAX_KEY_BYTES, defaults.MAX_VALUE_BYTES == 1 << 30
+    (4096, True)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BIGARRAY_BOUND",
+    "CONNECT_BACKOFF_MAX",
+    "CONNECT_BACKOFF_MIN",
+    "DEFAULT_HOST",
+    "DEFAULT_TIMEOUT",
+    "LISTEN_BACKLOG",
+    "MAX_FRAME_BYTES",
+    "MAX_KEYS_PER_REQUEST",
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "SERVER_DEATH_DETECT_SECONDS",
+    "SHUTDOWN_GRACE_SECONDS",
+]
+
+#: Seconds a store operation may take before it fails (torch and the reference use 300).
+DEFAULT_TIMEOUT: float = 300.0
+#: Address a store binds and dials when none is given.
+DEFAULT_HOST: str = "127.0.0.1"
+#: Keys must be shorter than 4 KiB (the reference document's limit).
+MAX_KEY_BYTES: int = 4096
+#: Values must be smaller than 1 GiB (the reference document's limit).
+MAX_VALUE_BYTES: int = 1 << 30
+#: A whole frame's payload may not exceed this (a value plus its key and field headers).
+MAX_FRAME_BYTES: int = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 4096
+#: Most keys one multi_get / multi_set / wait may name.
+MAX_KEYS_PER_REQUEST: int = 1 << 20
+#: listen() backlog of the server socket; sized for thousands of ranks connecting at once.
+LISTEN_BACKLOG: int = 4096
+#: Connect retries back off exponentially with full jitter between these bounds (seconds).
+CONNECT_BACKOFF_MIN: float = 0.01
+CONNECT_BACKOFF_MAX: float = 1.0
+#: A blocked client learns that its server died within this many seconds.
+SERVER_DEATH_DETECT_SECONDS: float = 2.0
+#: Seconds between SIGTERM and SIGKILL when the launcher stops its children.
+SHUTDOWN_GRACE_SECONDS: float = 5.0
+#: Arrays with more elements than this are split over all parameter servers
+#: (MXNet's MXNET_KVSTORE_BIGARRAY_BOUND default).
+BIGARRAY_BOUND: int = 1_000_000

@@ -1,0 +1,191 @@
+"""Every environment variable kvsync reads, in one place.
+
+Nothing else in kvsync touches ``os.environ``: code asks :func:`read` for a frozen
+:class:`Environment` snapshot (or passes its own mapping, which is how tests stay
+hermetic). The launcher writes the same names through :func:`worker_environment`.
+
+Example:
+    >>> from kvsync import env
+    >>> e = env.read({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "1",
+    ...               "WORLD_SIZE": "4"})
+    >>> (e.master_addr, e.master_port, e.rank, e.world_size)
+    ('127.0.0.1', 29500, 1, 4)
+    >>> env.read({}).rank is None
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "DMLC_NUM_SERVER",
+    "DMLC_NUM_WORKER",
+    "DMLC_PS_ROOT_PORT",
+    "DMLC_PS_ROOT_URI",
+    "DMLC_ROLE",
+    "GROUP_RANK",
+    "KVSYNC_BIGARRAY_BOUND",
+    "KVSYNC_SECRET",
+    "KVSYNC_STORE_ADDR",
+    "KVSYNC_STORE_PORT",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "MS_RECEIVE_MSG_TIMEOUT",
+    "RANK",
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "WORLD_SIZE",
+    "Environment",
+    "read",
+    "worker_environment",
+]
+
+MASTER_ADDR = "MASTER_ADDR"
+MASTER_PORT = "MASTER_PORT"
+RANK = "RANK"
+WORLD_SIZE = "WORLD_SIZE"
+LOCAL_RANK = "LOCAL_RANK"
+LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+GROUP_RANK = "GROUP_RANK"
+#: The reference document's per-message receive timeout, in seconds.
+MS_RECEIVE_MSG_TIMEOUT = "MS_RECEIVE_MSG_TIMEOUT"
+#: Set by torchrun when its agent already serves a torch store on MASTER_PORT.
+TORCHELASTIC_USE_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
+#: Where kvsync's own store server listens when it is not MASTER_ADDR:MASTER_PORT.
+KVSYNC_STORE_ADDR = "KVSYNC_STORE_ADDR"
+KVSYNC_STORE_PORT = "KVSYNC_STORE_PORT"
+#: Shared secret for the HMAC handshake (optional).
+KVSYNC_SECRET = "KVSYNC_SECRET"
+#: Arrays with more elements than this are split over all parameter servers.
+KVSYNC_BIGARRAY_BOUND = "KVSYNC_BIGARRAY_BOUND"
+DMLC_ROLE = "DMLC_ROLE"
+DMLC_NUM_WORKER = "DMLC_NUM_WORKER"
+DMLC_NUM_SERVER = "DMLC_NUM_SERVER"
+DMLC_PS_ROOT_URI = "DMLC_PS_ROOT_URI"
+DMLC_PS_ROOT_PORT = "DMLC_PS_ROOT_PORT"
+
+
+def _int(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _float(environ: Mapping[str, str], name: str) -> float | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def _str(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name, "").strip()
+    return raw or None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A snapshot of the variables kvsync understands; ``None`` where unset.
+
+    Attributes mirror the variable names in lower case; see the module constants.
+    """
+
+    master_addr: str | None = None
+    master_port: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
+    local_world_size: int | None = None
+    group_rank: int | None = None
+    receive_timeout: float | None = None
+    use_agent_store: bool = False
+    store_addr: str | None = None
+    store_port: int | None = None
+    secret: str | None = None
+    bigarray_bound: int | None = None
+    dmlc_role: str | None = None
+    dmlc_num_worker: int | None = None
+    dmlc_num_server: int | None = None
+    dmlc_ps_root_uri: str | None = None
+    dmlc_ps_root_port: int | None = None
+
+
+def read(environ: Mapping[str, str] | None = None) -> Environment:
+    """Read kvsync's variables from ``environ`` (default: the process environment).
+
+    Raises:
+        ValueError: a variable that must be a number is not one; the message names it.
+
+    Example:
+        >>> read({"MS_RECEIVE_MSG_TIMEOUT": "30"}).receive_timeout
+        30.0
+    """
+    src: Mapping[str, str] = os.environ if environ is None else environ
+    return Environment(
+        master_addr=_str(src, MASTER_ADDR),
+        master_port=_int(src, MASTER_PORT),
+        rank=_int(src, RANK),
+        world_size=_int(src, WORLD_SIZE),
+        local_rank=_int(src, LOCAL_RANK),
+        local_world_size=_int(src, LOCAL_WORLD_SIZE),
+        group_rank=_int(src, GROUP_RANK),
+        receive_timeout=_float(src, MS_RECEIVE_MSG_TIMEOUT),
+        use_agent_store=(_str(src, TORCHELASTIC_USE_AGENT_STORE) or "").lower()
+        in ("1", "true"),
+        store_addr=_str(src, KVSYNC_STORE_ADDR),
+        store_port=_int(src, KVSYNC_STORE_PORT),
+        secret=_str(src, KVSYNC_SECRET),
+        bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),
+        dmlc_role=_str(src, DMLC_ROLE),
+        dmlc_num_worker=_int(src, DMLC_NUM_WORKER),
+        dmlc_num_server=_int(src, DMLC_NUM_SERVER),
+        dmlc_ps_root_uri=_str(src, DMLC_PS_ROOT_URI),
+        dmlc_ps_root_port=_int(src, DMLC_PS_ROOT_PORT),
+    )
+
+
+def worker_environment(
+    *,
+    master_addr: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    local_world_size: int,
+    group_rank: int,
+    role: str = "worker",
+    num_servers: int = 0,
+) -> dict[str, str]:
+    """The variables the launcher exports to one child process (merged over its own).
+
+    Example:
+        >>> e = worker_environment(master_addr="127.0.0.1", master_port=5, rank=1,
+        ...     world_size=2, local_rank=1, local_world_size=2, group_rank=0)
+        >>> e["RANK"], e["DMLC_ROLE"], e["DMLC_NUM_WORKER"]
+        ('1', 'worker', '2')
+    """
+    return {
+        MASTER_ADDR: master_addr,
+        MASTER_PORT: str(master_port),
+        RANK: str(rank),
+        WORLD_SIZE: str(world_size),
+        LOCAL_RANK: str(local_rank),
+        LOCAL_WORLD_SIZE: str(local_world_size),
+        GROUP_RANK: str(group_rank),
+        DMLC_ROLE: role,
+        DMLC_NUM_WORKER: str(world_size),
+        DMLC_NUM_SERVER: str(num_servers),
+        DMLC_PS_ROOT_URI: master_addr,
+        DMLC_PS_ROOT_PORT: str(master_port),
+    }

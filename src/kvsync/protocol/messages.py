@@ -1,0 +1,305 @@
+"""The messages of kvsync's wire protocol: small frozen dataclasses, one per opcode.
+
+This module is the contract between the codec (``kvsync.protocol``), the server's pure state
+machine (``kvsync.server``) and the client (``kvsync.client``). It holds no I/O and no
+encoding logic. Field types are restricted to what the codec knows how to lay out:
+``str`` (UTF-8), ``Buffer`` (raw bytes; decoded as a zero-copy ``memoryview``), ``int``
+(signed 64-bit), ``bool``, ``tuple[str, ...]`` and ``tuple[Buffer, ...]``.
+
+Blocking requests carry ``timeout_ms``: how long the server may park them before it answers
+with a timeout error. It is always given (no request waits forever) and is ``>= 0``.
+
+Opcodes 0x01-0x0F are the connection handshake, 0x10-0x3F the Store API, 0x40-0x7F are
+reserved for the parameter-server messages, 0x80-0xFF are replies.
+
+Example:
+    >>> from kvsync.protocol.messages import Set, Opcode, OPCODE_OF
+    >>> msg = Set(key="a", value=b"1")
+    >>> OPCODE_OF[type(msg)] is Opcode.SET
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TypeAlias
+
+__all__ = [
+    "MESSAGE_OF",
+    "OPCODE_OF",
+    "Add",
+    "Append",
+    "Buffer",
+    "Check",
+    "CompareSet",
+    "DeleteKey",
+    "ErrorReply",
+    "Get",
+    "IntReply",
+    "KeysReply",
+    "ListKeys",
+    "Message",
+    "MultiGet",
+    "MultiSet",
+    "NumKeys",
+    "OkReply",
+    "Opcode",
+    "Ping",
+    "QueueLen",
+    "QueuePop",
+    "QueuePush",
+    "Set",
+    "ValueReply",
+    "ValuesReply",
+    "Wait",
+]
+
+#: Raw bytes on the wire. Encoders accept any of these; decoders return ``memoryview``
+#: slices of the received frame (no copy).
+Buffer: TypeAlias = "bytes | bytearray | memoryview"
+
+
+class Opcode(IntEnum):
+    """One byte in every frame header saying which message the payload holds."""
+
+    # Store API requests
+    SET = 0x10
+    GET = 0x11
+    ADD = 0x12
+    COMPARE_SET = 0x13
+    WAIT = 0x14
+    CHECK = 0x15
+    DELETE_KEY = 0x16
+    NUM_KEYS = 0x17
+    MULTI_GET = 0x18
+    MULTI_SET = 0x19
+    APPEND = 0x1A
+    LIST_KEYS = 0x1B
+    QUEUE_PUSH = 0x1C
+    QUEUE_POP = 0x1D
+    QUEUE_LEN = 0x1E
+    PING = 0x1F
+    # Replies
+    OK = 0x80
+    VALUE = 0x81
+    VALUES = 0x82
+    INT = 0x83
+    KEYS = 0x84
+    ERROR = 0xFF
+
+
+# --- Store API requests -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    """Store ``value`` under ``key``, overwriting. Reply: :class:`OkReply`."""
+
+    key: str
+    value: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Read ``key``. With ``block`` the server waits up to ``timeout_ms`` for the key to
+    exist (torch semantics); without it a missing key reads as ``b""`` (the reference
+    document's semantics). Reply: :class:`ValueReply`."""
+
+    key: str
+    block: bool
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Add:
+    """Add ``amount`` to the decimal integer stored under ``key`` (missing reads as 0),
+    store the result as decimal text. Reply: :class:`IntReply` with the new value."""
+
+    key: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompareSet:
+    """Set ``key`` to ``desired`` if its value equals ``expected`` (a missing key matches
+    an empty ``expected``). Reply: :class:`ValueReply` with the value now stored (or
+    ``expected`` echoed back when the key is missing and ``expected`` is not empty, as
+    torch does)."""
+
+    key: str
+    expected: Buffer
+    desired: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Park until every key exists or ``timeout_ms`` passes. Reply: :class:`OkReply`, or
+    an :class:`ErrorReply` (TIMEOUT) naming the keys still missing."""
+
+    keys: tuple[str, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Whether every key exists, without waiting. Reply: :class:`IntReply` (1 or 0)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKey:
+    """Delete ``key``. Reply: :class:`IntReply` (1 if it existed, else 0)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NumKeys:
+    """Count the keys stored (queues included). Reply: :class:`IntReply`."""
+
+
+@dataclass(frozen=True, slots=True)
+class MultiGet:
+    """Read several keys at once; ``block`` and ``timeout_ms`` as in :class:`Get`.
+    Reply: :class:`ValuesReply` in the order of ``keys``."""
+
+    keys: tuple[str, ...]
+    block: bool
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MultiSet:
+    """Set several keys at once, atomically. ``keys`` and ``values`` have equal length.
+    Reply: :class:`OkReply`."""
+
+    keys: tuple[str, ...]
+    values: tuple[Buffer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Append ``value`` to the bytes stored under ``key`` (missing: set it).
+    Reply: :class:`OkReply`."""
+
+    key: str
+    value: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class ListKeys:
+    """Every key stored. Reply: :class:`KeysReply`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePush:
+    """Push ``value`` at the tail of the queue ``key``. Reply: :class:`OkReply`."""
+
+    key: str
+    value: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePop:
+    """Pop the head of the queue ``key``; with ``block`` wait up to ``timeout_ms`` for an
+    item. Reply: :class:`ValueReply`, or an :class:`ErrorReply` (TIMEOUT, or
+    INVALID_ARGUMENT "queue is empty" without ``block``)."""
+
+    key: str
+    block: bool
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLen:
+    """Number of items in the queue ``key`` (0 if missing). Reply: :class:`IntReply`."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness check. Reply: :class:`OkReply`."""
+
+
+# --- Replies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OkReply:
+    """The request was carried out and has no result."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValueReply:
+    """One value."""
+
+    value: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class ValuesReply:
+    """Several values, in request order."""
+
+    values: tuple[Buffer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IntReply:
+    """One integer (counts, booleans as 0/1, ``add`` results)."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeysReply:
+    """A list of keys."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """The request failed: ``code`` is a :class:`kvsync.errors.ErrorCode`, ``message``
+    names the key, peer or limit involved."""
+
+    code: int
+    message: str
+
+
+Message: TypeAlias = (
+    "Set | Get | Add | CompareSet | Wait | Check | DeleteKey | NumKeys | MultiGet | MultiSet"
+    " | Append | ListKeys | QueuePush | QueuePop | QueueLen | Ping | OkReply | ValueReply"
+    " | ValuesReply | IntReply | KeysReply | ErrorReply"
+)
+
+#: opcode -> message class, for the decoder's dispatch table.
+MESSAGE_OF: dict[Opcode, type] = {
+    Opcode.SET: Set,
+    Opcode.GET: Get,
+    Opcode.ADD: Add,
+    Opcode.COMPARE_SET: CompareSet,
+    Opcode.WAIT: Wait,
+    Opcode.CHECK: Check,
+    Opcode.DELETE_KEY: DeleteKey,
+    Opcode.NUM_KEYS: NumKeys,
+    Opcode.MULTI_GET: MultiGet,
+    Opcode.MULTI_SET: MultiSet,
+    Opcode.APPEND: Append,
+    Opcode.LIST_KEYS: ListKeys,
+    Opcode.QUEUE_PUSH: QueuePush,
+    Opcode.QUEUE_POP: QueuePop,
+    Opcode.QUEUE_LEN: QueueLen,
+    Opcode.PING: Ping,
+    Opcode.OK: OkReply,
+    Opcode.VALUE: ValueReply,
+    Opcode.VALUES: ValuesReply,
+    Opcode.INT: IntReply,
+    Opcode.KEYS: KeysReply,
+    Opcode.ERROR: ErrorReply,
+}
+
+#: message class -> opcode, for the encoder.
+OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}

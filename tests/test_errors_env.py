@@ -1,0 +1,36 @@
+"""Specification of kvsync.errors and kvsync.env."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsync import env, errors
+
+
+@pytest.mark.parametrize("code", list(errors.ErrorCode))
+def test_every_error_code_round_trips_to_a_kvsync_error(code: errors.ErrorCode) -> None:
+    exc = errors.error_from_code(code, "msg")
+    assert isinstance(exc, errors.KVSyncError)
+    assert str(exc) == "msg"
+
+
+def test_timeouts_connections_and_caps_subclass_the_builtins() -> None:
+    assert issubclass(errors.StoreTimeoutError, TimeoutError)
+    assert issubclass(errors.StoreConnectionError, ConnectionError)
+    assert issubclass(errors.LimitExceededError, ValueError)
+    assert issubclass(errors.UninitializedKeyError, KeyError)
+
+
+def test_code_for_maps_subclasses_to_their_nearest_known_parent() -> None:
+    assert errors.code_for(errors.VersionMismatchError("v")) is errors.ErrorCode.VERSION_MISMATCH
+    assert errors.code_for(RuntimeError("x")) is errors.ErrorCode.SERVER
+    assert errors.code_for(TypeError("x")) is errors.ErrorCode.KEY_TYPE
+
+
+def test_env_read_rejects_non_integer_rank_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="RANK"):
+        env.read({"RANK": "zero"})
+
+
+def test_env_read_ignores_blank_values() -> None:
+    assert env.read({"MASTER_PORT": "  "}).master_port is None
