@@ -189,7 +189,7 @@ def code_for(exc: BaseException) -> ErrorCode:
     """
     for cls in type(exc).__mro__:
         if cls in _CODE_OF_CLASS:
-            return _CODE_OF_CLASS[cls]  # type: ignore[index]
+            return _CODE_OF_CLASS[cls]
     builtin: dict[type[BaseException], ErrorCode] = {
         TimeoutError: ErrorCode.TIMEOUT,
         TypeError: ErrorCode.KEY_TYPE,
