@@ -64,10 +64,17 @@ COMMONS = {
 }
 
 
+@pytest.fixture(params=["whole-arrays", "small-blocks"])
+def blocking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run once on whole arrays and once split into 5-element blocks (several per array)."""
+    if request.param == "small-blocks":
+        monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 40)
+
+
 @pytest.mark.parametrize("common", list(COMMONS.values()), ids=list(COMMONS))
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
 def test_update_rule_matches_float64_reference(
-    variant: tuple[str, dict[str, Any]], common: dict[str, Any]
+    variant: tuple[str, dict[str, Any]], common: dict[str, Any], blocking: None
 ) -> None:
     name, extra = variant
     ours, ref = _train(name, extra, common)
@@ -172,3 +179,21 @@ def test_set_learning_rate_refuses_when_a_scheduler_drives_it() -> None:
     plain = optimizer.SGD()
     plain.set_learning_rate(0.2)
     assert plain.learning_rate == 0.2
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_non_contiguous_weights_are_updated_in_place(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 16)
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((6, 4))
+    view = base.T  # not C-contiguous
+    dense = view.copy()
+    grads = [rng.standard_normal((4, 6)) for _ in range(3)]
+    for w in (view, dense):
+        upd = optimizer.get_updater(optimizer.create(name, wd=0.01))
+        for g in grads:
+            upd(0, g, w)
+    np.testing.assert_allclose(base.T, dense, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(dense, rng.standard_normal((4, 6)))

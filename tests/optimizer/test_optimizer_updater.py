@@ -62,6 +62,12 @@ CASES = [(v, np.float32, False) for v in VARIANTS] + [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split the 12-element test arrays into several blocks."""
+    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 16)
+
+
 @pytest.mark.parametrize("dump", [False, True], ids=["states-only", "dump-optimizer"])
 @pytest.mark.parametrize(
     "case", CASES, ids=[f"{variant_id(v)}-{np.dtype(d).name}" for v, d, _ in CASES]
