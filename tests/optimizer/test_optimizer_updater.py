@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -257,3 +258,39 @@ def test_float16_without_multi_precision_updates_in_float16_and_warns_once(
             upd(key, np.ones(2, np.float16), np.ones(2, np.float16))
     assert [s.dtype for s in upd.states[0]] == [np.float16, np.float16]  # type: ignore[union-attr]
     assert sum("multi_precision" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_concurrent_updates_of_distinct_keys_match_sequential_updates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 64)
+    rng = np.random.default_rng(9)
+    keys = list(range(4))
+    init = {k: rng.standard_normal(50) for k in keys}
+    grads = {k: [rng.standard_normal(50) for _ in range(20)] for k in keys}
+
+    def train(parallel: bool) -> tuple[dict[int, np.ndarray], optimizer.Updater]:
+        upd = optimizer.get_updater(optimizer.create("adam", wd=0.01))
+        ws = {k: v.copy() for k, v in init.items()}
+
+        def run(k: int) -> None:
+            for g in grads[k]:
+                upd(k, g, ws[k])
+
+        if parallel:
+            threads = [threading.Thread(target=run, args=(k,)) for k in keys]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            assert not any(t.is_alive() for t in threads)
+        else:
+            for k in keys:
+                run(k)
+        return ws, upd
+
+    (seq, _), (par, upd) = train(False), train(True)
+    assert upd.optimizer.num_update == 20
+    assert upd.optimizer.update_counts == dict.fromkeys(keys, 20)
+    for k in keys:
+        assert seq[k].tobytes() == par[k].tobytes()
