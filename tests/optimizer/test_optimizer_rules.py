@@ -167,9 +167,19 @@ def test_integer_weights_are_rejected() -> None:
         upd(0, np.ones(3), np.ones(3, dtype=np.int64))
 
 
-def test_negative_clip_gradient_is_rejected() -> None:
-    with pytest.raises(ValueError, match="clip_gradient"):
-        optimizer.SGD(clip_gradient=-1.0)
+@pytest.mark.parametrize("off", [None, 0, -1.0])
+def test_clip_gradient_none_or_non_positive_means_no_clipping(off: float | None) -> None:
+    opt = optimizer.SGD(learning_rate=1.0, clip_gradient=off)
+    assert opt.clip_gradient is None and opt.to_config()["params"]["clip_gradient"] is None
+    w = np.zeros(2)
+    opt.update(0, w, np.array([5.0, -7.0]), None)
+    assert w.tolist() == [-5.0, 7.0]
+
+
+def test_non_positive_lamb_bounds_and_clip_weights_are_off() -> None:
+    lamb = optimizer.LAMB(lower_bound=0.0, upper_bound=-1.0)
+    assert (lamb.lower_bound, lamb.upper_bound) == (None, None)
+    assert optimizer.RMSProp(clip_weights=0).clip_weights is None
 
 
 def test_set_learning_rate_refuses_when_a_scheduler_drives_it() -> None:

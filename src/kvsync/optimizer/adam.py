@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.optimizer.base import Index, Optimizer, State
+from kvsync.optimizer.base import Index, Optimizer, State, positive_or_none
 from kvsync.optimizer.registry import register
 
 __all__ = ["LAMB", "Adam", "AdamW"]
@@ -198,8 +198,8 @@ class LAMB(_AdamBase):
     Args:
         learning_rate: Default 0.001.
         beta1: 0.9. beta2: 0.999. epsilon: 1e-6.
-        lower_bound: Lower clamp of ``r1`` (None: none).
-        upper_bound: Upper clamp of ``r1`` (None: none).
+        lower_bound: Lower clamp of ``r1`` (None or <= 0: none).
+        upper_bound: Upper clamp of ``r1`` (None or <= 0: none).
         bias_correction: Default True.
         **kwargs: :class:`~kvsync.optimizer.base.Optimizer` arguments.
 
@@ -224,8 +224,8 @@ class LAMB(_AdamBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate, beta1, beta2, epsilon, **kwargs)
-        self.lower_bound = None if lower_bound is None else float(lower_bound)
-        self.upper_bound = None if upper_bound is None else float(upper_bound)
+        self.lower_bound = positive_or_none(lower_bound)
+        self.upper_bound = positive_or_none(upper_bound)
         self.bias_correction = bool(bias_correction)
 
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
@@ -245,9 +245,9 @@ class LAMB(_AdamBase):
             w_sq += float(np.vdot(w, w))
             u_sq += float(np.vdot(u, u))
         r1 = math.sqrt(w_sq)
-        if self.lower_bound:
+        if self.lower_bound is not None:
             r1 = max(r1, self.lower_bound)
-        if self.upper_bound:
+        if self.upper_bound is not None:
             r1 = min(r1, self.upper_bound)
         r2 = math.sqrt(u_sq)
         scale = lr * (r1 / r2 if r1 != 0.0 and r2 != 0.0 else 1.0)

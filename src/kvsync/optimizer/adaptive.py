@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.optimizer.base import Index, Optimizer, State
+from kvsync.optimizer.base import Index, Optimizer, State, positive_or_none
 from kvsync.optimizer.registry import register
 
 __all__ = ["AdaDelta", "AdaGrad", "RMSProp"]
@@ -108,7 +108,7 @@ class RMSProp(Optimizer):
         gamma2: Momentum of ``delta`` (centered only; 0.9).
         epsilon: Added inside the square root (1e-8).
         centered: Use Graves' centered variant.
-        clip_weights: Clip the weight after each step (None: no clipping).
+        clip_weights: Clip the weight after each step (None or <= 0: no clipping).
         **kwargs: :class:`~kvsync.optimizer.base.Optimizer` arguments.
 
     Example:
@@ -135,7 +135,7 @@ class RMSProp(Optimizer):
         self.gamma2 = float(gamma2)
         self.epsilon = float(epsilon)
         self.centered = bool(centered)
-        self.clip_weights = None if clip_weights is None else float(clip_weights)
+        self.clip_weights = positive_or_none(clip_weights)
 
     def create_state(self, index: Index, weight: _Array) -> State:
         """``(n,)`` or, centered, ``(n, m, delta)``; zeros like ``weight``."""
@@ -168,7 +168,7 @@ class RMSProp(Optimizer):
                 np.divide(g, tmp, out=g)
                 g *= lr
                 w -= g
-            if self.clip_weights:
+            if self.clip_weights is not None:
                 np.clip(w, -self.clip_weights, self.clip_weights, out=w)
 
     def _centered_step(

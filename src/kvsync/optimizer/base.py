@@ -36,7 +36,7 @@ from kvsync.errors import KeyTypeError, ShapeMismatchError
 from kvsync.optimizer.lr_scheduler import LRScheduler
 from kvsync.optimizer.workspace import Workspace
 
-__all__ = ["BLOCK_BYTES", "Index", "Optimizer", "State", "check_index"]
+__all__ = ["BLOCK_BYTES", "Index", "Optimizer", "State", "check_index", "positive_or_none"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,16 @@ def check_index(index: object) -> Index:
     raise KeyTypeError(f"optimizer index must be an int or str, got {index!r}")
 
 
+def positive_or_none(value: float | None) -> float | None:
+    """``float(value)`` if it is > 0, else None: MXNet's "a bound <= 0 is no bound".
+
+    Example:
+        >>> positive_or_none(2), positive_or_none(0.0), positive_or_none(-1), positive_or_none(None)
+        (2.0, None, None, None)
+    """
+    return None if value is None or float(value) <= 0 else float(value)
+
+
 class Optimizer(ABC):
     """Base class of all optimizers.
 
@@ -78,14 +88,16 @@ class Optimizer(ABC):
             scheduler, it overrides the scheduler's ``base_lr``.
         wd: Weight decay (L2) coefficient.
         rescale_grad: Gradients are multiplied by this first (often ``1/batch_size``).
-        clip_gradient: Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``.
+        clip_gradient: Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``;
+            None or a value <= 0 turns clipping off (as in MXNet's update operators).
         lr_scheduler: An :class:`~kvsync.optimizer.lr_scheduler.LRScheduler`, called with
             ``num_update``.
         multi_precision: Keep a float32 master copy of float16 weights and update it.
         begin_num_update: Starting value of every update counter.
 
     Raises:
-        ValueError: for a negative ``clip_gradient`` or ``begin_num_update``.
+        ValueError: for a negative ``begin_num_update``.
+        TypeError: if ``lr_scheduler`` is not an LRScheduler.
 
     Example:
         >>> from kvsync.optimizer import SGD, FactorScheduler
@@ -108,8 +120,6 @@ class Optimizer(ABC):
         multi_precision: bool = False,
         begin_num_update: int = 0,
     ) -> None:
-        if clip_gradient is not None and float(clip_gradient) < 0:
-            raise ValueError(f"clip_gradient must be None or >= 0, got {clip_gradient}")
         if (
             isinstance(begin_num_update, bool)
             or not isinstance(begin_num_update, int)
@@ -133,7 +143,7 @@ class Optimizer(ABC):
         self.lr = float(learning_rate)
         self.wd = float(wd)
         self.rescale_grad = float(rescale_grad)
-        self.clip_gradient = None if clip_gradient is None else float(clip_gradient)
+        self.clip_gradient = positive_or_none(clip_gradient)
         self.multi_precision = bool(multi_precision)
         self.begin_num_update = begin_num_update
         self.num_update = begin_num_update
