@@ -68,7 +68,7 @@ COMMONS = {
 def blocking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run once on whole arrays and once split into 5-element blocks (several per array)."""
     if request.param == "small-blocks":
-        monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 40)
+        monkeypatch.setattr(optimizer.blocks, "BLOCK_BYTES", 40)
 
 
 @pytest.mark.parametrize("common", list(COMMONS.values()), ids=list(COMMONS))
@@ -195,7 +195,7 @@ def test_set_learning_rate_refuses_when_a_scheduler_drives_it() -> None:
 def test_non_contiguous_weights_are_updated_in_place(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(optimizer.blocks, "BLOCK_BYTES", 16)
     rng = np.random.default_rng(1)
     base = rng.standard_normal((6, 4))
     view = base.T  # not C-contiguous

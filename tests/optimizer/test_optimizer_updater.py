@@ -66,7 +66,7 @@ CASES = [(v, np.float32, False) for v in VARIANTS] + [
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Split the 12-element test arrays into several blocks."""
-    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(optimizer.blocks, "BLOCK_BYTES", 16)
 
 
 @pytest.mark.parametrize("dump", [False, True], ids=["states-only", "dump-optimizer"])
@@ -263,7 +263,7 @@ def test_float16_without_multi_precision_updates_in_float16_and_warns_once(
 def test_concurrent_updates_of_distinct_keys_match_sequential_updates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(optimizer.base, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(optimizer.blocks, "BLOCK_BYTES", 64)
     rng = np.random.default_rng(9)
     keys = list(range(4))
     init = {k: rng.standard_normal(50) for k in keys}

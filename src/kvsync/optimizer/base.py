@@ -5,8 +5,8 @@ An optimizer owns the hyper-parameters shared by every update rule (``learning_r
 ``lr_mult``/``wd_mult``, ``multi_precision``) and the update counters: each call of
 ``update`` for an index bumps that index's count, and ``num_update`` is the largest count,
 which drives the scheduler. Subclasses implement ``create_state`` and ``update`` with
-vectorised, in-place numpy, block by block over big arrays (:meth:`Optimizer._blocks`);
-temporaries come from a per-thread :class:`Workspace`.
+vectorised, in-place numpy, block by block over big arrays, with the helpers of
+:class:`~kvsync.optimizer.blocks.BlockKernels`.
 
 Optimizers travel as a registered name plus JSON-able parameters (:meth:`to_config`,
 :meth:`Optimizer.from_config`), never as pickle.
@@ -26,24 +26,19 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.errors import KeyTypeError, ShapeMismatchError
+from kvsync.errors import KeyTypeError
+from kvsync.optimizer.blocks import BlockKernels, Workspace
 from kvsync.optimizer.lr_scheduler import LRScheduler
-from kvsync.optimizer.workspace import Workspace
 
-__all__ = ["BLOCK_BYTES", "Index", "Optimizer", "State", "check_index", "positive_or_none"]
+__all__ = ["Index", "Optimizer", "State", "check_index", "positive_or_none"]
 
 logger = logging.getLogger(__name__)
-
-#: Big arrays are updated in blocks of this many bytes (per array), so that the update's
-#: temporaries stay in the CPU cache: about 1.5x faster than whole-array passes at 64M
-#: elements, and the scratch memory stays small.
-BLOCK_BYTES = 1 << 21
 
 #: A parameter's index: an int or str key of the KVStore.
 Index: TypeAlias = int | str
@@ -79,7 +74,7 @@ def positive_or_none(value: float | None) -> float | None:
     return None if value is None or float(value) <= 0 else float(value)
 
 
-class Optimizer(ABC):
+class Optimizer(BlockKernels, ABC):
     """Base class of all optimizers.
 
     Args:
@@ -312,79 +307,6 @@ class Optimizer(ABC):
             np.copyto(weight, state[0], casting="same_kind")
         else:
             self.update(index, weight, grad, state)
-
-    # ------------------------------------------------------------ kernel helpers
-    def _zeros(self, index: Index, weight: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """A zero state array like ``weight``.
-
-        Raises:
-            TypeError: if ``weight`` is not a floating-point numpy array.
-        """
-        if not isinstance(weight, np.ndarray) or not np.issubdtype(weight.dtype, np.floating):
-            raise TypeError(
-                f"index {index!r}: optimizers update floating-point numpy arrays, "
-                f"got {getattr(weight, 'dtype', type(weight))}"
-            )
-        return np.zeros(weight.shape, dtype=weight.dtype)
-
-    def _blocks(
-        self,
-        index: Index,
-        weight: npt.NDArray[Any],
-        grad: npt.NDArray[Any],
-        *states: npt.NDArray[Any],
-    ) -> Iterator[tuple[npt.NDArray[Any], ...]]:
-        """Yield ``(weight, grad, *states)`` as matching cache-sized blocks (views).
-
-        Raises:
-            ShapeMismatchError: if grad or a state does not have the weight's shape.
-        """
-        for what, arr in (("gradient", grad), *(("state", s) for s in states)):
-            if arr.shape != weight.shape:
-                raise ShapeMismatchError(
-                    f"index {index!r}: {what} shape {arr.shape} != weight shape {weight.shape}"
-                )
-        arrays = (weight, grad, *states)
-        step = max(1, BLOCK_BYTES // weight.itemsize)
-        if weight.size <= step or not all(a.flags.c_contiguous for a in arrays):
-            yield arrays
-            return
-        flat = [a.reshape(-1) for a in arrays]
-        for start in range(0, weight.size, step):
-            yield tuple(a[start : start + step] for a in flat)
-
-    def _tmp(self, slot: str, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        return self._workspace.get(slot, like.shape, like.dtype)
-
-    def _grad(
-        self, weight: npt.NDArray[Any], grad: npt.NDArray[Any], scale: float = 1.0
-    ) -> npt.NDArray[Any]:
-        """Scratch block ``clip(rescale_grad * grad, clip_gradient) * scale``, computed in
-        the weight's dtype."""
-        out = self._tmp("g", weight)
-        if self.clip_gradient is None:
-            np.multiply(grad, self.rescale_grad * scale, out=out, dtype=out.dtype)
-            return out
-        np.multiply(grad, self.rescale_grad, out=out, dtype=out.dtype)
-        np.clip(out, -self.clip_gradient, self.clip_gradient, out=out)
-        if scale != 1.0:
-            out *= scale
-        return out
-
-    def _grad_wd_clipped(
-        self, weight: npt.NDArray[Any], grad: npt.NDArray[Any], wd: float
-    ) -> npt.NDArray[Any]:
-        """Scratch block ``clip(rescale_grad * grad + wd * weight, clip_gradient)``
-        (Adam's and RMSProp's order: weight decay before clipping)."""
-        out = self._tmp("g", weight)
-        np.multiply(grad, self.rescale_grad, out=out, dtype=out.dtype)
-        if wd:
-            tmp = self._tmp("t", weight)
-            np.multiply(weight, wd, out=tmp)
-            out += tmp
-        if self.clip_gradient is not None:
-            np.clip(out, -self.clip_gradient, self.clip_gradient, out=out)
-        return out
 
     # ------------------------------------------------------------------------ config
     @abstractmethod
