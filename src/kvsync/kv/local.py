@@ -108,8 +108,10 @@ class LocalKVStore(KVStoreBase):
     NAMES: ClassVar[tuple[str, ...]] = ("local", "device")
 
     def __init__(self, name: str = "local") -> None:
-        if name not in self.NAMES:
-            raise UnknownNameError(f"LocalKVStore types are {list(self.NAMES)}, got {name!r}")
+        if name not in LocalKVStore.NAMES:
+            raise UnknownNameError(
+                f"LocalKVStore types are {list(LocalKVStore.NAMES)}, got {name!r}"
+            )
         self._type = name
         self._store: dict[Key, Value] = {}
         self._merge: dict[Key, Array] = {}
