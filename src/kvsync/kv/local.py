@@ -443,8 +443,21 @@ class LocalKVStore(KVStoreBase):
             self._updater = updater
 
     def set_optimizer(self, optimizer: Any) -> None:
-        """Run ``optimizer`` (a :class:`kvsync.optimizer.Optimizer`) on every push."""
-        from kvsync.optimizer import get_updater  # type: ignore[attr-defined,unused-ignore]
+        """Run ``optimizer`` (a :class:`kvsync.optimizer.Optimizer`) on every push.
+
+        Example (the reference's example: the default SGD, learning rate 0.01):
+            >>> import numpy as np
+            >>> from kvsync import optimizer
+            >>> store = LocalKVStore()
+            >>> weight = np.zeros((2, 2), np.float32)
+            >>> store.init(3, weight)
+            >>> store.set_optimizer(optimizer.SGD())
+            >>> store.push(3, np.ones((2, 2), np.float32))
+            >>> store.pull(3, out=weight)
+            array([[-0.01, -0.01],
+                   [-0.01, -0.01]], dtype=float32)
+        """
+        from kvsync.optimizer import get_updater  # imported late: kv works without it
 
         self._set_updater(get_updater(optimizer))
 
