@@ -170,3 +170,22 @@ def test_compressed_sgd_still_converges(params: dict[str, object], lr: float, to
         grads = [x.T @ (x @ w - t) for x, t in halves]
         store.pushpull("w", grads, out=w)
     assert np.linalg.norm(w - w_true) < tol * np.linalg.norm(w_true) + tol
+
+
+@pytest.mark.parametrize("cls", [TwoBitCompression, OneBitCompression])
+def test_chunked_and_threaded_paths_match_the_model(
+    monkeypatch: pytest.MonkeyPatch, cls: type[GradientCompression]
+) -> None:
+    from kvsync.kv import compression, reduce
+
+    monkeypatch.setattr(compression, "CHUNK_VALUES", 64)
+    monkeypatch.setattr(reduce, "PARALLEL_MIN_BYTES", 256)
+    g = np.random.default_rng(3).normal(0, 1, 1001).astype(np.float32)
+    model = _model_2bit if cls is TwoBitCompression else _model_1bit
+    want, r = model(np.zeros_like(g), g, 0.5)
+    gc = cls(0.5)
+    packed = gc.compress("k", g)
+    assert packed.tobytes() == want
+    np.testing.assert_array_equal(gc.residual("k"), r)
+    sent = gc.decompress(packed, g.shape, g.dtype)
+    np.testing.assert_array_equal(r, g - sent)

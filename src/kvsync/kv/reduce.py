@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["copy_to_all", "sum_into"]
+__all__ = ["copy_to_all", "run_split", "sum_into"]
 
 Array = np.ndarray[Any, Any]
 
@@ -58,8 +58,15 @@ def _flat(a: Array) -> Array:
     return a.reshape(-1)
 
 
-def _run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
-    """Run ``work(lo, hi)`` over ``[0, n)``, split between threads when large."""
+def run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
+    """Run ``work(lo, hi)`` over ``[0, n)``, split between threads when ``nbytes`` is large.
+
+    Example:
+        >>> seen = []
+        >>> run_split(lambda lo, hi: seen.append((lo, hi)), 10, 0)
+        >>> seen
+        [(0, 10)]
+    """
     parts = _workers() if nbytes >= PARALLEL_MIN_BYTES else 1
     if parts == 1:
         work(0, n)
@@ -113,7 +120,7 @@ def sum_into(out: Array, values: Sequence[Array]) -> Array:
             for f in flats[2:]:
                 np.add(ob, f[s:e], out=ob)
 
-    _run_split(work, o.size, out.nbytes * len(values))
+    run_split(work, o.size, out.nbytes * len(values))
     return out
 
 
@@ -146,4 +153,4 @@ def copy_to_all(src: Array, outs: Sequence[Array]) -> None:
             for f in flats:
                 np.copyto(f[s:e], sb)
 
-    _run_split(work, s_flat.size, total)
+    run_split(work, s_flat.size, total)
