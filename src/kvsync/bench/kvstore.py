@@ -57,11 +57,17 @@ class Row:
     size: int
     copies: int
     seconds: float
+    best: float = 0.0
 
     @property
     def gbps(self) -> float:
-        """GB/s per array (one array's bytes / seconds per call)."""
+        """GB/s per array (one array's bytes / median seconds per call)."""
         return self.size * 4 / self.seconds / 1e9
+
+    @property
+    def best_gbps(self) -> float:
+        """GB/s per array at the fastest sample (the least disturbed by other load)."""
+        return self.size * 4 / (self.best or self.seconds) / 1e9
 
 
 def parse_size(text: str) -> int:
@@ -83,8 +89,8 @@ def parse_size(text: str) -> int:
     return n
 
 
-def _time(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds per call over ``repeat`` samples of enough calls to last ~20 ms."""
+def _time(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(median, best) seconds per call over ``repeat`` samples of calls lasting ~20 ms."""
     fn()  # warm up: first-touch page faults, buffer allocation
     t0 = time.perf_counter()
     fn()
@@ -96,7 +102,7 @@ def _time(fn: Callable[[], object], repeat: int) -> float:
         for _ in range(inner):
             fn()
         samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
+    return statistics.median(samples), min(samples)
 
 
 def bench_store(
@@ -118,7 +124,7 @@ def bench_store(
                 "pull": functools.partial(store.pull, key, out=outs),
                 "pushpull": functools.partial(store.pushpull, key, vals, out=outs),
             }
-            rows.extend(Row(op, n, c, _time(fn, repeat)) for op, fn in ops.items())
+            rows.extend(Row(op, n, c, *_time(fn, repeat)) for op, fn in ops.items())
             del vals, outs, ops
     return rows
 
@@ -134,9 +140,9 @@ def bench_compression(sizes: Sequence[int], repeat: int = 5) -> list[Row]:
         t_c = _time(functools.partial(gc.compress, "g", grad), repeat)
         t_d = _time(functools.partial(gc.decompress, packed, n, np.float32, out), repeat)
         rows += [
-            Row("2bit quantise", n, 1, t_c),
-            Row("2bit dequantise", n, 1, t_d),
-            Row("2bit both", n, 1, t_c + t_d),
+            Row("2bit quantise", n, 1, *t_c),
+            Row("2bit dequantise", n, 1, *t_d),
+            Row("2bit both", n, 1, t_c[0] + t_d[0], t_c[1] + t_d[1]),
         ]
     return rows
 
@@ -145,7 +151,7 @@ def copy_bandwidth(size: int, repeat: int = 5) -> float:
     """numpy ``copyto`` bandwidth in GB/s for float32 arrays of ``size`` elements."""
     src = np.ones(size, np.float32)
     dst = np.empty_like(src)
-    return src.nbytes / _time(lambda: np.copyto(dst, src), repeat) / 1e9
+    return src.nbytes / _time(lambda: np.copyto(dst, src), repeat)[0] / 1e9
 
 
 def _table(rows: Sequence[Row]) -> str:
