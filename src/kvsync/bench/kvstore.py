@@ -154,12 +154,12 @@ def copy_bandwidth(size: int, repeat: int = 5) -> float:
     return src.nbytes / _time(lambda: np.copyto(dst, src), repeat)[0] / 1e9
 
 
+def _rates(r: Row) -> list[str]:
+    return [f"{r.gbps:.2f}", f"{r.best_gbps:.2f}"]
+
+
 def _table(rows: Sequence[Row]) -> str:
-    body = [
-        [r.op, f"{r.size:,}", r.copies, human_seconds(r.seconds), f"{r.gbps:.2f}"]
-        + [f"{r.best_gbps:.2f}"]
-        for r in rows
-    ]
+    body = [[r.op, f"{r.size:,}", r.copies, human_seconds(r.seconds), *_rates(r)] for r in rows]
     headers = ["op", "elements", "copies", "median time", "GB/s/array", "best GB/s"]
     return format_table(headers, body)
 

@@ -35,8 +35,9 @@ Array = np.ndarray[Any, Any]
 #: Bytes per block when summing / copying (fits in L2 with room for the inputs).
 SUM_BLOCK_BYTES = 1 << 20
 COPY_BLOCK_BYTES = 1 << 18
-#: Arrays at least this big are split between threads.
+#: Arrays at least this big are split between threads, in parts of about PART_BYTES.
 PARALLEL_MIN_BYTES = 8 << 20
+PART_BYTES = 8 << 20
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -67,17 +68,29 @@ def run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
         >>> seen
         [(0, 10)]
     """
-    parts = _workers() if nbytes >= PARALLEL_MIN_BYTES else 1
-    if parts == 1:
+    workers = _workers() if nbytes >= PARALLEL_MIN_BYTES else 1
+    if workers == 1 or n < 2:
         work(0, n)
         return
+    # many small parts taken in turn: a thread whose core is busy elsewhere takes fewer
+    parts = int(min(n, max(workers, nbytes // PART_BYTES)))
     bounds = [n * i // parts for i in range(parts + 1)]
+    lock = threading.Lock()
+    next_part = [0]
+
+    def drain() -> None:
+        while True:
+            with lock:
+                i = next_part[0]
+                next_part[0] += 1
+            if i >= parts:
+                return
+            work(bounds[i], bounds[i + 1])
+
     pool = _executor()
-    futures: list[Future[None]] = [
-        pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, parts)
-    ]
+    futures: list[Future[None]] = [pool.submit(drain) for _ in range(workers - 1)]
     try:
-        work(bounds[0], bounds[1])
+        drain()
     finally:
         for f in futures:
             f.result()
