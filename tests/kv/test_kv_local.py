@@ -205,3 +205,12 @@ def test_optimizer_states_saved_and_loaded_resume_identically(tmp_path: Path) ->
     for g in grads[2:]:
         fresh.push("w", g)
     assert not np.array_equal(fresh.pull("w"), b.pull("w"))
+
+
+def test_compressed_push_of_an_integer_key_is_refused_before_any_change() -> None:
+    store = kv.create("device")
+    store.init(["f", "i"], [np.zeros(2, np.float32), np.zeros(2, np.int32)])
+    store.set_gradient_compression({"type": "2bit", "threshold": 0.5})
+    with pytest.raises(InvalidArgumentError, match="float values; key 'i'"):
+        store.push(["f", "i"], [np.ones(2, np.float32), np.ones(2, np.int32)])
+    np.testing.assert_array_equal(store.pull("f"), 0)

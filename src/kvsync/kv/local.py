@@ -195,6 +195,10 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
             stored = self._stored(g.key)
             for v in g.values:
                 check_matches(g.key, v, stored.shape, stored.dtype)
+            if self._compression is not None and stored.dtype.kind != "f":
+                raise InvalidArgumentError(
+                    f"gradient compression needs float values; key {g.key!r} holds {stored.dtype}"
+                )
         return groups
 
     def push(self, key: Any, value: Any, priority: int = 0) -> None:
@@ -399,6 +403,9 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
     # -- compression ------------------------------------------------------------------
     def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
         """Compress each device's pushed value (``device`` type only, as in MXNet).
+
+        Dense float values are quantised per device with their own residuals, then
+        dequantised and summed; row-sparse values are summed uncompressed.
 
         Raises:
             InvalidArgumentError: this store is of type ``local``, or bad parameters.
