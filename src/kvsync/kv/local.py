@@ -51,7 +51,7 @@ from kvsync.kv.base import (
     pair_row_ids,
 )
 from kvsync.kv.compression import GradientCompression, create_compression
-from kvsync.kv.reduce import copy_to_all, sum_into
+from kvsync.kv.reduce import copy_to_all, fusable, sum_into
 from kvsync.kv.updating import UpdaterMixin
 from kvsync.sparse import RowSparseArray, as_row_ids
 
@@ -344,10 +344,31 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         with self._lock:
             push_groups = self._check_push(key, value)
             pull_groups = self._check_pull(key, value if out is None else out)
-            for g in push_groups:
-                self._apply_push(g.key, g.values)
-            self._write_outs(pull_groups, ignore_sparse=True)
+            if not self._fused_pushpull(push_groups, pull_groups):
+                for g in push_groups:
+                    self._apply_push(g.key, g.values)
+                self._write_outs(pull_groups, ignore_sparse=True)
         return value if out is None else out
+
+    def _fused_pushpull(self, push: list[KeyGroup], pull: list[KeyGroup]) -> bool:
+        """Sum and copy out key by key in one pass, when no one could tell the difference:
+        dense values, no updater or compression, and no output of a key is the memory of
+        another key's value (MXNet pushes every key before it pulls any)."""
+        if self._updater is not None or self._compression is not None:
+            return False
+        values = {g.key: g.values for g in push}
+        outs = {g.key: g.values for g in pull}
+        arrays = [a for g in (*push, *pull) for a in g.values]
+        dense = all(isinstance(self._store[k], np.ndarray) for k in values)
+        if not dense or not all(isinstance(a, np.ndarray) for a in arrays):
+            return False
+        if not fusable(values, outs):
+            return False
+        for k, vals in values.items():
+            stored = self._store[k]
+            assert isinstance(stored, np.ndarray)
+            sum_into(stored, vals, copies=outs.get(k, []))
+        return True
 
     def row_sparse_pull(
         self, key: Any, out: Any = None, priority: int = 0, row_ids: Any = None
