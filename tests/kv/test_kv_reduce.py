@@ -12,6 +12,9 @@ from kvsync.kv import reduce
 @pytest.fixture
 def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make 'large' mean a few KiB so the blocked and threaded paths run on small arrays."""
+    from kvsync.kv import local
+
+    monkeypatch.setattr(local, "FUSE_MIN_BYTES", 0)
     monkeypatch.setattr(reduce, "SUM_BLOCK_BYTES", 256)
     monkeypatch.setattr(reduce, "COPY_BLOCK_BYTES", 128)
     monkeypatch.setattr(reduce, "PARALLEL_MIN_BYTES", 1024)

@@ -59,6 +59,9 @@ __all__ = ["LocalKVStore"]
 
 logger = logging.getLogger(__name__)
 
+#: pushpull calls moving fewer bytes than this skip the fused pass (it only saves bandwidth).
+FUSE_MIN_BYTES = 4 << 20
+
 
 @KVStoreBase.register
 class LocalKVStore(UpdaterMixin, KVStoreBase):
@@ -362,7 +365,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         dense = all(isinstance(self._store[k], np.ndarray) for k in values)
         if not dense or not all(isinstance(a, np.ndarray) for a in arrays):
             return False
-        if not fusable(values, outs):
+        if sum(a.nbytes for a in arrays) < FUSE_MIN_BYTES or not fusable(values, outs):
             return False
         for k, vals in values.items():
             stored = self._store[k]
