@@ -317,3 +317,21 @@ def test_pack_header_round_trips() -> None:
         MAGIC, PROTOCOL_VERSION, 0x81, 0, 2, 3,
     )  # fmt: skip
     assert ValueReply in REPLIES and Get in REQUESTS
+
+
+@pytest.mark.parametrize("first_chunk", [30, 9000, 20_000])
+def test_big_frames_fed_in_chunks_that_straddle_their_end_are_all_delivered(
+    first_chunk: int,
+) -> None:
+    client, server = _pair()
+    server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
+    server._decoder._caps.clear()
+    value = bytes(range(256)) * 64  # 16 KiB > SMALL_FRAME
+    stream = b"".join(_join(client.send(i, Set("k", value))) for i in range(3))
+    stream += _join(client.send(3, Ping()))
+    server.receive_data(stream[:first_chunk])
+    got = _events(server)
+    server.receive_data(stream[first_chunk:])  # finishes a big payload and carries on
+    got += _events(server)
+    assert [e.request_id for e in got] == [0, 1, 2, 3]
+    assert all(bytes(e.message.value) == value for e in got[:3])  # type: ignore[attr-defined]

@@ -249,3 +249,35 @@ def test_many_threads_share_one_client(server: StoreServer) -> None:
             t.join(timeout=30)
         assert not errors
         assert client.call(Add("n", 0)) == IntReply(1600)
+
+
+def test_a_client_that_does_not_read_its_replies_is_not_read_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kvsync.server.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "_HIGH_WATER", 1 << 20)
+    handled: list[str] = []
+
+    class Counting(StoreState):
+        def handle(self, conn_id: int, request_id: int, msg: object, now: float) -> list[Outgoing]:
+            handled.append(type(msg).__name__)
+            return super().handle(conn_id, request_id, msg, now)
+
+    value = bytes(4 << 20)
+    with StoreServer(port=0, logic=Counting()).start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=10) as setter:
+            setter.call(Set("v", value))
+        slow = RawClient(srv.port)
+        for i in range(8):
+            slow.send(i, Get("v", False, 0))
+        assert wait_until(lambda: handled.count("Get") == 8)
+        slow.send(99, Ping())
+        time.sleep(0.3)
+        assert "Ping" not in handled  # not read while 32 MiB of replies are unsent
+        with Client("127.0.0.1", srv.port, timeout=10) as other:  # others are served
+            assert other.call(Ping()) == OkReply()
+        events = slow.events(9)
+        assert [e.request_id for e in events] == [*range(8), 99]
+        assert all(bytes(e.message.value) == value for e in events[:8])  # type: ignore[attr-defined]
+        slow.close()

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -50,6 +51,7 @@ class FrameBuffer:
         self._header: Header | None = None
         self._payload: bytearray | None = None
         self._filled = 0
+        self._ready: deque[tuple[Header, bytearray]] = deque()  # complete big frames
 
     def receive_buffer(self) -> memoryview:
         """A writable view to ``recv_into``; then call :meth:`advance` with the count."""
@@ -79,8 +81,16 @@ class FrameBuffer:
             raise LocalProtocolError(f"advance({n}) outside the receive buffer of {room} bytes")
         if self._payload is not None:
             self._filled += n
+            self._complete_payload()
         else:
             self._end += n
+
+    def _complete_payload(self) -> None:
+        """Queue a fully received big payload, so the next bytes go to the scratch buffer."""
+        if self._payload is not None and self._filled == len(self._payload):
+            assert self._header is not None
+            self._ready.append((self._header, self._payload))
+            self._header, self._payload = None, None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy received bytes in (any split of the stream gives the same frames)."""
@@ -112,6 +122,7 @@ class FrameBuffer:
             payload[:n] = self._scratch[self._start : self._start + n]
             self._start += n
             self._payload, self._filled = payload, n
+            self._complete_payload()
 
     def next_frame(self) -> tuple[Header, bytearray] | None:
         """The next complete frame, or ``None`` until more bytes arrive.
@@ -119,18 +130,15 @@ class FrameBuffer:
         Raises:
             Whatever ``validate`` raises for a refused header.
         """
+        if self._ready:
+            return self._ready.popleft()
         self._parse_header()
+        if self._ready:
+            return self._ready.popleft()
         h = self._header
-        if h is None:
+        if h is None or self._payload is not None or self._end - self._start < h.length:
             return None
-        if self._payload is not None:
-            if self._filled < len(self._payload):
-                return None
-            payload, self._payload = self._payload, None
-        else:
-            if self._end - self._start < h.length:
-                return None
-            payload = self._scratch[self._start : self._start + h.length]
-            self._start += h.length
+        payload = self._scratch[self._start : self._start + h.length]
+        self._start += h.length
         self._header = None
         return h, payload

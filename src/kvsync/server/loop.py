@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _RECVS_PER_EVENT = 16  # bounded fairness: recv calls per readable event
 _ACCEPTS_PER_EVENT = 256
+_HIGH_WATER = 64 << 20  # stop reading a client with this many reply bytes unsent
 _CLOSE_GRACE = 1.0  # seconds a failed connection may take to read its error reply
 _Buffer = bytes | bytearray | memoryview
 
@@ -49,7 +50,7 @@ _Buffer = bytes | bytearray | memoryview
 class _Peer:
     """Per-connection state the loop keeps (the protocol state lives in ``proto``)."""
 
-    __slots__ = ("addr", "closing", "conn_id", "outq", "proto", "sock", "writing")
+    __slots__ = ("addr", "closing", "conn_id", "events", "outq", "pending", "proto", "sock")
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Connection) -> None:
         self.conn_id = conn_id
@@ -57,7 +58,8 @@ class _Peer:
         self.addr = addr
         self.proto = proto
         self.outq: collections.deque[memoryview] = collections.deque()
-        self.writing = False  # registered for EVENT_WRITE
+        self.pending = 0  # bytes queued in outq
+        self.events = selectors.EVENT_READ  # what the selector watches for this socket
         self.closing: float | None = None  # monotonic deadline once the protocol failed
 
 
@@ -331,7 +333,10 @@ class StoreServer:
             self._queue(peer, buffers)
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
-        peer.outq.extend(memoryview(b) for b in buffers)
+        for b in buffers:
+            mv = memoryview(b)
+            peer.outq.append(mv)
+            peer.pending += mv.nbytes
         self._dirty[peer.conn_id] = peer
 
     def _flush(self, peer: _Peer) -> None:
@@ -345,6 +350,7 @@ class StoreServer:
             except OSError as exc:
                 self._drop(peer, f"send failed: {exc}")
                 return
+            peer.pending -= sent
             while sent:
                 head = outq[0]
                 if sent >= head.nbytes:
@@ -353,11 +359,13 @@ class StoreServer:
                 else:
                     outq[0] = head[sent:]
                     sent = 0
-        want_write = bool(outq)
-        if want_write is not peer.writing and peer.conn_id in self._peers:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+        # Backpressure: a client that does not read its replies is not read from either.
+        events = (selectors.EVENT_WRITE if outq else 0) | (
+            selectors.EVENT_READ if peer.pending < _HIGH_WATER else 0
+        )
+        if events != peer.events and peer.conn_id in self._peers:
             self._selector.modify(peer.sock, events, self._selector.get_key(peer.sock).data)
-            peer.writing = want_write
+            peer.events = events
 
     def _drop(self, peer: _Peer, why: str) -> None:
         if self._peers.pop(peer.conn_id, None) is None:
