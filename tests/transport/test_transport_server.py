@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 import struct
@@ -281,3 +282,30 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_from(
         assert [e.request_id for e in events] == [*range(8), 99]
         assert all(bytes(e.message.value) == value for e in events[:8])  # type: ignore[attr-defined]
         slow.close()
+
+
+def test_out_of_descriptors_pauses_accepts_without_spinning_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import os
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with StoreServer(port=0).start() as srv:
+        used = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 16, hard))
+        socks: list[socket.socket] = []
+        try:
+            with caplog.at_level("WARNING", logger="kvsync.server.loop"):
+                with contextlib.suppress(OSError):  # until this process is out of fds too
+                    for _ in range(40):
+                        socks.append(socket.create_connection(("127.0.0.1", srv.port), 5))  # noqa: PERF401 - keep the ones made before EMFILE
+                time.sleep(0.5)
+            pauses = [r for r in caplog.records if "pausing accepts" in r.getMessage()]
+            assert 1 <= len(pauses) <= 10  # ~0.1 s pauses, not a busy loop
+        finally:
+            for s in socks:
+                s.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert wait_until(lambda: srv.connections == 0)
+        with Client("127.0.0.1", srv.port, timeout=5) as c:
+            assert c.call(Ping()) == OkReply()

@@ -19,6 +19,7 @@ only that connection is affected. ``close()`` wakes the loop through a socketpai
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import selectors
 import socket
@@ -43,7 +44,14 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _RECVS_PER_EVENT = 16  # bounded fairness: recv calls per readable event
 _ACCEPTS_PER_EVENT = 256
 _HIGH_WATER = 64 << 20  # stop reading a client with this many reply bytes unsent
-_CLOSE_GRACE = 1.0  # seconds a failed connection may take to read its error reply
+_CLOSE_GRACE = 1.0
+_ACCEPT_PAUSE = 0.1  # seconds accepts pause when the process is out of descriptors
+_OUT_OF_RESOURCES = {
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOBUFS,
+    errno.ENOMEM,
+}  # seconds a failed connection may take to read its error reply
 _Buffer = bytes | bytearray | memoryview
 
 
@@ -128,6 +136,7 @@ class StoreServer:
         self._dirty: dict[int, _Peer] = {}
         self._closing: dict[int, _Peer] = {}
         self._next_id = 1
+        self._accept_resume: float | None = None  # accepts paused (out of descriptors)
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,6 +215,9 @@ class StoreServer:
         if self._closing:
             grace = min(p.closing or 0.0 for p in self._closing.values())
             deadline = grace if deadline is None else min(deadline, grace)
+        if self._accept_resume is not None:
+            resume = self._accept_resume
+            deadline = resume if deadline is None else min(deadline, resume)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         for key, mask in self._selector.select(timeout):
             handler: Callable[[Any, int], None] = key.data
@@ -218,6 +230,9 @@ class StoreServer:
         for peer in list(self._dirty.values()):
             self._flush(peer)
         self._dirty.clear()
+        if self._accept_resume is not None and now >= self._accept_resume:
+            self._accept_resume = None
+            self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
 
     def _on_wake(self, sock: socket.socket, mask: int) -> None:
         try:
@@ -231,9 +246,18 @@ class StoreServer:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. EMFILE: keep serving the others
-                logger.warning("accept on %s failed: %s", self.address, exc)
-                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:  # keep serving the connected clients
+                    logger.warning(
+                        "accept on %s failed: %s; pausing accepts for %g s (raise the open"
+                        " files limit, ulimit -n, to serve more clients)",
+                        self.address, exc, _ACCEPT_PAUSE,
+                    )  # fmt: skip
+                    self._selector.unregister(listener)
+                    self._accept_resume = time.monotonic() + _ACCEPT_PAUSE
+                    return
+                logger.debug("accept on %s failed: %s", self.address, exc)
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn_id, self._next_id = self._next_id, self._next_id + 1
