@@ -249,7 +249,7 @@ class Client:
                     break
                 assert isinstance(ev, Event)
                 events.append(ev)
-            if n < size:
+            if n < min(size, 65536):  # keep reading while a big payload streams in
                 break
         return events
 

@@ -44,6 +44,7 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _RECVS_PER_EVENT = 16  # bounded fairness: recv calls per readable event
 _ACCEPTS_PER_EVENT = 256
 _HIGH_WATER = 64 << 20  # stop reading a client with this many reply bytes unsent
+_STREAMING = 64 * 1024  # a receive buffer this big is a payload in flight: read on
 _CLOSE_GRACE = 1.0
 _ACCEPT_PAUSE = 0.1  # seconds accepts pause when the process is out of descriptors
 _OUT_OF_RESOURCES = {
@@ -296,7 +297,7 @@ class StoreServer:
                 self._drop(peer, "client closed the connection")
                 return
             proto.advance(n)
-            if not self._process(peer) or n < size:
+            if not self._process(peer) or n < min(size, _STREAMING):
                 return
 
     def _process(self, peer: _Peer) -> bool:
