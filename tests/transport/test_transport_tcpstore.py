@@ -372,3 +372,16 @@ def test_a_store_blocked_in_wait_gets_connection_error_within_2_s_when_the_serve
             store.wait(["never"])
         assert time.monotonic() - start < 2.3
         store.close()
+
+
+def test_a_store_dropped_without_close_releases_its_socket_and_server(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, timeout=5)
+    server = store._server
+    store.set("k", "v")
+    del store
+    gc.collect()
+    assert server is not None and "closed" in repr(server)

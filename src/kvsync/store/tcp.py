@@ -20,6 +20,7 @@ fixed ``world_size`` leave no keys behind.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import time
@@ -248,6 +249,10 @@ class TCPStore(Store):
                 client.close()
             self._release()
         super().close()
+
+    def __del__(self) -> None:  # an unclosed store releases its connection and server
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _repr_fields(self) -> str:
         return (
