@@ -6,8 +6,7 @@ is a context manager yielding ``connect()``: every call gives a client Store on 
 (for TCP stores a new connection to one server; for HashStore the same object), and leaving
 the context releases everything. Adding an implementation is one line in ``FLAVOURS``, e.g.::
 
-    Flavour("tcp", served(lambda host, port, timeout: kvsync.TCPStore(host, port,
-            timeout=timeout)), blocking_get=False),
+    Flavour("tcp", served(_tcp), blocking_get=False),
 
 Tests ask for ``any_store`` (a store of each flavour), ``connect`` (more clients of the same
 data) or ``flavour``; ``@pytest.mark.blocking_get_only`` / ``nonblocking_get_only`` pick the
@@ -59,7 +58,7 @@ def served(make_client: Callable[[str, int, float], Store]) -> Opener:
 
     @contextlib.contextmanager
     def open_(timeout: float) -> Iterator[Connect]:
-        from kvsync.server import StoreServer  # type: ignore[attr-defined]
+        from kvsync.server import StoreServer
 
         with StoreServer(host="127.0.0.1", port=0).start() as server:
             yield lambda: make_client(server.host, server.port, timeout)
@@ -72,8 +71,18 @@ def prefixed(inner: Opener, prefix: str = "pfx") -> Opener:
 
     @contextlib.contextmanager
     def open_(timeout: float) -> Iterator[Connect]:
+        underlying: list[Store] = []  # a PrefixStore does not close the store it wraps
+
+        def connect_prefixed() -> Store:
+            underlying.append(connect())
+            return PrefixStore(prefix, underlying[-1])
+
         with inner(timeout) as connect:
-            yield lambda: PrefixStore(prefix, connect())
+            try:
+                yield connect_prefixed
+            finally:
+                for store in underlying:
+                    store.close()
 
     return open_
 
@@ -84,10 +93,25 @@ class TorchFlavourHashStore(HashStore):
     _blocking_get = True
 
 
+def _tcp(host: str, port: int, timeout: float) -> Store:
+    from kvsync.store.tcp import TCPStore
+
+    return TCPStore(host, port, timeout=timeout)
+
+
+def _torch_compat(host: str, port: int, timeout: float) -> Store:
+    from kvsync.compat.torch import TCPStore
+
+    return TCPStore(host, port, timeout=timeout)
+
+
 FLAVOURS: list[Flavour] = [
     Flavour("hash", in_process(lambda t: HashStore(timeout=t)), blocking_get=False),
     Flavour("prefix-hash", prefixed(in_process(lambda t: HashStore(timeout=t))), False),
     Flavour("hash-torch", in_process(lambda t: TorchFlavourHashStore(timeout=t)), True),
+    Flavour("tcp", served(_tcp), blocking_get=False),
+    Flavour("prefix-tcp", prefixed(served(_tcp)), blocking_get=False),
+    Flavour("compat-torch", served(_torch_compat), blocking_get=True),
 ]
 
 
