@@ -13,7 +13,6 @@ from kvsync.bench.store import SCENARIO_NAMES
 
 @pytest.mark.slow
 def test_bench_store_quick_prints_one_row_per_measurement() -> None:
-    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
     proc = subprocess.run(
         [sys.executable, "-m", "kvsync.bench.store", "--quick", "--connections", "50"],
         capture_output=True, text=True, timeout=50, env=dict(os.environ), check=False,
@@ -32,7 +31,6 @@ def test_bench_store_quick_prints_one_row_per_measurement() -> None:
 
 
 def test_bench_vs_torch_without_torch_says_so_and_still_measures(tmp_path: object) -> None:
-    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
     env = dict(os.environ)
     blocker = os.path.join(str(tmp_path), "torch")
     os.makedirs(blocker)

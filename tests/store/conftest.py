@@ -6,8 +6,7 @@ is a context manager yielding ``connect()``: every call gives a client Store on 
 (for TCP stores a new connection to one server; for HashStore the same object), and leaving
 the context releases everything. Adding an implementation is one line in ``FLAVOURS``, e.g.::
 
-    Flavour("tcp", served(lambda host, port, timeout: kvsync.TCPStore(host, port,
-            timeout=timeout)), blocking_get=False),
+    Flavour("tcp", served(_tcp), blocking_get=False),
 
 Tests ask for ``any_store`` (a store of each flavour), ``connect`` (more clients of the same
 data) or ``flavour``; ``@pytest.mark.blocking_get_only`` / ``nonblocking_get_only`` pick the
@@ -22,9 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kvsync.compat.torch import TCPStore as TorchTCPStore
 from kvsync.store import HashStore, PrefixStore, Store
-from kvsync.store.tcp import TCPStore
 
 #: How long contract tests let any operation take by default (seconds).
 TEST_TIMEOUT = 10.0
@@ -61,7 +58,7 @@ def served(make_client: Callable[[str, int, float], Store]) -> Opener:
 
     @contextlib.contextmanager
     def open_(timeout: float) -> Iterator[Connect]:
-        from kvsync.server import StoreServer  # type: ignore[attr-defined]
+        from kvsync.server import StoreServer
 
         with StoreServer(host="127.0.0.1", port=0).start() as server:
             yield lambda: make_client(server.host, server.port, timeout)
@@ -74,8 +71,18 @@ def prefixed(inner: Opener, prefix: str = "pfx") -> Opener:
 
     @contextlib.contextmanager
     def open_(timeout: float) -> Iterator[Connect]:
+        underlying: list[Store] = []  # a PrefixStore does not close the store it wraps
+
+        def connect_prefixed() -> Store:
+            underlying.append(connect())
+            return PrefixStore(prefix, underlying[-1])
+
         with inner(timeout) as connect:
-            yield lambda: PrefixStore(prefix, connect())
+            try:
+                yield connect_prefixed
+            finally:
+                for store in underlying:
+                    store.close()
 
     return open_
 
@@ -86,37 +93,33 @@ class TorchFlavourHashStore(HashStore):
     _blocking_get = True
 
 
-@contextlib.contextmanager
-def _prefixed_tcp(timeout: float) -> Iterator[Connect]:
-    """PrefixStores over TCPStore clients; closes the clients (a PrefixStore does not)."""
-    inner: list[Store] = []
+def _tcp(host: str, port: int, timeout: float) -> Store:
+    from kvsync.store.tcp import TCPStore
 
-    def make(host: str, port: int, t: float) -> Store:
-        inner.append(TCPStore(host, port, timeout=t))
-        return inner[-1]
+    return TCPStore(host, port, timeout=timeout)
 
-    try:
-        with prefixed(served(make))(timeout) as connect:
-            yield connect
-    finally:
-        for store in inner:
-            store.close()
+
+def _tcp_master(timeout: float) -> Store:
+    from kvsync.store.tcp import TCPStore
+
+    return TCPStore("127.0.0.1", 0, is_master=True, timeout=timeout)
+
+
+def _torch_compat(host: str, port: int, timeout: float) -> Store:
+    from kvsync.compat.torch import TCPStore
+
+    return TCPStore(host, port, timeout=timeout)
 
 
 FLAVOURS: list[Flavour] = [
     Flavour("hash", in_process(lambda t: HashStore(timeout=t)), blocking_get=False),
     Flavour("prefix-hash", prefixed(in_process(lambda t: HashStore(timeout=t))), False),
     Flavour("hash-torch", in_process(lambda t: TorchFlavourHashStore(timeout=t)), True),
-    # TCPStore (added by transport): clients of a StoreServer, the master itself, the torch
-    # flavour and a PrefixStore over TCP.
-    Flavour("tcp", served(lambda host, port, t: TCPStore(host, port, timeout=t)), False),
-    Flavour(
-        "tcp-master",
-        in_process(lambda t: TCPStore("127.0.0.1", 0, is_master=True, timeout=t)),
-        blocking_get=False,
-    ),
-    Flavour("tcp-torch", served(lambda host, port, t: TorchTCPStore(host, port, timeout=t)), True),
-    Flavour("prefix-tcp", _prefixed_tcp, blocking_get=False),
+    Flavour("tcp", served(_tcp), blocking_get=False),
+    Flavour("prefix-tcp", prefixed(served(_tcp)), blocking_get=False),
+    Flavour("compat-torch", served(_torch_compat), blocking_get=True),
+    # added by transport: the master store itself (its server runs in this process)
+    Flavour("tcp-master", in_process(_tcp_master), blocking_get=False),
 ]
 
 

@@ -6,9 +6,10 @@ Each test reads as a specification; ``any_store`` is a fresh store of each flavo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -44,11 +45,27 @@ def run_threads(n: int, target: Callable[[int], object]) -> list[object]:
     return results
 
 
-def later(seconds: float, action: Callable[[], object]) -> threading.Thread:
-    t = threading.Timer(seconds, action)
-    t.daemon = True
-    t.start()
-    return t
+@contextlib.contextmanager
+def later(seconds: float, action: Callable[[], object]) -> Iterator[None]:
+    """Run ``action`` in a thread after ``seconds``; on exit join it and re-raise its error."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        time.sleep(seconds)
+        try:
+            action()
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=JOIN_TIMEOUT)
+    assert not thread.is_alive(), "delayed action still running after the deadline"
+    if errors:
+        raise errors[0]
 
 
 # --- set / get ----------------------------------------------------------------------------
@@ -101,8 +118,8 @@ def test_get_of_missing_key_returns_empty_bytes(any_store: Store) -> None:
 @pytest.mark.blocking_get_only
 def test_get_of_missing_key_waits_until_it_is_set(connect: Connect) -> None:
     reader, writer = connect(), connect()
-    later(0.1, lambda: writer.set("late", "here"))
-    assert reader.get("late") == b"here"
+    with later(0.1, lambda: writer.set("late", "here")):
+        assert reader.get("late") == b"here"
 
 
 @pytest.mark.blocking_get_only
@@ -202,9 +219,9 @@ def test_wait_blocks_until_another_client_sets_the_keys(connect: Connect) -> Non
         writer.set("x", "1")
         writer.set("y", "2")
 
-    later(0.1, set_both)
     start = time.monotonic()
-    waiter.wait(["x", "y"], timeout=5)
+    with later(0.1, set_both):
+        waiter.wait(["x", "y"], timeout=5)
     assert time.monotonic() - start < 5
 
 
@@ -302,8 +319,8 @@ def test_queue_is_first_in_first_out(any_store: Store) -> None:
 
 def test_queue_pop_blocks_until_an_item_is_pushed(connect: Connect) -> None:
     consumer, producer = connect(), connect()
-    later(0.1, lambda: producer.queue_push("jobs", "job-1"))
-    assert consumer.queue_pop("jobs", timeout=5) == b"job-1"
+    with later(0.1, lambda: producer.queue_push("jobs", "job-1")):
+        assert consumer.queue_pop("jobs", timeout=5) == b"job-1"
 
 
 def test_queue_pop_times_out_naming_the_queue(any_store: Store) -> None:
@@ -319,8 +336,8 @@ def test_queue_pop_without_block_on_empty_queue_raises(any_store: Store) -> None
 def test_each_item_goes_to_exactly_one_blocked_consumer(connect: Connect) -> None:
     consumers = [connect() for _ in range(4)]
     producer = connect()
-    later(0.1, lambda: [producer.queue_push("q", str(i)) for i in range(4)])
-    got = run_threads(4, lambda i: consumers[i].queue_pop("q", timeout=10))
+    with later(0.1, lambda: [producer.queue_push("q", str(i)) for i in range(4)]):
+        got = run_threads(4, lambda i: consumers[i].queue_pop("q", timeout=10))
     assert sorted(got) == [b"0", b"1", b"2", b"3"]  # type: ignore[type-var]
 
 

@@ -42,10 +42,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_inspect_reads_a_running_server(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
+    from kvsync.server import StoreServer
     from kvsync.store.tcp import TCPStore
-
-    from kvsync.server import StoreServer  # type: ignore[attr-defined]
 
     with StoreServer(host="127.0.0.1", port=0).start() as server:
         with TCPStore("127.0.0.1", server.port, timeout=10) as client:
@@ -62,7 +60,6 @@ def test_inspect_reads_a_running_server(capsys: pytest.CaptureFixture[str]) -> N
 def test_inspect_of_an_unreachable_port_fails_naming_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
     import socket
 
     with socket.socket() as sock:  # a port that was free a moment ago: nobody listens

@@ -248,6 +248,7 @@ def _barrier(client: Any, key: str, world_size: int) -> None:
     done = f"{key}/done/{(count - 1) // world_size}"
     if count % world_size == 0:
         client.set(done, b"1")
+        return
     client.wait([done], _timedelta(OP_TIMEOUT))
 
 

@@ -43,7 +43,7 @@ class Backend:
 
 @contextlib.contextmanager
 def _kvsync_serve(legacy: bool) -> Iterator[tuple[str, int]]:
-    from kvsync.server import StoreServer  # type: ignore[attr-defined,unused-ignore]
+    from kvsync.server import StoreServer
 
     server = StoreServer(host=HOST, port=0).start()
     try:
@@ -53,7 +53,7 @@ def _kvsync_serve(legacy: bool) -> Iterator[tuple[str, int]]:
 
 
 def _kvsync_connect(host: str, port: int, timeout: float) -> Any:
-    from kvsync.store.tcp import TCPStore  # type: ignore[import-not-found,unused-ignore]
+    from kvsync.store.tcp import TCPStore
 
     return TCPStore(host, port, is_master=False, timeout=timeout)
 

@@ -87,7 +87,7 @@ def describe(store: Store, *, prefix: str = "", values: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Connect to ``--host``:``--port`` and print the table; returns the exit code."""
-    from kvsync.store.tcp import TCPStore  # type: ignore[import-not-found,unused-ignore]
+    from kvsync.store.tcp import TCPStore
 
     try:
         store = TCPStore(args.host, args.port, is_master=False, timeout=args.timeout)

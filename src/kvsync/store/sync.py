@@ -3,10 +3,10 @@
 Strategy (as in ``torch.distributed.elastic``): a barrier is one counter and one flag key per
 generation. Every caller ``add``\\ s 1 to ``<key>/arrived``; the count tells it which
 generation it belongs to (``(count - 1) // world_size``) and whether it is the last to
-arrive, in which case it ``set``\\ s ``<key>/done/<generation>``; everyone ``wait``\\ s for
-that flag. Because generations have their own flags, the same barrier key can be reused
-any number of times (it leaves one small flag key per generation in the store). After a
-barrier timed out its counter is out of step: use a new key.
+arrive, in which case it ``set``\\ s ``<key>/done/<generation>`` and returns; everyone else
+``wait``\\ s for that flag. Because generations have their own flags, the same barrier key
+can be reused any number of times (it leaves one small flag key per generation in the
+store). After a barrier timed out its counter is out of step: use a new key.
 
 Example:
     >>> import threading
@@ -66,8 +66,9 @@ def barrier(store: Store, key: str, world_size: int, timeout: Timeout | None = N
     count = store.add(f"{key}/arrived", 1)
     generation = (count - 1) // world_size
     done = f"{key}/done/{generation}"
-    if count % world_size == 0:
+    if count % world_size == 0:  # the last to arrive releases the others; no need to wait
         store.set(done, b"1")
+        return
     try:
         store.wait([done], timeout)
     except StoreTimeoutError as exc:
