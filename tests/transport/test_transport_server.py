@@ -309,3 +309,21 @@ def test_out_of_descriptors_pauses_accepts_without_spinning_and_recovers(
         assert wait_until(lambda: srv.connections == 0)
         with Client("127.0.0.1", srv.port, timeout=5) as c:
             assert c.call(Ping()) == OkReply()
+
+
+def test_a_failing_logic_answers_a_server_error_and_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kvsync.errors import ServerError
+
+    class Buggy(StoreState):
+        def handle(self, conn_id: int, request_id: int, msg: object, now: float) -> list[Outgoing]:
+            if isinstance(msg, Get):
+                raise RuntimeError("boom")
+            return super().handle(conn_id, request_id, msg, now)
+
+    with StoreServer(port=0, logic=Buggy()).start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=5) as c, caplog.at_level("ERROR"):
+            with pytest.raises(ServerError, match="boom"):
+                c.call(Get("k", False, 0))
+            assert c.call(Ping()) == OkReply()

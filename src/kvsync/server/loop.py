@@ -30,9 +30,10 @@ from types import TracebackType
 from typing import Any
 
 from kvsync import defaults
-from kvsync.errors import KVSyncError, StoreConnectionError
+from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, encode_error
+from kvsync.protocol.messages import ErrorReply
 from kvsync.server.logic import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
 
@@ -316,7 +317,13 @@ class StoreServer:
             if event is NEED_DATA:
                 return True
             assert isinstance(event, Event)
-            self._deliver(self.logic.handle(peer.conn_id, event.request_id, event.message, now))
+            try:
+                out = self.logic.handle(peer.conn_id, event.request_id, event.message, now)
+            except Exception as exc:  # a logic bug must not stop the server for everyone
+                logger.exception("server logic failed on %s", type(event.message).__name__)
+                text = f"server failed on {type(event.message).__name__}: {exc!r}"
+                out = [Outgoing(peer.conn_id, event.request_id, ErrorReply(ErrorCode.SERVER, text))]
+            self._deliver(out)
 
     def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
         logger.info("closing connection from %s: %s", peer.addr, exc)
