@@ -177,6 +177,8 @@ def test_encoding_with_limits_refuses_oversize_keys_and_values_naming_them() -> 
         encode_frame(1, Set(key="toolong", value=b""), limits)
     with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
         encode_frame(1, Set(key="k", value=bytes(9)), limits)
+    with pytest.raises(LimitExceededError, match="3 items, over the limit of 2"):
+        encode_frame(1, MultiSet(keys=("a", "b", "c"), values=(b"",) * 3), Limits(max_items=2))
     with pytest.raises(LimitExceededError, match=r"frame is .* limit of 100"):
         encode_frame(1, MultiSet(keys=("k",) * 20, values=(b"1234",) * 20), limits)
 

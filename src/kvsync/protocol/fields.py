@@ -99,6 +99,16 @@ class Writer:
         if cap and n > cap:
             raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
 
+    def count(self, value: Any, what: str) -> int:
+        """The element count of a tuple field, checked against ``max_items``."""
+        if not isinstance(value, tuple | list):
+            raise LocalProtocolError(f"{what} must be a tuple, not {type(value).__name__}")
+        n = len(value)
+        if n >= 1 << 32 or (self.limits is not None and n > self.limits.max_items):
+            limit = self.limits.max_items if self.limits is not None else (1 << 32) - 1
+            raise LimitExceededError(f"{what} holds {n} items, over the limit of {limit}")
+        return n
+
 
 class Reader:
     """Walks a payload, refusing any length that runs past its end."""
@@ -212,9 +222,7 @@ def _enc_optional_array(w: Writer, value: Any, what: str, cap: int) -> None:
 
 def _enc_tuple(item: Callable[[Writer, Any, str, int], None]) -> Any:
     def encode(w: Writer, value: Any, what: str, cap: int) -> None:
-        if not isinstance(value, tuple | list):
-            raise LocalProtocolError(f"{what} must be a tuple, not {type(value).__name__}")
-        w.small(_U32.pack(len(value)))
+        w.small(_U32.pack(w.count(value, what)))
         for i, v in enumerate(value):
             item(w, v, f"{what}[{i}]", cap)
 
@@ -222,8 +230,7 @@ def _enc_tuple(item: Callable[[Writer, Any, str, int], None]) -> Any:
 
 
 def _enc_ints(w: Writer, value: Any, what: str, cap: int) -> None:
-    if not isinstance(value, tuple | list):
-        raise LocalProtocolError(f"{what} must be a tuple, not {type(value).__name__}")
+    w.count(value, what)
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool) or not -(1 << 63) <= v < (1 << 63):
             raise LocalProtocolError(f"{what}[{i}]={v!r} is not a signed 64-bit integer")
