@@ -385,3 +385,21 @@ def test_a_store_dropped_without_close_releases_its_socket_and_server(
     del store
     gc.collect()
     assert server is not None and "closed" in repr(server)
+
+
+def test_bad_constructor_arguments_are_refused_before_connecting(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match="needs a port"):
+        TCPStore("127.0.0.1")
+    with pytest.raises(ValueError, match="world_size"):
+        TCPStore("127.0.0.1", 1, world_size=0)
+    with pytest.raises(TypeError, match="timeout"):
+        TCPStore("127.0.0.1", 1, timeout="soon")  # type: ignore[arg-type]
+
+
+def test_host_given_and_port_from_master_port(clean_env: pytest.MonkeyPatch) -> None:
+    with TCPStore("127.0.0.1", 0, is_master=True, timeout=5) as master:
+        clean_env.setenv("MASTER_PORT", str(master.port))
+        with TCPStore("127.0.0.1", timeout=5) as client:
+            assert client.port == master.port and not client.is_master
