@@ -1,0 +1,154 @@
+"""Message <-> payload bytes, laid out from the dataclass field annotations.
+
+Strategy: every message class in :data:`~kvsync.protocol.messages.MESSAGE_OF` is compiled
+once into a tuple of per-field codecs looked up in :data:`FIELD_CODECS` by the field's
+annotation string; adding a message needs no code here. Small fields are packed into one
+``bytearray`` that also holds the frame header; large buffers and arrays are appended to
+the output list as uncopied ``memoryview`` objects, ready for ``socket.sendmsg``. Decoding
+slices the frame's own buffer, so ``Buffer`` fields come back as ``memoryview`` slices and
+arrays as ``np.frombuffer`` views: no copy. Every length is checked against what is left of
+the payload and against the caps in :class:`Limits` before it is used.
+
+Example:
+    >>> from kvsync.protocol.messages import Set, Opcode
+    >>> parts = encode_frame(5, Set(key="k", value=b"v"))
+    >>> payload = bytearray(b"".join(parts)[24:])
+    >>> msg = Decoder(Limits()).decode(Opcode.SET, payload)
+    >>> msg.key, bytes(msg.value)
+    ('k', b'v')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
+from kvsync.protocol.fields import (
+    BIG_BUFFER,
+    FIELD_CODECS,
+    KEY_FIELDS,
+    Decode,
+    Encode,
+    Limits,
+    Reader,
+    Writer,
+)
+from kvsync.protocol.frame import HEADER_SIZE, pack_header
+from kvsync.protocol.messages import MESSAGE_OF, OPCODE_OF, Opcode
+
+__all__ = ["BIG_BUFFER", "FIELD_CODECS", "Decoder", "Limits", "encode_frame"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    what: str
+    encode: Encode
+    decode: Decode
+    cap_attr: str
+
+
+def _compile(cls: type) -> tuple[_Field, ...]:
+    out = []
+    for f in dataclasses.fields(cls):
+        annotation = str(f.type)
+        try:
+            enc, dec, cap_attr = FIELD_CODECS[annotation]
+        except KeyError:
+            raise LocalProtocolError(
+                f"{cls.__name__}.{f.name}: no codec for annotation {annotation!r}"
+            ) from None
+        if f.name in KEY_FIELDS:
+            cap_attr = "max_key_bytes"
+        out.append(_Field(f.name, f"{cls.__name__}.{f.name}", enc, dec, cap_attr))
+    return tuple(out)
+
+
+_LAYOUT: dict[type, tuple[_Field, ...]] = {}
+
+
+def _layout(cls: type) -> tuple[_Field, ...]:
+    layout = _LAYOUT.get(cls)
+    if layout is None:
+        layout = _LAYOUT[cls] = _compile(cls)
+    return layout
+
+
+def encode_frame(
+    request_id: int, msg: object, limits: Limits | None = None
+) -> list[bytes | bytearray | memoryview]:
+    """Header and payload of ``msg`` as a list of buffers for ``socket.sendmsg``.
+
+    The first buffer holds the header and the small fields; values of at least
+    :data:`BIG_BUFFER` bytes follow as uncopied memoryviews. With ``limits``, keys and
+    values are checked against its caps (a client checks the server's caps this way).
+
+    Raises:
+        LocalProtocolError: ``msg`` is not a registered message or a field has the wrong type.
+        LimitExceededError: a key, value or the whole frame is over a cap of ``limits``.
+
+    Example:
+        >>> from kvsync.protocol.messages import Ping
+        >>> [bytes(b) for b in encode_frame(1, Ping())][0][:6]
+        b'KVSY\\x01\\x1f'
+    """
+    try:
+        opcode = OPCODE_OF[type(msg)]
+    except KeyError:
+        raise LocalProtocolError(f"{type(msg).__name__} is not a protocol message") from None
+    w = Writer(limits)
+    for field in _layout(type(msg)):
+        cap = getattr(limits, field.cap_attr) if limits is not None and field.cap_attr else 0
+        field.encode(w, getattr(msg, field.name), field.what, cap)
+    if limits is not None and w.size > limits.max_frame_bytes:
+        raise LimitExceededError(
+            f"{type(msg).__name__} frame is {w.size} bytes, over the limit of"
+            f" {limits.max_frame_bytes} bytes"
+        )
+    if not 0 <= request_id < (1 << 64):
+        raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
+    w.first[:HEADER_SIZE] = pack_header(opcode, request_id, w.size)
+    return [p for p in w.parts if len(p)]
+
+
+class Decoder:
+    """Decodes payloads into messages under fixed :class:`Limits`.
+
+    Example:
+        >>> from kvsync.protocol.messages import Opcode
+        >>> Decoder(Limits()).decode(Opcode.NUM_KEYS, bytearray())
+        NumKeys()
+    """
+
+    __slots__ = ("_caps", "limits")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._caps: dict[type, tuple[tuple[_Field, int], ...]] = {}
+
+    def _fields(self, cls: type) -> tuple[tuple[_Field, int], ...]:
+        fields = self._caps.get(cls)
+        if fields is None:
+            fields = self._caps[cls] = tuple(
+                (f, getattr(self.limits, f.cap_attr) if f.cap_attr else 0) for f in _layout(cls)
+            )
+        return fields
+
+    def decode(self, opcode: int, payload: bytearray) -> object:
+        """The message of ``opcode`` held in ``payload`` (views into it, no copy).
+
+        Raises:
+            RemoteProtocolError: unknown opcode, truncated or trailing bytes, bad UTF-8,
+                bad dtype or an array whose shape does not match its byte length.
+            LimitExceededError: a key, value or item count is over a cap.
+        """
+        try:
+            cls = MESSAGE_OF[Opcode(opcode)]
+        except (ValueError, KeyError):
+            raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
+        r = Reader(payload, self.limits)
+        values = [field.decode(r, field.what, cap) for field, cap in self._fields(cls)]
+        if r.pos != r.end:
+            raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
+        return cls(*values)
