@@ -22,6 +22,7 @@ __all__ = [
     "MAX_KEYS_PER_REQUEST",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "PS_STALL_SECONDS",
     "SERVER_DEATH_DETECT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
 ]
@@ -50,3 +51,6 @@ SHUTDOWN_GRACE_SECONDS: float = 5.0
 #: Arrays with more elements than this are split over all parameter servers
 #: (MXNet's MXNET_KVSTORE_BIGARRAY_BOUND default).
 BIGARRAY_BOUND: int = 1_000_000
+#: A parameter server on which every worker has been waiting this long, with no message
+#: arriving, declares the job's pushes uneven (dist_sync) and fails the waiting requests.
+PS_STALL_SECONDS: float = 5.0
