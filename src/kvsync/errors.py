@@ -21,6 +21,7 @@ from enum import IntEnum
 __all__ = [
     "AuthenticationError",
     "ErrorCode",
+    "InvalidArgumentError",
     "KVStoreError",
     "KVSyncError",
     "KeyTypeError",
@@ -93,6 +94,11 @@ class UninitializedKeyError(KVStoreError, KeyError):
 
 class ShapeMismatchError(KVStoreError, ValueError):
     """A value's shape or dtype does not match the one stored under its key."""
+
+
+class InvalidArgumentError(KVStoreError, ValueError):
+    """A KVStore call is malformed: counts of keys and values differ, a value is not an
+    array, a key is initialised twice, or the store type does not support the operation."""
 
 
 class KeyTypeError(KVStoreError, TypeError):
