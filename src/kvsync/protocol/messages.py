@@ -101,12 +101,29 @@ class Opcode(IntEnum):
     QUEUE_POP = 0x1D
     QUEUE_LEN = 0x1E
     PING = 0x1F
+    # Parameter-server requests (owner: dist; classes at the end of this file)
+    PS_HELLO = 0x40
+    PS_INIT = 0x41
+    PS_WAIT_INIT = 0x42
+    PS_PUSH = 0x43
+    PS_PUSH_ROWS = 0x44
+    PS_PULL = 0x45
+    PS_PULL_ROWS = 0x46
+    PS_SET_OPTIMIZER = 0x47
+    PS_SET_UPDATER = 0x48
+    PS_SET_COMPRESSION = 0x49
+    PS_SAVE_STATES = 0x4A
+    PS_LOAD_STATES = 0x4B
+    PS_BARRIER = 0x4C
+    PS_STATS = 0x4D
+    PS_SHUTDOWN = 0x4E
     # Replies
     OK = 0x80
     VALUE = 0x81
     VALUES = 0x82
     INT = 0x83
     KEYS = 0x84
+    PS_VALUES = 0xC0  # parameter-server arrays (owner: dist)
     ERROR = 0xFF
 
 
@@ -369,21 +386,14 @@ HANDSHAKE_OPCODES: frozenset[Opcode] = frozenset({Opcode.HELLO, Opcode.HELLO_REP
 OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}
 
 
-# === Parameter-server messages (owner: dist; opcodes 0x40-0x7F) ===========================
+# === Parameter-server messages (owner: dist; opcodes 0x40-0x7F, reply 0xC0) =============
 #
 # Keys travel as "wire keys": ``"i<n>"`` for the int key ``n``, ``"s<name>"`` for the str
-# key ``name`` (see kvsync.kv.sharding.wire_key), so int and str keys never collide and the
+# key ``name`` (see kvsync.server.ps_keys.wire_key), so int and str keys never collide and the
 # server can hand the original key to the updater. Each server holds, per key, one
 # contiguous row slice of the array (the whole array when it is small). Blocking requests
 # carry ``timeout_ms`` like the Store API's. Replies are the Store API's OkReply /
 # ValueReply / ErrorReply, and PSValuesReply for arrays.
-
-from typing import TYPE_CHECKING  # noqa: E402  (kept inside the dist-owned section)
-
-if TYPE_CHECKING:  # the codec lays 'NDArray' fields out as dtype, shape and raw bytes
-    import numpy as np
-
-    NDArray: TypeAlias = np.ndarray
 
 __all__ += [
     "PS_MESSAGE_OF",
@@ -391,7 +401,6 @@ __all__ += [
     "PSHello",
     "PSInit",
     "PSLoadStates",
-    "PSOpcode",
     "PSPull",
     "PSPullRows",
     "PSPush",
@@ -405,27 +414,6 @@ __all__ += [
     "PSValuesReply",
     "PSWaitInit",
 ]
-
-
-class PSOpcode(IntEnum):
-    """Opcodes of the parameter-server messages (0x40-0x7F)."""
-
-    PS_HELLO = 0x40
-    PS_INIT = 0x41
-    PS_WAIT_INIT = 0x42
-    PS_PUSH = 0x43
-    PS_PUSH_ROWS = 0x44
-    PS_PULL = 0x45
-    PS_PULL_ROWS = 0x46
-    PS_SET_OPTIMIZER = 0x47
-    PS_SET_UPDATER = 0x48
-    PS_SET_COMPRESSION = 0x49
-    PS_SAVE_STATES = 0x4A
-    PS_LOAD_STATES = 0x4B
-    PS_BARRIER = 0x4C
-    PS_STATS = 0x4D
-    PS_SHUTDOWN = 0x4E
-    PS_VALUES = 0x7F
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,23 +549,23 @@ class PSValuesReply:
 
 
 #: opcode -> parameter-server message class (merged into MESSAGE_OF / OPCODE_OF).
-PS_MESSAGE_OF: dict[PSOpcode, type] = {
-    PSOpcode.PS_HELLO: PSHello,
-    PSOpcode.PS_INIT: PSInit,
-    PSOpcode.PS_WAIT_INIT: PSWaitInit,
-    PSOpcode.PS_PUSH: PSPush,
-    PSOpcode.PS_PUSH_ROWS: PSPushRows,
-    PSOpcode.PS_PULL: PSPull,
-    PSOpcode.PS_PULL_ROWS: PSPullRows,
-    PSOpcode.PS_SET_OPTIMIZER: PSSetOptimizer,
-    PSOpcode.PS_SET_UPDATER: PSSetUpdater,
-    PSOpcode.PS_SET_COMPRESSION: PSSetCompression,
-    PSOpcode.PS_SAVE_STATES: PSSaveStates,
-    PSOpcode.PS_LOAD_STATES: PSLoadStates,
-    PSOpcode.PS_BARRIER: PSBarrier,
-    PSOpcode.PS_STATS: PSStats,
-    PSOpcode.PS_SHUTDOWN: PSShutdown,
-    PSOpcode.PS_VALUES: PSValuesReply,
+PS_MESSAGE_OF: dict[Opcode, type] = {
+    Opcode.PS_HELLO: PSHello,
+    Opcode.PS_INIT: PSInit,
+    Opcode.PS_WAIT_INIT: PSWaitInit,
+    Opcode.PS_PUSH: PSPush,
+    Opcode.PS_PUSH_ROWS: PSPushRows,
+    Opcode.PS_PULL: PSPull,
+    Opcode.PS_PULL_ROWS: PSPullRows,
+    Opcode.PS_SET_OPTIMIZER: PSSetOptimizer,
+    Opcode.PS_SET_UPDATER: PSSetUpdater,
+    Opcode.PS_SET_COMPRESSION: PSSetCompression,
+    Opcode.PS_SAVE_STATES: PSSaveStates,
+    Opcode.PS_LOAD_STATES: PSLoadStates,
+    Opcode.PS_BARRIER: PSBarrier,
+    Opcode.PS_STATS: PSStats,
+    Opcode.PS_SHUTDOWN: PSShutdown,
+    Opcode.PS_VALUES: PSValuesReply,
 }
-MESSAGE_OF.update(PS_MESSAGE_OF)  # type: ignore[arg-type]
-OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})  # type: ignore[misc]
+MESSAGE_OF.update(PS_MESSAGE_OF)
+OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})

@@ -60,8 +60,9 @@ from kvsync.protocol.messages import (
     PSWaitInit,
     ValueReply,
 )
+from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import KeyState, PSRequestError, key_of_wire, wire_key
-from kvsync.server.ps_wait import Counters, JobState, Outgoing, Parked, ParkedRequests
+from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
 
 __all__ = [
     "PS_MESSAGE_TYPES",

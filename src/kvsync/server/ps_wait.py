@@ -14,18 +14,10 @@ import numpy as np
 
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply, OkReply, PSValuesReply
+from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import KeyState, key_of_wire
 
-__all__ = ["Counters", "JobState", "Outgoing", "Parked", "ParkedRequests"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One reply to send (the shape the event loop expects from every server logic)."""
-
-    conn_id: int
-    request_id: int
-    reply: object
+__all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 
 
 @dataclass(slots=True)
