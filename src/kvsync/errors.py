@@ -126,6 +126,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_NAME = 11
     CONNECTION = 12
     SERVER = 13
+    KVSTORE_USAGE = 14
 
 
 _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
@@ -143,6 +144,7 @@ _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
     ErrorCode.UNKNOWN_NAME: UnknownNameError,
     ErrorCode.CONNECTION: StoreConnectionError,
     ErrorCode.SERVER: ServerError,
+    ErrorCode.KVSTORE_USAGE: InvalidArgumentError,
 }
 
 _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
@@ -159,6 +161,7 @@ _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
     UnknownNameError: ErrorCode.UNKNOWN_NAME,
     StoreConnectionError: ErrorCode.CONNECTION,
     ServerError: ErrorCode.SERVER,
+    InvalidArgumentError: ErrorCode.KVSTORE_USAGE,
 }
 
 
