@@ -120,7 +120,7 @@ class ParameterServerLogic:
         *,
         updater_from_config: Callable[[dict[str, Any]], Updater] | None = None,
         updater_by_name: Callable[[str, dict[str, Any]], Updater] | None = None,
-        compression_from_params: Callable[[dict[str, Any]], Compression] | None = None,
+        compression_from_params: Callable[[dict[str, Any]], Compression | None] | None = None,
         stall_seconds: float = defaults.PS_STALL_SECONDS,
     ) -> None:
         self.server_index = server_index
@@ -134,6 +134,7 @@ class ParameterServerLogic:
         self._deferred: list[Outgoing] = []
         self._updater: Updater | None = None
         self._compression: Compression | None = None
+        self._installed: dict[str, str] = {}  # what set_optimizer/compression last installed
         self._counters = Counters()
         self._parked = ParkedRequests(server_index, self._keys, self._job, self._counters)
         self._last_event = 0.0
@@ -211,11 +212,11 @@ class ParameterServerLogic:
     def _hello(self, conn_id: int, request_id: int, msg: PSHello, now: float) -> object:
         job = self._job
         if msg.num_workers < 1 or not 0 <= msg.rank < msg.num_workers:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"rank {msg.rank} is not in [0, {msg.num_workers})")
         if job.num_workers and (job.num_workers, job.sync) != (msg.num_workers, msg.sync):
             raise PSRequestError(
-                ErrorCode.INVALID_ARGUMENT,
+                ErrorCode.KVSTORE_USAGE,
                 f"server {self.server_index} serves a job of {job.num_workers} workers "
                 f"(sync={job.sync}); rank {msg.rank} says {msg.num_workers} (sync={msg.sync})")
         job.num_workers, job.sync = msg.num_workers, msg.sync
@@ -227,7 +228,7 @@ class ParameterServerLogic:
         _check_pairs(msg.keys, msg.values)
         for k in msg.keys:
             if k in self._keys:
-                raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+                raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                      f"key {key_of_wire(k)!r} is already initialised")
         for k, v in zip(msg.keys, msg.values, strict=True):
             self._keys[k] = KeyState(key_of_wire(k), _owned(v))
@@ -278,24 +279,31 @@ class ParameterServerLogic:
 
     def _set_optimizer(self, conn_id: int, rid: int, msg: PSSetOptimizer, now: float) -> object:
         if self._make_updater is None:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no optimizer support")
-        self._updater = self._make_updater(_json_object(msg.config, "optimizer config"))
+        if msg.config != self._installed.get("optimizer"):  # every worker sends it once
+            self._updater = self._make_updater(_json_object(msg.config, "optimizer config"))
+            self._installed["optimizer"] = msg.config
         return OkReply()
 
     def _set_updater(self, conn_id: int, rid: int, msg: PSSetUpdater, now: float) -> object:
         if self._named_updater is None:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no updater registry")
-        self._updater = self._named_updater(msg.name, _json_object(msg.params, "params"))
+        config = f"{msg.name}:{msg.params}"
+        if config != self._installed.get("optimizer"):
+            self._updater = self._named_updater(msg.name, _json_object(msg.params, "params"))
+            self._installed["optimizer"] = config
         return OkReply()
 
     def _set_compression(self, conn_id: int, rid: int, msg: PSSetCompression,
                          now: float) -> object:
         if self._make_compression is None:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no compression support")
-        self._compression = self._make_compression(_json_object(msg.params, "params"))
+        if msg.params != self._installed.get("compression"):
+            self._compression = self._make_compression(_json_object(msg.params, "params"))
+            self._installed["compression"] = msg.params
         return OkReply()
 
     def _save_states(self, conn_id: int, rid: int, msg: PSSaveStates, now: float) -> object:
@@ -308,7 +316,7 @@ class ParameterServerLogic:
     def _barrier(self, conn_id: int, request_id: int, msg: PSBarrier, now: float) -> object:
         rank = self._job.rank_of[conn_id]
         if rank in self._job.barrier:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"rank {rank} entered the barrier twice")
         self._job.barrier.add(rank)
         return _park(self, "barrier", conn_id, request_id, (), msg.timeout_ms, now)
@@ -333,16 +341,20 @@ class ParameterServerLogic:
     def _grad(self, ks: KeyState, value: np.ndarray, compressed: bool) -> np.ndarray:
         if compressed:
             if self._compression is None:
-                raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+                raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                      f"compressed push of key {ks.key!r} but no compression set")
-            return self._compression.decompress(value, ks.value.shape, ks.value.dtype)
+            try:
+                return self._compression.decompress(value, ks.value.shape, ks.value.dtype)
+            except ValueError as exc:
+                raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                     f"compressed push of key {ks.key!r}: {exc}") from None
         ks.check_like(value)
         return value
 
     def _check_round(self, ks: KeyState, rank: int) -> None:
         if self._job.sync and rank in ks.pushed:
             raise PSRequestError(
-                ErrorCode.INVALID_ARGUMENT,
+                ErrorCode.KVSTORE_USAGE,
                 f"dist_sync: rank {rank} pushed key {ks.key!r} twice in round {ks.round} while "
                 f"ranks {ks.missing(self._job.num_workers)} have not pushed it yet (every "
                 "worker pushes each key once per round; pull between pushes)")
@@ -369,7 +381,7 @@ class ParameterServerLogic:
 
     def _need_updater(self) -> Updater:
         if self._updater is None:
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"no optimizer is set on server {self.server_index}")
         return self._updater
 
@@ -384,19 +396,19 @@ def _owned(v: np.ndarray) -> np.ndarray:
 
 def _check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
     if len(keys) != len(values):
-        raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                              f"{len(keys)} keys but {len(values)} values")
     if len(set(keys)) != len(keys):
-        raise PSRequestError(ErrorCode.INVALID_ARGUMENT, "a key appears twice in one request")
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise PSRequestError(ErrorCode.INVALID_ARGUMENT, f"{what} is not JSON: {exc}") from None
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise PSRequestError(ErrorCode.INVALID_ARGUMENT, f"{what} is not a JSON object")
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
     return obj
 
 

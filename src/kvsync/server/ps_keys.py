@@ -106,10 +106,10 @@ class KeyState:
         r = np.asarray(rows)
         n = self.value.shape[0] if self.value.ndim else 0
         if r.ndim != 1 or r.dtype.kind not in "iu":
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"row ids of key {self.key!r} must be a 1-D integer array")
         if r.size and (int(r.min()) < 0 or int(r.max()) >= n):
-            raise PSRequestError(ErrorCode.INVALID_ARGUMENT,
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"row ids of key {self.key!r} out of range [0, {n})")
         return r.astype(np.intp, copy=False)
 

@@ -104,7 +104,7 @@ class ParkedRequests:
             out.append(self._error(p, ErrorCode.TIMEOUT, self._timeout_text(p)))
         if self.stalled() and now - last_event >= stall:
             text = self._uneven_text()
-            out.extend(self._error(p, ErrorCode.INVALID_ARGUMENT, text) for p in self.items)
+            out.extend(self._error(p, ErrorCode.KVSTORE_USAGE, text) for p in self.items)
             self.items.clear()
             self._job.barrier.clear()
         return out
