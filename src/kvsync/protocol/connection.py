@@ -301,7 +301,11 @@ class Connection:
     def _start_large_payload(self) -> None:
         """Parse a pending header; move a large payload into its own buffer."""
         if self._header is None and self._payload is None:
-            if self._end - self._start < HEADER_SIZE:
+            avail = self._end - self._start
+            if avail < HEADER_SIZE:
+                if avail >= len(MAGIC) and self._scratch[self._start : self._start + 4] != MAGIC:
+                    self._validate(Header(bytes(self._scratch[self._start : self._start + 4]),
+                                          PROTOCOL_VERSION, 0, 0, 0, 0))  # fmt: skip
                 return
             parsed = unpack_header(self._scratch, self._start)
             self._validate(parsed)
