@@ -25,14 +25,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import Any
 
-from kvsync import defaults
-from kvsync.errors import InvalidArgumentError, UnknownNameError
+from kvsync import defaults, env
+from kvsync.errors import InvalidArgumentError, KVSyncError, UnknownNameError
 from kvsync.server.ps import ParameterServerLogic, Updater
 
-__all__ = ["UPDATERS", "make_logic", "register_updater"]
+__all__ = ["UPDATERS", "add_arguments", "main", "make_logic", "register_updater", "run", "serve"]
+
+logger = logging.getLogger(__name__)
 
 #: name -> factory(params) -> updater(key, grad, weight); see :func:`register_updater`.
 UPDATERS: dict[str, Callable[[dict[str, Any]], Any]] = {}
@@ -103,3 +112,83 @@ def make_logic(index: int, *, stall_seconds: float = defaults.PS_STALL_SECONDS
     return ParameterServerLogic(
         index, updater_from_config=_updater_from_config, updater_by_name=_updater_by_name,
         compression_from_params=_compression, stall_seconds=stall_seconds)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of a parameter-server process (also ``kvsync serve --role server``)."""
+    parser.add_argument("--server-setup", default=None, metavar="MODULE",
+                        help="module to import first (custom optimizers/updaters); default "
+                        "$KVSYNC_SERVER_SETUP")
+    parser.add_argument("--advertise-host", default=None,
+                        help="address workers dial (default: the bind address)")
+    parser.add_argument("--stall-seconds", type=float, default=defaults.PS_STALL_SECONDS,
+                        help="declare uneven dist_sync pushes after every worker waited this "
+                        "long (default %(default)s)")
+
+
+def serve(*, host: str = defaults.DEFAULT_HOST, advertise_host: str | None = None,
+          setup: str | None = None, stall_seconds: float = defaults.PS_STALL_SECONDS,
+          environ: Mapping[str, str] | None = None, stop: threading.Event | None = None,
+          poll: float = 0.5) -> int:
+    """Run one parameter server of the job described by ``environ``; returns 0 when told
+    to stop (a worker's shutdown, ``stop`` set) or when the job's store went away.
+
+    Raises:
+        InvalidArgumentError: MASTER_ADDR/MASTER_PORT missing.
+        ModuleNotFoundError: the setup module cannot be imported.
+    """
+    from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_KEY, job_store
+    from kvsync.server import StoreServer
+
+    e = env.read(environ)
+    setup = setup or e.server_setup
+    if setup:
+        importlib.import_module(setup)
+    stop = stop or threading.Event()
+    with job_store(e, defaults.DEFAULT_TIMEOUT) as store:
+        index = store.add(SERVER_COUNT_KEY, 1) - 1
+        logic = make_logic(index, stall_seconds=stall_seconds)
+        with StoreServer(host, 0, logic=logic, secret=e.secret).start() as server:
+            address = f"{advertise_host or server.host}:{server.port}"
+            store.set(SERVER_KEY.format(index), address)
+            logger.info("parameter server %d listening on %s", index, address)
+            for _ in range(1 << 40):  # bounded by the stop conditions below
+                if stop.wait(poll) or logic.shutdown_requested:
+                    break
+                try:
+                    store.check(SERVER_KEY.format(index))
+                except (KVSyncError, OSError):
+                    logger.info("server %d: the job's store is gone; exiting", index)
+                    break
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until stopped (SIGTERM/SIGINT, a shutdown message, or the job ending)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return serve(host=getattr(args, "host", defaults.DEFAULT_HOST),
+                     advertise_host=args.advertise_host, setup=args.server_setup,
+                     stall_seconds=args.stall_seconds, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kvsync.kv.server``: one parameter server of the job in the environment."""
+    parser = argparse.ArgumentParser(prog="python -m kvsync.kv.server",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=defaults.DEFAULT_HOST, help="address to bind")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover - the launcher's server command
+    sys.exit(main())
