@@ -136,9 +136,9 @@ def test_servers_are_stopped_once_every_worker_succeeded() -> None:
 def test_log_dir_gets_each_childs_unprefixed_stdout_and_stderr(tmp_path: Path) -> None:
     sup, _, _ = _supervisor(log_dir=tmp_path / "logs")
     code = "import sys; print('out line'); print('err line', file=sys.stderr)"
-    sup.start([_spec("worker", 0, code), _spec("server", 1, code)])
+    sup.start([_spec("worker", 0, code), _spec("worker", 1, code)])
     assert sup.supervise().exit_code == 0
-    for name in ("worker_0", "server_1"):
+    for name in ("worker_0", "worker_1"):
         assert (tmp_path / "logs" / f"{name}.stdout.log").read_text() == "out line\n"
         assert (tmp_path / "logs" / f"{name}.stderr.log").read_text() == "err line\n"
 
