@@ -1,0 +1,433 @@
+"""The store's decisions as a pure state machine: a request goes in, replies come out.
+
+:class:`StoreState` holds the keys, values and queues and answers the Store API messages of
+:mod:`kvsync.protocol.messages`. It does no I/O and reads no clock: the caller passes
+``now`` (``time.monotonic()`` seconds). Blocking requests (``Wait``, blocking ``Get`` /
+``MultiGet``, blocking ``QueuePop``) are parked (see :mod:`kvsync.server.waiters`) and
+answered later, from the ``handle()`` call that satisfies them (possibly for another
+connection) or from ``expire()`` once their deadline passed. The event loop of
+:mod:`kvsync.server` and the in-process :class:`kvsync.store.HashStore` drive the same
+object. :class:`Router` dispatches by message type to several such logics.
+
+Semantics follow the reference document where it speaks (a missing key reads as ``b""``
+unless the read blocks; ``delete_key`` says whether it deleted) and PyTorch's ``TCPStore``
+otherwise. A key holds either a value or a non-empty queue; a queue that is popped empty
+disappears. Values may be ``memoryview`` slices of received frames: they are kept as given,
+never copied, and never mutated (``append`` builds new bytes).
+
+Example:
+    >>> from kvsync.server.state import StoreState
+    >>> from kvsync.protocol.messages import Get, Set, Wait
+    >>> st = StoreState()
+    >>> st.handle(1, 10, Wait(keys=("a",), timeout_ms=5000), now=0.0)
+    []
+    >>> [(o.conn_id, o.request_id, o.reply) for o in st.handle(2, 20, Set("a", b"x"), now=1.0)]
+    [(2, 20, OkReply()), (1, 10, OkReply())]
+    >>> bytes(st.handle(2, 21, Get("a", block=False, timeout_ms=0), now=1.0)[0].reply.value)
+    b'x'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from kvsync import defaults
+from kvsync.errors import ErrorCode
+from kvsync.protocol.messages import (
+    Add,
+    Append,
+    Buffer,
+    Check,
+    CompareSet,
+    DeleteKey,
+    ErrorReply,
+    Get,
+    IntReply,
+    KeysReply,
+    ListKeys,
+    MultiGet,
+    MultiSet,
+    NumKeys,
+    OkReply,
+    Ping,
+    QueueLen,
+    QueuePop,
+    QueuePush,
+    Set,
+    ValueReply,
+    ValuesReply,
+    Wait,
+)
+from kvsync.server.logic import Outgoing, Router, ServerLogic
+from kvsync.server.waiters import Waiter, WaiterIndex
+
+__all__ = ["Outgoing", "Router", "ServerLogic", "StoreState"]
+
+logger = logging.getLogger(__name__)
+
+
+class _RejectError(Exception):
+    """Raised inside handlers; becomes an ErrorReply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _nbytes(value: Buffer) -> int:
+    return value.nbytes if isinstance(value, memoryview) else len(value)
+
+
+def _wrong_kind(key: str, holds: str, wanted: str) -> _RejectError:
+    return _RejectError(ErrorCode.INVALID_ARGUMENT, f"key {key!r} holds a {holds}, not a {wanted}")
+
+
+def _check_timeout(timeout_ms: int) -> None:
+    if timeout_ms < 0:
+        raise _RejectError(ErrorCode.INVALID_ARGUMENT, f"timeout_ms is {timeout_ms}, must be >= 0")
+
+
+def _preview(value: Buffer, limit: int = 32) -> str:
+    head = bytes(value[:limit]) if _nbytes(value) > limit else bytes(value)
+    return repr(head) + ("..." if _nbytes(value) > limit else "")
+
+
+class StoreState:
+    """Keys, values, queues and parked requests of one store (see the module docstring).
+
+    Args:
+        max_key_bytes: longest key accepted, in UTF-8 bytes.
+        max_value_bytes: largest value accepted (also the cap on an ``append`` result).
+
+    Example:
+        >>> from kvsync.protocol.messages import Add
+        >>> st = StoreState()
+        >>> st.handle(1, 1, Add("n", 5), now=0.0)[0].reply
+        IntReply(value=5)
+        >>> st.handle(1, 2, Add("n", -2), now=0.0)[0].reply
+        IntReply(value=3)
+    """
+
+    #: The request types this logic answers (for building a :class:`Router`).
+    MESSAGE_TYPES: tuple[type, ...] = (
+        Set, Get, Add, CompareSet, Wait, Check, DeleteKey, NumKeys, MultiGet, MultiSet,
+        Append, ListKeys, QueuePush, QueuePop, QueueLen, Ping,
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        max_key_bytes: int = defaults.MAX_KEY_BYTES,
+        max_value_bytes: int = defaults.MAX_VALUE_BYTES,
+    ) -> None:
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self._values: dict[str, Buffer] = {}
+        self._queues: dict[str, deque[Buffer]] = {}
+        self._waiters = WaiterIndex()  # Wait, blocking Get/MultiGet: by first missing key
+        self._pops = WaiterIndex()  # blocking QueuePop: by queue key
+        self._out: list[Outgoing] = []
+        self._handlers: dict[type, Callable[[int, int, object, float], object | None]] = {
+            Set: self._set,
+            Get: self._get,
+            Add: self._add,
+            CompareSet: self._compare_set,
+            Wait: self._wait,
+            Check: self._check,
+            DeleteKey: self._delete_key,
+            NumKeys: self._num_keys,
+            MultiGet: self._multi_get,
+            MultiSet: self._multi_set,
+            Append: self._append,
+            ListKeys: self._list_keys,
+            QueuePush: self._queue_push,
+            QueuePop: self._queue_pop,
+            QueueLen: self._queue_len,
+            Ping: self._ping,
+        }
+
+    # --- ServerLogic ------------------------------------------------------------------
+
+    def handle(self, conn_id: int, request_id: int, msg: object, now: float) -> list[Outgoing]:
+        """Apply one request. Returns its reply (unless parked) first, then wake-ups.
+
+        Raises:
+            Nothing: bad requests are answered with an :class:`ErrorReply`.
+        """
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            text = f"the store does not handle {type(msg).__name__} messages"
+            return [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.UNKNOWN_OPCODE, text))]
+        out: list[Outgoing] = []
+        self._out = out
+        try:
+            reply = handler(conn_id, request_id, msg, now)
+        except _RejectError as exc:
+            reply = ErrorReply(exc.code, exc.message)
+        if reply is not None:
+            out.insert(0, Outgoing(conn_id, request_id, reply))
+        self._out = []
+        return out
+
+    def expire(self, now: float) -> list[Outgoing]:
+        """Answer parked requests past their deadline with TIMEOUT errors naming what is
+        missing and how long they waited."""
+        expired = [*self._waiters.pop_expired(now), *self._pops.pop_expired(now)]
+        return [Outgoing(w.conn_id, w.request_id, self._timeout_reply(w, now)) for w in expired]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a parked request, ``None`` when nothing is parked."""
+        deadlines = (self._waiters.next_deadline(), self._pops.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def drop_connection(self, conn_id: int) -> None:
+        """Forget the parked requests of ``conn_id``."""
+        n = self._waiters.drop_connection(conn_id) + self._pops.drop_connection(conn_id)
+        if n:
+            logger.debug("dropped %d parked request(s) of connection %d", n, conn_id)
+
+    @property
+    def parked(self) -> int:
+        """How many requests are parked right now."""
+        return len(self._waiters) + len(self._pops)
+
+    # --- checks and helpers -------------------------------------------------------------
+
+    def _check_key(self, key: str) -> None:
+        if len(key) * 4 > self.max_key_bytes and len(key.encode()) > self.max_key_bytes:
+            raise _RejectError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"key {key[:64]!r}... is {len(key.encode())} bytes, over the limit of "
+                f"{self.max_key_bytes} bytes",
+            )
+
+    def _check_keys(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._check_key(key)
+
+    def _check_value(self, key: str, size: int) -> None:
+        if size > self.max_value_bytes:
+            raise _RejectError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"value for key {key!r} is {size} bytes, over the limit of "
+                f"{self.max_value_bytes} bytes",
+            )
+
+    def _exists(self, key: str) -> bool:
+        return key in self._values or key in self._queues
+
+    def _value_of(self, key: str) -> Buffer | None:
+        if key in self._queues:
+            raise _wrong_kind(key, "queue", "value")
+        return self._values.get(key)
+
+    def _store(self, key: str, value: Buffer) -> None:
+        """Set a value (replacing a queue) and wake what waited for the key."""
+        self._queues.pop(key, None)
+        self._values[key] = value
+        if self._waiters.has_waiters(key):
+            self._wake_keys(key)
+
+    def _wake_keys(self, key: str) -> None:
+        for w in self._waiters.take(key):
+            msg = w.msg
+            keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
+            missing = next((k for k in keys if not self._exists(k)), None)
+            if missing is not None:
+                self._waiters.reindex(w, missing)
+                continue
+            self._waiters.finish(w)
+            self._out.append(Outgoing(w.conn_id, w.request_id, self._answer(msg)))
+
+    def _answer(self, msg: object) -> object:
+        """The reply of a satisfied Wait / Get / MultiGet."""
+        try:
+            if isinstance(msg, Get):
+                return ValueReply(self._value_of(msg.key) or b"")
+            if isinstance(msg, MultiGet):
+                return ValuesReply(tuple(self._value_of(k) or b"" for k in msg.keys))
+        except _RejectError as exc:  # a key came into existence as a queue
+            return ErrorReply(exc.code, exc.message)
+        return OkReply()
+
+    @staticmethod
+    def _park(index: WaiterIndex, conn_id: int, request_id: int, msg: object, key: str,
+              timeout_ms: int, now: float) -> None:  # fmt: skip
+        w = Waiter(conn_id, request_id, msg, parked_at=now, deadline=now + timeout_ms / 1000.0)
+        index.park(w, key)
+
+    def _timeout_reply(self, w: Waiter, now: float) -> ErrorReply:
+        waited = f"{now - w.parked_at:.2f} s"
+        msg = w.msg
+        if isinstance(msg, QueuePop):
+            text = f"queue_pop of {msg.key!r} timed out after {waited}; the queue is still empty"
+        elif isinstance(msg, Get):
+            text = f"get of key {msg.key!r} timed out after {waited}; the key is still missing"
+        else:
+            keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
+            missing = [k for k in keys if not self._exists(k)]
+            op = "wait for" if isinstance(msg, Wait) else "multi_get of"
+            text = f"{op} keys {list(keys)} timed out after {waited}; still missing: {missing}"
+        return ErrorReply(ErrorCode.TIMEOUT, text)
+
+    def _block_on(self, conn_id: int, request_id: int, msg: object, keys: tuple[str, ...],
+                  timeout_ms: int, now: float) -> object | None:  # fmt: skip
+        """Answer now if every key exists, else park (or time out at once if timeout 0)."""
+        missing = next((k for k in keys if not self._exists(k)), None)
+        if missing is None:
+            return self._answer(msg)
+        _check_timeout(timeout_ms)
+        if timeout_ms == 0:
+            return self._timeout_reply(Waiter(conn_id, request_id, msg, now, now), now)
+        self._park(self._waiters, conn_id, request_id, msg, missing, timeout_ms, now)
+        return None
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def _set(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Set)
+        self._check_key(msg.key)
+        self._check_value(msg.key, _nbytes(msg.value))
+        self._store(msg.key, msg.value)
+        return OkReply()
+
+    def _get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Get)
+        self._check_key(msg.key)
+        if not msg.block:
+            return ValueReply(self._value_of(msg.key) or b"")
+        return self._block_on(conn_id, request_id, msg, (msg.key,), msg.timeout_ms, now)
+
+    def _multi_get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, MultiGet)
+        self._check_keys(msg.keys)
+        if not msg.block:
+            return ValuesReply(tuple(self._value_of(k) or b"" for k in msg.keys))
+        return self._block_on(conn_id, request_id, msg, msg.keys, msg.timeout_ms, now)
+
+    def _wait(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Wait)
+        self._check_keys(msg.keys)
+        return self._block_on(conn_id, request_id, msg, msg.keys, msg.timeout_ms, now)
+
+    def _add(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Add)
+        self._check_key(msg.key)
+        current = self._value_of(msg.key)
+        base = 0
+        if current is not None:
+            try:
+                base = int(bytes(current))
+            except ValueError:
+                raise _RejectError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"cannot add to key {msg.key!r}: its value {_preview(current)} "
+                    "is not a decimal integer",
+                ) from None
+        result = base + msg.amount
+        self._store(msg.key, str(result).encode())
+        return IntReply(result)
+
+    def _compare_set(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, CompareSet)
+        self._check_key(msg.key)
+        self._check_value(msg.key, _nbytes(msg.desired))
+        current = self._value_of(msg.key)
+        if current is None:
+            if _nbytes(msg.expected) != 0:
+                return ValueReply(msg.expected)
+        elif current != msg.expected:
+            return ValueReply(current)
+        self._store(msg.key, msg.desired)
+        return ValueReply(msg.desired)
+
+    def _check(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Check)
+        self._check_keys(msg.keys)
+        return IntReply(int(all(self._exists(k) for k in msg.keys)))
+
+    def _delete_key(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, DeleteKey)
+        self._check_key(msg.key)
+        found = self._values.pop(msg.key, None) is not None
+        found = self._queues.pop(msg.key, None) is not None or found
+        return IntReply(int(found))
+
+    def _num_keys(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        return IntReply(len(self._values) + len(self._queues))
+
+    def _list_keys(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        return KeysReply((*self._values, *self._queues))
+
+    def _multi_set(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, MultiSet)
+        if len(msg.keys) != len(msg.values):
+            raise _RejectError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"multi_set got {len(msg.keys)} keys but {len(msg.values)} values",
+            )
+        for key, value in zip(msg.keys, msg.values, strict=True):
+            self._check_key(key)
+            self._check_value(key, _nbytes(value))
+        for key, value in zip(msg.keys, msg.values, strict=True):
+            self._store(key, value)
+        return OkReply()
+
+    def _append(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, Append)
+        self._check_key(msg.key)
+        current = self._value_of(msg.key)
+        size = _nbytes(msg.value) + (0 if current is None else _nbytes(current))
+        self._check_value(msg.key, size)
+        self._store(msg.key, msg.value if current is None else b"".join((current, msg.value)))
+        return OkReply()
+
+    def _queue_push(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, QueuePush)
+        self._check_key(msg.key)
+        self._check_value(msg.key, _nbytes(msg.value))
+        if msg.key in self._values:
+            raise _wrong_kind(msg.key, "value", "queue")
+        w = self._pops.first(msg.key)
+        if w is not None:  # hand the item straight to the oldest parked pop
+            self._pops.finish(w)
+            self._out.append(Outgoing(w.conn_id, w.request_id, ValueReply(msg.value)))
+            return OkReply()
+        queue = self._queues.get(msg.key)
+        if queue is None:
+            self._queues[msg.key] = deque((msg.value,))
+            if self._waiters.has_waiters(msg.key):
+                self._wake_keys(msg.key)
+        else:
+            queue.append(msg.value)
+        return OkReply()
+
+    def _queue_pop(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, QueuePop)
+        self._check_key(msg.key)
+        if msg.key in self._values:
+            raise _wrong_kind(msg.key, "value", "queue")
+        queue = self._queues.get(msg.key)
+        if queue:
+            item = queue.popleft()
+            if not queue:
+                del self._queues[msg.key]
+            return ValueReply(item)
+        if not msg.block:
+            raise _RejectError(ErrorCode.INVALID_ARGUMENT, f"queue {msg.key!r} is empty")
+        _check_timeout(msg.timeout_ms)
+        if msg.timeout_ms == 0:
+            return self._timeout_reply(Waiter(conn_id, request_id, msg, now, now), now)
+        self._park(self._pops, conn_id, request_id, msg, msg.key, msg.timeout_ms, now)
+        return None
+
+    def _queue_len(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        assert isinstance(msg, QueueLen)
+        self._check_key(msg.key)
+        return IntReply(len(self._queues.get(msg.key, ())))
+
+    def _ping(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        return OkReply()

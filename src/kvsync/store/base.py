@@ -1,0 +1,453 @@
+"""The Store API, implemented once over a single abstract request method.
+
+:class:`Store` checks arguments, turns ``str`` into UTF-8 bytes, converts timeouts, builds
+the request messages of :mod:`kvsync.protocol.messages` and interprets the replies; a
+concrete store only implements ``_call(msg, timeout) -> reply`` (in process for
+:class:`~kvsync.store.HashStore`, over a socket for ``TCPStore``). Error replies become the
+:mod:`kvsync.errors` class of their code, through :func:`kvsync.errors.error_from_code`.
+
+Example:
+    >>> from kvsync.store import HashStore
+    >>> store = HashStore()
+    >>> store.set("first_key", "first_value")
+    >>> store.get("first_key")
+    b'first_value'
+    >>> store.get("missing")
+    b''
+    >>> store.add("counter", 2), store.add("counter", 3)
+    (2, 5)
+    >>> store.delete_key("first_key")
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import TypeAlias, TypeVar
+
+from kvsync import defaults
+from kvsync.errors import RemoteProtocolError, StoreConnectionError, error_from_code
+from kvsync.protocol import messages as m
+from kvsync.store import sync
+
+__all__ = ["REPLY_GRACE_SECONDS", "Store", "Timeout", "Value", "to_seconds"]
+
+#: What callers may pass as a value: text (stored as UTF-8) or bytes-like.
+Value: TypeAlias = "str | bytes | bytearray | memoryview"
+#: A timeout: seconds (int or float) or a ``datetime.timedelta``.
+Timeout: TypeAlias = "float | timedelta"
+#: Extra seconds a client waits for the reply of a request the server may park for
+#: ``timeout``, so that the server's TIMEOUT reply (which names what is missing) wins.
+REPLY_GRACE_SECONDS: float = 1.0
+_MAX_TIMEOUT_MS = 1 << 62
+
+_R = TypeVar("_R")
+_S = TypeVar("_S", bound="Store")
+
+
+def to_seconds(timeout: object, name: str = "timeout") -> float:
+    """Seconds from a number or a ``timedelta``.
+
+    Raises:
+        TypeError: ``timeout`` is neither a number nor a ``timedelta``.
+        ValueError: it is negative or NaN.
+
+    Example:
+        >>> to_seconds(timedelta(minutes=1)), to_seconds(2)
+        (60.0, 2.0)
+    """
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(
+            f"{name} must be seconds (int or float) or a datetime.timedelta, "
+            f"got {type(timeout).__name__}"
+        )
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {seconds}")
+    return seconds
+
+
+def _ms(seconds: float) -> int:
+    return (
+        min(math.ceil(seconds * 1000.0), _MAX_TIMEOUT_MS)
+        if math.isfinite(seconds)
+        else (_MAX_TIMEOUT_MS)
+    )
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, got {type(key).__name__}: {key!r:.80}")
+    return key
+
+
+def _check_keys(keys: object, what: str) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        return (keys,)
+    if not isinstance(keys, Iterable) or isinstance(keys, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} expects a list of str keys, got {type(keys).__name__}")
+    return tuple(_check_key(k) for k in keys)
+
+
+def _to_buffer(value: object, key: str) -> m.Buffer:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray):
+        return value
+    if isinstance(value, memoryview):
+        if not value.contiguous:
+            raise ValueError(f"value for key {key!r} is a non-contiguous memoryview")
+        return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+    raise TypeError(
+        f"value for key {key!r} must be str, bytes, bytearray or memoryview, "
+        f"got {type(value).__name__}"
+    )
+
+
+class Store(abc.ABC):
+    """A key-value store for rendezvous and coordination (PyTorch's ``Store`` API).
+
+    Keys are ``str``; values ``str`` or bytes-like, always returned as ``bytes``. Every
+    blocking call takes ``timeout`` (seconds or ``timedelta``; default: the store's).
+
+    Args:
+        timeout: default deadline of every operation, seconds or ``timedelta``.
+
+    Raises:
+        TypeError, ValueError: ``timeout`` is not a non-negative number or ``timedelta``.
+
+    Example:
+        >>> from kvsync.store import HashStore
+        >>> with HashStore(timeout=timedelta(seconds=30)) as store:
+        ...     store.timeout
+        datetime.timedelta(seconds=30)
+    """
+
+    #: ``False``: a missing key reads as ``b""`` (the reference document); ``True``: ``get``
+    #: and ``multi_get`` wait for the key until the timeout (PyTorch).
+    _blocking_get: bool = False
+
+    def __init__(self, timeout: Timeout = defaults.DEFAULT_TIMEOUT) -> None:
+        self._timeout = to_seconds(timeout)
+        self._closed = False
+
+    # --- the one method a concrete store implements ---------------------------------------
+
+    @abc.abstractmethod
+    def _call(self, msg: object, timeout: float) -> object:
+        """Send one request and return its reply message.
+
+        Args:
+            msg: a request of :mod:`kvsync.protocol.messages`.
+            timeout: seconds to wait for the reply. For requests the server may park
+                (their ``timeout_ms``) it already includes :data:`REPLY_GRACE_SECONDS`.
+
+        Returns:
+            The reply message; an :class:`~kvsync.protocol.messages.ErrorReply` may be
+            returned or already raised as its :mod:`kvsync.errors` class.
+        """
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _request(self, msg: object, reply_type: type[_R], timeout: float | None = None) -> _R:
+        if self._closed:
+            raise StoreConnectionError(f"{self!r} is closed")
+        reply = self._call(msg, self._timeout if timeout is None else timeout)
+        if isinstance(reply, m.ErrorReply):
+            raise error_from_code(reply.code, reply.message)
+        if not isinstance(reply, reply_type):
+            raise RemoteProtocolError(
+                f"expected {reply_type.__name__} in reply to {type(msg).__name__}, "
+                f"got {type(reply).__name__}"
+            )
+        return reply
+
+    def _deadline(self, timeout: Timeout | None) -> tuple[int, float]:
+        """(server-side timeout_ms, client-side reply timeout) for a blocking request."""
+        seconds = self._timeout if timeout is None else to_seconds(timeout)
+        return _ms(seconds), seconds + REPLY_GRACE_SECONDS
+
+    # --- the Store API --------------------------------------------------------------------
+
+    def set(self, key: str, value: Value) -> None:
+        """Store ``value`` under ``key``, overwriting any previous value.
+
+        Raises:
+            TypeError: ``key`` is not ``str`` or ``value`` is not ``str``/bytes-like.
+            LimitExceededError: the key or value is over the store's cap.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("k", b"v"); s.get("k")
+            b'v'
+        """
+        key = _check_key(key)
+        self._request(m.Set(key, _to_buffer(value, key)), m.OkReply)
+
+    def get(self, key: str) -> bytes:
+        """The value under ``key``; ``b""`` if missing (the torch flavour waits instead).
+
+        Raises:
+            TypeError: ``key`` is not ``str``.
+            StoreTimeoutError: torch flavour only: the key did not appear in time.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> HashStore().get("nothing")
+            b''
+        """
+        key = _check_key(key)
+        timeout_ms, reply_timeout = self._deadline(None)
+        msg = m.Get(key, self._blocking_get, timeout_ms)
+        return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
+
+    def add(self, key: str, amount: int) -> int:
+        """Add ``amount`` to the integer under ``key`` (missing counts as 0); the new value.
+
+        Raises:
+            TypeError: ``key`` is not ``str`` or ``amount`` not an ``int``.
+            ServerError: the value under ``key`` is not a decimal integer.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.add("n", 1); s.add("n", 41); s.get("n")
+            1
+            42
+            b'42'
+        """
+        key = _check_key(key)
+        if not isinstance(amount, int):
+            raise TypeError(f"add to key {key!r}: amount must be int, got {type(amount).__name__}")
+        return self._request(m.Add(key, int(amount)), m.IntReply).value
+
+    def compare_set(self, key: str, expected: Value, desired: Value) -> bytes:
+        """Set ``key`` to ``desired`` if it holds ``expected``; returns the value now held.
+
+        A missing key matches an empty ``expected``; a missing key with a non-empty
+        ``expected`` is left alone and ``expected`` is returned (as PyTorch does).
+
+        Raises:
+            TypeError: bad key or value types.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore()
+            >>> s.compare_set("k", "", "first"), s.compare_set("k", "other", "x")
+            (b'first', b'first')
+        """
+        key = _check_key(key)
+        msg = m.CompareSet(key, _to_buffer(expected, key), _to_buffer(desired, key))
+        return bytes(self._request(msg, m.ValueReply).value)
+
+    def wait(self, keys: str | Sequence[str], timeout: Timeout | None = None) -> None:
+        """Block until every key exists.
+
+        Args:
+            keys: a list of keys (or one key).
+            timeout: seconds or ``timedelta``; default: the store's timeout.
+
+        Raises:
+            StoreTimeoutError: naming the keys still missing and the time waited.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("a", "1"); s.wait(["a"])
+            >>> s.wait(["a", "b"], timeout=0.01)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            kvsync.errors.StoreTimeoutError: wait for keys ['a', 'b'] timed out after ...
+        """
+        key_tuple = _check_keys(keys, "wait")
+        timeout_ms, reply_timeout = self._deadline(timeout)
+        self._request(m.Wait(key_tuple, timeout_ms), m.OkReply, reply_timeout)
+
+    def check(self, keys: str | Sequence[str]) -> bool:
+        """Whether every key exists, without waiting.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("a", "1"); s.check(["a"]), s.check(["a", "b"])
+            (True, False)
+        """
+        return bool(self._request(m.Check(_check_keys(keys, "check")), m.IntReply).value)
+
+    def delete_key(self, key: str) -> bool:
+        """Delete ``key`` (a value or a queue); whether it existed.
+
+        Raises:
+            TypeError: ``key`` is not ``str``.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("k", "v"); s.delete_key("k"), s.delete_key("k")
+            (True, False)
+        """
+        return bool(self._request(m.DeleteKey(_check_key(key)), m.IntReply).value)
+
+    def num_keys(self) -> int:
+        """How many keys the store holds (queues included).
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("a", "1"); s.queue_push("q", "x"); s.num_keys()
+            2
+        """
+        return self._request(m.NumKeys(), m.IntReply).value
+
+    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
+        """The values of several keys, in order (missing keys as :meth:`get` treats them).
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.multi_set(["a", "b"], ["1", b"2"]); s.multi_get(["a", "b"])
+            [b'1', b'2']
+        """
+        key_tuple = _check_keys(keys, "multi_get")
+        timeout_ms, reply_timeout = self._deadline(None)
+        msg = m.MultiGet(key_tuple, self._blocking_get, timeout_ms)
+        return [bytes(v) for v in self._request(msg, m.ValuesReply, reply_timeout).values]
+
+    def multi_set(self, keys: Sequence[str], values: Sequence[Value]) -> None:
+        """Set several keys at once (atomically).
+
+        Raises:
+            ValueError: ``keys`` and ``values`` differ in length.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> HashStore().multi_set(["a"], ["1", "2"])
+            Traceback (most recent call last):
+            ...
+            ValueError: multi_set got 1 keys but 2 values
+        """
+        key_tuple = _check_keys(keys, "multi_set")
+        value_list = list(values)
+        if len(key_tuple) != len(value_list):
+            raise ValueError(f"multi_set got {len(key_tuple)} keys but {len(value_list)} values")
+        buffers = tuple(_to_buffer(v, k) for k, v in zip(key_tuple, value_list, strict=True))
+        self._request(m.MultiSet(key_tuple, buffers), m.OkReply)
+
+    def append(self, key: str, value: Value) -> None:
+        """Append ``value`` to the bytes under ``key`` (creating it if missing).
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.append("k", "ab"); s.append("k", b"c"); s.get("k")
+            b'abc'
+        """
+        key = _check_key(key)
+        self._request(m.Append(key, _to_buffer(value, key)), m.OkReply)
+
+    def list_keys(self) -> list[str]:
+        """Every key the store holds.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set("b", "1"); s.set("a", "2"); sorted(s.list_keys())
+            ['a', 'b']
+        """
+        return list(self._request(m.ListKeys(), m.KeysReply).keys)
+
+    def queue_push(self, key: str, value: Value) -> None:
+        """Push ``value`` at the tail of the queue ``key``.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.queue_push("q", "a"); s.queue_push("q", "b"); s.queue_len("q")
+            2
+        """
+        key = _check_key(key)
+        self._request(m.QueuePush(key, _to_buffer(value, key)), m.OkReply)
+
+    def queue_pop(self, key: str, block: bool = True, timeout: Timeout | None = None) -> bytes:
+        """Pop the head of the queue ``key``, waiting for an item if ``block``.
+
+        Raises:
+            StoreTimeoutError: ``block`` and no item arrived in time.
+            ServerError: not ``block`` and the queue is empty.
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.queue_push("q", "a"); s.queue_pop("q")
+            b'a'
+            >>> s.queue_pop("q", timeout=0.01)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            kvsync.errors.StoreTimeoutError: queue_pop of 'q' timed out after ...
+        """
+        key = _check_key(key)
+        timeout_ms, reply_timeout = self._deadline(timeout)
+        msg = m.QueuePop(key, bool(block), timeout_ms)
+        return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
+
+    def queue_len(self, key: str) -> int:
+        """Number of items in the queue ``key`` (0 if missing).
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> HashStore().queue_len("q")
+            0
+        """
+        return self._request(m.QueueLen(_check_key(key)), m.IntReply).value
+
+    def barrier(self, key: str, world_size: int, timeout: Timeout | None = None) -> None:
+        """Block until ``world_size`` callers reached the barrier ``key``; reusable.
+
+        Built only from ``add``/``set``/``wait`` (see :func:`kvsync.store.sync.barrier`).
+
+        Raises:
+            StoreTimeoutError: naming how many ranks arrived, e.g. "3/8 ranks reached
+                barrier 'b' after 2.00 s".
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> HashStore().barrier("start", world_size=1)
+        """
+        sync.barrier(self, key, world_size, timeout)
+
+    # --- timeouts and lifetime ------------------------------------------------------------
+
+    def set_timeout(self, timeout: Timeout) -> None:
+        """Change the default timeout (seconds or ``timedelta``).
+
+        Example:
+            >>> from kvsync.store import HashStore
+            >>> s = HashStore(); s.set_timeout(5); s.timeout.total_seconds()
+            5.0
+        """
+        self._timeout = to_seconds(timeout)
+
+    @property
+    def timeout(self) -> timedelta:
+        """The default timeout, as a ``timedelta`` (as PyTorch's ``Store.timeout``)."""
+        return timedelta(seconds=self._timeout)
+
+    def close(self) -> None:
+        """Release the store's resources; later calls raise ``StoreConnectionError``."""
+        self._closed = True
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _repr_fields(self) -> str:
+        """``name=value, `` pairs a subclass shows in its repr before the timeout."""
+        return ""
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        return f"{type(self).__name__}({self._repr_fields()}timeout={self._timeout:g}{state})"

@@ -1,0 +1,236 @@
+"""Unit specs of StoreState: parking, wake-ups, expiry, dropped connections, caps, Router."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvsync.errors import ErrorCode
+from kvsync.protocol import messages as m
+from kvsync.server.state import Outgoing, Router, StoreState
+
+
+def replies(out: list[Outgoing]) -> dict[tuple[int, int], object]:
+    return {(o.conn_id, o.request_id): o.reply for o in out}
+
+
+@pytest.fixture
+def st() -> StoreState:
+    return StoreState(max_key_bytes=16, max_value_bytes=8)
+
+
+def test_wait_parks_until_every_key_exists_then_answers_the_waiter(st: StoreState) -> None:
+    assert st.handle(1, 5, m.Wait(("a", "b"), 1000), now=0.0) == []
+    assert replies(st.handle(2, 1, m.Set("a", b"1"), now=0.1)) == {(2, 1): m.OkReply()}
+    assert replies(st.handle(2, 2, m.Set("b", b"2"), now=0.2)) == {
+        (2, 2): m.OkReply(),
+        (1, 5): m.OkReply(),
+    }
+    assert st.parked == 0 and st.next_deadline() is None
+
+
+def test_waiter_rechecks_keys_deleted_while_it_was_parked(st: StoreState) -> None:
+    st.handle(2, 1, m.Set("b", b"x"), now=0.0)
+    assert st.handle(1, 5, m.Wait(("a", "b"), 1000), now=0.0) == []
+    st.handle(2, 2, m.DeleteKey("b"), now=0.0)
+    assert replies(st.handle(2, 3, m.Set("a", b"x"), now=0.0)) == {(2, 3): m.OkReply()}
+    assert (1, 5) in replies(st.handle(2, 4, m.Add("b", 1), now=0.0))
+
+
+def test_blocking_get_and_multi_get_answer_with_the_values(st: StoreState) -> None:
+    st.handle(1, 1, m.Get("k", block=True, timeout_ms=500), now=0.0)
+    st.handle(1, 2, m.MultiGet(("j", "k"), block=True, timeout_ms=500), now=0.0)
+    st.handle(2, 1, m.Set("j", b"J"), now=0.0)
+    out = replies(st.handle(2, 2, m.Set("k", b"K"), now=0.0))
+    assert out[(1, 1)] == m.ValueReply(b"K")
+    assert out[(1, 2)] == m.ValuesReply((b"J", b"K"))
+
+
+def test_non_blocking_get_of_missing_key_returns_empty(st: StoreState) -> None:
+    assert st.handle(1, 1, m.Get("nope", False, 0), now=0.0)[0].reply == m.ValueReply(b"")
+
+
+def test_expire_names_missing_keys_and_time_waited(st: StoreState) -> None:
+    st.handle(1, 7, m.Wait(("a", "b"), 1000), now=10.0)
+    st.handle(2, 1, m.Set("a", b"1"), now=10.5)
+    assert st.next_deadline() == pytest.approx(11.0)
+    assert st.expire(10.9) == []
+    (out,) = st.expire(11.0)
+    assert (out.conn_id, out.request_id) == (1, 7)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.TIMEOUT
+    assert out.reply.message == (
+        "wait for keys ['a', 'b'] timed out after 1.00 s; still missing: ['b']"
+    )
+    assert st.next_deadline() is None
+
+
+def test_timeout_zero_answers_at_once_without_parking(st: StoreState) -> None:
+    (out,) = st.handle(1, 1, m.Wait(("a",), 0), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.TIMEOUT
+    (out,) = st.handle(1, 2, m.QueuePop("q", True, 0), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and "queue is still empty" in out.reply.message
+    assert st.parked == 0
+
+
+def test_negative_timeout_is_an_invalid_argument(st: StoreState) -> None:
+    (out,) = st.handle(1, 1, m.Wait(("a",), -1), now=0.0)
+    assert out.reply == m.ErrorReply(ErrorCode.INVALID_ARGUMENT, "timeout_ms is -1, must be >= 0")
+
+
+def test_drop_connection_forgets_its_parked_requests_only(st: StoreState) -> None:
+    st.handle(1, 1, m.Wait(("a",), 1000), now=0.0)
+    st.handle(1, 2, m.QueuePop("q", True, 500), now=0.0)
+    st.handle(2, 1, m.Wait(("a",), 2000), now=0.0)
+    st.drop_connection(1)
+    assert st.parked == 1 and st.next_deadline() == pytest.approx(2.0)
+    assert replies(st.handle(3, 1, m.Set("a", b"x"), now=0.0)) == {
+        (3, 1): m.OkReply(),
+        (2, 1): m.OkReply(),
+    }
+    assert replies(st.handle(3, 2, m.QueuePush("q", b"i"), now=0.0)) == {(3, 2): m.OkReply()}
+    assert st.handle(3, 3, m.QueueLen("q"), now=0.0)[0].reply == m.IntReply(1)
+
+
+def test_queue_push_hands_items_to_parked_pops_in_fifo_order(st: StoreState) -> None:
+    st.handle(1, 1, m.QueuePop("q", True, 1000), now=0.0)
+    st.handle(2, 1, m.QueuePop("q", True, 1000), now=0.0)
+    assert replies(st.handle(3, 1, m.QueuePush("q", b"x"), now=0.0))[(1, 1)] == m.ValueReply(b"x")
+    assert replies(st.handle(3, 2, m.QueuePush("q", b"y"), now=0.0))[(2, 1)] == m.ValueReply(b"y")
+    assert st.handle(3, 3, m.NumKeys(), now=0.0)[0].reply == m.IntReply(0)
+
+
+def test_wait_on_a_queue_key_wakes_on_first_push(st: StoreState) -> None:
+    st.handle(1, 1, m.Wait(("q",), 1000), now=0.0)
+    assert (1, 1) in replies(st.handle(2, 1, m.QueuePush("q", b"x"), now=0.0))
+
+
+def test_many_waiters_on_other_keys_are_not_touched_by_a_set() -> None:
+    st = StoreState()
+    for i in range(2000):
+        st.handle(i, 0, m.Wait((f"k{i}",), 60_000), now=0.0)
+    assert replies(st.handle(9999, 0, m.Set("k7", b""), now=0.0)) == {
+        (9999, 0): m.OkReply(),
+        (7, 0): m.OkReply(),
+    }
+    assert st.parked == 1999
+
+
+def test_deadline_heap_is_compacted_after_many_answered_waits() -> None:
+    st = StoreState()
+    for i in range(1000):
+        st.handle(1, i, m.Wait(("k",), 60_000), now=0.0)
+        st.handle(2, i, m.Set("k", b""), now=0.0)
+        st.handle(2, i, m.DeleteKey("k"), now=0.0)
+    assert len(st._waiters._heap) < 200  # lazy deletion does not grow without bound
+    assert st.next_deadline() is None
+
+
+def test_stored_memoryview_is_kept_without_copy_and_append_builds_new_bytes() -> None:
+    st = StoreState()
+    buf = memoryview(bytearray(b"abc"))
+    st.handle(1, 1, m.Set("k", buf), now=0.0)
+    (out,) = st.handle(1, 2, m.Get("k", False, 0), now=0.0)
+    assert isinstance(out.reply, m.ValueReply) and out.reply.value is buf
+    st.handle(1, 3, m.Append("k", b"d"), now=0.0)
+    assert bytes(buf) == b"abc"
+    (out,) = st.handle(1, 4, m.Get("k", False, 0), now=0.0)
+    assert isinstance(out.reply, m.ValueReply) and bytes(out.reply.value) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    ("msg", "needle"),
+    [
+        (m.Set("k" * 17, b""), "17 bytes, over the limit of 16 bytes"),
+        (m.Set("k", b"123456789"), "value for key 'k' is 9 bytes, over the limit of 8 bytes"),
+        (m.Wait(("ok", "é" * 9), 10), "18 bytes, over the limit of 16"),
+        (m.MultiSet(("a", "b"), (b"", b"x" * 9)), "key 'b' is 9 bytes"),
+        (m.QueuePush("q", b"x" * 9), "key 'q' is 9 bytes"),
+    ],
+)
+def test_caps_give_limit_exceeded_naming_key_and_limit(
+    st: StoreState, msg: object, needle: str
+) -> None:
+    (out,) = st.handle(1, 1, msg, now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.LIMIT_EXCEEDED
+    assert needle in out.reply.message
+    assert st.handle(1, 2, m.NumKeys(), now=0.0)[0].reply == m.IntReply(0)
+
+
+def test_append_over_value_cap_is_refused(st: StoreState) -> None:
+    st.handle(1, 1, m.Set("k", b"12345"), now=0.0)
+    (out,) = st.handle(1, 2, m.Append("k", b"6789"), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.LIMIT_EXCEEDED
+
+
+def test_add_to_non_integer_is_invalid_argument_naming_key(st: StoreState) -> None:
+    st.handle(1, 1, m.Set("k", b"abc"), now=0.0)
+    (out,) = st.handle(1, 2, m.Add("k", 1), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.INVALID_ARGUMENT
+    assert "'k'" in out.reply.message and "b'abc'" in out.reply.message
+
+
+@pytest.mark.parametrize(
+    ("current", "expected", "desired", "reply", "stored"),
+    [
+        (None, b"", b"new", b"new", b"new"),  # missing + empty expected: set
+        (None, b"exp", b"new", b"exp", None),  # missing + non-empty expected: echo, no change
+        (b"cur", b"cur", b"new", b"new", b"new"),  # equal: set
+        (b"cur", b"other", b"new", b"cur", b"cur"),  # different: current
+    ],
+)
+def test_compare_set_follows_torch(
+    st: StoreState,
+    current: bytes | None,
+    expected: bytes,
+    desired: bytes,
+    reply: bytes,
+    stored: bytes | None,
+) -> None:
+    if current is not None:
+        st.handle(1, 0, m.Set("k", current), now=0.0)
+    (out,) = st.handle(1, 1, m.CompareSet("k", expected, desired), now=0.0)
+    assert out.reply == m.ValueReply(reply)
+    (check,) = st.handle(1, 2, m.Check(("k",)), now=0.0)
+    assert check.reply == m.IntReply(stored is not None)
+
+
+def test_unknown_message_type_gets_unknown_opcode(st: StoreState) -> None:
+    (out,) = st.handle(1, 1, m.OkReply(), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.UNKNOWN_OPCODE
+
+
+class _Echo:
+    """A second logic with its own parked state, to check Router fans out."""
+
+    def __init__(self) -> None:
+        self.dropped: list[int] = []
+
+    def handle(self, conn_id: int, request_id: int, msg: object, now: float) -> list[Outgoing]:
+        return [Outgoing(conn_id, request_id, m.IntReply(42))]
+
+    def expire(self, now: float) -> list[Outgoing]:
+        return [Outgoing(0, 0, m.OkReply())] if now >= 5 else []
+
+    def next_deadline(self) -> float | None:
+        return 5.0
+
+    def drop_connection(self, conn_id: int) -> None:
+        self.dropped.append(conn_id)
+
+
+def test_router_dispatches_by_type_and_fans_out_the_rest() -> None:
+    st, echo = StoreState(), _Echo()
+    router = Router({StoreState.MESSAGE_TYPES: st, m.IntReply: echo})
+    assert router.handle(1, 1, m.IntReply(0), now=0.0)[0].reply == m.IntReply(42)
+    assert router.handle(1, 2, m.Ping(), now=0.0)[0].reply == m.OkReply()
+    router.handle(1, 3, m.Wait(("a",), 1000), now=0.0)
+    assert router.next_deadline() == pytest.approx(1.0)
+    assert len(router.expire(6.0)) == 2
+    router.drop_connection(9)
+    assert echo.dropped == [9]
+    (out,) = router.handle(1, 4, m.ValueReply(b""), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.UNKNOWN_OPCODE
+
+
+def test_router_refuses_a_type_routed_twice() -> None:
+    with pytest.raises(ValueError, match="Ping"):
+        Router({m.Ping: StoreState(), (m.Ping, m.Set): StoreState()})
