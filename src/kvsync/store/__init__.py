@@ -17,5 +17,6 @@ from __future__ import annotations
 
 from kvsync.store.base import Store
 from kvsync.store.hash import HashStore
+from kvsync.store.prefix import PrefixStore
 
-__all__ = ["HashStore", "Store"]
+__all__ = ["HashStore", "PrefixStore", "Store"]

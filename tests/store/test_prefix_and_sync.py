@@ -1,0 +1,89 @@
+"""PrefixStore specifics and the coordination helpers of kvsync.store.sync."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kvsync.errors import StoreTimeoutError
+from kvsync.store import HashStore, PrefixStore
+from kvsync.store.sync import barrier, rendezvous
+
+
+def test_prefix_store_keys_live_under_the_prefix_of_the_underlying_store() -> None:
+    base = HashStore()
+    a, b = PrefixStore("a", base), PrefixStore("b", base)
+    a.set("k", "1")
+    b.set("k", "2")
+    assert (a.get("k"), b.get("k")) == (b"1", b"2")
+    assert sorted(base.list_keys()) == ["a/k", "b/k"]
+    assert a.list_keys() == ["k"]
+    assert a.underlying_store is base and a.prefix == "a"
+
+
+def test_prefix_store_num_keys_counts_the_whole_underlying_store_like_torch() -> None:
+    base = HashStore()
+    base.set("other", "x")
+    p = PrefixStore("p", base)
+    p.set("k", "1")
+    assert p.num_keys() == 2
+
+
+def test_prefix_store_rewrites_multi_key_requests_and_errors_name_full_keys() -> None:
+    p = PrefixStore("job", HashStore())
+    p.multi_set(["x", "y"], ["1", "2"])
+    assert p.multi_get(["y", "x"]) == [b"2", b"1"]
+    assert p.check(["x", "y"])
+    with pytest.raises(StoreTimeoutError, match=r"still missing: \['job/z'\]"):
+        p.wait(["x", "z"], timeout=0.05)
+
+
+def test_nested_prefix_stores_compose() -> None:
+    base = HashStore()
+    inner = PrefixStore("outer", PrefixStore("mid", base))
+    inner.queue_push("q", "v")
+    assert base.list_keys() == ["mid/outer/q"]
+    assert inner.queue_pop("q") == b"v"
+
+
+def test_prefix_store_inherits_timeout_and_get_flavour() -> None:
+    base = HashStore(timeout=12)
+    p = PrefixStore("p", base)
+    assert p.timeout.total_seconds() == 12
+    assert "prefix='p'" in repr(p) and "HashStore(timeout=12)" in repr(p)
+
+
+def test_prefix_store_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match="prefix must be str"):
+        PrefixStore(1, HashStore())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="kvsync Store"):
+        PrefixStore("p", {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("world_size", "exc"), [(0, ValueError), (1.5, TypeError)])
+def test_barrier_checks_world_size(world_size: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="world_size"):
+        barrier(HashStore(), "b", world_size)  # type: ignore[arg-type]
+
+
+def test_rendezvous_returns_every_ranks_value_in_rank_order() -> None:
+    store = HashStore()
+    results: list[list[bytes]] = [[] for _ in range(3)]
+
+    def rank(r: int) -> None:
+        results[r] = rendezvous(store, "addrs", r, 3, f"host{r}", timeout=10)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [[b"host0", b"host1", b"host2"]] * 3
+
+
+def test_rendezvous_timeout_names_the_ranks_that_did_not_publish() -> None:
+    with pytest.raises(StoreTimeoutError, match=r"ranks \[1, 2\] did not publish .*1/3 did"):
+        rendezvous(HashStore(), "r", 0, 3, "x", timeout=0.05)
+    with pytest.raises(ValueError, match="rank 3"):
+        rendezvous(HashStore(), "r", 3, 3, "x")
