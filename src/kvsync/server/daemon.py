@@ -20,6 +20,7 @@ import sys
 from types import FrameType
 
 from kvsync import defaults, env
+from kvsync.errors import StoreConnectionError
 from kvsync.server.loop import StoreServer
 
 __all__ = ["add_arguments", "run"]
@@ -55,19 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop).
-
-    Raises:
-        StoreConnectionError: the address cannot be bound (names host:port).
-    """
-    server = StoreServer(
-        args.host,
-        args.port,
-        max_key_bytes=args.max_key_bytes,
-        max_value_bytes=args.max_value_bytes,
-        secret=env.read().secret,
-        backlog=args.backlog,
-    )
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop, 1 when the
+    address cannot be bound, with the reason naming host:port on stderr)."""
+    try:
+        server = StoreServer(
+            args.host,
+            args.port,
+            max_key_bytes=args.max_key_bytes,
+            max_value_bytes=args.max_value_bytes,
+            secret=env.read().secret,
+            backlog=args.backlog,
+        )
+    except StoreConnectionError as exc:
+        print(f"kvsync serve: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.close()

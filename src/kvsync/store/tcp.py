@@ -170,7 +170,7 @@ class TCPStore(Store):
                                   timeout_hint=hint)  # fmt: skip
             self._join(wait_for_workers)
         except BaseException:
-            self._release()
+            self.close()
             raise
 
     def _join(self, wait_for_workers: bool) -> None:
