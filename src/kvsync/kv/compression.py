@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvsync.errors import InvalidArgumentError, ShapeMismatchError, UnknownNameError
+from kvsync.kv.reduce import run_split
 
 __all__ = [
     "GradientCompression",
@@ -48,7 +49,9 @@ __all__ = [
 Array = np.ndarray[Any, Any]
 Packed = np.ndarray[Any, np.dtype[np.uint32]]
 _WORD = np.dtype("<u4")
-_SHIFTS_2BIT = np.array([6, 4, 2, 0], np.uint8)
+#: Values quantised per block (a multiple of 32): temporaries stay in cache, and blocks
+#: are shared between threads for large arrays.
+CHUNK_VALUES = 1 << 16
 
 
 class GradientCompression(abc.ABC):
@@ -66,6 +69,7 @@ class GradientCompression(abc.ABC):
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = float(threshold)
         self._residuals: dict[Hashable, Array] = {}
+        self._tables: dict[np.dtype[Any], Array] = {}
 
     def to_params(self) -> dict[str, Any]:
         """The parameters that :func:`create_compression` turns back into this object."""
@@ -110,8 +114,20 @@ class GradientCompression(abc.ABC):
                 f"gradient for key {key!r} has shape {g.shape} and dtype {g.dtype}, its "
                 f"residual has {r.shape} and {r.dtype}"
             )
-        np.add(r, g, out=r)
-        return self._quantize(r.reshape(-1))
+        flat_r = r.reshape(-1)
+        flat_g = np.ascontiguousarray(g).reshape(-1)
+        words = np.empty(self.packed_words(flat_r.size), _WORD)
+        vpw = self.VALUES_PER_WORD
+
+        def work(lo: int, hi: int) -> None:
+            for s in range(lo * CHUNK_VALUES, min(hi * CHUNK_VALUES, flat_r.size), CHUNK_VALUES):
+                e = min(s + CHUNK_VALUES, flat_r.size)
+                rr = flat_r[s:e]
+                np.add(rr, flat_g[s:e], out=rr)
+                self._quantize_into(rr, words[s // vpw : -(-e // vpw)])
+
+        run_split(work, -(-flat_r.size // CHUNK_VALUES), r.nbytes)
+        return words
 
     def decompress(
         self,
@@ -134,30 +150,50 @@ class GradientCompression(abc.ABC):
                 f"({self.packed_words(size)} needed for {self.TYPE})"
             )
         dt = np.dtype(dtype)
-        table = self._table(dt)
-        codes = self._codes(words.view(np.uint8), size)
         if out is None:
-            result: Array = table[codes].reshape(shape_t)
-            return result
-        if out.shape != shape_t or out.dtype != dt or not out.flags.c_contiguous:
+            out = np.empty(shape_t, dt)
+        elif out.shape != shape_t or out.dtype != dt or not out.flags.c_contiguous:
             raise ShapeMismatchError(
                 f"out must be a C-contiguous {dt} array of shape {shape_t}, got {out.dtype} "
                 f"{out.shape}"
             )
-        np.take(table, codes, out=out.reshape(-1))
+        table = self._byte_table(dt)  # (256, values per byte): what each byte decodes to
+        per_byte = table.shape[1]
+        flat = out.reshape(-1)
+        raw = words.view(np.uint8)
+        whole = size // per_byte  # bytes whose values all belong to the array
+
+        def work(lo: int, hi: int) -> None:
+            for c in range(lo, hi):
+                b0, b1 = c * CHUNK_VALUES // per_byte, min((c + 1) * CHUNK_VALUES, size) // per_byte
+                dst = flat[b0 * per_byte : b1 * per_byte].reshape(-1, per_byte)
+                np.take(table, raw[b0:b1], axis=0, out=dst)
+
+        run_split(work, -(-size // CHUNK_VALUES), out.nbytes)
+        if whole * per_byte < size:  # the values of a last, partly used byte
+            flat[whole * per_byte :] = table[raw[whole]][: size - whole * per_byte]
+
+        run_split(work, -(-size // CHUNK_VALUES), out.nbytes)
         return out
 
     @abc.abstractmethod
-    def _quantize(self, r: Array) -> Packed:
-        """Pack codes for ``r`` (flat, updated in place to the new residual)."""
+    def _quantize_into(self, r: Array, words: Packed) -> None:
+        """Pack codes for ``r`` into ``words``; leave the new residual in ``r`` (flat)."""
 
     @abc.abstractmethod
-    def _codes(self, raw: np.ndarray[Any, np.dtype[np.uint8]], size: int) -> Array:
-        """Per-value codes (indices into :meth:`_table`) from the packed bytes."""
+    def _code_values(self) -> list[float]:
+        """The value each code stands for (index = code)."""
 
-    @abc.abstractmethod
-    def _table(self, dtype: np.dtype[Any]) -> Array:
-        """The value each code stands for."""
+    def _byte_table(self, dtype: np.dtype[Any]) -> Array:
+        table = self._tables.get(dtype)
+        if table is None:
+            bits = 32 // self.VALUES_PER_WORD
+            per_byte = 8 // bits
+            shifts = np.arange(8 - bits, -1, -bits, dtype=np.uint16)
+            codes = (np.arange(256, dtype=np.uint16)[:, None] >> shifts) & ((1 << bits) - 1)
+            table = self._tables[dtype] = np.array(self._code_values(), dtype)[codes]
+            assert table.shape == (256, per_byte)
+        return table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(threshold={self.threshold})"
@@ -186,31 +222,27 @@ class TwoBitCompression(GradientCompression):
                 f"2bit compression needs a threshold greater than 0, got {threshold}"
             )
 
-    def _quantize(self, r: Array) -> Packed:
+    def _quantize_into(self, r: Array, words: Packed) -> None:
         t = self.threshold
         pos = r >= t
         neg = r <= -t
-        np.subtract(r, t, out=r, where=pos)
-        np.add(r, t, out=r, where=neg)
-        n = r.size
-        codes = np.zeros(self.packed_words(n) * 16, np.uint8)
-        c = codes[:n]
-        np.multiply(pos, 3, out=c, casting="unsafe")
-        np.add(c, neg.view(np.uint8) * np.uint8(2), out=c)
-        quads = codes.reshape(-1, 4)
-        packed = quads[:, 0] << 6
-        packed |= quads[:, 1] << 4
-        packed |= quads[:, 2] << 2
-        packed |= quads[:, 3]
-        return packed.view(_WORD)
+        sign = np.subtract(pos.view(np.int8), neg.view(np.int8))
+        r -= sign * r.dtype.type(t)  # exactly MXNet's r -= t / r -= -t
+        codes = np.zeros(words.size * 16, np.uint8)  # value i's code in byte i: 3, 2 or 0
+        c = codes[: r.size]
+        np.multiply(pos.view(np.uint8), np.uint8(3), out=c)
+        c += neg.view(np.uint8)
+        c += neg.view(np.uint8)
+        # four codes per little-endian u32 (bits 0, 8, 16, 24) -> one byte, first code high
+        quad = codes.view(_WORD)
+        packed = quad << 6
+        packed |= quad >> 4
+        packed |= quad >> 14
+        packed |= quad >> 24
+        np.copyto(words.view(np.uint8), packed, casting="unsafe")
 
-    def _codes(self, raw: np.ndarray[Any, np.dtype[np.uint8]], size: int) -> Array:
-        codes: Array = (raw[:, None] >> _SHIFTS_2BIT) & np.uint8(3)
-        return codes.reshape(-1)[:size]
-
-    def _table(self, dtype: np.dtype[Any]) -> Array:
-        t = self.threshold
-        return np.array([0.0, 0.0, -t, t], dtype)
+    def _code_values(self) -> list[float]:
+        return [0.0, 0.0, -self.threshold, self.threshold]
 
 
 class OneBitCompression(GradientCompression):
@@ -228,20 +260,18 @@ class OneBitCompression(GradientCompression):
     TYPE = "1bit"
     VALUES_PER_WORD = 32
 
-    def _quantize(self, r: Array) -> Packed:
+    def _quantize_into(self, r: Array, words: Packed) -> None:
         bits = r > self.threshold
-        np.subtract(r, 1, out=r, where=bits)
-        np.add(r, 1, out=r, where=~bits)
+        sign = bits.view(np.int8) * np.int8(2)
+        sign -= np.int8(1)
+        r -= sign.astype(r.dtype)  # exactly MXNet's r -= 1 / r += 1
         raw = np.packbits(bits, bitorder="big")
-        words = np.zeros(self.packed_words(r.size) * 4, np.uint8)
-        words[: raw.size] = raw
-        return words.view(_WORD)
+        out = words.view(np.uint8)
+        out[: raw.size] = raw
+        out[raw.size :] = 0
 
-    def _codes(self, raw: np.ndarray[Any, np.dtype[np.uint8]], size: int) -> Array:
-        return np.unpackbits(raw, count=size, bitorder="big")
-
-    def _table(self, dtype: np.dtype[Any]) -> Array:
-        return np.array([-1.0, 1.0], dtype)
+    def _code_values(self) -> list[float]:
+        return [-1.0, 1.0]
 
 
 _TYPES: dict[str, type[GradientCompression]] = {

@@ -10,52 +10,18 @@ as MXNet does; ``local`` refuses it, as MXNet does.
 Every call validates all of its keys and values before it changes anything, so a bad
 call raises a :mod:`kvsync.errors` class and leaves the store as it was.
 
-Example (the reference's init, push, pull and updater examples, with numpy arrays):
+The reference's docstring examples, every one, run as a doctest in
+``tests/kv/test_kv_reference_examples.txt``.
+
+Example:
     >>> import numpy as np
     >>> from kvsync import kv
-    >>> shape = (2, 3)
     >>> store = kv.create("local")
-    >>> store.init("3", np.ones(shape) * 2)
-    >>> a = np.zeros(shape)
-    >>> _ = store.pull("3", out=a)
-    >>> print(a)
-    [[2. 2. 2.]
-     [2. 2. 2.]]
-    >>> store.push("3", np.ones(shape) * 8)
-    >>> print(store.pull("3", out=a))
-    [[8. 8. 8.]
-     [8. 8. 8.]]
-    >>> b = [np.ones(shape) for _ in range(4)]   # one value per device: summed
-    >>> store.push("3", b)
-    >>> print(store.pull("3", out=a))
+    >>> store.init("3", np.ones((2, 3)) * 2)
+    >>> store.push("3", [np.ones((2, 3)) for _ in range(4)])  # one value per device
+    >>> print(store.pull("3", out=np.zeros((2, 3))))
     [[4. 4. 4.]
      [4. 4. 4.]]
-    >>> keys = ["4", "5", "6"]
-    >>> store.init(keys, [np.zeros(shape)] * len(keys))
-    >>> store.push(keys, [np.ones(shape)] * len(keys))
-    >>> b = [np.zeros(shape) for _ in keys]
-    >>> print(store.pull(keys, out=b)[1])
-    [[1. 1. 1.]
-     [1. 1. 1.]]
-    >>> keys = ["7", "8", "9"]
-    >>> store.init(keys, [np.zeros(shape)] * len(keys))
-    >>> b = [[np.ones(shape) for _ in range(4)]] * len(keys)
-    >>> store.push(keys, b)
-    >>> print(store.pull(keys, out=b)[1][1])
-    [[4. 4. 4.]
-     [4. 4. 4.]]
-    >>> def update(key, input, stored):
-    ...     print("update on key: %s" % key)
-    ...     stored += input * 2
-    >>> store._set_updater(update)
-    >>> print(store.pull("3", out=a))
-    [[4. 4. 4.]
-     [4. 4. 4.]]
-    >>> store.push("3", np.ones(shape))
-    update on key: 3
-    >>> print(store.pull("3", out=a))
-    [[6. 6. 6.]
-     [6. 6. 6.]]
 """
 
 from __future__ import annotations
@@ -68,7 +34,6 @@ import numpy as np
 
 from kvsync.errors import (
     InvalidArgumentError,
-    KVStoreError,
     UninitializedKeyError,
     UnknownNameError,
 )
@@ -87,6 +52,7 @@ from kvsync.kv.base import (
 )
 from kvsync.kv.compression import GradientCompression, create_compression
 from kvsync.kv.reduce import copy_to_all, sum_into
+from kvsync.kv.updating import UpdaterMixin
 from kvsync.sparse import RowSparseArray, as_row_ids
 
 __all__ = ["LocalKVStore"]
@@ -95,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 
 @KVStoreBase.register
-class LocalKVStore(KVStoreBase):
+class LocalKVStore(UpdaterMixin, KVStoreBase):
     """MXNet's ``local`` / ``device`` KVStore: one process, values summed over devices.
 
     Args:
@@ -108,8 +74,10 @@ class LocalKVStore(KVStoreBase):
     NAMES: ClassVar[tuple[str, ...]] = ("local", "device")
 
     def __init__(self, name: str = "local") -> None:
-        if name not in self.NAMES:
-            raise UnknownNameError(f"LocalKVStore types are {list(self.NAMES)}, got {name!r}")
+        if name not in LocalKVStore.NAMES:
+            raise UnknownNameError(
+                f"LocalKVStore types are {list(LocalKVStore.NAMES)}, got {name!r}"
+            )
         self._type = name
         self._store: dict[Key, Value] = {}
         self._merge: dict[Key, Array] = {}
@@ -227,6 +195,10 @@ class LocalKVStore(KVStoreBase):
             stored = self._stored(g.key)
             for v in g.values:
                 check_matches(g.key, v, stored.shape, stored.dtype)
+            if self._compression is not None and stored.dtype.kind != "f":
+                raise InvalidArgumentError(
+                    f"gradient compression needs float values; key {g.key!r} holds {stored.dtype}"
+                )
         return groups
 
     def push(self, key: Any, value: Any, priority: int = 0) -> None:
@@ -428,52 +400,12 @@ class LocalKVStore(KVStoreBase):
                 o.assign(pairs.groups[0].values[0])
         return out
 
-    # -- updaters, optimizers, compression ----------------------------------------------
-    def _set_updater(self, updater: Updater | None) -> None:
-        """Set ``updater(key, merged, stored)`` (``None`` removes it).
-
-        Raises:
-            InvalidArgumentError: ``updater`` is not callable.
-        """
-        if updater is not None and not callable(updater):
-            raise InvalidArgumentError(f"an updater must be callable, got {type(updater).__name__}")
-        with self._lock:
-            self._updater = updater
-
-    def set_optimizer(self, optimizer: Any) -> None:
-        """Run ``optimizer`` (a :class:`kvsync.optimizer.Optimizer`) on every push."""
-        from kvsync.optimizer import get_updater  # type: ignore[attr-defined,unused-ignore]
-
-        self._set_updater(get_updater(optimizer))
-
-    def save_optimizer_states(self, fname: str, dump_optimizer: bool = False) -> None:
-        """Write the updater's state (``Updater.get_states``) to the file ``fname``.
-
-        Raises:
-            KVStoreError: no optimizer is set (a plain function updater has no state).
-        """
-        data = self._stateful_updater().get_states(dump_optimizer)
-        with open(fname, "wb") as f:
-            f.write(data)
-
-    def load_optimizer_states(self, fname: str) -> None:
-        """Restore the updater's state from ``fname`` (written by save_optimizer_states).
-
-        Raises:
-            KVStoreError: no optimizer is set.
-        """
-        updater = self._stateful_updater()
-        with open(fname, "rb") as f:
-            updater.set_states(f.read())
-
-    def _stateful_updater(self) -> Any:
-        u = self._updater
-        if u is None or not hasattr(u, "get_states") or not hasattr(u, "set_states"):
-            raise KVStoreError("no optimizer is set: call set_optimizer() before saving states")
-        return u
-
+    # -- compression ------------------------------------------------------------------
     def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
         """Compress each device's pushed value (``device`` type only, as in MXNet).
+
+        Dense float values are quantised per device with their own residuals, then
+        dequantised and summed; row-sparse values are summed uncompressed.
 
         Raises:
             InvalidArgumentError: this store is of type ``local``, or bad parameters.

@@ -28,15 +28,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["copy_to_all", "sum_into"]
+__all__ = ["copy_to_all", "run_split", "sum_into"]
 
 Array = np.ndarray[Any, Any]
 
 #: Bytes per block when summing / copying (fits in L2 with room for the inputs).
 SUM_BLOCK_BYTES = 1 << 20
 COPY_BLOCK_BYTES = 1 << 18
-#: Arrays at least this big are split between threads.
+#: Arrays at least this big are split between threads, in parts of about PART_BYTES.
 PARALLEL_MIN_BYTES = 8 << 20
+PART_BYTES = 8 << 20
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -58,19 +59,38 @@ def _flat(a: Array) -> Array:
     return a.reshape(-1)
 
 
-def _run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
-    """Run ``work(lo, hi)`` over ``[0, n)``, split between threads when large."""
-    parts = _workers() if nbytes >= PARALLEL_MIN_BYTES else 1
-    if parts == 1:
+def run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
+    """Run ``work(lo, hi)`` over ``[0, n)``, split between threads when ``nbytes`` is large.
+
+    Example:
+        >>> seen = []
+        >>> run_split(lambda lo, hi: seen.append((lo, hi)), 10, 0)
+        >>> seen
+        [(0, 10)]
+    """
+    workers = _workers() if nbytes >= PARALLEL_MIN_BYTES else 1
+    if workers == 1 or n < 2:
         work(0, n)
         return
+    # many small parts taken in turn: a thread whose core is busy elsewhere takes fewer
+    parts = int(min(n, max(workers, nbytes // PART_BYTES)))
     bounds = [n * i // parts for i in range(parts + 1)]
+    lock = threading.Lock()
+    next_part = [0]
+
+    def drain() -> None:
+        while True:
+            with lock:
+                i = next_part[0]
+                next_part[0] += 1
+            if i >= parts:
+                return
+            work(bounds[i], bounds[i + 1])
+
     pool = _executor()
-    futures: list[Future[None]] = [
-        pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, parts)
-    ]
+    futures: list[Future[None]] = [pool.submit(drain) for _ in range(workers - 1)]
     try:
-        work(bounds[0], bounds[1])
+        drain()
     finally:
         for f in futures:
             f.result()
@@ -113,7 +133,7 @@ def sum_into(out: Array, values: Sequence[Array]) -> Array:
             for f in flats[2:]:
                 np.add(ob, f[s:e], out=ob)
 
-    _run_split(work, o.size, out.nbytes * len(values))
+    run_split(work, o.size, out.nbytes * len(values))
     return out
 
 
@@ -146,4 +166,4 @@ def copy_to_all(src: Array, outs: Sequence[Array]) -> None:
             for f in flats:
                 np.copyto(f[s:e], sb)
 
-    _run_split(work, s_flat.size, total)
+    run_split(work, s_flat.size, total)

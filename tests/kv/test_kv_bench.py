@@ -1,0 +1,47 @@
+"""Smoke test of ``kvsync bench kvstore`` with tiny sizes (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from kvsync import kv
+from kvsync.bench import kvstore as bench
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("store_type", ["local", "device"])
+def test_bench_prints_bandwidth_compression_and_copy_rows(
+    capsys: pytest.CaptureFixture[str], store_type: str
+) -> None:
+    args = _args("--type", store_type, "--sizes", "1K,4K", "--copies", "1,2", "--repeat", "1")
+    assert bench.run(args) == 0
+    out = capsys.readouterr().out
+    assert "numpy copy bandwidth" in out
+    assert f"KVStore '{store_type}'" in out
+    for op in ("push", "pull", "pushpull", "2bit quantise", "2bit dequantise", "2bit both"):
+        assert f"\n{op} " in out
+    assert "4,096" in out
+
+
+def test_bench_store_works_on_any_store_object() -> None:
+    rows = bench.bench_store(kv.create("device"), sizes=[100], copies=[1, 3], repeat=1)
+    assert [(r.op, r.copies) for r in rows] == [
+        (op, c) for c in (1, 3) for op in ("push", "pull", "pushpull")
+    ]
+    assert all(r.seconds > 0 and r.gbps > 0 for r in rows)
+
+
+def test_bench_sizes_parse_and_reject_nonsense() -> None:
+    assert bench.parse_size("16M") == 16 << 20
+    with pytest.raises(ValueError, match="bad size"):
+        bench.parse_size("lots")
+    assert (
+        bench.run(_args("--sizes", "1K", "--copies", "1", "--repeat", "1", "--no-compression")) == 0
+    )
