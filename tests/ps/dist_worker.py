@@ -85,7 +85,8 @@ def features(store: DistKVStore) -> dict[str, object]:
     assert np.allclose(w3 - w2, (w2 - w1)), (w1, w2, w3)
     # the server refuses a bad push and keeps its state
     try:
-        store._links[0].call(PSPush(keys=("i0",), values=(np.ones(3),), compressed=False))
+        store._links[0].call(PSPush(keys=("i0",), values=(np.ones(3),), offsets=(0,),
+                                    counts=(3,), compressed=False))
         raise AssertionError("bad push accepted")
     except errors.ShapeMismatchError as exc:
         shape_error = str(exc)

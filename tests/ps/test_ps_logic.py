@@ -36,6 +36,18 @@ from kvsync.server.ps import Outgoing, ParameterServerLogic
 T = 10_000  # timeout_ms of parked requests in these tests
 
 
+def push_msg(keys: tuple[str, ...], values: tuple[Any, ...], compressed: bool = False,
+             counts: tuple[int, ...] | None = None) -> PSPush:
+    rows = tuple(v.shape[0] if v.ndim else 1 for v in values)
+    return PSPush(keys=keys, values=values, offsets=(0,) * len(keys),
+                  counts=counts or rows, compressed=compressed)
+
+
+def pull_msg(keys: tuple[str, ...], timeout_ms: int, rows: tuple[int, ...] = ()) -> PSPull:
+    return PSPull(keys=keys, offsets=(0,) * len(keys), counts=rows or (1,) * len(keys),
+                  timeout_ms=timeout_ms)
+
+
 class Job:
     """A ParameterServerLogic with ``n`` worker connections (conn_id == rank + 1)."""
 
@@ -56,8 +68,12 @@ class Job:
         assert len(mine) == 1, out
         return mine[0]
 
+    def pull_msg(self, keys: tuple[str, ...], timeout_ms: int) -> PSPull:
+        rows = tuple(self.ps._keys[k].rows if k in self.ps._keys else 1 for k in keys)
+        return pull_msg(keys, timeout_ms, rows)
+
     def push(self, rank: int, key: str, value: np.ndarray) -> object:
-        return self.reply(rank, PSPush(keys=(key,), values=(value,), compressed=False))
+        return self.reply(rank, push_msg((key,), (value,), False))
 
 
 def values(reply: object) -> tuple[np.ndarray, ...]:
@@ -75,13 +91,12 @@ def test_sync_pull_after_push_is_parked_until_every_worker_pushed_then_gets_the_
     job = Job(2)
     job.reply(0, PSInit(keys=("i3",), values=(np.zeros(4, np.float32),)))
     assert job.push(0, "i3", np.ones(4, np.float32)) == OkReply()
-    rid, out = job.send(0, PSPull(keys=("i3",), timeout_ms=T))
+    rid, out = job.send(0, job.pull_msg(("i3",), T))
     assert out == []  # parked
-    _, out = job.send(1, PSPush(keys=("i3",), values=(np.full(4, 2, np.float32),),
-                                compressed=False))
+    _, out = job.send(1, push_msg(("i3",), (np.full(4, 2, np.float32),), False))
     woken = {(o.conn_id, o.request_id): o.reply for o in out}
     np.testing.assert_array_equal(values(woken[(1, rid)])[0], np.full(4, 3, np.float32))
-    np.testing.assert_array_equal(values(job.reply(1, PSPull(keys=("i3",), timeout_ms=T)))[0],
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i3",), T)))[0],
                                   np.full(4, 3, np.float32))
 
 
@@ -89,7 +104,7 @@ def test_pull_of_a_worker_that_has_not_pushed_is_answered_at_once() -> None:
     job = Job(2)
     job.reply(0, PSInit(keys=("sw",), values=(np.arange(3.0),)))
     job.push(0, "sw", np.ones(3))
-    np.testing.assert_array_equal(values(job.reply(1, PSPull(keys=("sw",), timeout_ms=T)))[0],
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("sw",), T)))[0],
                                   np.arange(3.0))
 
 
@@ -99,7 +114,7 @@ def test_async_applies_every_push_when_it_arrives() -> None:
     job.reply(0, PSInit(keys=("i0",), values=(np.zeros(2),)))
     job.push(0, "i0", np.ones(2))
     job.push(0, "i0", np.ones(2))
-    np.testing.assert_array_equal(values(job.reply(1, PSPull(keys=("i0",), timeout_ms=T)))[0],
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i0",), T)))[0],
                                   [-1.0, -1.0])
 
 
@@ -118,19 +133,19 @@ def test_other_ranks_init_waits_for_rank_zero_and_reinit_is_refused() -> None:
 def test_bad_push_gets_a_typed_error_and_changes_nothing() -> None:
     job = Job(1)
     job.reply(0, PSInit(keys=("i1", "i2"), values=(np.zeros(2), np.zeros(2))))
-    bad = PSPush(keys=("i1", "i2"), values=(np.ones(2), np.ones(3)), compressed=False)
+    bad = push_msg(("i1", "i2"), (np.ones(2), np.ones(3)), False)
     assert "[3]" in error(job.reply(0, bad), ErrorCode.SHAPE_MISMATCH)
-    bad = PSPush(keys=("i1",), values=(np.ones(2, np.float32),), compressed=False)
+    bad = push_msg(("i1",), (np.ones(2, np.float32),), False)
     assert "float32" in error(job.reply(0, bad), ErrorCode.SHAPE_MISMATCH)
     assert "9" in error(job.push(0, "i9", np.ones(2)), ErrorCode.UNINITIALIZED_KEY)
-    got = values(job.reply(0, PSPull(keys=("i1", "i2"), timeout_ms=T)))
+    got = values(job.reply(0, job.pull_msg(("i1", "i2"), T)))
     np.testing.assert_array_equal(np.concatenate(got), np.zeros(4))
     assert job.ps.stats()["updates"] == 0
 
 
 def test_requests_before_hello_are_refused() -> None:
     ps = ParameterServerLogic()
-    [out] = ps.handle(7, 1, PSPull(keys=("i1",), timeout_ms=T), 0.0)
+    [out] = ps.handle(7, 1, pull_msg(("i1",), T), 0.0)
     assert "PSHello" in error(out.reply, ErrorCode.INVALID_ARGUMENT)
 
 
@@ -147,7 +162,7 @@ def test_worker_disconnect_fails_parked_pulls_naming_the_rank() -> None:
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
     job.push(0, "i1", np.ones(1))
     job.push(1, "i1", np.ones(1))
-    rid, out = job.send(0, PSPull(keys=("i1",), timeout_ms=T))
+    rid, out = job.send(0, job.pull_msg(("i1",), T))
     assert out == []
     job.ps.drop_connection(3)  # rank 2 dies
     assert job.ps.next_deadline() == 0.0
@@ -181,7 +196,7 @@ def test_uneven_pushes_are_reported_when_every_worker_waits() -> None:
     job = Job(2, stall_seconds=2.0)
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
     job.push(0, "i1", np.ones(1))
-    job.send(0, PSPull(keys=("i1",), timeout_ms=T))
+    job.send(0, job.pull_msg(("i1",), T))
     job.now = 1.0
     job.send(1, PSBarrier(timeout_ms=T))  # rank 1 skipped its push
     assert job.ps.next_deadline() == 3.0
@@ -200,7 +215,7 @@ def test_optimizer_runs_on_the_server_and_its_states_save_and_load() -> None:
     job.reply(0, PSInit(keys=("sw",), values=(np.ones(2),)))
     job.push(0, "sw", np.ones(2))
     job.push(1, "sw", np.ones(2))
-    np.testing.assert_allclose(values(job.reply(0, PSPull(keys=("sw",), timeout_ms=T)))[0],
+    np.testing.assert_allclose(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
                                [0.8, 0.8])
     saved = job.reply(0, PSSaveStates(dump_optimizer=False))
     assert isinstance(saved, ValueReply) and bytes(saved.value) == b"steps=1"
@@ -228,12 +243,12 @@ def test_named_updater_and_compression_are_built_by_the_injected_factories() -> 
     job = Job(1, updater_by_name=lambda name, p: SGD(p["lr"]),
               compression_from_params=lambda p: Halves())
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
-    push = PSPush(keys=("i1",), values=(np.array([1.0, 2.0]),), compressed=True)
+    push = push_msg(("i1",), (np.array([1.0, 2.0]),), True, counts=(4,))
     assert "no compression" in error(job.reply(0, push), ErrorCode.KVSTORE_USAGE)
     job.reply(0, PSSetCompression(params='{"type": "halves"}'))
     job.reply(0, PSSetUpdater(name="sgd", params='{"lr": 1.0}'))
     job.reply(0, push)
-    np.testing.assert_array_equal(values(job.reply(0, PSPull(keys=("i1",), timeout_ms=T)))[0],
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0],
                                   [-1, -1, -2, -2])
 
 
@@ -254,7 +269,7 @@ def test_stats_count_the_bytes_each_way_and_shutdown_sets_the_flag() -> None:
     job = Job(1)
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(10, np.float32),)))
     job.push(0, "i1", np.ones(10, np.float32))
-    job.reply(0, PSPull(keys=("i1",), timeout_ms=T))
+    job.reply(0, job.pull_msg(("i1",), T))
     reply = job.reply(0, PSStats())
     assert isinstance(reply, ValueReply)
     stats = json.loads(bytes(reply.value))
@@ -289,10 +304,9 @@ def test_any_interleaving_of_sync_rounds_gives_every_worker_every_rounds_sum(
         r = data.draw(st.sampled_from(ready))
         k = step[r] // 2
         if step[r] % 2 == 0:
-            _, out = job.send(r, PSPush(keys=("i0",), values=(np.array([grads[r, k]]),),
-                                        compressed=False))
+            _, out = job.send(r, push_msg(("i0",), (np.array([grads[r, k]]),), False))
         else:
-            rid, out = job.send(r, PSPull(keys=("i0",), timeout_ms=T))
+            rid, out = job.send(r, job.pull_msg(("i0",), T))
             waiting[r] = rid
         step[r] += 1
         for o in out:
@@ -332,8 +346,8 @@ def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -
     samples = [
         PSHello(rank=1, num_workers=2, sync=True), PSInit(keys=("i1",), values=(a,)),
         PSWaitInit(keys=("i1", "sx"), timeout_ms=5),
-        PSPush(keys=("i1",), values=(a,), compressed=True),
-        PSPushRows(key="i1", rows=np.array([1]), data=a[:1]), PSPull(keys=("i1",), timeout_ms=0),
+        push_msg(("i1",), (a,), True),
+        PSPushRows(key="i1", rows=np.array([1]), data=a[:1]), pull_msg(("i1",), 0),
         PSPullRows(key="i1", rows=np.array([0, 1]), timeout_ms=3),
         PSSetOptimizer(config="{}"), PSSetUpdater(name="u", params="{}"),
         PSSetCompression(params="{}"), PSSaveStates(dump_optimizer=True),
@@ -355,3 +369,34 @@ def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -
                 assert bytes(y) == x
             else:
                 assert x == y
+
+
+def test_a_push_in_parts_from_interleaved_ranks_sums_every_row_once() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("sw",), values=(np.zeros((4, 2)),)))
+
+    def part(rank: int, lo: int, rows: int, v: float) -> object:
+        msg = PSPush(keys=("sw",), values=(np.full((rows, 2), v),), offsets=(lo,),
+                     counts=(rows,), compressed=False)
+        return job.reply(rank, msg)
+
+    assert part(0, 0, 3, 1.0) == OkReply()
+    assert part(1, 0, 1, 10.0) == OkReply()  # rank 1 adds to row 0, writes nothing else yet
+    rid, out = job.send(1, job.pull_msg(("sw",), T))
+    assert out == []  # rank 1 is part-way through its push: its pull waits
+    assert "expected row 1" in error(part(1, 2, 1, 5.0), ErrorCode.KVSTORE_USAGE)
+    assert part(1, 1, 3, 10.0) == OkReply()
+    _, out = job.send(0, PSPush(keys=("sw",), values=(np.full((1, 2), 1.0),), offsets=(3,),
+                                counts=(1,), compressed=False))
+    [o] = [o for o in out if o.request_id == rid]
+    np.testing.assert_array_equal(values(o.reply)[0], np.full((4, 2), 11.0))
+
+
+def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
+    job = Job(1, sync=False)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
+    for lo in (0, 2):
+        job.reply(0, PSPush(keys=("i1",), values=(np.ones(2),), offsets=(lo,), counts=(2,),
+                            compressed=False))
+        assert job.ps.stats()["updates"] == lo // 2
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0], np.ones(4))

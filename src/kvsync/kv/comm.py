@@ -76,6 +76,8 @@ class Op:
     value: np.ndarray | None = None  # pushed array / pulled rows' ids / row-sparse data
     rows: np.ndarray | None = None
     out: np.ndarray | None = None  # where a pulled value is copied (None: keep it)
+    lo: int = 0  # first row within the server's slice
+    count: int = 1  # rows
     future: Future[Any] | None = None
     nbytes: int = 0
     what: str = ""
@@ -198,9 +200,11 @@ class Comm:
         if first.kind in ("push", "cpush"):
             values = tuple(op.value for op in batch)
             msg = PSPush(keys=tuple(op.wire for op in batch), values=values,  # type: ignore[arg-type]
-                         compressed=first.kind == "cpush")
+                         offsets=tuple(op.lo for op in batch),
+                         counts=tuple(op.count for op in batch), compressed=first.kind == "cpush")
         elif first.kind == "pull":
-            msg = PSPull(keys=tuple(op.wire for op in batch), timeout_ms=timeout_ms)
+            msg = PSPull(keys=tuple(op.wire for op in batch), offsets=tuple(op.lo for op in batch),
+                         counts=tuple(op.count for op in batch), timeout_ms=timeout_ms)
         elif first.kind == "push_rows":
             assert first.rows is not None and first.value is not None
             msg = PSPushRows(key=first.wire, rows=first.rows, data=first.value)

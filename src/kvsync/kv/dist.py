@@ -226,13 +226,15 @@ class DistKVStore(KVStoreBase):
                 continue
             dense = [np.ascontiguousarray(rowsparse.densify(v)) for v in g.values]
             grad = dense[0] if len(dense) == 1 else sum_into(np.empty_like(dense[0]), dense)
-            for s, part in plan.parts(grad):
+            for server, lo, part in plan.pieces(grad):
+                n = part.shape[0] if part.ndim else 1
                 if self._gc is not None:
-                    packed = self._gc.compress((plan.wire, s.server), part)
-                    op = Op("cpush", s.server, plan.wire, value=packed, nbytes=packed.nbytes)
+                    packed = self._gc.compress((plan.wire, server, lo), part)
+                    op = Op("cpush", server, plan.wire, value=packed, nbytes=packed.nbytes)
                 else:
-                    op = Op("push", s.server, plan.wire, value=part, nbytes=part.nbytes)
-                op.what = f"push of key {plan.key!r} to server {s.server}"
+                    op = Op("push", server, plan.wire, value=part, nbytes=part.nbytes)
+                op.lo, op.count = lo, n
+                op.what = f"push of key {plan.key!r} to server {server}"
                 self._comm.enqueue(op, priority)
 
     def _push_rows(self, plan: KeyPlan, rs: RowSparseArray, priority: int) -> None:
@@ -277,9 +279,10 @@ class DistKVStore(KVStoreBase):
             direct = dense[0] if dense and dense[0].flags.c_contiguous else None
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
             futures = []
-            for s, view in plan.parts(target):
+            for server, lo, view in plan.pieces(target):
                 fut: Future[Any] = Future()
-                self._comm.enqueue(Op("pull", s.server, plan.wire, out=view, future=fut,
+                self._comm.enqueue(Op("pull", server, plan.wire, out=view, future=fut, lo=lo,
+                                      count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes,
                                       what=f"pull of key {plan.key!r}"), priority)
                 futures.append(fut)
             rest = [o for o in dense if o is not target]

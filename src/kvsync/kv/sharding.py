@@ -71,6 +71,25 @@ class KeyPlan:
             yield s, array[s.lo : s.hi]
 
 
+    def pieces(self, array: np.ndarray, chunk_bytes: int = defaults.PS_CHUNK_BYTES
+               ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(server, first row within that server's slice, rows)`` parts of ``array`` of at
+        most ``chunk_bytes`` each (at least one row), in row order; views, no copy.
+
+        Example:
+            >>> p = plan_key(1, (6, 2), "float64", num_servers=1, bound=100)
+            >>> [(s, lo, b.shape) for s, lo, b in p.pieces(np.zeros((6, 2)), chunk_bytes=64)]
+            [(0, 0, (4, 2)), (0, 4, (2, 2))]
+        """
+        for s, block in self.parts(array):
+            if block.ndim == 0:
+                yield s.server, 0, block
+                continue
+            step = max(1, chunk_bytes // max(1, block[:1].nbytes))
+            for lo in range(0, max(block.shape[0], 1), step):
+                yield s.server, lo, block[lo : lo + step]
+
+
 def home_server(wire: str, num_servers: int) -> int:
     """The server a small key lives on: a stable hash of its wire key.
 

@@ -446,12 +446,17 @@ class PSWaitInit:
 
 @dataclass(frozen=True, slots=True)
 class PSPush:
-    """Push one gradient slice per key (summed per round in sync mode). With
-    ``compressed`` each value is the packed form of the job's gradient compression.
-    Reply: OkReply (a bad shape/dtype/key is an ErrorReply and changes nothing)."""
+    """Push gradient rows per key: ``values[i]`` holds rows ``offsets[i]...`` of the slice
+    this server keeps for ``keys[i]`` (a big slice travels as several parts, in row order;
+    a worker's push is complete when all rows arrived; in sync mode complete pushes are
+    summed per round). With ``compressed`` each value is the packed form of the job's
+    gradient compression. Reply: OkReply (a bad shape/dtype/key is an ErrorReply and
+    changes nothing)."""
 
     keys: tuple[str, ...]
     values: tuple[NDArray, ...]
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
     compressed: bool
 
 
@@ -467,10 +472,13 @@ class PSPushRows:
 
 @dataclass(frozen=True, slots=True)
 class PSPull:
-    """Read each key's slice; in sync mode wait until every round this worker pushed into
-    has been applied. Reply: PSValuesReply in key order."""
+    """Read rows ``offsets[i]`` to ``offsets[i] + counts[i]`` of each key's slice; in sync
+    mode wait until every round this worker pushed into has been applied.
+    Reply: PSValuesReply in key order."""
 
     keys: tuple[str, ...]
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
     timeout_ms: int
 
 

@@ -24,8 +24,11 @@ Example:
     >>> ps = ParameterServerLogic()
     >>> out = ps.handle(1, 1, PSHello(rank=0, num_workers=1, sync=True), 0.0)
     >>> out = ps.handle(1, 2, PSInit(keys=("i3",), values=(np.zeros(2),)), 0.0)
-    >>> out = ps.handle(1, 3, PSPush(keys=("i3",), values=(np.ones(2),), compressed=False), 0.0)
-    >>> ps.handle(1, 4, PSPull(keys=("i3",), timeout_ms=1000), 0.0)[0].reply.values[0]
+    >>> push = PSPush(keys=("i3",), values=(np.ones(2),), offsets=(0,), counts=(2,),
+    ...               compressed=False)
+    >>> out = ps.handle(1, 3, push, 0.0)
+    >>> pull = PSPull(keys=("i3",), offsets=(0,), counts=(2,), timeout_ms=1000)
+    >>> ps.handle(1, 4, pull, 0.0)[0].reply.values[0]
     array([1., 1.])
 """
 
@@ -231,7 +234,7 @@ class ParameterServerLogic:
                 raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                      f"key {key_of_wire(k)!r} is already initialised")
         for k, v in zip(msg.keys, msg.values, strict=True):
-            self._keys[k] = KeyState(key_of_wire(k), _owned(v))
+            self._keys[k] = KeyState(key_of_wire(k), np.array(v, copy=True, order="C"))
             self._counters.bytes_in += v.nbytes
         return OkReply()
 
@@ -240,15 +243,21 @@ class ParameterServerLogic:
 
     def _push(self, conn_id: int, request_id: int, msg: PSPush, now: float) -> object:
         _check_pairs(msg.keys, msg.values)
+        if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
+                                 "in length")
         rank = self._job.rank_of[conn_id]
         states = [self._key(k) for k in msg.keys]
-        pairs = zip(states, msg.values, strict=True)
-        grads = [self._grad(ks, v, msg.compressed) for ks, v in pairs]
-        for ks in states:
+        grads = []
+        for ks, v, lo, n in zip(states, msg.values, msg.offsets, msg.counts, strict=True):
+            g = self._grad(ks, v, lo, n, msg.compressed)
+            ks.part_rows(lo, g)
             self._check_round(ks, rank)
-        for ks, g, v in zip(states, grads, msg.values, strict=True):
+            ks.check_order(rank, lo)
+            grads.append(g)
+        for ks, g, v, lo in zip(states, grads, msg.values, msg.offsets, strict=True):
             self._counters.bytes_in += v.nbytes
-            self._accept(ks, rank, g)
+            self._accept(ks, rank, lo, g)
         return OkReply()
 
     def _push_rows(self, conn_id: int, request_id: int, msg: PSPushRows, now: float) -> object:
@@ -262,16 +271,21 @@ class ParameterServerLogic:
                 ErrorCode.SHAPE_MISMATCH, f"row-sparse push of key {ks.key!r}: data is "
                 f"{data.dtype}{data.shape}, expected {ks.value.dtype}{want}")
         self._check_round(ks, rank)
+        ks.check_order(rank, 0)
         grad = np.zeros_like(ks.value)
         np.add.at(grad, rows, data)
         self._counters.bytes_in += rows.nbytes + data.nbytes
-        self._accept(ks, rank, grad)
+        self._accept(ks, rank, 0, grad)
         return OkReply()
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
-        for k in msg.keys:
-            self._key(k)
-        return _park(self, "pull", conn_id, request_id, msg.keys, msg.timeout_ms, now)
+        if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
+                                 "in length")
+        for k, lo, n in zip(msg.keys, msg.offsets, msg.counts, strict=True):
+            self._key(k).check_range(lo, n)
+        ranges = np.array([msg.offsets, msg.counts], dtype=np.int64)
+        return _park(self, "pull", conn_id, request_id, msg.keys, msg.timeout_ms, now, ranges)
 
     def _pull_rows(self, conn_id: int, request_id: int, msg: PSPullRows, now: float) -> object:
         rows = self._key(msg.key).check_rows(msg.rows)
@@ -338,18 +352,19 @@ class ParameterServerLogic:
                 f"key {key_of_wire(wire)!r} was never initialised on server {self.server_index}")
         return ks
 
-    def _grad(self, ks: KeyState, value: np.ndarray, compressed: bool) -> np.ndarray:
-        if compressed:
-            if self._compression is None:
-                raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                     f"compressed push of key {ks.key!r} but no compression set")
-            try:
-                return self._compression.decompress(value, ks.value.shape, ks.value.dtype)
-            except ValueError as exc:
-                raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
-                                     f"compressed push of key {ks.key!r}: {exc}") from None
-        ks.check_like(value)
-        return value
+    def _grad(self, ks: KeyState, value: np.ndarray, lo: int, n: int,
+              compressed: bool) -> np.ndarray:
+        if not compressed:
+            return value
+        if self._compression is None:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"compressed push of key {ks.key!r} but no compression set")
+        shape = ks.value.shape if ks.value.ndim == 0 else (n, *ks.value.shape[1:])
+        try:
+            return self._compression.decompress(value, shape, ks.value.dtype)
+        except ValueError as exc:
+            raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                 f"compressed push of key {ks.key!r}: {exc}") from None
 
     def _check_round(self, ks: KeyState, rank: int) -> None:
         if self._job.sync and rank in ks.pushed:
@@ -359,23 +374,24 @@ class ParameterServerLogic:
                 f"ranks {ks.missing(self._job.num_workers)} have not pushed it yet (every "
                 "worker pushes each key once per round; pull between pushes)")
 
-    def _accept(self, ks: KeyState, rank: int, grad: np.ndarray) -> None:
-        self._counters.pushes += 1
-        if not self._job.sync:
-            self._apply(ks, grad)
+    def _accept(self, ks: KeyState, rank: int, lo: int, grad: np.ndarray) -> None:
+        sync = self._job.sync
+        whole = ks.add_part(rank, lo, grad, sync)
+        if whole is None:
             return
-        ks.add(rank, grad)
-        if len(ks.pushed) >= self._job.num_workers:
-            merged = ks.close_round()
-            self._apply(ks, merged)
+        self._counters.pushes += 1
+        if not sync:
+            self._apply(ks, whole)
+        elif len(ks.pushed) >= self._job.num_workers:
+            self._apply(ks, ks.close_round())
 
     def _apply(self, ks: KeyState, grad: np.ndarray) -> None:
         if self._updater is not None:
-            if not ks.value.flags.writeable:
-                ks.value = ks.value.copy()
             self._updater(ks.key, grad, ks.value)
+        elif self._job.sync:
+            ks.store_sum()
         else:
-            ks.value = _owned(grad)
+            np.copyto(ks.value, grad)
         ks.round += 1
         self._counters.updates += 1
 
@@ -386,13 +402,6 @@ class ParameterServerLogic:
         return self._updater
 
     # --- parking ----------------------------------------------------------------------------
-
-def _owned(v: np.ndarray) -> np.ndarray:
-    """``v`` itself when it is writable and C-contiguous (a fresh frame view), else a copy."""
-    if v.flags.writeable and v.flags.c_contiguous:
-        return v
-    return np.array(v, copy=True, order="C")
-
 
 def _check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
     if len(keys) != len(values):

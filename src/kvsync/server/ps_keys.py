@@ -66,42 +66,77 @@ def key_of_wire(wire: str) -> Key:
     raise PSRequestError(ErrorCode.KEY_TYPE, f"{wire!r} is not a wire key ('i<int>' or 's<str>')")
 
 
+def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:
+    """Rows ``[lo, lo + n)`` of ``a`` as a view (a 0-d array is its own single row)."""
+    return a if a.ndim == 0 else a[lo : lo + n]
+
+
 class KeyState:
     """One key's slice on a server and its open sync round.
+
+    A worker's push may arrive in several parts (row blocks, in row order); the sum of the
+    round is kept in one buffer reused from round to round (so no memory is allocated per
+    round), written by the first part that reaches a row and added to by the others.
 
     Attributes:
         key: the original KVStore key (given to the updater).
         value: the stored slice (rows of the full array).
         round: how many updates were applied.
-        pushed: ranks that pushed into the open round.
+        pushed: ranks whose push into the open round is complete.
+        partial: ranks part-way through a push -> rows received so far.
     """
 
-    __slots__ = ("_acc", "key", "pushed", "round", "value")
+    __slots__ = ("_acc", "_filled", "_own", "key", "partial", "pushed", "round", "value")
 
     def __init__(self, key: Key, value: np.ndarray) -> None:
         self.key = key
         self.value = value
         self.round = 0
         self.pushed: set[int] = set()
+        self.partial: dict[int, int] = {}
         self._acc: np.ndarray | None = None
+        self._filled = 0
+        self._own: dict[int, np.ndarray] = {}
 
-    def check_like(self, v: np.ndarray) -> None:
-        """Refuse a pushed slice of another shape or dtype.
+    @property
+    def rows(self) -> int:
+        """Rows of the slice (1 for a 0-d value)."""
+        return int(self.value.shape[0]) if self.value.ndim else 1
+
+    def part_rows(self, lo: int, v: np.ndarray) -> int:
+        """Check that ``v`` is rows ``lo...`` of the slice; return its row count.
 
         Raises:
             PSRequestError: SHAPE_MISMATCH naming the key and both shapes.
         """
-        if v.shape != self.value.shape or v.dtype != self.value.dtype:
+        n = int(v.shape[0]) if v.ndim else 1
+        want = self.value.shape if self.value.ndim == 0 else (n, *self.value.shape[1:])
+        empty_part = self.value.ndim > 0 and n < 1 and self.rows > 0
+        if v.shape != want or v.dtype != self.value.dtype or lo < 0 or lo + n > self.rows or (
+                empty_part):
             raise PSRequestError(
                 ErrorCode.SHAPE_MISMATCH,
-                f"push of key {self.key!r}: got {v.dtype}{list(v.shape)}, the stored slice is "
-                f"{self.value.dtype}{list(self.value.shape)}")
+                f"push of key {self.key!r}: got {v.dtype}{list(v.shape)} at row {lo}, the "
+                f"stored slice is {self.value.dtype}{list(self.value.shape)}")
+        return n
+
+    def check_order(self, rank: int, lo: int) -> None:
+        """Parts of one push must arrive in row order.
+
+        Raises:
+            PSRequestError: KVSTORE_USAGE naming the key and the rows expected.
+        """
+        expected = self.partial.get(rank, 0)
+        if lo != expected:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"push of key {self.key!r} by rank {rank}: part at row {lo}, "
+                                 f"expected row {expected}")
 
     def check_rows(self, rows: np.ndarray) -> np.ndarray:
         """Validate local row numbers (1-D integers within the slice).
 
         Raises:
-            PSRequestError: INVALID_ARGUMENT naming the key and the bad rows.
+            PSRequestError: KVSTORE_USAGE naming the key and the bad rows.
         """
         r = np.asarray(rows)
         n = self.value.shape[0] if self.value.ndim else 0
@@ -113,21 +148,58 @@ class KeyState:
                                  f"row ids of key {self.key!r} out of range [0, {n})")
         return r.astype(np.intp, copy=False)
 
-    def add(self, rank: int, grad: np.ndarray) -> None:
-        """Add ``rank``'s push to the open round (the first push is kept without a copy)."""
-        if self._acc is None:
-            self._acc = grad if grad.flags.writeable and grad.flags.c_contiguous else grad.copy()
+    def check_range(self, lo: int, n: int) -> None:
+        """Validate a pulled row range.
+
+        Raises:
+            PSRequestError: KVSTORE_USAGE naming the key and the range.
+        """
+        if lo < 0 or n < min(1, self.rows) or lo + n > self.rows:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"rows [{lo}, {lo + n}) of key {self.key!r} are outside its "
+                                 f"{self.rows} rows")
+
+    def add_part(self, rank: int, lo: int, grad: np.ndarray, sync: bool) -> np.ndarray | None:
+        """Take rows ``lo...`` of ``rank``'s push; return the whole push once complete
+        (sync: the round's sum when every rank is in, see :meth:`close_round`)."""
+        n = int(grad.shape[0]) if grad.ndim else 1
+        if sync:
+            if self._acc is None:
+                self._acc = np.empty_like(self.value)
+            acc = self._acc
+            seen = max(0, min(lo + n, self._filled) - lo)
+            if seen:
+                np.add(rows_of(acc, lo, seen), rows_of(grad, 0, seen),
+                       out=rows_of(acc, lo, seen))
+            if seen < n:
+                np.copyto(rows_of(acc, lo + seen, n - seen), rows_of(grad, seen, n - seen))
+            self._filled = max(self._filled, lo + n)
+            buf = acc
         else:
-            np.add(self._acc, grad, out=self._acc)
-        self.pushed.add(rank)
+            if rank not in self._own:
+                self._own[rank] = np.empty_like(self.value)
+            buf = self._own[rank]
+            np.copyto(rows_of(buf, lo, n), grad)
+        if lo + n < self.rows:
+            self.partial[rank] = lo + n
+            return None
+        self.partial.pop(rank, None)
+        if sync:
+            self.pushed.add(rank)
+        return buf
 
     def close_round(self) -> np.ndarray:
-        """The open round's sum; the round is emptied."""
-        acc, self._acc = self._acc, None
+        """The open round's sum (the reused buffer); the round is emptied."""
+        assert self._acc is not None
         self.pushed.clear()
-        assert acc is not None
-        return acc
+        self._filled = 0
+        return self._acc
+
+    def store_sum(self) -> None:
+        """Without an updater the round's sum becomes the value: swap the two buffers."""
+        assert self._acc is not None
+        self.value, self._acc = self._acc, self.value
 
     def missing(self, num_workers: int) -> list[int]:
-        """Ranks that have not pushed into the open round."""
+        """Ranks that have not completed a push into the open round."""
         return [r for r in range(num_workers) if r not in self.pushed]

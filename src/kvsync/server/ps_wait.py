@@ -15,7 +15,7 @@ import numpy as np
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply, OkReply, PSValuesReply
 from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, key_of_wire
+from kvsync.server.ps_keys import KeyState, key_of_wire, rows_of
 
 __all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 
@@ -30,7 +30,7 @@ class Parked:
     rank: int
     deadline: float
     keys: tuple[str, ...] = ()
-    rows: np.ndarray | None = None
+    rows: np.ndarray | None = None  # "rows": local row ids; "pull": [offsets, counts]
 
 
 @dataclass(slots=True)
@@ -129,12 +129,15 @@ class ParkedRequests:
         if p.kind == "init":
             return OkReply() if all(k in self._keys for k in p.keys) else None
         states = [self._keys[k] for k in p.keys]
-        if any(p.rank in ks.pushed for ks in states):
+        if any(p.rank in ks.pushed or p.rank in ks.partial for ks in states):
             return None
-        if p.rows is not None:
+        if p.kind == "rows":
+            assert p.rows is not None
             values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
         else:
-            values = tuple(ks.value for ks in states)
+            assert p.rows is not None  # [offsets, counts] of each key
+            values = tuple(rows_of(ks.value, int(lo), int(n))
+                           for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True))
         self._counters.pulls += 1
         self._counters.bytes_out += sum(v.nbytes for v in values)
         return PSValuesReply(values=values)
