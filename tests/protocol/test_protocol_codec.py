@@ -16,6 +16,7 @@ from protocol_strategies import any_message, message_strategy, normalize
 import kvsync.protocol
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.codec import BIG_BUFFER, FIELD_CODECS, Decoder, Limits, encode_frame
+from kvsync.protocol.fields import Reader, Writer
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
 from kvsync.protocol.messages import (
     MESSAGE_OF,
@@ -64,15 +65,14 @@ def test_big_values_are_separate_uncopied_buffers() -> None:
 
 
 def test_arrays_are_sent_uncopied_and_decoded_as_aligned_views_of_the_payload() -> None:
-    from kvsync.protocol.codec import _Reader, _Writer
 
     arr = np.arange(10_000, dtype=np.float32).reshape(100, 100)
     enc, dec, _ = FIELD_CODECS["NDArray"]
-    w = _Writer(None)
+    w = Writer(None)
     enc(w, arr, "a", 0)
     assert any(isinstance(p, memoryview) and np.shares_memory(np.asarray(p), arr) for p in w.parts)
     payload = bytearray(b"".join(bytes(p) for p in w.parts)[HEADER_SIZE:])
-    out = dec(_Reader(payload, UNLIMITED), "a", 0)
+    out = dec(Reader(payload, UNLIMITED), "a", 0)
     assert out.base is not None and np.shares_memory(out, np.frombuffer(payload, np.uint8))
     assert out.flags.aligned and out.flags.writeable
     np.testing.assert_array_equal(out, arr)
@@ -80,22 +80,20 @@ def test_arrays_are_sent_uncopied_and_decoded_as_aligned_views_of_the_payload() 
 
 def test_non_contiguous_arrays_are_encoded_in_c_order() -> None:
     enc, dec, _ = FIELD_CODECS["NDArray"]
-    from kvsync.protocol.codec import _Reader, _Writer
 
     arr = np.arange(12, dtype=np.int64).reshape(3, 4).T
-    w = _Writer(None)
+    w = Writer(None)
     enc(w, arr, "a", 0)
     payload = bytearray(b"".join(bytes(p) for p in w.parts)[HEADER_SIZE:])
-    np.testing.assert_array_equal(dec(_Reader(payload, UNLIMITED), "a", 0), arr)
+    np.testing.assert_array_equal(dec(Reader(payload, UNLIMITED), "a", 0), arr)
 
 
 @pytest.mark.parametrize("dtype", [object, "U3", "V4", "M8[s]", [("a", "i4")]])
 def test_encoding_an_unsupported_dtype_is_a_local_error(dtype: Any) -> None:
     enc, _, _ = FIELD_CODECS["NDArray"]
-    from kvsync.protocol.codec import _Writer
 
     with pytest.raises(LocalProtocolError, match="dtype"):
-        enc(_Writer(None), np.zeros(2, dtype=dtype), "a", 0)
+        enc(Writer(None), np.zeros(2, dtype=dtype), "a", 0)
 
 
 def _array_payload(code: bytes, shape: tuple[int, ...], nbytes: int, data: bytes) -> bytearray:
@@ -119,11 +117,10 @@ def _array_payload(code: bytes, shape: tuple[int, ...], nbytes: int, data: bytes
 def test_decoding_a_bad_array_is_a_remote_protocol_error(
     code: bytes, shape: tuple[int, ...], nbytes: int, data: bytes, match: str
 ) -> None:
-    from kvsync.protocol.codec import _Reader
 
     _, dec, _ = FIELD_CODECS["NDArray"]
     with pytest.raises(RemoteProtocolError, match=match):
-        dec(_Reader(_array_payload(code, shape, nbytes, data), UNLIMITED), "a", 0)
+        dec(Reader(_array_payload(code, shape, nbytes, data), UNLIMITED), "a", 0)
 
 
 def test_decoding_rejects_trailing_bytes() -> None:

@@ -156,3 +156,15 @@ def test_a_closed_client_raises_connection_error() -> None:
         assert c.closed and "closed" in repr(c)
         with pytest.raises(StoreConnectionError, match="closed"):
             c.call(Ping())
+
+
+def test_connect_and_reply_timeouts_are_separate() -> None:
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(StoreTimeoutError):
+        Client("127.0.0.1", port, timeout=30, connect_timeout=0.2)
+    assert time.monotonic() - start < 1.5
+    with StoreServer(port=0).start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=0.2, connect_timeout=5) as c:
+            with pytest.raises(StoreTimeoutError, match=r"0\.2 s"):
+                c.call(Wait(("x",), 60_000))

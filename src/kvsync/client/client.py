@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 from kvsync.client.connect import Backoff, connect
 from kvsync.errors import (
@@ -37,14 +38,26 @@ logger = logging.getLogger(__name__)
 _POLL = getattr(select, "poll", None)
 
 
-def _wait_fd(sock: socket.socket, write: bool, timeout: float) -> bool:
-    """Whether ``sock`` became readable/writable (or errored) within ``timeout`` seconds."""
-    if _POLL is not None:
-        poller = _POLL()
-        poller.register(sock, select.POLLOUT if write else select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
-    r, w, x = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
-    return bool(r or w or x)
+class _Waiter:
+    """Waits for one socket to become readable or writable (``poll`` where available, so
+    descriptors above FD_SETSIZE work; one poll object per direction, made once)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._polls: list[Any] = []
+        if _POLL is not None:
+            for flag in (select.POLLIN, select.POLLOUT):
+                poller = _POLL()
+                poller.register(sock, flag)
+                self._polls.append(poller)
+
+    def wait(self, write: bool, timeout: float) -> bool:
+        """Whether the socket became ready (or errored) within ``timeout`` seconds."""
+        if self._polls:
+            return bool(self._polls[write].poll(max(0, int(timeout * 1000 + 0.999))))
+        sock = self._sock
+        r, w, x = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
+        return bool(r or w or x)
 
 
 class Client:
@@ -53,10 +66,12 @@ class Client:
     Args:
         host: server address (a numeric address is used literally, never looked up).
         port: server port.
-        timeout: seconds to keep retrying the connection (a server started later is
-            waited for) and default seconds to wait for a reply.
+        timeout: default seconds to wait for a reply (and to connect, unless
+            ``connect_timeout`` is given).
         secret: shared secret for the HMAC handshake, or ``None``.
         timeout_hint: text appended to reply-timeout errors (e.g. which variable to raise).
+        connect_timeout: seconds to keep retrying the connection and the handshake (a
+            server started later is waited for); default ``timeout``.
 
     Raises:
         StoreConnectionError: unresolvable host or non-retryable connect error.
@@ -80,12 +95,14 @@ class Client:
         timeout: float,
         secret: str | bytes | None = None,
         timeout_hint: str = "",
+        connect_timeout: float | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.timeout_hint = timeout_hint
         self.address = f"{host}:{port}"
-        deadline = time.monotonic() + timeout
-        self._sock = connect(host, port, timeout, Backoff())
+        connect_timeout = timeout if connect_timeout is None else connect_timeout
+        deadline = time.monotonic() + connect_timeout
+        self._sock = connect(host, port, connect_timeout, Backoff())
         self._proto = Connection(Role.CLIENT, secret=secret)
         try:
             self._handshake(deadline)
@@ -93,6 +110,7 @@ class Client:
             self._sock.close()
             raise
         self._sock.setblocking(False)
+        self._waiter = _Waiter(self._sock)
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -204,7 +222,7 @@ class Client:
                 self._cond.notify_all()
 
     def _read(self, timeout: float) -> list[Event]:
-        if not _wait_fd(self._sock, False, timeout):
+        if not self._waiter.wait(False, timeout):
             return []
         proto, events = self._proto, []
         for _ in range(64):
@@ -241,7 +259,7 @@ class Client:
             try:
                 sent = self._sock.sendmsg(buffers[:512])
             except (BlockingIOError, InterruptedError):
-                if not _wait_fd(self._sock, True, deadline - time.monotonic()):
+                if not self._waiter.wait(True, deadline - time.monotonic()):
                     raise StoreConnectionError(
                         f"store server {self.address} did not accept data for {self.timeout:g} s"
                     ) from None

@@ -1,13 +1,10 @@
 """A sans-IO kvsync connection (the h11 model): bytes in, events out, messages to buffers.
 
-Strategy: received bytes land in a small scratch buffer (``receive_data`` copies into it,
-``receive_buffer``/``advance`` let a socket ``recv_into`` it directly). Once a frame header
-is complete it is validated (magic, version, flags, opcode, payload length against the
-frame cap) before anything is allocated. A payload of at most :data:`SMALL_FRAME` bytes is
-sliced out of the scratch buffer (one small copy); a larger one gets a fresh ``bytearray``
-of exactly its size that ``receive_buffer`` then exposes, so a big value goes from the
-kernel to its final buffer without a Python-level copy. Every payload lives in its own
-buffer, so decoded ``memoryview``/array fields stay valid after the next frame.
+Strategy: a :class:`~kvsync.protocol.framing.FrameBuffer` splits the byte stream into
+frames (``receive_data`` copies into it; ``receive_buffer``/``advance`` let a socket
+``recv_into`` it directly, big payloads straight into their own fresh buffer). Each header
+is validated here (magic, version, flags, opcode, payload length against the frame cap)
+before anything is allocated; each payload is decoded by the codec into views of itself.
 
 The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
 dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
@@ -46,7 +43,8 @@ from kvsync.errors import (
 )
 from kvsync.protocol import handshake
 from kvsync.protocol.codec import Decoder, Limits, encode_frame
-from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header, unpack_header
+from kvsync.protocol.frame import MAGIC, PROTOCOL_VERSION, Header
+from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer
 from kvsync.protocol.messages import (
     HANDSHAKE_OPCODES,
     MESSAGE_OF,
@@ -67,10 +65,6 @@ __all__ = [
     "encode_error",
 ]
 
-#: Payloads up to this size are cut out of the scratch buffer; larger ones get their own.
-SMALL_FRAME: Final = 8 * 1024
-_SCRATCH: Final = 16 * 1024
-_MIN_FREE: Final = 4 * 1024
 _REPLY_MIN: Final = 0x80
 Buffers = list[bytes | bytearray | memoryview]
 
@@ -149,11 +143,7 @@ class Connection:
         self._decoder = Decoder(self.limits)
         self._secret = handshake.secret_bytes(secret)
         self._token = token
-        self._scratch = bytearray(_SCRATCH)
-        self._start = self._end = 0
-        self._header: Header | None = None
-        self._payload: bytearray | None = None
-        self._filled = 0
+        self._frames = FrameBuffer(self._validate)
         self._error: KVSyncError | None = None
         self._outbox: Buffers = []
         self._nonce = b""
@@ -207,20 +197,13 @@ class Connection:
         """A writable view to ``recv_into``; call :meth:`advance` with the count received.
 
         While a large payload is being received this is the rest of that payload's own
-        buffer (zero copy); otherwise free space in the scratch buffer.
+        buffer (zero copy); otherwise free space in a small scratch buffer.
+
+        Raises:
+            LocalProtocolError: the connection had already failed.
         """
         self._check_usable()
-        if self._payload is not None:
-            return memoryview(self._payload)[self._filled :]
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif len(self._scratch) - self._end < _MIN_FREE and self._start:
-            n = self._end - self._start
-            self._scratch[:n] = self._scratch[self._start : self._end]
-            self._start, self._end = 0, n
-        if self._end == len(self._scratch):
-            self._scratch += bytes(len(self._scratch))
-        return memoryview(self._scratch)[self._end :]
+        return self._frames.receive_buffer()
 
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
@@ -228,26 +211,16 @@ class Connection:
         Raises:
             LocalProtocolError: ``n`` is negative or larger than that buffer.
         """
-        if self._payload is not None:
-            room = len(self._payload) - self._filled
-        else:
-            room = len(self._scratch) - self._end
-        if not 0 <= n <= room:
-            raise LocalProtocolError(f"advance({n}) outside the receive buffer of {room} bytes")
-        if self._payload is not None:
-            self._filled += n
-        else:
-            self._end += n
+        self._frames.advance(n)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed received bytes (copied; any split of the stream gives the same events)."""
-        view = memoryview(data).cast("B")
-        while view.nbytes:
-            with self.receive_buffer() as buf:
-                n = min(buf.nbytes, view.nbytes)
-                buf[:n] = view[:n]
-            self.advance(n)
-            view = view[n:]
+        """Feed received bytes (copied; any split of the stream gives the same events).
+
+        Raises:
+            LocalProtocolError: the connection had already failed.
+        """
+        self._check_usable()
+        self._frames.feed(data)
 
     def next_event(self) -> Event | NeedData:
         """The next complete message from the peer, or :data:`NEED_DATA`.
@@ -264,12 +237,12 @@ class Connection:
         self._check_usable()
         try:
             while True:
-                frame = self._next_frame()
+                frame = self._frames.next_frame()
                 if frame is None:
                     return NEED_DATA
-                request_id, opcode, payload = frame
-                msg = self._decoder.decode(opcode, payload)
-                event = _HANDLERS[(self.role, self._state)](self, request_id, msg)
+                header, payload = frame
+                msg = self._decoder.decode(header.opcode, payload)
+                event = _HANDLERS[(self.role, self._state)](self, header.request_id, msg)
                 if event is not None:
                     return event
         except KVSyncError as exc:
@@ -297,44 +270,6 @@ class Connection:
                 f"frame payload of {h.length} bytes is over the limit of"
                 f" {self.limits.max_frame_bytes} bytes (max_frame_bytes)"
             )
-
-    def _start_large_payload(self) -> None:
-        """Parse a pending header; move a large payload into its own buffer."""
-        if self._header is None and self._payload is None:
-            avail = self._end - self._start
-            if avail < HEADER_SIZE:
-                if avail >= len(MAGIC) and self._scratch[self._start : self._start + 4] != MAGIC:
-                    self._validate(Header(bytes(self._scratch[self._start : self._start + 4]),
-                                          PROTOCOL_VERSION, 0, 0, 0, 0))  # fmt: skip
-                return
-            parsed = unpack_header(self._scratch, self._start)
-            self._validate(parsed)
-            self._header = parsed
-            self._start += HEADER_SIZE
-        h = self._header
-        if h is not None and self._payload is None and h.length > SMALL_FRAME:
-            payload = bytearray(h.length)
-            n = min(h.length, self._end - self._start)
-            payload[:n] = self._scratch[self._start : self._start + n]
-            self._start += n
-            self._payload, self._filled = payload, n
-
-    def _next_frame(self) -> tuple[int, int, bytearray] | None:
-        self._start_large_payload()
-        h = self._header
-        if h is None:
-            return None
-        if self._payload is not None:
-            if self._filled < len(self._payload):
-                return None
-            payload, self._payload = self._payload, None
-        else:
-            if self._end - self._start < h.length:
-                return None
-            payload = self._scratch[self._start : self._start + h.length]
-            self._start += h.length
-        self._header = None
-        return h.request_id, h.opcode, payload
 
     # --- handshake handlers ---------------------------------------------------------------
 
