@@ -63,16 +63,22 @@ def _kill(p: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def ps_job(num_servers: int, *, bound: int = 1_000_000, stall: float = 5.0) -> Iterator[Job]:
+def ps_job(num_servers: int, *, bound: int = 1_000_000, stall: float = 5.0,
+           setup: str | None = None) -> Iterator[Job]:
     """A job store plus ``num_servers`` server processes; workers are added by the test."""
     store = StoreServer().start()
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
            "DMLC_NUM_SERVER": str(num_servers), "KVSYNC_BIGARRAY_BOUND": str(bound)}
     job = Job(store, env)
     try:
+        cmd = [sys.executable, "-m", "kvsync.kv.server", "--stall-seconds", str(stall)]
+        if setup:  # the CLI form, with the test directory importable
+            cmd = [sys.executable, "-m", "kvsync", "serve", "--role", "server",
+                   "--server-setup", setup, "--stall-seconds", str(stall)]
+            env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
         for _ in range(num_servers):
             job.servers.append(subprocess.Popen(
-                [sys.executable, "-m", "kvsync.kv.server", "--stall-seconds", str(stall)],
+                cmd,
                 env={**env, "DMLC_ROLE": "server"}, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, text=True))
         job.env["KVSYNC_TEST_SERVER_PIDS"] = ",".join(str(p.pid) for p in job.servers)

@@ -153,6 +153,42 @@ def server_dies(store: DistKVStore) -> dict[str, object]:
         return {"error": str(exc), "seconds": time.monotonic() - t0}
 
 
+@scenario
+def custom(store: DistKVStore) -> dict[str, object]:
+    """Optimizers and updaters registered only in the server processes."""
+    from kvsync.optimizer import register
+
+    @register
+    class TripleSGD(SGD):  # the worker only needs its name and parameters
+        pass
+
+    @register
+    class WorkerOnlySGD(SGD):
+        pass
+
+    try:
+        store.set_optimizer(WorkerOnlySGD(learning_rate=0.1))
+        raise AssertionError("an optimizer unknown to the servers was accepted")
+    except errors.UnknownNameError as exc:
+        unknown = str(exc)
+    store.set_optimizer(TripleSGD(learning_rate=0.1))
+    store.init(0, np.zeros(30, np.float32))  # split over both servers (bound 10)
+    store.push(0, np.ones(30, np.float32))
+    w = store.pull(0)
+    assert np.allclose(w, -0.3 * store.num_workers), w
+    store.barrier()
+    store.set_server_updater("negate")
+    store.push(0, np.ones(30, np.float32))
+    w = store.pull(0)
+    assert np.array_equal(w, np.full(30, -store.num_workers, np.float32)), w
+    try:
+        store.set_server_updater("nope")
+        raise AssertionError("an unknown updater was accepted")
+    except errors.UnknownNameError as exc:
+        unknown_updater = str(exc)
+    return {"unknown": unknown, "unknown_updater": unknown_updater}
+
+
 def main() -> int:
     name = sys.argv[1]
     kind = os.environ.get("KVSYNC_TEST_KV_TYPE", "dist_sync")

@@ -57,3 +57,11 @@ def test_a_killed_server_gives_connection_errors_within_two_seconds() -> None:
     for r in res:
         assert "127.0.0.1:" in str(r["error"]), r
         assert float(r["seconds"]) < 2.0  # type: ignore[arg-type]
+
+
+def test_server_setup_module_registers_custom_optimizers_and_updaters() -> None:
+    with ps_job(2, bound=10, setup="ps_server_setup") as job:  # kvsync serve --role server
+        job.start_workers("custom", 2)
+        res = job.results()
+    assert "workeronlysgd" in str(res[0]["unknown"]) and "triplesgd" in str(res[0]["unknown"])
+    assert "negate" in str(res[0]["unknown_updater"])
