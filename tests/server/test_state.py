@@ -234,3 +234,11 @@ def test_router_dispatches_by_type_and_fans_out_the_rest() -> None:
 def test_router_refuses_a_type_routed_twice() -> None:
     with pytest.raises(ValueError, match="Ping"):
         Router({m.Ping: StoreState(), (m.Ping, m.Set): StoreState()})
+
+
+def test_add_to_a_huge_value_is_refused_without_parsing_it() -> None:
+    st = StoreState()
+    st.handle(1, 1, m.Set("k", b"1" * 5000), now=0.0)
+    (out,) = st.handle(1, 2, m.Add("k", 1), now=0.0)
+    assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.INVALID_ARGUMENT
+    assert "'k'" in out.reply.message and out.reply.message.endswith("is not a decimal integer")

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from kvsync.compat.torch import TCPStore as TorchTCPStore
 from kvsync.store import HashStore, PrefixStore, Store
+from kvsync.store.tcp import TCPStore
 
 #: How long contract tests let any operation take by default (seconds).
 TEST_TIMEOUT = 10.0
@@ -84,10 +86,37 @@ class TorchFlavourHashStore(HashStore):
     _blocking_get = True
 
 
+@contextlib.contextmanager
+def _prefixed_tcp(timeout: float) -> Iterator[Connect]:
+    """PrefixStores over TCPStore clients; closes the clients (a PrefixStore does not)."""
+    inner: list[Store] = []
+
+    def make(host: str, port: int, t: float) -> Store:
+        inner.append(TCPStore(host, port, timeout=t))
+        return inner[-1]
+
+    try:
+        with prefixed(served(make))(timeout) as connect:
+            yield connect
+    finally:
+        for store in inner:
+            store.close()
+
+
 FLAVOURS: list[Flavour] = [
     Flavour("hash", in_process(lambda t: HashStore(timeout=t)), blocking_get=False),
     Flavour("prefix-hash", prefixed(in_process(lambda t: HashStore(timeout=t))), False),
     Flavour("hash-torch", in_process(lambda t: TorchFlavourHashStore(timeout=t)), True),
+    # TCPStore (added by transport): clients of a StoreServer, the master itself, the torch
+    # flavour and a PrefixStore over TCP.
+    Flavour("tcp", served(lambda host, port, t: TCPStore(host, port, timeout=t)), False),
+    Flavour(
+        "tcp-master",
+        in_process(lambda t: TCPStore("127.0.0.1", 0, is_master=True, timeout=t)),
+        blocking_get=False,
+    ),
+    Flavour("tcp-torch", served(lambda host, port, t: TorchTCPStore(host, port, timeout=t)), True),
+    Flavour("prefix-tcp", _prefixed_tcp, blocking_get=False),
 ]
 
 

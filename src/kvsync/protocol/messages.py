@@ -4,7 +4,10 @@ This module is the contract between the codec (``kvsync.protocol``), the server'
 machine (``kvsync.server``) and the client (``kvsync.client``). It holds no I/O and no
 encoding logic. Field types are restricted to what the codec knows how to lay out:
 ``str`` (UTF-8), ``Buffer`` (raw bytes; decoded as a zero-copy ``memoryview``), ``int``
-(signed 64-bit), ``bool``, ``tuple[str, ...]`` and ``tuple[Buffer, ...]``.
+(signed 64-bit), ``bool``, ``float`` (IEEE double), ``tuple[str, ...]``,
+``tuple[Buffer, ...]``, ``tuple[int, ...]``, ``NDArray`` (a numpy array of a plain numeric
+or bool dtype; decoded as a zero-copy view), ``tuple[NDArray, ...]`` and ``NDArray | None``.
+The byte layout of each is in ``docs/protocol.md``.
 
 Blocking requests carry ``timeout_ms``: how long the server may park them before it answers
 with a timeout error. It is always given (no request waits forever) and is ``>= 0``.
@@ -23,25 +26,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
+    "HANDSHAKE_OPCODES",
     "MESSAGE_OF",
     "OPCODE_OF",
     "Add",
     "Append",
+    "Auth",
     "Buffer",
     "Check",
     "CompareSet",
     "DeleteKey",
     "ErrorReply",
     "Get",
+    "Hello",
+    "HelloReply",
     "IntReply",
     "KeysReply",
     "ListKeys",
     "Message",
     "MultiGet",
     "MultiSet",
+    "NDArray",
     "NumKeys",
     "OkReply",
     "Opcode",
@@ -59,9 +70,19 @@ __all__ = [
 #: slices of the received frame (no copy).
 Buffer: TypeAlias = "bytes | bytearray | memoryview"
 
+#: A numpy array of a plain numeric or bool dtype. Annotate message fields with this exact
+#: name (``NDArray``, ``tuple[NDArray, ...]``, ``NDArray | None``); decoders return
+#: zero-copy ``np.frombuffer`` views of the received frame.
+NDArray: TypeAlias = "np.ndarray[Any, Any]"
+
 
 class Opcode(IntEnum):
     """One byte in every frame header saying which message the payload holds."""
+
+    # Connection handshake (both directions)
+    HELLO = 0x01
+    HELLO_REPLY = 0x02
+    AUTH = 0x03
 
     # Store API requests
     SET = 0x10
@@ -87,6 +108,42 @@ class Opcode(IntEnum):
     INT = 0x83
     KEYS = 0x84
     ERROR = 0xFF
+
+
+# --- Connection handshake -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame a client sends: its protocol ``version`` and, when it holds a shared
+    secret, a random ``nonce`` the server must sign to prove it knows the secret too
+    (empty otherwise). Reply: :class:`HelloReply` or :class:`ErrorReply`."""
+
+    version: int
+    nonce: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    """The server's answer to :class:`Hello`: its ``version``, its caps (so the client can
+    refuse an oversize request before sending it), a random ``challenge`` when it requires
+    the shared secret (empty otherwise) and ``proof``, its HMAC over the client's nonce
+    (empty when either side has no secret)."""
+
+    version: int
+    max_key_bytes: int
+    max_value_bytes: int
+    max_frame_bytes: int
+    challenge: Buffer
+    proof: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's HMAC-SHA256 over the server's challenge. Reply: :class:`OkReply`, or
+    :class:`ErrorReply` (AUTHENTICATION) and the server closes the connection."""
+
+    proof: Buffer
 
 
 # --- Store API requests -----------------------------------------------------------------
@@ -270,13 +327,17 @@ class ErrorReply:
 
 
 Message: TypeAlias = (
-    "Set | Get | Add | CompareSet | Wait | Check | DeleteKey | NumKeys | MultiGet | MultiSet"
-    " | Append | ListKeys | QueuePush | QueuePop | QueueLen | Ping | OkReply | ValueReply"
+    "Hello | HelloReply | Auth | Set | Get | Add | CompareSet | Wait | Check | DeleteKey"
+    " | NumKeys | MultiGet | MultiSet | Append | ListKeys | QueuePush | QueuePop | QueueLen"
+    " | Ping | OkReply | ValueReply"
     " | ValuesReply | IntReply | KeysReply | ErrorReply"
 )
 
 #: opcode -> message class, for the decoder's dispatch table.
 MESSAGE_OF: dict[Opcode, type] = {
+    Opcode.HELLO: Hello,
+    Opcode.HELLO_REPLY: HelloReply,
+    Opcode.AUTH: Auth,
     Opcode.SET: Set,
     Opcode.GET: Get,
     Opcode.ADD: Add,
@@ -300,6 +361,9 @@ MESSAGE_OF: dict[Opcode, type] = {
     Opcode.KEYS: KeysReply,
     Opcode.ERROR: ErrorReply,
 }
+
+#: The opcodes a connection exchanges before its handshake is complete.
+HANDSHAKE_OPCODES: frozenset[Opcode] = frozenset({Opcode.HELLO, Opcode.HELLO_REPLY, Opcode.AUTH})
 
 #: message class -> opcode, for the encoder.
 OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}

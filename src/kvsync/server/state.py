@@ -67,6 +67,9 @@ __all__ = ["Outgoing", "Router", "ServerLogic", "StoreState"]
 
 logger = logging.getLogger(__name__)
 
+#: ``add`` refuses values longer than this many bytes without parsing (or copying) them.
+_MAX_INT_TEXT = 4000
+
 
 class _RejectError(Exception):
     """Raised inside handlers; becomes an ErrorReply."""
@@ -198,9 +201,10 @@ class StoreState:
 
     def _check_key(self, key: str) -> None:
         if len(key) * 4 > self.max_key_bytes and len(key.encode()) > self.max_key_bytes:
+            shown = repr(key) if len(key) <= 64 else f"{key[:64]!r}..."
             raise _RejectError(
                 ErrorCode.LIMIT_EXCEEDED,
-                f"key {key[:64]!r}... is {len(key.encode())} bytes, over the limit of "
+                f"key {shown} is {len(key.encode())} bytes, over the limit of "
                 f"{self.max_key_bytes} bytes",
             )
 
@@ -320,6 +324,8 @@ class StoreState:
         base = 0
         if current is not None:
             try:
+                if _nbytes(current) > _MAX_INT_TEXT:
+                    raise ValueError("too long to be a counter")
                 base = int(bytes(current))
             except ValueError:
                 raise _RejectError(

@@ -23,92 +23,30 @@ Example:
 from __future__ import annotations
 
 import abc
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TypeAlias, TypeVar
+from typing import TypeVar
 
 from kvsync import defaults
 from kvsync.errors import RemoteProtocolError, StoreConnectionError, error_from_code
 from kvsync.protocol import messages as m
 from kvsync.store import sync
+from kvsync.store.arguments import (
+    REPLY_GRACE_SECONDS,
+    Timeout,
+    Value,
+    check_key,
+    check_keys,
+    to_buffer,
+    to_ms,
+    to_seconds,
+)
 
 __all__ = ["REPLY_GRACE_SECONDS", "Store", "Timeout", "Value", "to_seconds"]
 
-#: What callers may pass as a value: text (stored as UTF-8) or bytes-like.
-Value: TypeAlias = "str | bytes | bytearray | memoryview"
-#: A timeout: seconds (int or float) or a ``datetime.timedelta``.
-Timeout: TypeAlias = "float | timedelta"
-#: Extra seconds a client waits for the reply of a request the server may park for
-#: ``timeout``, so that the server's TIMEOUT reply (which names what is missing) wins.
-REPLY_GRACE_SECONDS: float = 1.0
-_MAX_TIMEOUT_MS = 1 << 62
-
 _R = TypeVar("_R")
 _S = TypeVar("_S", bound="Store")
-
-
-def to_seconds(timeout: object, name: str = "timeout") -> float:
-    """Seconds from a number or a ``timedelta``.
-
-    Raises:
-        TypeError: ``timeout`` is neither a number nor a ``timedelta``.
-        ValueError: it is negative or NaN.
-
-    Example:
-        >>> to_seconds(timedelta(minutes=1)), to_seconds(2)
-        (60.0, 2.0)
-    """
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise TypeError(
-            f"{name} must be seconds (int or float) or a datetime.timedelta, "
-            f"got {type(timeout).__name__}"
-        )
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, got {seconds}")
-    return seconds
-
-
-def _ms(seconds: float) -> int:
-    return (
-        min(math.ceil(seconds * 1000.0), _MAX_TIMEOUT_MS)
-        if math.isfinite(seconds)
-        else (_MAX_TIMEOUT_MS)
-    )
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"key must be str, got {type(key).__name__}: {key!r:.80}")
-    return key
-
-
-def _check_keys(keys: object, what: str) -> tuple[str, ...]:
-    if isinstance(keys, str):
-        return (keys,)
-    if not isinstance(keys, Iterable) or isinstance(keys, bytes | bytearray | memoryview):
-        raise TypeError(f"{what} expects a list of str keys, got {type(keys).__name__}")
-    return tuple(_check_key(k) for k in keys)
-
-
-def _to_buffer(value: object, key: str) -> m.Buffer:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | bytearray):
-        return value
-    if isinstance(value, memoryview):
-        if not value.contiguous:
-            raise ValueError(f"value for key {key!r} is a non-contiguous memoryview")
-        return value if value.format == "B" and value.ndim == 1 else value.cast("B")
-    raise TypeError(
-        f"value for key {key!r} must be str, bytes, bytearray or memoryview, "
-        f"got {type(value).__name__}"
-    )
 
 
 class Store(abc.ABC):
@@ -172,7 +110,7 @@ class Store(abc.ABC):
     def _deadline(self, timeout: Timeout | None) -> tuple[int, float]:
         """(server-side timeout_ms, client-side reply timeout) for a blocking request."""
         seconds = self._timeout if timeout is None else to_seconds(timeout)
-        return _ms(seconds), seconds + REPLY_GRACE_SECONDS
+        return to_ms(seconds), seconds + REPLY_GRACE_SECONDS
 
     # --- the Store API --------------------------------------------------------------------
 
@@ -188,8 +126,8 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.set("k", b"v"); s.get("k")
             b'v'
         """
-        key = _check_key(key)
-        self._request(m.Set(key, _to_buffer(value, key)), m.OkReply)
+        key = check_key(key)
+        self._request(m.Set(key, to_buffer(value, key)), m.OkReply)
 
     def get(self, key: str) -> bytes:
         """The value under ``key``; ``b""`` if missing (the torch flavour waits instead).
@@ -203,7 +141,7 @@ class Store(abc.ABC):
             >>> HashStore().get("nothing")
             b''
         """
-        key = _check_key(key)
+        key = check_key(key)
         timeout_ms, reply_timeout = self._deadline(None)
         msg = m.Get(key, self._blocking_get, timeout_ms)
         return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
@@ -222,7 +160,7 @@ class Store(abc.ABC):
             42
             b'42'
         """
-        key = _check_key(key)
+        key = check_key(key)
         if not isinstance(amount, int):
             raise TypeError(f"add to key {key!r}: amount must be int, got {type(amount).__name__}")
         return self._request(m.Add(key, int(amount)), m.IntReply).value
@@ -242,8 +180,8 @@ class Store(abc.ABC):
             >>> s.compare_set("k", "", "first"), s.compare_set("k", "other", "x")
             (b'first', b'first')
         """
-        key = _check_key(key)
-        msg = m.CompareSet(key, _to_buffer(expected, key), _to_buffer(desired, key))
+        key = check_key(key)
+        msg = m.CompareSet(key, to_buffer(expected, key), to_buffer(desired, key))
         return bytes(self._request(msg, m.ValueReply).value)
 
     def wait(self, keys: str | Sequence[str], timeout: Timeout | None = None) -> None:
@@ -264,7 +202,7 @@ class Store(abc.ABC):
             ...
             kvsync.errors.StoreTimeoutError: wait for keys ['a', 'b'] timed out after ...
         """
-        key_tuple = _check_keys(keys, "wait")
+        key_tuple = check_keys(keys, "wait")
         timeout_ms, reply_timeout = self._deadline(timeout)
         self._request(m.Wait(key_tuple, timeout_ms), m.OkReply, reply_timeout)
 
@@ -276,7 +214,7 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.set("a", "1"); s.check(["a"]), s.check(["a", "b"])
             (True, False)
         """
-        return bool(self._request(m.Check(_check_keys(keys, "check")), m.IntReply).value)
+        return bool(self._request(m.Check(check_keys(keys, "check")), m.IntReply).value)
 
     def delete_key(self, key: str) -> bool:
         """Delete ``key`` (a value or a queue); whether it existed.
@@ -289,7 +227,7 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.set("k", "v"); s.delete_key("k"), s.delete_key("k")
             (True, False)
         """
-        return bool(self._request(m.DeleteKey(_check_key(key)), m.IntReply).value)
+        return bool(self._request(m.DeleteKey(check_key(key)), m.IntReply).value)
 
     def num_keys(self) -> int:
         """How many keys the store holds (queues included).
@@ -309,7 +247,7 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.multi_set(["a", "b"], ["1", b"2"]); s.multi_get(["a", "b"])
             [b'1', b'2']
         """
-        key_tuple = _check_keys(keys, "multi_get")
+        key_tuple = check_keys(keys, "multi_get")
         timeout_ms, reply_timeout = self._deadline(None)
         msg = m.MultiGet(key_tuple, self._blocking_get, timeout_ms)
         return [bytes(v) for v in self._request(msg, m.ValuesReply, reply_timeout).values]
@@ -327,11 +265,11 @@ class Store(abc.ABC):
             ...
             ValueError: multi_set got 1 keys but 2 values
         """
-        key_tuple = _check_keys(keys, "multi_set")
+        key_tuple = check_keys(keys, "multi_set")
         value_list = list(values)
         if len(key_tuple) != len(value_list):
             raise ValueError(f"multi_set got {len(key_tuple)} keys but {len(value_list)} values")
-        buffers = tuple(_to_buffer(v, k) for k, v in zip(key_tuple, value_list, strict=True))
+        buffers = tuple(to_buffer(v, k) for k, v in zip(key_tuple, value_list, strict=True))
         self._request(m.MultiSet(key_tuple, buffers), m.OkReply)
 
     def append(self, key: str, value: Value) -> None:
@@ -342,8 +280,8 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.append("k", "ab"); s.append("k", b"c"); s.get("k")
             b'abc'
         """
-        key = _check_key(key)
-        self._request(m.Append(key, _to_buffer(value, key)), m.OkReply)
+        key = check_key(key)
+        self._request(m.Append(key, to_buffer(value, key)), m.OkReply)
 
     def list_keys(self) -> list[str]:
         """Every key the store holds.
@@ -363,8 +301,8 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.queue_push("q", "a"); s.queue_push("q", "b"); s.queue_len("q")
             2
         """
-        key = _check_key(key)
-        self._request(m.QueuePush(key, _to_buffer(value, key)), m.OkReply)
+        key = check_key(key)
+        self._request(m.QueuePush(key, to_buffer(value, key)), m.OkReply)
 
     def queue_pop(self, key: str, block: bool = True, timeout: Timeout | None = None) -> bytes:
         """Pop the head of the queue ``key``, waiting for an item if ``block``.
@@ -382,7 +320,7 @@ class Store(abc.ABC):
             ...
             kvsync.errors.StoreTimeoutError: queue_pop of 'q' timed out after ...
         """
-        key = _check_key(key)
+        key = check_key(key)
         timeout_ms, reply_timeout = self._deadline(timeout)
         msg = m.QueuePop(key, bool(block), timeout_ms)
         return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
@@ -395,7 +333,7 @@ class Store(abc.ABC):
             >>> HashStore().queue_len("q")
             0
         """
-        return self._request(m.QueueLen(_check_key(key)), m.IntReply).value
+        return self._request(m.QueueLen(check_key(key)), m.IntReply).value
 
     def barrier(self, key: str, world_size: int, timeout: Timeout | None = None) -> None:
         """Block until ``world_size`` callers reached the barrier ``key``; reusable.

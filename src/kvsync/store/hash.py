@@ -88,7 +88,10 @@ class HashStore(Store):
             conn_id = next(self._ids)
             start = time.monotonic()
             deadline = start + timeout
-            self._deliver(self._state.handle(conn_id, 0, msg, start))
+            out = self._state.handle(conn_id, 0, msg, start)
+            if len(out) == 1 and out[0].conn_id == conn_id:  # the common case: no wake-ups
+                return out[0].reply
+            self._deliver(out)
             while conn_id not in self._mailbox:
                 now = time.monotonic()
                 if now >= deadline:  # the state should have expired it first

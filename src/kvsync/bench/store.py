@@ -1,0 +1,378 @@
+"""``kvsync bench store``: latency, throughput, bandwidth, barrier and connect times.
+
+Every scenario runs on a fresh server on a free loopback port. With ``--vs torch`` the same
+scenarios run against ``torch.distributed.TCPStore`` (its legacy server for the bandwidth
+rows, as its default server refuses values over 8 MiB) and a ``kvsync/torch`` ratio column
+is added. ``--quick`` shrinks every size so a test can run the whole bench in seconds.
+Multi-client throughput uses child PROCESSES (``python -m kvsync.bench.store worker ...``),
+each ended by PID if it overruns its deadline.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); add_arguments(p)
+    >>> p.parse_args(["--quick", "--scenario", "latency"]).scenario
+    ['latency']
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvsync.bench.report import format_table, human_bytes, human_seconds
+from kvsync.bench.store_backends import BACKENDS, Backend, close_client, torch_missing_reason
+
+__all__ = ["SCENARIO_NAMES", "Params", "add_arguments", "run"]
+
+SCENARIO_NAMES = ("latency", "throughput", "bandwidth", "barrier", "connect")
+#: Every client operation of the bench has this deadline (seconds).
+OP_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of one bench run (``--quick`` or the issue's full sizes)."""
+
+    latency_iterations: int = 2000
+    clients: tuple[int, ...] = (1, 2, 4, 8)
+    pairs_per_client: int = 5000
+    sizes_mib: tuple[float, ...] = (1, 16, 64, 256)
+    ranks: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    connections: int = 2000
+
+
+QUICK = Params(
+    latency_iterations=100,
+    clients=(1, 2),
+    pairs_per_client=100,
+    sizes_mib=(1,),
+    ranks=(8, 16),
+    connections=100,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured number: ``kind`` is 'time' (lower is better) or 'rate' / 'MB/s'."""
+
+    scenario: str
+    metric: str
+    value: float
+    kind: str
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``kvsync bench store``."""
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIO_NAMES,
+        help="run only this scenario (repeatable; default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    parser.add_argument("--vs", choices=["torch"], help="also measure torch's TCPStore")
+    parser.add_argument("--iterations", type=int, help="latency samples per operation")
+    parser.add_argument("--clients", type=_ints, help="client processes, e.g. 1,2,4,8")
+    parser.add_argument("--pairs", type=int, help="set+get pairs per client process")
+    parser.add_argument("--sizes-mib", type=_floats, help="value sizes in MiB, e.g. 1,64")
+    parser.add_argument("--ranks", type=_ints, help="barrier sizes, e.g. 8,64,512")
+    parser.add_argument("--connections", type=int, help="connections to open")
+
+
+def _params(args: argparse.Namespace) -> Params:
+    base = QUICK if args.quick else Params()
+    return Params(
+        latency_iterations=args.iterations or base.latency_iterations,
+        clients=args.clients or base.clients,
+        pairs_per_client=args.pairs or base.pairs_per_client,
+        sizes_mib=args.sizes_mib or base.sizes_mib,
+        ranks=args.ranks or base.ranks,
+        connections=args.connections or base.connections,
+    )
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def bench_latency(backend: Backend, p: Params) -> list[Row]:
+    """Median and p99 latency of set/get/add with 16-byte values, one client."""
+    value = b"v" * 16
+    with backend.serve(False) as (host, port):
+        client = backend.connect(host, port, OP_TIMEOUT)
+        try:
+            client.set("lat", value)
+            ops: dict[str, Callable[[], object]] = {
+                "set": lambda: client.set("lat", value),
+                "get": lambda: client.get("lat"),
+                "add": lambda: client.add("lat_n", 1),
+            }
+            rows = []
+            for name, op in ops.items():
+                samples = []
+                for _ in range(p.latency_iterations):
+                    t0 = time.perf_counter()
+                    op()
+                    samples.append(time.perf_counter() - t0)
+                samples.sort()
+                p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+                rows.append(
+                    Row("latency", f"{name} 16 B median", statistics.median(samples), "time")
+                )
+                rows.append(Row("latency", f"{name} 16 B p99", p99, "time"))
+            return rows
+        finally:
+            close_client(client)
+
+
+def bench_throughput(backend: Backend, p: Params) -> list[Row]:
+    """ops/s (each set and each get counts) of set+get pairs from N client processes."""
+    rows = []
+    with backend.serve(False) as (host, port):
+        control = backend.connect(host, port, OP_TIMEOUT)
+        try:
+            for n in p.clients:
+                ops_per_s = _run_workers(backend, control, host, port, n, p.pairs_per_client)
+                rows.append(
+                    Row("throughput", f"set+get ops/s, {n} client processes", ops_per_s, "rate")
+                )
+        finally:
+            close_client(control)
+    return rows
+
+
+def _run_workers(backend: Backend, control: Any, host: str, port: int, n: int, pairs: int) -> float:
+    tag = f"tp{n}"
+    cmd = [sys.executable, "-m", "kvsync.bench.store", "worker", backend.name, host, str(port)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, tag, str(i), str(pairs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for i in range(n)
+    ]
+    try:
+        control.wait([f"{tag}/ready/{i}" for i in range(n)], _timedelta(60))
+        control.set(f"{tag}/go", b"1")
+        elapsed, total = 0.0, 0
+        for proc in procs:
+            out, err = proc.communicate(timeout=OP_TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench worker pid {proc.pid} failed: {err.strip()[-500:]}")
+            ops, seconds = out.split()
+            total += int(ops)
+            elapsed = max(elapsed, float(seconds))
+        return total / elapsed
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()  # by PID, only our own children
+                proc.wait(timeout=10)
+
+
+def _timedelta(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """A throughput client process: ``worker BACKEND HOST PORT TAG INDEX PAIRS``."""
+    backend, host, port, tag, index, pairs = argv
+    client = BACKENDS[backend].connect(host, int(port), OP_TIMEOUT)
+    key, value = f"{tag}/k{index}", b"v" * 16
+    client.set(key, value)
+    client.set(f"{tag}/ready/{index}", b"1")
+    client.wait([f"{tag}/go"], _timedelta(OP_TIMEOUT))
+    t0 = time.perf_counter()
+    for _ in range(int(pairs)):
+        client.set(key, value)
+        client.get(key)
+    elapsed = time.perf_counter() - t0
+    close_client(client)
+    sys.stdout.write(f"{2 * int(pairs)} {elapsed}\n")
+    return 0
+
+
+def bench_bandwidth(backend: Backend, p: Params) -> list[Row]:
+    """MB/s of one set plus one get of a large value (best of a few rounds)."""
+    rows = []
+    with backend.serve(True) as (host, port):
+        client = backend.connect(host, port, OP_TIMEOUT)
+        try:
+            for mib in p.sizes_mib:
+                size = int(mib * (1 << 20))
+                value = bytes(size)
+                best = float("inf")
+                for _ in range(1 if size >= (256 << 20) else 3):
+                    t0 = time.perf_counter()
+                    client.set("big", value)
+                    got = client.get("big")
+                    best = min(best, time.perf_counter() - t0)
+                    if len(got) != size:
+                        raise RuntimeError(f"got {len(got)} bytes back, sent {size}")
+                    del got
+                del value
+                client.set("big", b"")
+                rows.append(
+                    Row("bandwidth", f"set+get {human_bytes(size)}", 2 * size / 1e6 / best, "MB/s")
+                )
+        finally:
+            close_client(client)
+    return rows
+
+
+def _barrier(client: Any, key: str, world_size: int) -> None:
+    """The add/set/wait barrier of kvsync.store.sync, spelled with calls torch has too."""
+    count = int(client.add(f"{key}/arrived", 1))
+    done = f"{key}/done/{(count - 1) // world_size}"
+    if count % world_size == 0:
+        client.set(done, b"1")
+    client.wait([done], _timedelta(OP_TIMEOUT))
+
+
+def bench_barrier(backend: Backend, p: Params) -> list[Row]:
+    """Time for N ranks (threads, one connection each) to pass a barrier; median of 3."""
+    rows = []
+    _raise_fd_limit(2 * max(p.ranks) + 64)
+    with backend.serve(False) as (host, port):
+        for n in p.ranks:
+            clients = [backend.connect(host, port, OP_TIMEOUT) for _ in range(n)]
+            try:
+                times = [_time_barrier(clients, f"bar{n}") for _ in range(3)]
+            finally:
+                for c in clients:
+                    close_client(c)
+            rows.append(
+                Row("barrier", f"{n} ranks pass a barrier", statistics.median(times), "time")
+            )
+    return rows
+
+
+def _time_barrier(clients: list[Any], key: str) -> float:
+    n = len(clients)
+    start = threading.Barrier(n + 1, timeout=OP_TIMEOUT)
+    finished = [0.0] * n
+    errors: list[BaseException] = []
+
+    def rank(i: int) -> None:
+        try:
+            start.wait()
+            _barrier(clients[i], key, n)
+            finished[i] = time.perf_counter()
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout=OP_TIMEOUT)
+    if errors or any(t.is_alive() for t in threads):
+        raise RuntimeError(f"barrier of {n} ranks failed: {errors[:1]}")
+    return max(finished) - t0
+
+
+def bench_connect(backend: Backend, p: Params) -> list[Row]:
+    """Time to open ``connections`` client connections one after another."""
+    _raise_fd_limit(2 * p.connections + 64)
+    with backend.serve(False) as (host, port):
+        clients: list[Any] = []
+        try:
+            t0 = time.perf_counter()
+            clients.extend(backend.connect(host, port, OP_TIMEOUT) for _ in range(p.connections))
+            elapsed = time.perf_counter() - t0
+        finally:
+            for c in clients:
+                close_client(c)
+    return [Row("connect", f"open {p.connections} connections", elapsed, "time")]
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+SCENARIOS: dict[str, Callable[[Backend, Params], list[Row]]] = {
+    "latency": bench_latency,
+    "throughput": bench_throughput,
+    "bandwidth": bench_bandwidth,
+    "barrier": bench_barrier,
+    "connect": bench_connect,
+}
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _fmt(row: Row) -> str:
+    if row.kind == "time":
+        return human_seconds(row.value)
+    if row.kind == "rate":
+        return f"{row.value:,.0f}"
+    return f"{row.value:,.0f} MB/s"
+
+
+def _table(ours: list[Row], theirs: list[Row] | None) -> str:
+    if theirs is None:
+        return format_table(
+            ["scenario", "metric", "kvsync"], [[r.scenario, r.metric, _fmt(r)] for r in ours]
+        )
+    rows = []
+    for a, b in zip(ours, theirs, strict=True):
+        better = "lower" if a.kind == "time" else "higher"
+        rows.append([a.scenario, a.metric, _fmt(a), _fmt(b), f"{a.value / b.value:.2f}x", better])
+    return format_table(["scenario", "metric", "kvsync", "torch", "kvsync/torch", "better"], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen scenarios and print one table; returns the exit code."""
+    params = _params(args)
+    names = args.scenario or list(SCENARIO_NAMES)
+    compare = args.vs == "torch"
+    if compare:
+        reason = torch_missing_reason()
+        if reason is not None:
+            print(f"--vs torch skipped: {reason}; measuring kvsync only", file=sys.stderr)
+            compare = False
+    ours: list[Row] = []
+    theirs: list[Row] = []
+    for name in names:
+        ours += SCENARIOS[name](BACKENDS["kvsync"], params)
+        if compare:
+            theirs += SCENARIOS[name](BACKENDS["torch"], params)
+    print(_table(ours, theirs if compare else None))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        sys.exit(worker_main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(prog="python -m kvsync.bench.store")
+    add_arguments(parser)
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(run(parser.parse_args()))

@@ -1,0 +1,300 @@
+"""A blocking, thread-safe client connection to a kvsync server, with pipelining.
+
+Strategy: one TCP socket and one sans-IO :class:`~kvsync.protocol.Connection`. Senders take
+a lock only while writing one frame (``sendmsg`` of the codec's buffer list, so big values
+go out uncopied). Replies are matched to requests by request id: whichever waiting thread
+finds no reader becomes the reader (leader/followers), polls the socket with its own
+deadline, files every reply it decodes and wakes the others; so several requests can be
+in flight from several threads without a background thread. End of stream while waiting
+means the server is gone: every waiter gets :class:`StoreConnectionError` naming the
+address at once, not after its timeout. A reply that arrives after its caller gave up is
+dropped, so the client keeps working after a timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+import socket
+import threading
+import time
+from types import TracebackType
+
+from kvsync.client.connect import Backoff, connect
+from kvsync.errors import (
+    KVSyncError,
+    StoreConnectionError,
+    StoreTimeoutError,
+    error_from_code,
+)
+from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
+from kvsync.protocol.messages import ErrorReply
+
+__all__ = ["Client"]
+
+logger = logging.getLogger(__name__)
+_POLL = getattr(select, "poll", None)
+
+
+def _wait_fd(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """Whether ``sock`` became readable/writable (or errored) within ``timeout`` seconds."""
+    if _POLL is not None:
+        poller = _POLL()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+    r, w, x = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
+    return bool(r or w or x)
+
+
+class Client:
+    """A connection to a kvsync server.
+
+    Args:
+        host: server address (a numeric address is used literally, never looked up).
+        port: server port.
+        timeout: seconds to keep retrying the connection (a server started later is
+            waited for) and default seconds to wait for a reply.
+        secret: shared secret for the HMAC handshake, or ``None``.
+        timeout_hint: text appended to reply-timeout errors (e.g. which variable to raise).
+
+    Raises:
+        StoreConnectionError: unresolvable host or non-retryable connect error.
+        StoreTimeoutError: the server did not accept or finish the handshake in time.
+        VersionMismatchError, AuthenticationError: the handshake failed.
+
+    Example:
+        >>> from kvsync.server import StoreServer
+        >>> from kvsync.protocol.messages import Add
+        >>> with StoreServer().start() as server, Client("127.0.0.1", server.port, timeout=5) as c:
+        ...     rids = [c.submit(Add("n", 1)) for _ in range(3)]
+        ...     [c.result(r).value for r in rids]
+        [1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        secret: str | bytes | None = None,
+        timeout_hint: str = "",
+    ) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.timeout_hint = timeout_hint
+        self.address = f"{host}:{port}"
+        deadline = time.monotonic() + timeout
+        self._sock = connect(host, port, timeout, Backoff())
+        self._proto = Connection(Role.CLIENT, secret=secret)
+        try:
+            self._handshake(deadline)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._sock.setblocking(False)
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._reading = False
+        self._results: dict[int, object] = {}
+        self._waiting: set[int] = set()
+        self._error: KVSyncError | None = None
+
+    # --- connection set-up ----------------------------------------------------------------
+
+    def _handshake(self, deadline: float) -> None:
+        proto, sock = self._proto, self._sock
+        for _ in range(10_000):
+            out = proto.data_to_send()
+            if out:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.sendall(b"".join(out))
+            if proto.handshake_complete:
+                return
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                with proto.receive_buffer() as buf:
+                    n = sock.recv_into(buf)
+            except TimeoutError as exc:
+                raise StoreTimeoutError(
+                    f"store server {self.address} did not complete the handshake in time"
+                ) from exc
+            except OSError as exc:
+                raise StoreConnectionError(
+                    f"connection to store server {self.address} failed during the handshake: {exc}"
+                ) from exc
+            if n == 0:
+                raise StoreConnectionError(
+                    f"store server {self.address} closed the connection during the handshake"
+                )
+            proto.advance(n)
+            proto.next_event()
+        raise StoreConnectionError(f"handshake with {self.address} did not finish")
+
+    # --- requests -----------------------------------------------------------------------
+
+    def call(self, msg: object, timeout: float | None = None) -> object:
+        """Send ``msg`` and wait for its reply; error replies are raised as their class.
+
+        Raises:
+            StoreConnectionError: the server is gone (names the address).
+            StoreTimeoutError: no reply within ``timeout`` (default: the client's).
+            KVSyncError subclasses: the error the server answered with.
+        """
+        return self.result(self.submit(msg), timeout)
+
+    def submit(self, msg: object) -> int:
+        """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
+
+        Raises:
+            LimitExceededError: a key or value is over the server's caps (nothing sent).
+            StoreConnectionError: the connection is lost or closed.
+        """
+        self._raise_if_failed()
+        with self._send_lock:
+            request_id = next(self._ids)
+            buffers = [memoryview(b).cast("B") for b in self._proto.send(request_id, msg)]
+            with self._cond:
+                self._waiting.add(request_id)
+            try:
+                self._send_all(buffers)
+            except StoreConnectionError as exc:
+                self._fail(exc)
+                raise
+        return request_id
+
+    def result(self, request_id: int, timeout: float | None = None) -> object:
+        """Wait for the reply to ``request_id`` (see :meth:`call` for the errors)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if request_id in self._results:
+                    self._waiting.discard(request_id)
+                    reply = self._results.pop(request_id)
+                    if isinstance(reply, ErrorReply):
+                        raise error_from_code(reply.code, reply.message)
+                    return reply
+                self._raise_if_failed()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._waiting.discard(request_id)
+                    raise StoreTimeoutError(
+                        f"no reply from store server {self.address} to request {request_id}"
+                        f" within {timeout:g} s{self.timeout_hint}"
+                    )
+                if self._reading:
+                    self._cond.wait(remaining)
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    events, error = self._read(remaining), None
+                except KVSyncError as exc:
+                    events, error = [], exc
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                for ev in events:
+                    if ev.request_id in self._waiting:
+                        self._results[ev.request_id] = ev.message
+                if error is not None:
+                    self._fail_locked(error)
+                self._cond.notify_all()
+
+    def _read(self, timeout: float) -> list[Event]:
+        if not _wait_fd(self._sock, False, timeout):
+            return []
+        proto, events = self._proto, []
+        for _ in range(64):
+            buf = proto.receive_buffer()
+            size = len(buf)
+            try:
+                n = self._sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise StoreConnectionError(
+                    f"lost the connection to store server {self.address}: {exc}"
+                ) from exc
+            finally:
+                buf.release()
+            if n == 0:
+                raise StoreConnectionError(
+                    f"store server {self.address} closed the connection (server gone?)"
+                )
+            proto.advance(n)
+            for _ in range(1_000_000):
+                ev = proto.next_event()
+                if ev is NEED_DATA:
+                    break
+                assert isinstance(ev, Event)
+                events.append(ev)
+            if n < size:
+                break
+        return events
+
+    def _send_all(self, buffers: list[memoryview]) -> None:
+        deadline = time.monotonic() + self.timeout
+        while buffers:
+            try:
+                sent = self._sock.sendmsg(buffers[:512])
+            except (BlockingIOError, InterruptedError):
+                if not _wait_fd(self._sock, True, deadline - time.monotonic()):
+                    raise StoreConnectionError(
+                        f"store server {self.address} did not accept data for {self.timeout:g} s"
+                    ) from None
+                continue
+            except OSError as exc:
+                raise StoreConnectionError(
+                    f"lost the connection to store server {self.address}: {exc}"
+                ) from exc
+            while sent and buffers:
+                if sent >= buffers[0].nbytes:
+                    sent -= buffers.pop(0).nbytes
+                else:
+                    buffers[0] = buffers[0][sent:]
+                    sent = 0
+
+    # --- failure and lifetime -------------------------------------------------------------
+
+    def _raise_if_failed(self) -> None:
+        err = self._error
+        if err is not None:
+            raise type(err)(str(err))
+
+    def _fail(self, exc: KVSyncError) -> None:
+        with self._cond:
+            self._fail_locked(exc)
+            self._cond.notify_all()
+
+    def _fail_locked(self, exc: KVSyncError) -> None:
+        if self._error is None:
+            self._error = exc
+            logger.debug("client of %s failed: %s", self.address, exc)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in poll
+            except OSError:
+                pass
+            self._sock.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed or lost."""
+        return self._error is not None
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`StoreConnectionError`."""
+        self._fail(StoreConnectionError(f"client of store server {self.address} is closed"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address}{', closed' if self.closed else ''})"

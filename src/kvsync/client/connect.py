@@ -1,0 +1,122 @@
+"""Dialling the store server: address resolution and connect retries with backoff.
+
+Strategy (after redis-py's retry object): a :class:`Backoff` policy with full jitter and a
+deadline is passed to :func:`connect`, which retries only the errors that mean "the server
+is not up yet" (refused, reset, unreachable, timed out) so a client started before its
+master still joins, while an unresolvable host fails at once naming host and port. Numeric
+hosts are never sent to DNS: ``getaddrinfo`` is tried with ``AI_NUMERICHOST`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvsync import defaults
+from kvsync.errors import StoreConnectionError, StoreTimeoutError
+
+__all__ = ["RETRYABLE", "Backoff", "connect", "resolve"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "not listening yet": retried until the deadline.
+RETRYABLE: tuple[type[OSError], ...] = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    TimeoutError,
+    InterruptedError,
+)
+_RETRYABLE_ERRNO = {101, 111, 113, 104, 110}  # ENETUNREACH ECONNREFUSED EHOSTUNREACH ...
+
+_AddrInfo = tuple[Any, ...]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: attempt ``k`` sleeps ``U(0, min(hi, lo*2**k))``.
+
+    Example:
+        >>> b = Backoff(lo=0.01, hi=1.0, rng=random.Random(0))
+        >>> all(0 <= b.next_delay() <= 1.0 for _ in range(20))
+        True
+    """
+
+    lo: float = defaults.CONNECT_BACKOFF_MIN
+    hi: float = defaults.CONNECT_BACKOFF_MAX
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        """The next sleep, in seconds."""
+        cap = min(self.hi, self.lo * (2 ** min(self.attempt, 32)))
+        self.attempt += 1
+        return self.rng.uniform(0.0, cap)
+
+
+def resolve(host: str, port: int) -> list[_AddrInfo]:
+    """Addresses for ``host:port``; a numeric host is used literally (no DNS).
+
+    Raises:
+        StoreConnectionError: the host cannot be resolved (names host:port).
+
+    Example:
+        >>> resolve("127.0.0.1", 80)[0][4]
+        ('127.0.0.1', 80)
+    """
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise StoreConnectionError(f"cannot resolve store address {host}:{port}: {exc}") from exc
+
+
+def _retryable(exc: OSError) -> bool:
+    return isinstance(exc, RETRYABLE) or exc.errno in _RETRYABLE_ERRNO
+
+
+def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None) -> socket.socket:
+    """A connected TCP socket (``TCP_NODELAY``, blocking) to ``host:port``, retrying
+    refused/unreachable attempts with jittered backoff until ``timeout`` seconds pass.
+
+    Raises:
+        StoreConnectionError: unresolvable host, or a non-retryable socket error.
+        StoreTimeoutError: nothing accepted the connection in time (names host:port).
+    """
+    infos = resolve(host, port)
+    backoff = backoff or Backoff()
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    for attempt in range(1_000_000):
+        for family, kind, proto, _, addr in infos:
+            remaining = deadline - time.monotonic()
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(max(remaining, 0.001))
+                sock.connect(addr)
+            except OSError as exc:
+                sock.close()
+                if not _retryable(exc):
+                    raise StoreConnectionError(
+                        f"cannot connect to store server {host}:{port}: {exc}"
+                    ) from exc
+                last = exc
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if attempt:
+                logger.debug("connected to %s:%d after %d retries", host, port, attempt)
+            return sock
+        delay = min(backoff.next_delay(), deadline - time.monotonic())
+        if delay <= 0:
+            break
+        time.sleep(delay)
+    raise StoreTimeoutError(
+        f"could not connect to store server {host}:{port} within {timeout:g} s (last error: {last})"
+    )

@@ -1,0 +1,434 @@
+"""A sans-IO kvsync connection (the h11 model): bytes in, events out, messages to buffers.
+
+Strategy: received bytes land in a small scratch buffer (``receive_data`` copies into it,
+``receive_buffer``/``advance`` let a socket ``recv_into`` it directly). Once a frame header
+is complete it is validated (magic, version, flags, opcode, payload length against the
+frame cap) before anything is allocated. A payload of at most :data:`SMALL_FRAME` bytes is
+sliced out of the scratch buffer (one small copy); a larger one gets a fresh ``bytearray``
+of exactly its size that ``receive_buffer`` then exposes, so a big value goes from the
+kernel to its final buffer without a Python-level copy. Every payload lives in its own
+buffer, so decoded ``memoryview``/array fields stay valid after the next frame.
+
+The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
+dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
+receiving makes the object refuse further use.
+
+Example:
+    >>> from kvsync.protocol.messages import Ping, OkReply
+    >>> client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    >>> def pump(a, b):
+    ...     b.receive_data(b"".join(bytes(x) for x in a.data_to_send()))
+    ...     return b.next_event()
+    >>> pump(client, server), pump(server, client), client.handshake_complete
+    (NEED_DATA, NEED_DATA, True)
+    >>> server.receive_data(b"".join(bytes(x) for x in client.send(7, Ping())))
+    >>> server.next_event()
+    Event(request_id=7, message=Ping())
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from kvsync.errors import (
+    AuthenticationError,
+    KVSyncError,
+    LimitExceededError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatchError,
+    code_for,
+    error_from_code,
+)
+from kvsync.protocol import handshake
+from kvsync.protocol.codec import Decoder, Limits, encode_frame
+from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header, unpack_header
+from kvsync.protocol.messages import (
+    HANDSHAKE_OPCODES,
+    MESSAGE_OF,
+    Auth,
+    ErrorReply,
+    Hello,
+    HelloReply,
+    OkReply,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "SMALL_FRAME",
+    "Connection",
+    "Event",
+    "NeedData",
+    "Role",
+    "encode_error",
+]
+
+#: Payloads up to this size are cut out of the scratch buffer; larger ones get their own.
+SMALL_FRAME: Final = 8 * 1024
+_SCRATCH: Final = 16 * 1024
+_MIN_FREE: Final = 4 * 1024
+_REPLY_MIN: Final = 0x80
+Buffers = list[bytes | bytearray | memoryview]
+
+
+class NeedData:
+    """Type of :data:`NEED_DATA`: no complete frame yet, feed more bytes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+class Role(Enum):
+    """Which end of the connection this object plays."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class _State(Enum):
+    AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"
+    AWAIT_HELLO_REPLY = "await_hello_reply"
+    AWAIT_AUTH_OK = "await_auth_ok"
+    READY = "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A complete message from the peer and the request id it carries."""
+
+    request_id: int
+    message: object
+
+
+def encode_error(request_id: int, exc: BaseException) -> Buffers:
+    """An :class:`ErrorReply` frame for ``exc``, usable even on a failed connection.
+
+    Example:
+        >>> bytes(encode_error(3, LimitExceededError("too big"))[0])[5]
+        255
+    """
+    return encode_frame(request_id, ErrorReply(code=int(code_for(exc)), message=str(exc)))
+
+
+class Connection:
+    """One end of a kvsync connection, with no I/O of its own.
+
+    Args:
+        role: ``Role.CLIENT`` (sends requests; starts the handshake at once, see
+            :meth:`data_to_send`) or ``Role.SERVER``.
+        limits: caps applied to received frames (the server's caps on a server; a client
+            uses generous ones and learns the server's in the handshake).
+        secret: shared secret for HMAC authentication, or ``None``.
+        token: source of random nonces (tests may inject a deterministic one).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        limits: Limits | None = None,
+        secret: str | bytes | None = None,
+        token: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.role = role
+        self.limits = limits or (
+            Limits() if role is Role.SERVER else Limits(0, 0, 1 << 40, 1 << 32)
+        )
+        self.peer_limits: Limits | None = None
+        self.last_request_id: int | None = None
+        self._decoder = Decoder(self.limits)
+        self._secret = handshake.secret_bytes(secret)
+        self._token = token
+        self._scratch = bytearray(_SCRATCH)
+        self._start = self._end = 0
+        self._header: Header | None = None
+        self._payload: bytearray | None = None
+        self._filled = 0
+        self._error: KVSyncError | None = None
+        self._outbox: Buffers = []
+        self._nonce = b""
+        self._challenge = b""
+        if role is Role.CLIENT:
+            self._nonce = token(handshake.NONCE_BYTES) if self._secret else b""
+            self._outbox += encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=self._nonce))
+            self._state = _State.AWAIT_HELLO_REPLY
+        else:
+            self._state = _State.AWAIT_HELLO
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def handshake_complete(self) -> bool:
+        """True once requests may flow."""
+        return self._state is _State.READY and self._error is None
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise LocalProtocolError(f"connection unusable after an earlier error: {self._error}")
+
+    def data_to_send(self) -> Buffers:
+        """Take the handshake frames this object queued (send them in order)."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send(self, request_id: int, msg: object) -> Buffers:
+        """Encode ``msg`` with ``request_id`` into buffers for ``socket.sendmsg``.
+
+        A client checks keys and values against the server's caps here.
+
+        Raises:
+            LocalProtocolError: handshake not complete, the connection failed, or ``msg``
+                is not a message this role may send.
+            LimitExceededError: a key/value is over the server's cap (client side).
+        """
+        self._check_usable()
+        if self._state is not _State.READY:
+            raise LocalProtocolError("cannot send requests before the handshake completes")
+        is_reply = type(msg) in _REPLY_TYPES
+        if is_reply is not (self.role is Role.SERVER):
+            raise LocalProtocolError(f"a {self.role.value} cannot send {type(msg).__name__}")
+        return encode_frame(request_id, msg, self.peer_limits)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def receive_buffer(self) -> memoryview:
+        """A writable view to ``recv_into``; call :meth:`advance` with the count received.
+
+        While a large payload is being received this is the rest of that payload's own
+        buffer (zero copy); otherwise free space in the scratch buffer.
+        """
+        self._check_usable()
+        if self._payload is not None:
+            return memoryview(self._payload)[self._filled :]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif len(self._scratch) - self._end < _MIN_FREE and self._start:
+            n = self._end - self._start
+            self._scratch[:n] = self._scratch[self._start : self._end]
+            self._start, self._end = 0, n
+        if self._end == len(self._scratch):
+            self._scratch += bytes(len(self._scratch))
+        return memoryview(self._scratch)[self._end :]
+
+    def advance(self, n: int) -> None:
+        """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
+
+        Raises:
+            LocalProtocolError: ``n`` is negative or larger than that buffer.
+        """
+        if self._payload is not None:
+            room = len(self._payload) - self._filled
+        else:
+            room = len(self._scratch) - self._end
+        if not 0 <= n <= room:
+            raise LocalProtocolError(f"advance({n}) outside the receive buffer of {room} bytes")
+        if self._payload is not None:
+            self._filled += n
+        else:
+            self._end += n
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed received bytes (copied; any split of the stream gives the same events)."""
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            with self.receive_buffer() as buf:
+                n = min(buf.nbytes, view.nbytes)
+                buf[:n] = view[:n]
+            self.advance(n)
+            view = view[n:]
+
+    def next_event(self) -> Event | NeedData:
+        """The next complete message from the peer, or :data:`NEED_DATA`.
+
+        Handshake frames are consumed here (their answers go to :meth:`data_to_send`).
+
+        Raises:
+            RemoteProtocolError: the peer's bytes are not a valid frame or message
+                (:class:`VersionMismatchError` for a wrong magic or version).
+            LimitExceededError: a frame, key or value is over a cap.
+            AuthenticationError: the shared-secret check failed.
+            LocalProtocolError: the connection had already failed.
+        """
+        self._check_usable()
+        try:
+            while True:
+                frame = self._next_frame()
+                if frame is None:
+                    return NEED_DATA
+                request_id, opcode, payload = frame
+                msg = self._decoder.decode(opcode, payload)
+                event = _HANDLERS[(self.role, self._state)](self, request_id, msg)
+                if event is not None:
+                    return event
+        except KVSyncError as exc:
+            self._error = exc
+            raise
+
+    def _validate(self, h: Header) -> None:
+        self.last_request_id = h.request_id
+        if h.magic != MAGIC:
+            raise VersionMismatchError(
+                f"peer is not speaking the kvsync protocol: its frame starts with {h.magic!r},"
+                f" expected {MAGIC!r} (protocol version {PROTOCOL_VERSION})"
+            )
+        if h.version != PROTOCOL_VERSION:
+            raise VersionMismatchError(
+                f"peer speaks kvsync protocol version {h.version}, this side speaks"
+                f" version {PROTOCOL_VERSION}"
+            )
+        if h.flags:
+            raise RemoteProtocolError(f"frame has unknown flags 0x{h.flags:04x}")
+        if h.opcode not in _OPCODES:
+            raise RemoteProtocolError(f"unknown opcode 0x{h.opcode:02x}")
+        if h.length > self.limits.max_frame_bytes:
+            raise LimitExceededError(
+                f"frame payload of {h.length} bytes is over the limit of"
+                f" {self.limits.max_frame_bytes} bytes (max_frame_bytes)"
+            )
+
+    def _start_large_payload(self) -> None:
+        """Parse a pending header; move a large payload into its own buffer."""
+        if self._header is None and self._payload is None:
+            avail = self._end - self._start
+            if avail < HEADER_SIZE:
+                if avail >= len(MAGIC) and self._scratch[self._start : self._start + 4] != MAGIC:
+                    self._validate(Header(bytes(self._scratch[self._start : self._start + 4]),
+                                          PROTOCOL_VERSION, 0, 0, 0, 0))  # fmt: skip
+                return
+            parsed = unpack_header(self._scratch, self._start)
+            self._validate(parsed)
+            self._header = parsed
+            self._start += HEADER_SIZE
+        h = self._header
+        if h is not None and self._payload is None and h.length > SMALL_FRAME:
+            payload = bytearray(h.length)
+            n = min(h.length, self._end - self._start)
+            payload[:n] = self._scratch[self._start : self._start + n]
+            self._start += n
+            self._payload, self._filled = payload, n
+
+    def _next_frame(self) -> tuple[int, int, bytearray] | None:
+        self._start_large_payload()
+        h = self._header
+        if h is None:
+            return None
+        if self._payload is not None:
+            if self._filled < len(self._payload):
+                return None
+            payload, self._payload = self._payload, None
+        else:
+            if self._end - self._start < h.length:
+                return None
+            payload = self._scratch[self._start : self._start + h.length]
+            self._start += h.length
+        self._header = None
+        return h.request_id, h.opcode, payload
+
+    # --- handshake handlers ---------------------------------------------------------------
+
+    def _expect(self, msg: object, *types: type) -> None:
+        if not isinstance(msg, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise RemoteProtocolError(
+                f"expected {wanted} in state {self._state.value}, got {type(msg).__name__}"
+            )
+
+    def _on_hello(self, request_id: int, msg: object) -> None:
+        self._expect(msg, Hello)
+        assert isinstance(msg, Hello)
+        if msg.version != PROTOCOL_VERSION:
+            raise VersionMismatchError(
+                f"peer speaks kvsync protocol version {msg.version}, this side speaks"
+                f" version {PROTOCOL_VERSION}"
+            )
+        proof = b""
+        if self._secret is not None:
+            self._challenge = self._token(handshake.NONCE_BYTES)
+            if msg.nonce:
+                proof = handshake.sign(self._secret, handshake.SERVER_LABEL, msg.nonce)
+        lim = self.limits
+        reply = HelloReply(
+            PROTOCOL_VERSION, lim.max_key_bytes, lim.max_value_bytes, lim.max_frame_bytes,
+            self._challenge, proof,
+        )  # fmt: skip
+        self._outbox += encode_frame(request_id, reply)
+        self._state = _State.AWAIT_AUTH if self._secret is not None else _State.READY
+
+    def _on_auth(self, request_id: int, msg: object) -> None:
+        self._expect(msg, Auth)
+        assert isinstance(msg, Auth) and self._secret is not None
+        if not handshake.verify(self._secret, handshake.CLIENT_LABEL, self._challenge, msg.proof):
+            raise AuthenticationError(
+                "shared-secret authentication failed: the client's proof does not match"
+                " (check KVSYNC_SECRET on both sides)"
+            )
+        self._outbox += encode_frame(request_id, OkReply())
+        self._state = _State.READY
+
+    def _on_hello_reply(self, request_id: int, msg: object) -> None:
+        self._expect(msg, HelloReply, ErrorReply)
+        if isinstance(msg, ErrorReply):
+            raise error_from_code(msg.code, msg.message)
+        assert isinstance(msg, HelloReply)
+        self.peer_limits = Limits(msg.max_key_bytes, msg.max_value_bytes, msg.max_frame_bytes)
+        if self._secret is None:
+            if msg.challenge:
+                raise AuthenticationError(
+                    "the server requires a shared secret and this client has none"
+                    " (set KVSYNC_SECRET or pass secret=)"
+                )
+            self._state = _State.READY
+            return
+        if not msg.challenge or not handshake.verify(
+            self._secret, handshake.SERVER_LABEL, self._nonce, msg.proof
+        ):
+            raise AuthenticationError(
+                "the server did not prove it knows the shared secret (it has none or a"
+                " different one); refusing to talk to it"
+            )
+        proof = handshake.sign(self._secret, handshake.CLIENT_LABEL, msg.challenge)
+        self._outbox += encode_frame(request_id, Auth(proof=proof))
+        self._state = _State.AWAIT_AUTH_OK
+
+    def _on_auth_ok(self, request_id: int, msg: object) -> None:
+        self._expect(msg, OkReply, ErrorReply)
+        if isinstance(msg, ErrorReply):
+            raise error_from_code(msg.code, msg.message)
+        self._state = _State.READY
+
+    def _on_request(self, request_id: int, msg: object) -> Event:
+        if type(msg) in _REPLY_TYPES or type(msg) in _HANDSHAKE_TYPES:
+            raise RemoteProtocolError(f"a client may not send {type(msg).__name__} here")
+        return Event(request_id, msg)
+
+    def _on_reply(self, request_id: int, msg: object) -> Event:
+        if type(msg) not in _REPLY_TYPES:
+            raise RemoteProtocolError(f"a server may not send {type(msg).__name__} here")
+        return Event(request_id, msg)
+
+
+_OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
+_REPLY_TYPES: frozenset[type] = frozenset(c for op, c in MESSAGE_OF.items() if op >= _REPLY_MIN)
+_HANDSHAKE_TYPES: frozenset[type] = frozenset(MESSAGE_OF[op] for op in HANDSHAKE_OPCODES)
+_Handler = Callable[[Connection, int, object], "Event | None"]
+#: (role, state) -> what to do with the next decoded message.
+_HANDLERS: dict[tuple[Role, _State], _Handler] = {
+    (Role.SERVER, _State.AWAIT_HELLO): Connection._on_hello,
+    (Role.SERVER, _State.AWAIT_AUTH): Connection._on_auth,
+    (Role.SERVER, _State.READY): Connection._on_request,
+    (Role.CLIENT, _State.AWAIT_HELLO_REPLY): Connection._on_hello_reply,
+    (Role.CLIENT, _State.AWAIT_AUTH_OK): Connection._on_auth_ok,
+    (Role.CLIENT, _State.READY): Connection._on_reply,
+}

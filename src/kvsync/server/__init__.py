@@ -1,0 +1,18 @@
+"""The server side of kvsync: pure request logic driven by one event-loop thread.
+
+:mod:`kvsync.server.state` (``StoreState``) and :mod:`kvsync.server.logic` (``Router``,
+``Outgoing``) decide what to answer with no I/O; :class:`StoreServer`
+(:mod:`kvsync.server.loop`) moves the bytes; :mod:`kvsync.server.daemon` is
+``kvsync serve``.
+
+Example:
+    >>> with StoreServer(port=0).start() as server:
+    ...     server.port > 0
+    True
+"""
+
+from __future__ import annotations
+
+from kvsync.server.loop import StoreServer
+
+__all__ = ["StoreServer"]

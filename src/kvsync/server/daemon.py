@@ -1,0 +1,91 @@
+"""``kvsync serve``: a standalone store server in the foreground.
+
+Prints ``kvsync store server listening on HOST:PORT`` (flushed, so a parent process can
+read the bound port when it passed ``--port 0``), serves until SIGTERM or Ctrl-C and then
+exits with status 0. ``KVSYNC_SECRET`` in the environment enables the HMAC handshake.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); add_arguments(p)
+    >>> args = p.parse_args(["--port", "0", "--max-value-bytes", "1024"])
+    >>> args.host, args.port, args.max_value_bytes
+    ('127.0.0.1', 0, 1024)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from kvsync import defaults, env
+from kvsync.errors import StoreConnectionError
+from kvsync.server.loop import StoreServer
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``kvsync serve``'s options to ``parser``."""
+    parser.add_argument(
+        "--host",
+        default=defaults.DEFAULT_HOST,
+        help="address to bind (default %(default)s; 0.0.0.0 for all)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port to bind (default 0: a free port, printed at start)",
+    )
+    parser.add_argument(
+        "--max-key-bytes",
+        type=int,
+        default=defaults.MAX_KEY_BYTES,
+        help="longest key accepted, in bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=defaults.MAX_VALUE_BYTES,
+        help="largest value accepted, in bytes (default %(default)s)",
+    )
+    parser.add_argument("--backlog", type=int, default=defaults.LISTEN_BACKLOG,
+                        help="listen() backlog (default %(default)s)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop, 1 when the
+    address cannot be bound, with the reason naming host:port on stderr)."""
+    try:
+        server = StoreServer(
+            args.host,
+            args.port,
+            max_key_bytes=args.max_key_bytes,
+            max_value_bytes=args.max_value_bytes,
+            secret=env.read().secret,
+            backlog=args.backlog,
+        )
+    except StoreConnectionError as exc:
+        print(f"kvsync serve: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.close()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"kvsync store server listening on {server.host}:{server.port}", flush=True)  # noqa: T201
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("kvsync store server stopped", file=sys.stderr, flush=True)  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m kvsync.server.daemon``
+    _parser = argparse.ArgumentParser(prog="kvsync serve", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

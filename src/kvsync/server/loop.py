@@ -1,0 +1,403 @@
+"""The store server's event loop: one ``selectors`` thread moving bytes for every client.
+
+Strategy: the loop owns no store logic. Each readable socket is drained with ``recv_into``
+straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads land in their
+own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
+:class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.logic.Router`), and the
+:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded into buffer lists and
+queued on their connection. Queues are flushed with ``sendmsg`` at the end of each loop
+turn; a partial send keeps the rest queued and registers ``EVENT_WRITE`` until drained.
+Parked requests are expired through ``logic.expire`` with ``logic.next_deadline()`` as the
+``select`` timeout. Per event the work is proportional to that event (dict lookups, no scans
+over all connections), so the loop holds tens of thousands of connections.
+
+A connection that breaks the protocol (garbage, bad magic/version, a frame over a cap)
+gets an ``ErrorReply`` when its request id is known, then a half-close, then is dropped;
+only that connection is affected. ``close()`` wakes the loop through a socketpair.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from kvsync import defaults
+from kvsync.errors import KVSyncError, StoreConnectionError
+from kvsync.protocol.codec import Limits, encode_frame
+from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, encode_error
+from kvsync.server.logic import Outgoing, ServerLogic
+from kvsync.server.state import StoreState
+
+__all__ = ["StoreServer"]
+
+logger = logging.getLogger(__name__)
+
+_IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
+_RECVS_PER_EVENT = 16  # bounded fairness: recv calls per readable event
+_ACCEPTS_PER_EVENT = 256
+_CLOSE_GRACE = 1.0  # seconds a failed connection may take to read its error reply
+_Buffer = bytes | bytearray | memoryview
+
+
+class _Peer:
+    """Per-connection state the loop keeps (the protocol state lives in ``proto``)."""
+
+    __slots__ = ("addr", "closing", "conn_id", "outq", "proto", "sock", "writing")
+
+    def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Connection) -> None:
+        self.conn_id = conn_id
+        self.sock = sock
+        self.addr = addr
+        self.proto = proto
+        self.outq: collections.deque[memoryview] = collections.deque()
+        self.writing = False  # registered for EVENT_WRITE
+        self.closing: float | None = None  # monotonic deadline once the protocol failed
+
+
+def _frame_cap(max_key_bytes: int, max_value_bytes: int) -> int:
+    return max(defaults.MAX_FRAME_BYTES, max_value_bytes + 2 * max_key_bytes + 4096)
+
+
+class StoreServer:
+    """A store server on one event-loop thread.
+
+    Args:
+        host: address to bind (numeric or a name), default loopback.
+        port: port to bind; ``0`` picks a free one (see :attr:`port`).
+        listen_fd: an already bound (listening or not) socket's file descriptor to take
+            over instead of binding ``host:port``; the server owns it afterwards.
+        logic: the request logic; default a new :class:`StoreState` with the caps below.
+        max_key_bytes: longest key accepted (UTF-8 bytes).
+        max_value_bytes: largest value accepted.
+        secret: shared secret clients must prove they know (HMAC handshake), or ``None``.
+        backlog: ``listen()`` backlog.
+
+    Raises:
+        StoreConnectionError: the address cannot be resolved or bound (names host:port).
+
+    Example:
+        >>> from kvsync.client import Client
+        >>> from kvsync.protocol.messages import Set, Get
+        >>> with StoreServer(port=0).start() as server:
+        ...     with Client("127.0.0.1", server.port, timeout=5) as client:
+        ...         client.call(Set("k", b"v"))
+        ...         bytes(client.call(Get("k", False, 0)).value)
+        OkReply()
+        b'v'
+    """
+
+    def __init__(
+        self,
+        host: str = defaults.DEFAULT_HOST,
+        port: int = 0,
+        *,
+        listen_fd: int | None = None,
+        logic: ServerLogic | None = None,
+        max_key_bytes: int = defaults.MAX_KEY_BYTES,
+        max_value_bytes: int = defaults.MAX_VALUE_BYTES,
+        secret: str | bytes | None = None,
+        backlog: int = defaults.LISTEN_BACKLOG,
+    ) -> None:
+        self.limits = Limits(
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
+            max_frame_bytes=_frame_cap(max_key_bytes, max_value_bytes),
+        )
+        self.logic: ServerLogic = logic or StoreState(
+            max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes
+        )
+        self._secret = secret
+        self._listener = _listen(host, port, listen_fd, backlog)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._peers: dict[int, _Peer] = {}
+        self._dirty: dict[int, _Peer] = {}
+        self._closing: dict[int, _Peer] = {}
+        self._next_id = 1
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop_ident: int | None = None
+        logger.debug("store server listening on %s:%d", self.host, self.port)
+
+    # --- lifetime -----------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Number of client connections open right now."""
+        return len(self._peers)
+
+    def start(self) -> StoreServer:
+        """Run :meth:`serve_forever` on a background daemon thread; returns ``self``."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self.serve_forever, name=f"kvsync-server-{self.port}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (from any thread or a signal handler)."""
+        self._loop_ident = threading.get_ident()
+        try:
+            while not self._stop.is_set():
+                self._turn()
+        finally:
+            self._shutdown()
+
+    def close(self) -> None:
+        """Stop the loop, close every connection and the listening socket. Idempotent."""
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self._loop_ident is None:
+            self._shutdown()
+        elif self._loop_ident != threading.get_ident() and self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> StoreServer:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._done.is_set() else f"{len(self._peers)} connections"
+        return f"StoreServer({self.address}, {state})"
+
+    def _shutdown(self) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        for peer in list(self._peers.values()):
+            self._drop(peer, "server shutting down")
+        for s in (self._listener, self._wake_r, self._wake_w):
+            s.close()
+        self._selector.close()
+        logger.debug("store server %s:%d closed", self.host, self.port)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        deadline = self.logic.next_deadline()
+        if self._closing:
+            grace = min(p.closing or 0.0 for p in self._closing.values())
+            deadline = grace if deadline is None else min(deadline, grace)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for key, mask in self._selector.select(timeout):
+            handler: Callable[[Any, int], None] = key.data
+            handler(key.fileobj, mask)
+        now = time.monotonic()
+        self._deliver(self.logic.expire(now))
+        if self._closing:
+            for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
+                self._drop(peer, "error reply grace period over")
+        for peer in list(self._dirty.values()):
+            self._flush(peer)
+        self._dirty.clear()
+
+    def _on_wake(self, sock: socket.socket, mask: int) -> None:
+        try:
+            sock.recv(4096)
+        except OSError:
+            pass
+
+    def _on_accept(self, listener: socket.socket, mask: int) -> None:
+        for _ in range(_ACCEPTS_PER_EVENT):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving the others
+                logger.warning("accept on %s failed: %s", self.address, exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn_id, self._next_id = self._next_id, self._next_id + 1
+            proto = Connection(Role.SERVER, limits=self.limits, secret=self._secret)
+            peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}", proto)
+            self._peers[conn_id] = peer
+            self._selector.register(sock, selectors.EVENT_READ, self._handler(peer))
+
+    def _handler(self, peer: _Peer) -> Callable[[Any, int], None]:
+        def on_event(sock: socket.socket, mask: int) -> None:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(peer)
+            if mask & selectors.EVENT_READ and peer.conn_id in self._peers:
+                self._on_readable(peer)
+
+        return on_event
+
+    def _on_readable(self, peer: _Peer) -> None:
+        if peer.closing is not None:
+            self._discard_input(peer)
+            return
+        proto = peer.proto
+        for _ in range(_RECVS_PER_EVENT):
+            buf = proto.receive_buffer()
+            size = len(buf)
+            try:
+                n = peer.sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._drop(peer, f"receive failed: {exc}")
+                return
+            finally:
+                buf.release()
+            if n == 0:
+                self._drop(peer, "client closed the connection")
+                return
+            proto.advance(n)
+            if not self._process(peer) or n < size:
+                return
+
+    def _process(self, peer: _Peer) -> bool:
+        """Handle every complete request of ``peer``; False once it failed."""
+        now = time.monotonic()
+        proto = peer.proto
+        while True:
+            try:
+                event = proto.next_event()
+            except KVSyncError as exc:
+                self._fail(peer, exc)
+                return False
+            handshake = proto.data_to_send()
+            if handshake:
+                self._queue(peer, handshake)
+            if event is NEED_DATA:
+                return True
+            assert isinstance(event, Event)
+            self._deliver(self.logic.handle(peer.conn_id, event.request_id, event.message, now))
+
+    def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
+        logger.info("closing connection from %s: %s", peer.addr, exc)
+        self._queue(peer, encode_error(peer.proto.last_request_id or 0, exc))
+        self._flush(peer)
+        if peer.conn_id not in self._peers:
+            return
+        try:
+            peer.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        peer.closing = time.monotonic() + _CLOSE_GRACE
+        self._closing[peer.conn_id] = peer
+        self.logic.drop_connection(peer.conn_id)
+
+    def _discard_input(self, peer: _Peer) -> None:
+        """Read and drop a failed peer's bytes until it closes (so it sees our error)."""
+        try:
+            data = peer.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(peer, "closed after a protocol error")
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _deliver(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            peer = self._peers.get(out.conn_id)
+            if peer is None or peer.closing is not None:
+                continue  # the client went away while its request was parked
+            try:
+                buffers = encode_frame(out.request_id, out.reply)
+            except KVSyncError as exc:  # a logic bug: answer with an error, keep serving
+                logger.exception("cannot encode reply %r", out.reply)
+                buffers = encode_error(out.request_id, exc)
+            self._queue(peer, buffers)
+
+    def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
+        peer.outq.extend(memoryview(b) for b in buffers)
+        self._dirty[peer.conn_id] = peer
+
+    def _flush(self, peer: _Peer) -> None:
+        outq = peer.outq
+        while outq:
+            batch = [outq[i] for i in range(min(len(outq), _IOV_MAX))]
+            try:
+                sent = peer.sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._drop(peer, f"send failed: {exc}")
+                return
+            while sent:
+                head = outq[0]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    outq.popleft()
+                else:
+                    outq[0] = head[sent:]
+                    sent = 0
+        want_write = bool(outq)
+        if want_write is not peer.writing and peer.conn_id in self._peers:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self._selector.modify(peer.sock, events, self._selector.get_key(peer.sock).data)
+            peer.writing = want_write
+
+    def _drop(self, peer: _Peer, why: str) -> None:
+        if self._peers.pop(peer.conn_id, None) is None:
+            return
+        logger.debug("dropping connection %d from %s: %s", peer.conn_id, peer.addr, why)
+        self._dirty.pop(peer.conn_id, None)
+        self._closing.pop(peer.conn_id, None)
+        try:
+            self._selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+        peer.outq.clear()
+        self.logic.drop_connection(peer.conn_id)
+
+
+def _listen(host: str, port: int, listen_fd: int | None, backlog: int) -> socket.socket:
+    """The listening socket: taken over from ``listen_fd`` or bound to ``host:port``."""
+    if listen_fd is not None:
+        sock = socket.socket(fileno=listen_fd)
+        sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise StoreConnectionError(f"cannot resolve {host}:{port} to listen on: {exc}") from exc
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise StoreConnectionError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,97 @@
+"""Argument checks and conversions shared by every Store: keys, values, timeouts.
+
+Example:
+    >>> check_keys("a", "wait"), to_buffer("é", "k"), to_ms(1.5)
+    (('a',), b'\\xc3\\xa9', 1500)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TypeAlias
+
+from kvsync.protocol.messages import Buffer
+
+__all__ = [
+    "REPLY_GRACE_SECONDS",
+    "Timeout",
+    "Value",
+    "check_key",
+    "check_keys",
+    "to_buffer",
+    "to_ms",
+    "to_seconds",
+]
+
+#: What callers may pass as a value: text (stored as UTF-8) or bytes-like.
+Value: TypeAlias = "str | bytes | bytearray | memoryview"
+#: A timeout: seconds (int or float) or a ``datetime.timedelta``.
+Timeout: TypeAlias = "float | timedelta"
+#: Extra seconds a client waits for the reply of a request the server may park for
+#: ``timeout``, so that the server's TIMEOUT reply (which names what is missing) wins.
+REPLY_GRACE_SECONDS: float = 1.0
+_MAX_TIMEOUT_MS = 1 << 62
+
+
+def to_seconds(timeout: object, name: str = "timeout") -> float:
+    """Seconds from a number or a ``timedelta``.
+
+    Raises:
+        TypeError: ``timeout`` is neither a number nor a ``timedelta``.
+        ValueError: it is negative or NaN.
+
+    Example:
+        >>> to_seconds(timedelta(minutes=1)), to_seconds(2)
+        (60.0, 2.0)
+    """
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(
+            f"{name} must be seconds (int or float) or a datetime.timedelta, "
+            f"got {type(timeout).__name__}"
+        )
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {seconds}")
+    return seconds
+
+
+def to_ms(seconds: float) -> int:
+    return (
+        min(math.ceil(seconds * 1000.0), _MAX_TIMEOUT_MS)
+        if math.isfinite(seconds)
+        else (_MAX_TIMEOUT_MS)
+    )
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, got {type(key).__name__}: {key!r:.80}")
+    return key
+
+
+def check_keys(keys: object, what: str) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        return (keys,)
+    if not isinstance(keys, Iterable) or isinstance(keys, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} expects a list of str keys, got {type(keys).__name__}")
+    return tuple(check_key(k) for k in keys)
+
+
+def to_buffer(value: object, key: str) -> Buffer:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray):
+        return value
+    if isinstance(value, memoryview):
+        if not value.contiguous:
+            raise ValueError(f"value for key {key!r} is a non-contiguous memoryview")
+        return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+    raise TypeError(
+        f"value for key {key!r} must be str, bytes, bytearray or memoryview, "
+        f"got {type(value).__name__}"
+    )

@@ -1,0 +1,256 @@
+"""``TCPStore``: the Store API over a socket to a kvsync store server.
+
+The master process hosts a :class:`~kvsync.server.StoreServer` on a background thread and
+talks to it through a normal client connection like every other rank, so all ranks share
+one code path. Where the address comes from when none is given (first match wins):
+
+1. ``KVSYNC_STORE_ADDR``/``KVSYNC_STORE_PORT`` (``kvsync-run`` hosts the store there):
+   every rank is a client.
+2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): delegated to
+   ``kvsync.launcher.torchrun.resolve_store_address`` when that module is installed.
+3. ``MASTER_ADDR``/``MASTER_PORT``: rank 0 (or a process without ``RANK``) hosts.
+4. Nothing: an embedded single-process store on a free loopback port.
+
+Joining: when ``world_size`` is given (as ``WORLD_SIZE`` is under a launcher), every
+non-master adds 1 to the reserved counter :data:`JOINED_KEY`, and with ``wait_for_workers``
+the master waits until ``world_size - 1`` clients have joined (the last one sets
+:data:`JOINED_DONE_KEY`, which the master ``wait``\\ s on). Clients of a store without a
+fixed ``world_size`` leave no keys behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any
+
+from kvsync import defaults, env
+from kvsync.client import Client
+from kvsync.errors import StoreConnectionError, StoreTimeoutError
+from kvsync.server import StoreServer
+from kvsync.store.base import Store, Timeout, to_seconds
+
+__all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
+
+#: Reserved counter of clients that joined the store.
+JOINED_KEY = "__kvsync/joined"
+#: Set once ``world_size - 1`` clients joined.
+JOINED_DONE_KEY = "__kvsync/joined/done"
+_JOIN_POLL = 0.25  # seconds between counter checks when clients do not know world_size
+
+_registry_lock = threading.Lock()
+#: (host, port) -> [server, reference count] for ``multi_tenant`` stores.
+_registry: dict[tuple[str, int], list[Any]] = {}
+
+
+def _acquire_server(host: str, port: int, listen_fd: int | None, multi: bool, secret: Any) -> Any:
+    with _registry_lock:
+        entry = _registry.get((host, port)) if multi and port else None
+        if entry is not None:
+            entry[1] += 1
+            server: StoreServer = entry[0]
+            return server
+        server = StoreServer(host, port, listen_fd=listen_fd, secret=secret).start()
+        if multi:
+            _registry[(host, server.port)] = [server, 1]
+        return server
+
+
+def _release_server(server: StoreServer, multi: bool) -> None:
+    with _registry_lock:
+        key = (server.host, server.port)
+        entry = _registry.get(key)
+        if multi and entry is not None and entry[0] is server:
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _registry[key]
+    server.close()
+
+
+def _from_environment(
+    e: env.Environment, host: str | None, port: int | None, is_master: bool, timeout: float
+) -> tuple[str, int, bool, int | None]:
+    """(host, port, is_master, listen_fd) following the module's rules."""
+    if host is not None or port is not None:
+        host = host if host is not None else (e.master_addr or defaults.DEFAULT_HOST)
+        if port is None:
+            if e.master_port is None:
+                raise ValueError(f"TCPStore({host!r}) needs a port (or MASTER_PORT set)")
+            port = e.master_port
+        return host, port, is_master, None
+    if e.store_addr is not None and e.store_port is not None:
+        return e.store_addr, e.store_port, is_master, None
+    if e.use_agent_store:
+        try:
+            torchrun: Any = importlib.import_module("kvsync.launcher.torchrun")
+        except ImportError as exc:
+            raise StoreConnectionError(
+                f"{env.TORCHELASTIC_USE_AGENT_STORE} is set but kvsync.launcher is missing"
+            ) from exc
+        a = torchrun.resolve_store_address(e, timeout=timeout)
+        return a.host, a.port, bool(a.is_master or is_master), a.listen_fd
+    if e.master_addr is not None and e.master_port is not None:
+        return e.master_addr, e.master_port, is_master or e.rank in (None, 0), None
+    return defaults.DEFAULT_HOST, 0, True, None
+
+
+class TCPStore(Store):
+    """A store shared by every rank of a job, served over TCP.
+
+    Args:
+        host_name: the master's address (numeric or name). ``None`` with ``port`` ``None``:
+            from the environment (see the module docstring).
+        port: the master's port; ``0`` with ``is_master`` binds a free port (see
+            :attr:`port`).
+        world_size: number of store users (clients + the master); ``None``: not fixed.
+        is_master: host the server in this process.
+        timeout: seconds or ``timedelta``: connect retries, joining and every operation.
+        wait_for_workers: the master waits until ``world_size - 1`` clients joined.
+        multi_tenant: stores of this process on the same host:port share one server.
+        master_listen_fd: an already bound socket's fd for the master's server to use.
+        use_libuv: accepted for compatibility with PyTorch; has no effect.
+
+    ``MS_RECEIVE_MSG_TIMEOUT`` (seconds), when set, is the reply timeout of each request
+    (requests that wait on the server get at least their own timeout); the timeout error
+    then says to raise it. ``KVSYNC_SECRET`` enables the HMAC handshake.
+
+    Raises:
+        StoreConnectionError: the address cannot be resolved or bound (names host:port).
+        StoreTimeoutError: the master was not reachable, or (master) not every client
+            joined in time ("k/n clients joined").
+
+    Example:
+        >>> with TCPStore("127.0.0.1", 0, is_master=True, timeout=10) as store:
+        ...     store.set("first_key", "first_value")
+        ...     store.get("first_key"), store.port > 0
+        (b'first_value', True)
+    """
+
+    def __init__(
+        self,
+        host_name: str | None = None,
+        port: int | None = None,
+        world_size: int | None = None,
+        is_master: bool = False,
+        timeout: Timeout = defaults.DEFAULT_TIMEOUT,
+        wait_for_workers: bool = True,
+        multi_tenant: bool = False,
+        master_listen_fd: int | None = None,
+        use_libuv: bool = True,
+    ) -> None:
+        super().__init__(timeout)
+        e = env.read()
+        from_env = host_name is None and port is None
+        if from_env and world_size is None:
+            world_size = e.world_size
+        if world_size is not None and (not isinstance(world_size, int) or world_size < 1):
+            raise ValueError(f"world_size must be a positive int or None, got {world_size!r}")
+        host, port, is_master, fd = _from_environment(
+            e, host_name, port, bool(is_master), self._timeout
+        )
+        listen_fd = master_listen_fd if master_listen_fd is not None else fd
+        self._world_size, self._is_master, self._multi = world_size, is_master, multi_tenant
+        self._recv_timeout = e.receive_timeout
+        self._server: StoreServer | None = None
+        if is_master:
+            self._server = _acquire_server(host, port, listen_fd, multi_tenant, e.secret)
+            port = self._server.port
+        self._host, self._port = host, port
+        hint = ""
+        if self._recv_timeout is not None:
+            hint = (
+                f" ({env.MS_RECEIVE_MSG_TIMEOUT}={self._recv_timeout:g} s sets this reply"
+                f" timeout; raise it if the server needs longer)"
+            )
+        dial = defaults.DEFAULT_HOST if host in ("", "0.0.0.0", "::") else host
+        try:
+            self._client = Client(dial, port, timeout=self._timeout, secret=e.secret,
+                                  timeout_hint=hint)  # fmt: skip
+            self._join(wait_for_workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _join(self, wait_for_workers: bool) -> None:
+        n = None if self._world_size is None else self._world_size - 1
+        if not self._is_master:
+            if n is None:
+                return
+            joined = self.add(JOINED_KEY, 1)
+            if n is not None and joined == n:
+                self.set(JOINED_DONE_KEY, b"1")
+            return
+        if not wait_for_workers or not n:
+            return
+        start = time.monotonic()
+        deadline = start + self._timeout
+        for _ in range(1_000_000):
+            joined = self.add(JOINED_KEY, 0)
+            remaining = deadline - time.monotonic()
+            if joined >= n:
+                return
+            if remaining <= 0:
+                raise StoreTimeoutError(
+                    f"{joined}/{n} clients joined the store at {self._host}:{self._port}"
+                    f" within {self._timeout:g} s (world_size={self._world_size})"
+                )
+            try:
+                self.wait([JOINED_DONE_KEY], timeout=min(remaining, _JOIN_POLL))
+            except StoreTimeoutError:
+                continue
+
+    # --- Store --------------------------------------------------------------------------
+
+    def _call(self, msg: object, timeout: float) -> object:
+        if self._recv_timeout is not None:
+            parked = getattr(msg, "timeout_ms", None)
+            timeout = self._recv_timeout if parked is None else max(timeout, self._recv_timeout)
+        return self._client.call(msg, timeout)
+
+    @property
+    def host(self) -> str:
+        """The server's address as given (or from the environment)."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The server's port (the bound one when created with ``port=0``)."""
+        return self._port
+
+    @property
+    def world_size(self) -> int | None:
+        """The ``world_size`` given (or from ``WORLD_SIZE``); ``None`` if not fixed."""
+        return self._world_size
+
+    @property
+    def is_master(self) -> bool:
+        """Whether this store hosts the server."""
+        return self._is_master
+
+    def set_timeout(self, timeout: Timeout) -> None:
+        """Change the default timeout (seconds or ``timedelta``) of every operation."""
+        super().set_timeout(timeout)
+        self._client.timeout = to_seconds(timeout)
+
+    def _release(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            _release_server(server, self._multi)
+
+    def close(self) -> None:
+        """Close the connection and, on the master, the server (once its last tenant closes).
+        Idempotent."""
+        if not self._closed:
+            client = getattr(self, "_client", None)
+            if client is not None:
+                client.close()
+            self._release()
+        super().close()
+
+    def _repr_fields(self) -> str:
+        return (
+            f"host={self._host!r}, port={self._port}, world_size={self._world_size},"
+            f" is_master={self._is_master}, "
+        )

@@ -1,0 +1,49 @@
+"""Smoke test of ``kvsync bench store --quick`` as a subprocess (real server, real clients)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvsync.bench.store import SCENARIO_NAMES
+
+
+@pytest.mark.slow
+def test_bench_store_quick_prints_one_row_per_measurement() -> None:
+    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvsync.bench.store", "--quick", "--connections", "50"],
+        capture_output=True, text=True, timeout=50, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["scenario", "metric", "kvsync"]
+    scenarios = [line.split()[0] for line in lines[2:]]
+    assert sorted(set(scenarios)) == sorted(SCENARIO_NAMES)
+    metrics = [line.split(None, 1)[1] for line in lines[2:]]
+    assert any(m.startswith("get 16 B median") for m in metrics)
+    assert any(m.startswith("set+get ops/s, 2 client processes") for m in metrics)
+    assert any(m.startswith("set+get 1 MiB") for m in metrics)
+    assert any(m.startswith("16 ranks pass a barrier") for m in metrics)
+    assert any(m.startswith("open 50 connections") for m in metrics)
+
+
+def test_bench_vs_torch_without_torch_says_so_and_still_measures(tmp_path: object) -> None:
+    pytest.importorskip("kvsync.store.tcp", reason="TCPStore comes from the transport branch")
+    env = dict(os.environ)
+    blocker = os.path.join(str(tmp_path), "torch")
+    os.makedirs(blocker)
+    with open(os.path.join(blocker, "__init__.py"), "w") as f:
+        f.write("raise ImportError('torch hidden by the test')\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvsync.bench.store", "--quick", "--scenario", "latency",
+         "--vs", "torch"],
+        capture_output=True, text=True, timeout=50, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--vs torch skipped" in proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["scenario", "metric", "kvsync"]

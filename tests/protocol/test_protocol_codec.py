@@ -1,0 +1,224 @@
+"""Specification of the frame codec: layouts from annotations, strict zero-copy decoding."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_strategies import any_message, message_strategy, normalize
+
+import kvsync.protocol
+from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
+from kvsync.protocol.codec import BIG_BUFFER, FIELD_CODECS, Decoder, Limits, encode_frame
+from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
+from kvsync.protocol.messages import (
+    MESSAGE_OF,
+    ErrorReply,
+    Get,
+    MultiSet,
+    Opcode,
+    Set,
+)
+
+UNLIMITED = Limits(0, 0, 1 << 40, 1 << 32)
+
+
+def _payload(parts: list[Any]) -> tuple[int, int, bytearray]:
+    data = b"".join(bytes(p) for p in parts)
+    h = unpack_header(data)
+    assert (h.magic, h.version, h.flags) == (MAGIC, PROTOCOL_VERSION, 0)
+    assert h.length == len(data) - HEADER_SIZE
+    return h.request_id, h.opcode, bytearray(data[HEADER_SIZE:])
+
+
+def _decode(msg: object, limits: Limits = UNLIMITED) -> object:
+    _, opcode, payload = _payload(encode_frame(1, msg))
+    return Decoder(limits).decode(opcode, payload)
+
+
+@given(msg=any_message, request_id=st.integers(0, (1 << 64) - 1))
+def test_every_message_round_trips_through_the_codec(msg: object, request_id: int) -> None:
+    rid, opcode, payload = _payload(encode_frame(request_id, msg))
+    assert rid == request_id
+    assert normalize(Decoder(UNLIMITED).decode(opcode, payload)) == normalize(msg)
+
+
+@pytest.mark.parametrize("cls", sorted(MESSAGE_OF.values(), key=lambda c: c.__name__))
+def test_every_registered_message_has_a_codec_for_each_field(cls: type) -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        assert str(f.type) in FIELD_CODECS, (cls, f.name)
+
+
+def test_big_values_are_separate_uncopied_buffers() -> None:
+    value = bytearray(BIG_BUFFER * 2)
+    parts = encode_frame(3, Set(key="k", value=value))
+    assert any(isinstance(p, memoryview) and p.obj is value for p in parts)
+
+
+def test_arrays_are_sent_uncopied_and_decoded_as_aligned_views_of_the_payload() -> None:
+    from kvsync.protocol.codec import _Reader, _Writer
+
+    arr = np.arange(10_000, dtype=np.float32).reshape(100, 100)
+    enc, dec, _ = FIELD_CODECS["NDArray"]
+    w = _Writer(None)
+    enc(w, arr, "a", 0)
+    assert any(isinstance(p, memoryview) and np.shares_memory(np.asarray(p), arr) for p in w.parts)
+    payload = bytearray(b"".join(bytes(p) for p in w.parts)[HEADER_SIZE:])
+    out = dec(_Reader(payload, UNLIMITED), "a", 0)
+    assert out.base is not None and np.shares_memory(out, np.frombuffer(payload, np.uint8))
+    assert out.flags.aligned and out.flags.writeable
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_non_contiguous_arrays_are_encoded_in_c_order() -> None:
+    enc, dec, _ = FIELD_CODECS["NDArray"]
+    from kvsync.protocol.codec import _Reader, _Writer
+
+    arr = np.arange(12, dtype=np.int64).reshape(3, 4).T
+    w = _Writer(None)
+    enc(w, arr, "a", 0)
+    payload = bytearray(b"".join(bytes(p) for p in w.parts)[HEADER_SIZE:])
+    np.testing.assert_array_equal(dec(_Reader(payload, UNLIMITED), "a", 0), arr)
+
+
+@pytest.mark.parametrize("dtype", [object, "U3", "V4", "M8[s]", [("a", "i4")]])
+def test_encoding_an_unsupported_dtype_is_a_local_error(dtype: Any) -> None:
+    enc, _, _ = FIELD_CODECS["NDArray"]
+    from kvsync.protocol.codec import _Writer
+
+    with pytest.raises(LocalProtocolError, match="dtype"):
+        enc(_Writer(None), np.zeros(2, dtype=dtype), "a", 0)
+
+
+def _array_payload(code: bytes, shape: tuple[int, ...], nbytes: int, data: bytes) -> bytearray:
+    head = bytes([len(code)]) + code + bytes([len(shape)]) + struct.pack(f"<{len(shape)}Q", *shape)
+    head += struct.pack("<Q", nbytes)
+    return bytearray(head + bytes(-len(head) % 16) + data)
+
+
+@pytest.mark.parametrize(
+    ("code", "shape", "nbytes", "data", "match"),
+    [
+        (b"|O8", (1,), 8, bytes(8), "dtype"),
+        (b"<U4", (1,), 4, bytes(4), "dtype"),
+        (b"|V8", (1,), 8, bytes(8), "dtype"),
+        (b"<f8", (3,), 16, bytes(16), "needs 24 bytes"),
+        (b"<f8", (2, 1 << 62), 16, bytes(16), "needs"),
+        (b"<f8", (2,), 16, bytes(8), "remain"),
+        (b"\xff\xfe", (1,), 1, bytes(1), "non-ASCII"),
+    ],
+)
+def test_decoding_a_bad_array_is_a_remote_protocol_error(
+    code: bytes, shape: tuple[int, ...], nbytes: int, data: bytes, match: str
+) -> None:
+    from kvsync.protocol.codec import _Reader
+
+    _, dec, _ = FIELD_CODECS["NDArray"]
+    with pytest.raises(RemoteProtocolError, match=match):
+        dec(_Reader(_array_payload(code, shape, nbytes, data), UNLIMITED), "a", 0)
+
+
+def test_decoding_rejects_trailing_bytes() -> None:
+    _, opcode, payload = _payload(encode_frame(1, Get(key="k", block=False, timeout_ms=0)))
+    with pytest.raises(RemoteProtocolError, match="trailing"):
+        Decoder(UNLIMITED).decode(opcode, payload + b"x")
+
+
+def test_decoding_rejects_a_length_past_the_end() -> None:
+    payload = bytearray(struct.pack("<I", 100) + b"abc")
+    with pytest.raises(RemoteProtocolError, match="claims 100 bytes"):
+        Decoder(UNLIMITED).decode(Opcode.DELETE_KEY, payload)
+
+
+def test_decoding_rejects_bad_utf8_naming_the_field() -> None:
+    payload = bytearray(struct.pack("<I", 2) + b"\xff\xfe")
+    with pytest.raises(RemoteProtocolError, match=r"DeleteKey\.key is not valid UTF-8"):
+        Decoder(UNLIMITED).decode(Opcode.DELETE_KEY, payload)
+
+
+def test_decoding_rejects_a_bool_that_is_not_0_or_1() -> None:
+    payload = bytearray(struct.pack("<I", 1) + b"k" + b"\x02" + bytes(8))
+    with pytest.raises(RemoteProtocolError, match="bool"):
+        Decoder(UNLIMITED).decode(Opcode.GET, payload)
+
+
+def test_decoding_an_unknown_opcode_is_a_remote_protocol_error() -> None:
+    with pytest.raises(RemoteProtocolError, match="0x7e"):
+        Decoder(UNLIMITED).decode(0x7E, bytearray())
+
+
+def test_decoding_caps_keys_and_values_naming_the_limit() -> None:
+    limits = Limits(max_key_bytes=4, max_value_bytes=8)
+    with pytest.raises(LimitExceededError, match="limit of 4 bytes"):
+        _decode(Set(key="12345", value=b""), limits)
+    with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
+        _decode(Set(key="k", value=bytes(9)), limits)
+    with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
+        _decode(MultiSet(keys=("a",), values=(bytes(9),)), limits)
+    assert normalize(_decode(ErrorReply(code=1, message="x" * 100), limits))[2] == "x" * 100
+
+
+def test_decoding_caps_item_counts_before_reading_items() -> None:
+    payload = bytearray(struct.pack("<I", 10**6) + bytes(8))
+    with pytest.raises(LimitExceededError, match="over the limit of 1000"):
+        Decoder(Limits(max_items=1000)).decode(Opcode.CHECK, payload)
+    with pytest.raises(RemoteProtocolError, match="claims 1000000 items"):
+        Decoder(UNLIMITED).decode(Opcode.CHECK, payload)
+
+
+def test_encoding_with_limits_refuses_oversize_keys_and_values_naming_them() -> None:
+    limits = Limits(max_key_bytes=4, max_value_bytes=8, max_frame_bytes=100)
+    with pytest.raises(LimitExceededError, match=r"Set\.key 'toolong' is 7 bytes.*limit of 4"):
+        encode_frame(1, Set(key="toolong", value=b""), limits)
+    with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
+        encode_frame(1, Set(key="k", value=bytes(9)), limits)
+    with pytest.raises(LimitExceededError, match=r"frame is .* limit of 100"):
+        encode_frame(1, MultiSet(keys=("k",) * 20, values=(b"1234",) * 20), limits)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Set(key=1, value=b""),  # type: ignore[arg-type]
+        Set(key="k", value="text"),  # type: ignore[arg-type]
+        Get(key="k", block=1, timeout_ms=0),  # type: ignore[arg-type]
+        Get(key="k", block=False, timeout_ms=1 << 63),
+        Set(key="\ud800", value=b""),
+        "not a message",
+    ],
+)
+def test_encoding_bad_fields_is_a_local_protocol_error(msg: object) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame(1, msg)
+
+
+@given(message_strategy(Set))
+def test_decoded_buffers_are_views_of_the_payload(msg: Set) -> None:
+    _, opcode, payload = _payload(encode_frame(1, msg))
+    out = Decoder(UNLIMITED).decode(opcode, payload)
+    assert isinstance(out, Set) and isinstance(out.value, memoryview)
+    assert out.value.obj is payload
+
+
+def test_protocol_package_does_no_io() -> None:
+    forbidden = {"socket", "threading", "time", "selectors", "select", "asyncio", "ssl"}
+    root = pathlib.Path(kvsync.protocol.__file__).parent
+    files = sorted(root.glob("*.py"))
+    assert len(files) >= 5
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad = {n.split(".")[0] for n in names} & forbidden
+            assert not bad, f"{path.name} imports {bad}"

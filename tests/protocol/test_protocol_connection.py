@@ -1,0 +1,319 @@
+"""Specification of the sans-IO Connection: handshake, chunking, caps, zero-copy receive."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_strategies import message_strategy, normalize
+
+from kvsync.errors import (
+    AuthenticationError,
+    LimitExceededError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatchError,
+)
+from kvsync.protocol.codec import Limits, encode_frame
+from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event, Role
+from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
+from kvsync.protocol.messages import (
+    MESSAGE_OF,
+    Get,
+    Hello,
+    OkReply,
+    Opcode,
+    Ping,
+    Set,
+    ValueReply,
+)
+
+SMALL_LIMITS = Limits(max_key_bytes=64, max_value_bytes=1 << 16, max_frame_bytes=1 << 17)
+REQUESTS = sorted((c for op, c in MESSAGE_OF.items() if 0x10 <= op < 0x80), key=str)
+REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
+
+
+def _join(parts: list[Any]) -> bytes:
+    return b"".join(bytes(p) for p in parts)
+
+
+def _pump(src: Connection, dst: Connection) -> object:
+    dst.receive_data(_join(src.data_to_send()))
+    return dst.next_event()
+
+
+def _pair(
+    client_secret: str | None = None, server_secret: str | None = None
+) -> tuple[Connection, Connection]:
+    client = Connection(Role.CLIENT, secret=client_secret)
+    server = Connection(Role.SERVER, secret=server_secret, limits=SMALL_LIMITS)
+    assert _pump(client, server) is NEED_DATA
+    assert _pump(server, client) is NEED_DATA
+    if client_secret is not None and server_secret is not None:
+        assert _pump(client, server) is NEED_DATA
+        assert _pump(server, client) is NEED_DATA
+    return client, server
+
+
+def _events(conn: Connection) -> list[Event]:
+    out = []
+    for _ in range(10_000):
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return out
+        assert isinstance(ev, Event)
+        out.append(ev)
+    raise AssertionError("unbounded events")
+
+
+def test_handshake_without_secret_completes_and_learns_the_server_caps() -> None:
+    client, server = _pair()
+    assert client.handshake_complete and server.handshake_complete
+    assert client.peer_limits is not None
+    assert client.peer_limits.max_key_bytes == SMALL_LIMITS.max_key_bytes
+
+
+def test_handshake_with_matching_secrets_authenticates_both_ways() -> None:
+    client, server = _pair("s3cret", "s3cret")
+    server.receive_data(_join(client.send(9, Ping())))
+    assert server.next_event() == Event(9, Ping())
+
+
+def test_a_client_with_the_wrong_secret_fails_on_both_sides() -> None:
+    client = Connection(Role.CLIENT, secret="wrong")
+    server = Connection(Role.SERVER, secret="right")
+    _pump(client, server)
+    with pytest.raises(AuthenticationError, match="did not prove"):
+        _pump(server, client)
+
+
+def test_a_server_rejects_a_client_proof_that_does_not_match() -> None:
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER, secret="right")
+    _pump(client, server)
+    server.data_to_send()
+    from kvsync.protocol.messages import Auth
+
+    server.receive_data(_join(encode_frame(0, Auth(proof=b"x" * 32))))
+    with pytest.raises(AuthenticationError, match="proof does not match"):
+        server.next_event()
+
+
+def test_a_client_without_secret_is_told_the_server_requires_one() -> None:
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER, secret="right")
+    _pump(client, server)
+    with pytest.raises(AuthenticationError, match="KVSYNC_SECRET"):
+        _pump(server, client)
+
+
+def test_a_client_with_a_secret_refuses_a_server_without_one() -> None:
+    client = Connection(Role.CLIENT, secret="mine")
+    server = Connection(Role.SERVER)
+    _pump(client, server)
+    with pytest.raises(AuthenticationError):
+        _pump(server, client)
+
+
+def test_wrong_version_in_the_header_names_both_versions() -> None:
+    server = Connection(Role.SERVER)
+    frame = bytearray(_join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b""))))
+    frame[4] = PROTOCOL_VERSION + 1
+    server.receive_data(frame)
+    with pytest.raises(
+        VersionMismatchError, match=rf"version {PROTOCOL_VERSION + 1}.*{PROTOCOL_VERSION}"
+    ):
+        server.next_event()
+
+
+def test_wrong_version_in_the_hello_names_both_versions() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(_join(encode_frame(0, Hello(version=7, nonce=b""))))
+    with pytest.raises(VersionMismatchError, match=rf"version 7.*version {PROTOCOL_VERSION}"):
+        server.next_event()
+
+
+def test_wrong_magic_says_the_peer_is_not_kvsync() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(VersionMismatchError, match=r"b'GET '.*KVSY"):
+        server.next_event()
+
+
+def test_a_request_before_the_hello_is_refused() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(_join(encode_frame(1, Ping())))
+    with pytest.raises(RemoteProtocolError, match="expected Hello"):
+        server.next_event()
+
+
+def test_a_header_claiming_2_63_bytes_is_refused_before_allocating() -> None:
+    _, server = _pair()
+    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.SET, 0, 5, 1 << 63)
+    tracemalloc.start()
+    try:
+        server.receive_data(header)
+        with pytest.raises(LimitExceededError, match=r"9223372036854775808 bytes.*max_frame"):
+            server.next_event()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert server.last_request_id == 5
+
+
+def test_flags_and_unknown_opcodes_are_refused_from_the_header() -> None:
+    _, server = _pair()
+    server.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, 0x7E, 0, 1, 0))
+    with pytest.raises(RemoteProtocolError, match="unknown opcode 0x7e"):
+        server.next_event()
+    _, server = _pair()
+    server.receive_data(HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.PING, 1, 1, 0))
+    with pytest.raises(RemoteProtocolError, match="flags"):
+        server.next_event()
+
+
+def test_after_an_error_the_connection_refuses_further_use() -> None:
+    _, server = _pair()
+    server.receive_data(b"garbage garbage garbage garbage")
+    with pytest.raises(VersionMismatchError):
+        server.next_event()
+    with pytest.raises(LocalProtocolError, match="earlier error"):
+        server.next_event()
+    with pytest.raises(LocalProtocolError):
+        server.receive_buffer()
+    with pytest.raises(LocalProtocolError):
+        server.send(1, OkReply())
+
+
+def test_roles_are_enforced_in_both_directions() -> None:
+    client, server = _pair()
+    with pytest.raises(LocalProtocolError):
+        client.send(1, OkReply())
+    with pytest.raises(LocalProtocolError):
+        server.send(1, Ping())
+    server.receive_data(_join(encode_frame(1, OkReply())))
+    with pytest.raises(RemoteProtocolError, match="may not send OkReply"):
+        server.next_event()
+    client.receive_data(_join(encode_frame(1, Ping())))
+    with pytest.raises(RemoteProtocolError, match="may not send Ping"):
+        client.next_event()
+
+
+def test_a_client_cannot_send_before_the_handshake() -> None:
+    with pytest.raises(LocalProtocolError, match="handshake"):
+        Connection(Role.CLIENT).send(1, Ping())
+
+
+def test_the_client_refuses_values_over_the_server_cap_before_sending() -> None:
+    client, _ = _pair()
+    with pytest.raises(LimitExceededError, match="limit of 65536 bytes"):
+        client.send(1, Set(key="k", value=bytes((1 << 16) + 1)))
+
+
+@given(st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=4), st.data())
+def test_requests_round_trip_through_connections_in_any_chunking(
+    msgs: list[object], data: st.DataObject
+) -> None:
+    client, server = _pair()
+    client.peer_limits = None  # strategies may exceed the small server key cap
+    server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
+    server._decoder._caps.clear()
+    stream = b"".join(_join(client.send(i, m)) for i, m in enumerate(msgs))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    got: list[Event] = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        server.receive_data(stream[a:b])
+        got += _events(server)
+    assert [(e.request_id, normalize(e.message)) for e in got] == [
+        (i, normalize(m)) for i, m in enumerate(msgs)
+    ]
+
+
+@given(st.sampled_from(REPLIES).flatmap(message_strategy))
+def test_replies_round_trip_to_the_client(msg: object) -> None:
+    client, server = _pair()
+    client.receive_data(_join(server.send(3, msg)))
+    (ev,) = _events(client)
+    assert ev.request_id == 3 and normalize(ev.message) == normalize(msg)
+
+
+def test_large_payloads_are_received_zero_copy_into_fresh_buffers() -> None:
+    client, server = _pair()
+    value = bytes(range(256)) * 200  # 51200 bytes > SMALL_FRAME
+    stream = _join(client.send(1, Set(key="k", value=value))) + _join(client.send(2, Ping()))
+    pos, views = 0, []
+    for _ in range(1000):
+        buf = server.receive_buffer()
+        n = min(len(buf), 3000, len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        server.advance(n)
+        pos += n
+        views += _events(server)
+        if pos == len(stream):
+            break
+    first, second = views
+    assert isinstance(first.message, Set) and second.message == Ping()
+    mv = first.message.value
+    assert isinstance(mv, memoryview) and bytes(mv) == value
+    assert isinstance(mv.obj, bytearray) and len(mv.obj) > SMALL_FRAME
+
+
+def test_advance_past_the_buffer_is_a_local_error() -> None:
+    conn = Connection(Role.SERVER)
+    with pytest.raises(LocalProtocolError):
+        conn.advance(len(conn.receive_buffer()) + 1)
+
+
+def _fuzz_stream() -> st.SearchStrategy[bytes]:
+    hello = _join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b"")))
+    valid = st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=3).map(
+        lambda ms: hello + b"".join(_join(encode_frame(i, m)) for i, m in enumerate(ms))
+    )
+
+    def mutate(draw: Any) -> bytes:
+        data = bytearray(draw(valid))
+        for _ in range(draw(st.integers(0, 3))):
+            if data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=30))
+
+    return st.one_of(st.binary(max_size=200), st.composite(mutate)())
+
+
+def _outcome(stream: bytes, cuts: list[int]) -> tuple[list[Any], str | None]:
+    conn = Connection(Role.SERVER, limits=SMALL_LIMITS)
+    got: list[Any] = []
+    try:
+        for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            conn.receive_data(stream[a:b])
+            for _ in range(10_000):
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                assert isinstance(ev, Event)
+                got.append((ev.request_id, normalize(ev.message)))
+    except (RemoteProtocolError, LimitExceededError) as exc:
+        return got, type(exc).__name__
+    return got, None
+
+
+@given(_fuzz_stream(), st.data())
+def test_any_bytes_in_any_split_give_the_same_messages_or_a_protocol_error(
+    stream: bytes, data: st.DataObject
+) -> None:
+    whole = _outcome(stream, [])
+    assert _outcome(stream, list(range(1, len(stream)))) == whole
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    assert _outcome(stream, cuts) == whole
+
+
+def test_pack_header_round_trips() -> None:
+    assert struct.unpack("<4sBBHQQ", pack_header(0x81, 2, 3)) == (
+        MAGIC, PROTOCOL_VERSION, 0x81, 0, 2, 3,
+    )  # fmt: skip
+    assert ValueReply in REPLIES and Get in REQUESTS

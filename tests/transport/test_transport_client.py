@@ -1,0 +1,158 @@
+"""Specification of the client: connect retries, timeouts, server death, auth, pipelining."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from transport_helpers import serve_subprocess
+
+from kvsync.client import Backoff, Client, connect
+from kvsync.errors import (
+    AuthenticationError,
+    LimitExceededError,
+    StoreConnectionError,
+    StoreTimeoutError,
+)
+from kvsync.protocol.messages import Add, Get, IntReply, OkReply, Ping, Set, Wait
+from kvsync.server import StoreServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_a_client_started_before_its_server_still_joins() -> None:
+    port = free_port()
+    result: list[object] = []
+
+    def dial() -> None:
+        with Client("127.0.0.1", port, timeout=10) as c:
+            result.append(c.call(Ping()))
+
+    t = threading.Thread(target=dial)
+    t.start()
+    time.sleep(0.3)
+    with StoreServer(port=port).start():
+        t.join(timeout=10)
+    assert result == [OkReply()]
+
+
+def test_connecting_to_nothing_times_out_naming_the_address() -> None:
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(StoreTimeoutError, match=f"127.0.0.1:{port} within 0.3 s"):
+        Client("127.0.0.1", port, timeout=0.3)
+    assert time.monotonic() - start < 2.0
+
+
+def test_an_unresolvable_host_fails_fast_naming_host_and_port() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreConnectionError, match=r"no-such-host\.invalid:4321"):
+        Client("no-such-host.invalid", 4321, timeout=60)
+    assert time.monotonic() - start < 10.0
+
+
+def test_numeric_hosts_are_never_looked_up_in_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = socket.getaddrinfo
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(int(kwargs.get("flags", 0)))  # type: ignore[call-overload]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    with StoreServer(port=0).start() as srv, Client("127.0.0.1", srv.port, timeout=5) as c:
+        assert c.call(Ping()) == OkReply()
+    assert calls and all(f & socket.AI_NUMERICHOST for f in calls)
+
+
+def test_backoff_is_full_jitter_under_the_cap() -> None:
+    import random
+
+    b = Backoff(lo=0.01, hi=0.5, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(50)]
+    assert all(0.0 <= d <= 0.5 for d in delays) and max(delays[10:]) > 0.1
+
+
+def test_connect_gives_up_at_its_deadline() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreTimeoutError):
+        connect("127.0.0.1", free_port(), 0.2)
+    assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.slow
+def test_when_the_server_dies_a_blocked_client_learns_it_within_2_s() -> None:
+    with serve_subprocess() as (proc, host, port):
+        client = Client(host, port, timeout=30)
+        rid = client.submit(Wait(("never",), 60_000))
+        killed: list[float] = []
+
+        def kill() -> None:
+            time.sleep(0.3)
+            killed.append(time.monotonic())
+            proc.send_signal(signal.SIGKILL)
+
+        t = threading.Thread(target=kill)
+        t.start()
+        with pytest.raises(ConnectionError, match=f"{host}:{port}"):
+            client.result(rid, timeout=30)
+        elapsed = time.monotonic() - killed[0]
+        t.join()
+        assert elapsed < 2.0
+        with pytest.raises(StoreConnectionError, match=f"{host}:{port}"):
+            client.call(Ping())
+
+
+def test_after_a_reply_timeout_the_client_keeps_working() -> None:
+    with StoreServer(port=0).start() as srv, Client("127.0.0.1", srv.port, timeout=5) as c:
+        with pytest.raises(StoreTimeoutError, match=r"no reply .* within 0\.2 s"):
+            c.call(Wait(("late",), 60_000), timeout=0.2)
+        c.call(Set("late", b"1"))  # the server now answers the abandoned request
+        assert c.call(Add("n", 2)) == IntReply(2)
+        assert c.call(Ping()) == OkReply()
+
+
+def test_pipelined_requests_are_answered_by_request_id() -> None:
+    with StoreServer(port=0).start() as srv, Client("127.0.0.1", srv.port, timeout=5) as c:
+        waiting = c.submit(Wait(("go",), 5_000))
+        adds = [c.submit(Add("n", 1)) for _ in range(50)]
+        c.submit(Set("go", b"1"))
+        assert [c.result(r).value for r in reversed(adds)] == list(range(50, 0, -1))  # type: ignore[attr-defined]
+        assert c.result(waiting) == OkReply()
+
+
+def test_the_client_refuses_a_key_over_the_server_cap_before_sending() -> None:
+    with StoreServer(port=0, max_key_bytes=8).start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=5) as c:
+            with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
+                c.call(Get("k" * 9, False, 0))
+            assert c.call(Ping()) == OkReply()
+
+
+def test_matching_secrets_connect_and_others_are_refused() -> None:
+    with StoreServer(port=0, secret="s3cret").start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=5, secret="s3cret") as c:
+            assert c.call(Ping()) == OkReply()
+        with pytest.raises(AuthenticationError):
+            Client("127.0.0.1", srv.port, timeout=5, secret="wrong")
+        with pytest.raises(AuthenticationError, match="KVSYNC_SECRET"):
+            Client("127.0.0.1", srv.port, timeout=5)
+        with Client("127.0.0.1", srv.port, timeout=5, secret=b"s3cret") as c:
+            assert c.call(Ping()) == OkReply()
+
+
+def test_a_closed_client_raises_connection_error() -> None:
+    with StoreServer(port=0).start() as srv:
+        c = Client("127.0.0.1", srv.port, timeout=5)
+        c.close()
+        assert c.closed and "closed" in repr(c)
+        with pytest.raises(StoreConnectionError, match="closed"):
+            c.call(Ping())

@@ -1,0 +1,251 @@
+"""Specification of the event-loop server: real sockets on 127.0.0.1, ports from the OS."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from transport_helpers import RawClient, join, wait_until
+
+from kvsync.client import Client
+from kvsync.errors import ErrorCode, StoreConnectionError
+from kvsync.protocol.codec import encode_frame
+from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION
+from kvsync.protocol.messages import (
+    ErrorReply,
+    Get,
+    Hello,
+    IntReply,
+    OkReply,
+    Opcode,
+    Ping,
+    Set,
+    ValueReply,
+    Wait,
+)
+from kvsync.server import StoreServer
+from kvsync.server.logic import Outgoing
+from kvsync.server.state import StoreState
+
+
+class RecordingLogic(StoreState):
+    """The real store logic, also recording which connections were dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(max_key_bytes=64, max_value_bytes=1 << 20)
+        self.dropped: list[int] = []
+
+    def drop_connection(self, conn_id: int) -> None:
+        self.dropped.append(conn_id)
+        super().drop_connection(conn_id)
+
+
+@pytest.fixture
+def server() -> StoreServer:
+    with StoreServer(port=0, max_key_bytes=64, max_value_bytes=1 << 20).start() as srv:
+        yield srv
+
+
+def _error(events: list[object]) -> ErrorReply:
+    (ev,) = events
+    msg = ev.message  # type: ignore[attr-defined]
+    assert isinstance(msg, ErrorReply)
+    return msg
+
+
+def test_server_answers_requests_with_request_ids(server: StoreServer) -> None:
+    c = RawClient(server.port)
+    c.send(7, Set("k", b"v"))
+    c.send(8, Get("k", False, 0))
+    got = {ev.request_id: ev.message for ev in c.events(2)}
+    assert got[7] == OkReply()
+    assert isinstance(got[8], ValueReply) and bytes(got[8].value) == b"v"
+    c.close()
+
+
+def test_large_values_survive_partial_sends_both_ways(server: StoreServer) -> None:
+    big = np.random.default_rng(0).integers(0, 255, size=1 << 20, dtype=np.uint8).tobytes()
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        client.call(Set("big", big))
+        reply = client.call(Get("big", False, 0))
+        assert isinstance(reply, ValueReply) and bytes(reply.value) == big
+
+
+def test_parked_requests_expire_through_the_logic_deadline(server: StoreServer) -> None:
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="missing"):
+            client.call(Wait(("nope",), 200))
+        assert 0.15 < time.monotonic() - start < 3.0
+        assert client.call(Ping()) == OkReply()
+
+
+def test_a_set_wakes_a_parked_wait_of_another_connection(server: StoreServer) -> None:
+    with (
+        Client("127.0.0.1", server.port, timeout=10) as a,
+        Client("127.0.0.1", server.port, timeout=10) as b,
+    ):
+        rid = a.submit(Wait(("go",), 10_000))
+        time.sleep(0.05)
+        b.call(Set("go", b"1"))
+        assert a.result(rid, timeout=5) == OkReply()
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "text"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", ErrorCode.VERSION_MISMATCH, "b'GET '"),
+        (HEADER.pack(MAGIC, PROTOCOL_VERSION + 1, Opcode.PING, 0, 4, 0), ErrorCode.VERSION_MISMATCH,
+         f"version {PROTOCOL_VERSION + 1}"),
+        (HEADER.pack(MAGIC, PROTOCOL_VERSION, 0x7E, 0, 4, 0), ErrorCode.PROTOCOL, "opcode 0x7e"),
+        (HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.SET, 0, 4, 1 << 63), ErrorCode.LIMIT_EXCEEDED,
+         "max_frame_bytes"),
+        (join(encode_frame(4, Set("k" * 65, b""))), ErrorCode.LIMIT_EXCEEDED, "limit of 64 bytes"),
+        (join(encode_frame(4, Set("k", bytes((1 << 20) + 1)))), ErrorCode.LIMIT_EXCEEDED,
+         "limit of 1048576 bytes"),
+        (HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.DELETE_KEY, 0, 4, 6) + struct.pack("<I", 2)
+         + b"\xff\xfe", ErrorCode.PROTOCOL, "UTF-8"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_typed_error_and_only_that_connection_closes(
+    server: StoreServer, bad: bytes, code: ErrorCode, text: str
+) -> None:
+    with Client("127.0.0.1", server.port, timeout=10) as other:
+        other.call(Set("keep", b"1"))
+        rid = other.submit(Wait(("later",), 10_000))
+        c = RawClient(server.port)
+        c.sock.sendall(bad)
+        err = _error(c.events(1))
+        assert err.code == code and text in err.message
+        assert c.read_until_eof() == b""
+        c.close()
+        other.call(Set("later", b"1"))
+        assert other.result(rid, timeout=5) == OkReply()
+        assert bytes(other.call(Get("keep", False, 0)).value) == b"1"  # type: ignore[attr-defined]
+
+
+def test_garbage_before_the_handshake_is_refused(server: StoreServer) -> None:
+    c = RawClient(server.port, handshake=False)
+    c.sock.sendall(join(encode_frame(1, Ping())))
+    data = c.read_until_eof()  # an ErrorReply frame, then end of stream
+    assert data.startswith(MAGIC) and b"expected Hello" in data
+    c.close()
+
+
+def test_disconnect_mid_frame_and_mid_wait_leaves_no_state() -> None:
+    logic = RecordingLogic()
+    with StoreServer(port=0, logic=logic).start() as srv:
+        a = RawClient(srv.port)
+        a.send(1, Wait(("x",), 60_000))
+        assert wait_until(lambda: logic.parked == 1)
+        a.close()
+        assert wait_until(lambda: logic.parked == 0 and len(logic.dropped) == 1)
+        b = RawClient(srv.port)
+        b.sock.sendall(join(encode_frame(2, Set("k", bytes(50_000))))[:30_000])
+        b.close()
+        assert wait_until(lambda: len(logic.dropped) == 2)
+        assert wait_until(lambda: srv.connections == 0)
+
+
+def test_a_reply_for_a_client_that_left_is_dropped_quietly() -> None:
+    with StoreServer(port=0).start() as srv:
+        srv.logic.handle(999, 1, Ping(), now=0.0)
+        srv._deliver([Outgoing(999, 1, OkReply())])  # no such connection
+        with Client("127.0.0.1", srv.port, timeout=5) as c:
+            assert c.call(Ping()) == OkReply()
+
+
+def test_close_wakes_the_loop_and_disconnects_clients() -> None:
+    srv = StoreServer(port=0).start()
+    client = Client("127.0.0.1", srv.port, timeout=5)
+    rid = client.submit(Wait(("never",), 60_000))
+    start = time.monotonic()
+    srv.close()
+    with pytest.raises(StoreConnectionError, match=f"127.0.0.1:{srv.port}"):
+        client.result(rid, timeout=30)
+    assert time.monotonic() - start < 2.0
+    assert repr(srv).endswith("closed)")
+    srv.close()  # idempotent
+
+
+def test_server_takes_over_an_already_bound_listening_socket() -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    with StoreServer(listen_fd=sock.detach()).start() as srv:
+        assert srv.port == port
+        with Client("127.0.0.1", port, timeout=5) as c:
+            assert c.call(Ping()) == OkReply()
+
+
+def test_binding_an_address_in_use_fails_fast_naming_it(server: StoreServer) -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreConnectionError, match=f"127.0.0.1:{server.port}"):
+        StoreServer(port=server.port)
+    assert time.monotonic() - start < 1.0
+
+
+def test_unresolvable_host_fails_fast_naming_it() -> None:
+    with pytest.raises(StoreConnectionError, match=r"no-such-host\.invalid:1234"):
+        StoreServer("no-such-host.invalid", 1234)
+
+
+@pytest.mark.slow
+def test_server_holds_a_thousand_concurrent_connections() -> None:
+    n = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * n + 200
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    try:
+        with StoreServer(port=0).start() as srv:
+            clients = [RawClient(srv.port, handshake=False) for _ in range(n)]
+            hello = join(encode_frame(0, Hello(PROTOCOL_VERSION, b"")))
+            for c in clients:
+                c.sock.sendall(hello)
+            for c in clients:
+                c.events()
+            assert wait_until(lambda: srv.connections == n)
+            for i, c in enumerate(clients):
+                c.send(i, Wait(("all",), 30_000))
+            assert wait_until(lambda: srv.logic.parked == n)  # type: ignore[attr-defined]
+            with Client("127.0.0.1", srv.port, timeout=5) as setter:
+                setter.call(Set("all", b"1"))
+            for i, c in enumerate(clients):
+                (ev,) = c.events(1)
+                assert ev.request_id == i and ev.message == OkReply()
+            for c in clients:
+                c.send(1, Get("all", False, 0))
+            assert all(bytes(c.events(1)[0].message.value) == b"1" for c in clients)
+            for c in clients:
+                c.close()
+            assert wait_until(lambda: srv.connections == 0, timeout=10)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_many_threads_share_one_client(server: StoreServer) -> None:
+    from kvsync.protocol.messages import Add
+
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(200):
+                    assert isinstance(client.call(Add("n", 1)), IntReply)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors
+        assert client.call(Add("n", 0)) == IntReply(1600)
