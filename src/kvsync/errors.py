@@ -28,6 +28,7 @@ __all__ = [
     "LimitExceededError",
     "LocalProtocolError",
     "ProtocolError",
+    "RankFailedError",
     "RemoteProtocolError",
     "ServerError",
     "ShapeMismatchError",
@@ -79,6 +80,20 @@ class AuthenticationError(KVSyncError, PermissionError):
 
 class ServerError(KVSyncError, RuntimeError):
     """The server failed to carry out a request for a reason with no more specific class."""
+
+
+class RankFailedError(KVSyncError, RuntimeError):
+    """A rank of :func:`kvsync.testing.spawn_ranks` raised; names the rank, keeps its traceback.
+
+    Attributes:
+        rank: the rank that failed first.
+        traceback_text: the formatted traceback of its exception.
+    """
+
+    def __init__(self, message: str, *, rank: int, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.traceback_text = traceback_text
 
 
 class KVStoreError(KVSyncError):

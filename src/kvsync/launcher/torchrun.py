@@ -14,7 +14,10 @@ environment snapshot. The rules, first match wins:
    ``TORCHELASTIC_RESTART_COUNT`` so a restarted job never reads a stale address, and
    ``<n>`` counts the stores each process built this way, so the k-th ``TCPStore()`` of
    every rank meets the k-th of rank 0 (SPMD scripts build them in the same order).
-   This needs torch, which ``torchrun`` implies.
+   This needs torch, which ``torchrun`` implies. As with torch's own ``TCPStore``, the
+   store lives in rank 0's process: rank 0 must close it last (for instance by waiting for
+   a key each other rank sets when it is done). Under ``kvsync-run`` the launcher hosts
+   it, so no rank is special.
 3. ``MASTER_ADDR`` and ``MASTER_PORT`` are set (torch's ``env://`` convention): rank 0 (or
    a process without ``RANK``) hosts the store there, the others are clients.
 4. Nothing is set: one process alone; host an embedded store on a free loopback port.
@@ -52,7 +55,8 @@ _log = logging.getLogger(__name__)
 #: Keys kvsync writes in torch's agent store start with this.
 KEY_PREFIX = "kvsync/store"
 
-_counter = itertools.count()
+#: How many stores this process resolved through each agent store, per rank.
+_counters: dict[tuple[str, int, int, int], itertools.count[int]] = {}
 _counter_lock = threading.Lock()
 
 
@@ -120,9 +124,12 @@ def _through_agent_store(e: env.Environment, timeout: float) -> StoreAddress:
             f"{env.TORCHELASTIC_USE_AGENT_STORE} is set but {env.MASTER_ADDR}, "
             f"{env.MASTER_PORT} or {env.RANK} is missing: not started by torchrun?"
         )
+    restart = e.restart_count or 0
     with _counter_lock:
-        n = next(_counter)
-    key = agent_store_key(e.restart_count or 0, n)
+        counter = _counters.setdefault((e.master_addr, e.master_port, restart, e.rank),
+                                       itertools.count())
+        n = next(counter)
+    key = agent_store_key(restart, n)
     agent = _agent_store(e.master_addr, e.master_port, timeout)
     if e.rank == 0:
         loopback = _is_loopback(e.master_addr)
