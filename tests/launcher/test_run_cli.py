@@ -237,3 +237,22 @@ def test_a_failure_on_one_node_stops_the_other_node(tmp_path: Path) -> None:
     assert "[kvsync-run] worker 3 failed" in err1
     assert code0 == 1, err0
     assert "job stopped by node 1: worker 3 failed" in err0
+
+
+def test_parameter_servers_serve_a_dist_sync_job(tmp_path: Path) -> None:
+    script = _script(tmp_path, "ps.py", """
+        import numpy as np
+        import kvsync.kv
+
+        kv = kvsync.kv.create("dist_sync")
+        w = np.zeros((4, 3), dtype=np.float32)
+        kv.init(3, w)
+        for _ in range(2):
+            kv.push(3, np.full_like(w, kv.rank + 1))
+            kv.pull(3, out=w)
+        print(f"rank {kv.rank}/{kv.num_workers} pulled {w[0, 0]:g}")
+    """)
+    done = _run("--nproc-per-node", "2", "--num-servers", "2", script)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [
+        "[worker 0] rank 0/2 pulled 3", "[worker 1] rank 1/2 pulled 3"]
