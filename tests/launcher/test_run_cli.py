@@ -159,6 +159,8 @@ def test_bad_arguments_are_refused_with_usage() -> None:
     assert "--master-port is required" in done.stderr
     done = _run("--nproc-per-node", "0", "x.py")
     assert done.returncode == 2 and "must be at least 1" in done.stderr
+    done = _run("--grace", "-1", "x.py")
+    assert done.returncode == 2 and "must be 0 or more seconds" in done.stderr
 
 
 STORE_SCRIPT = """

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module each parameter server imports first (custom updaters)")
     p.add_argument("--log-dir", type=Path, metavar="D",
                    help="also write each child's stdout and stderr to files in D")
-    p.add_argument("--grace", type=float, default=defaults.SHUTDOWN_GRACE_SECONDS,
+    p.add_argument("--grace", type=_seconds, default=defaults.SHUTDOWN_GRACE_SECONDS,
                    metavar="SECONDS", help="seconds between SIGTERM and SIGKILL when "
                    f"stopping children (default {defaults.SHUTDOWN_GRACE_SECONDS:g})")
     p.add_argument("-m", "--module", action="store_true",
@@ -86,6 +86,16 @@ def _positive(text: str) -> int:
     value = _non_negative(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
     return value
 
 
