@@ -28,6 +28,13 @@ def _supervisor(log_dir: Path | None = None, grace: float = 2.0):
     return sup, out, err
 
 
+def _exit_when(path: Path, code: int) -> str:
+    """A child program that exits with ``code`` once ``path`` exists (at most 10 s)."""
+    return (f"import os, sys, time\nd = time.monotonic() + 10\n"
+            f"while not os.path.exists({str(path)!r}) and time.monotonic() < d:\n"
+            f"    time.sleep(0.01)\nsys.exit({code})\n")
+
+
 def _lines(stream: io.BytesIO) -> list[str]:
     return stream.getvalue().decode().splitlines()
 
@@ -76,21 +83,22 @@ def test_a_worker_killed_by_a_signal_exits_the_job_with_128_plus_the_signal() ->
     assert not [p for p in sup.pids if alive(p)]
 
 
-def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
+def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
     sup, out, _ = _supervisor(grace=0.5)
-    stubborn = """
+    ready = tmp_path / "ready"
+    stubborn = f"""
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print('ready', flush=True)
+        open({str(ready)!r}, "w").close()
         time.sleep(30)
     """
-    sup.start([_spec("worker", 0, stubborn),
-               _spec("worker", 1, "import time, sys; time.sleep(0.5); sys.exit(2)")])
+    sup.start([_spec("worker", 0, stubborn), _spec("worker", 1, _exit_when(ready, 2))])
     started = time.monotonic()
     result = sup.supervise()
     elapsed = time.monotonic() - started
     assert result.exit_code == 2
-    assert 0.9 <= elapsed < 5.0
+    assert 0.5 <= elapsed < 5.0  # SIGTERM was ignored: SIGKILL came after the grace
     assert b"[worker 0] ready" in out.getvalue()
     assert not [p for p in sup.pids if alive(p)]
 
@@ -104,8 +112,7 @@ def test_grandchildren_of_a_stopped_child_do_not_survive(tmp_path: Path) -> None
         time.sleep(30)
     """
     sup, _, _ = _supervisor()
-    sup.start([_spec("worker", 0, parent),
-               _spec("worker", 1, "import time, sys; time.sleep(0.8); sys.exit(1)")])
+    sup.start([_spec("worker", 0, parent), _spec("worker", 1, _exit_when(pid_file, 1))])
     assert sup.supervise().exit_code == 1
     grandchild = int(pid_file.read_text())
     assert wait_dead([grandchild]) == []

@@ -93,7 +93,9 @@ def test_a_failing_rank_stops_the_job_with_its_code_and_a_summary(tmp_path: Path
         with open(os.path.join({str(tmp_path)!r}, f"{{rank}}.pid"), "w") as f:
             f.write(f"{{os.getpid()}}\\n")
         if rank == 1:
-            time.sleep(0.5)
+            deadline = time.monotonic() + 10  # fail once every rank is up
+            while len(os.listdir({str(tmp_path)!r})) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
             print("loss is nan at step 12", file=sys.stderr)
             sys.exit(7)
         time.sleep(30)
