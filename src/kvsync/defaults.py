@@ -22,6 +22,8 @@ __all__ = [
     "MAX_KEYS_PER_REQUEST",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "PS_CHUNK_BYTES",
+    "PS_STALL_SECONDS",
     "SERVER_DEATH_DETECT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
 ]
@@ -50,3 +52,9 @@ SHUTDOWN_GRACE_SECONDS: float = 5.0
 #: Arrays with more elements than this are split over all parameter servers
 #: (MXNet's MXNET_KVSTORE_BIGARRAY_BOUND default).
 BIGARRAY_BOUND: int = 1_000_000
+#: A parameter server on which every worker has been waiting this long, with no message
+#: arriving, declares the job's pushes uneven (dist_sync) and fails the waiting requests.
+PS_STALL_SECONDS: float = 5.0
+#: Big arrays travel to and from parameter servers in parts of at most this many bytes, so
+#: every receive buffer is small enough for the allocator to recycle (no fresh pages).
+PS_CHUNK_BYTES: int = 4 << 20

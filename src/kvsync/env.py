@@ -29,6 +29,7 @@ __all__ = [
     "GROUP_RANK",
     "KVSYNC_BIGARRAY_BOUND",
     "KVSYNC_SECRET",
+    "KVSYNC_SERVER_SETUP",
     "KVSYNC_STORE_ADDR",
     "KVSYNC_STORE_PORT",
     "LOCAL_RANK",
@@ -37,9 +38,11 @@ __all__ = [
     "MASTER_PORT",
     "MS_RECEIVE_MSG_TIMEOUT",
     "RANK",
+    "TORCHELASTIC_RESTART_COUNT",
     "TORCHELASTIC_USE_AGENT_STORE",
     "WORLD_SIZE",
     "Environment",
+    "child_environment",
     "read",
     "worker_environment",
 ]
@@ -55,11 +58,15 @@ GROUP_RANK = "GROUP_RANK"
 MS_RECEIVE_MSG_TIMEOUT = "MS_RECEIVE_MSG_TIMEOUT"
 #: Set by torchrun when its agent already serves a torch store on MASTER_PORT.
 TORCHELASTIC_USE_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
+#: Set by torchrun: how many times its agent restarted the workers (0 on the first run).
+TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 #: Where kvsync's own store server listens when it is not MASTER_ADDR:MASTER_PORT.
 KVSYNC_STORE_ADDR = "KVSYNC_STORE_ADDR"
 KVSYNC_STORE_PORT = "KVSYNC_STORE_PORT"
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"
+#: A module a parameter-server process imports before serving (``kvsync-run --server-setup``).
+KVSYNC_SERVER_SETUP = "KVSYNC_SERVER_SETUP"
 #: Arrays with more elements than this are split over all parameter servers.
 KVSYNC_BIGARRAY_BOUND = "KVSYNC_BIGARRAY_BOUND"
 DMLC_ROLE = "DMLC_ROLE"
@@ -110,9 +117,11 @@ class Environment:
     group_rank: int | None = None
     receive_timeout: float | None = None
     use_agent_store: bool = False
+    restart_count: int | None = None
     store_addr: str | None = None
     store_port: int | None = None
     secret: str | None = None
+    server_setup: str | None = None
     bigarray_bound: int | None = None
     dmlc_role: str | None = None
     dmlc_num_worker: int | None = None
@@ -143,9 +152,11 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         receive_timeout=_float(src, MS_RECEIVE_MSG_TIMEOUT),
         use_agent_store=(_str(src, TORCHELASTIC_USE_AGENT_STORE) or "").lower()
         in ("1", "true"),
+        restart_count=_int(src, TORCHELASTIC_RESTART_COUNT),
         store_addr=_str(src, KVSYNC_STORE_ADDR),
         store_port=_int(src, KVSYNC_STORE_PORT),
         secret=_str(src, KVSYNC_SECRET),
+        server_setup=_str(src, KVSYNC_SERVER_SETUP),
         bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),
         dmlc_role=_str(src, DMLC_ROLE),
         dmlc_num_worker=_int(src, DMLC_NUM_WORKER),
@@ -189,3 +200,13 @@ def worker_environment(
         DMLC_PS_ROOT_URI: master_addr,
         DMLC_PS_ROOT_PORT: str(master_port),
     }
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The process environment with ``extra`` merged over it, for a child process.
+
+    Example:
+        >>> child_environment({"RANK": "3"})["RANK"]
+        '3'
+    """
+    return {**os.environ, **extra}

@@ -28,6 +28,7 @@ __all__ = [
     "LimitExceededError",
     "LocalProtocolError",
     "ProtocolError",
+    "RankFailedError",
     "RemoteProtocolError",
     "ServerError",
     "ShapeMismatchError",
@@ -81,6 +82,20 @@ class ServerError(KVSyncError, RuntimeError):
     """The server failed to carry out a request for a reason with no more specific class."""
 
 
+class RankFailedError(KVSyncError, RuntimeError):
+    """A rank of :func:`kvsync.testing.spawn_ranks` raised; names the rank, keeps its traceback.
+
+    Attributes:
+        rank: the rank that failed first.
+        traceback_text: the formatted traceback of its exception.
+    """
+
+    def __init__(self, message: str, *, rank: int, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.traceback_text = traceback_text
+
+
 class KVStoreError(KVSyncError):
     """Base class of KVStore (parameter-server) usage errors."""
 
@@ -126,6 +141,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_NAME = 11
     CONNECTION = 12
     SERVER = 13
+    KVSTORE_USAGE = 14
 
 
 _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
@@ -143,6 +159,7 @@ _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
     ErrorCode.UNKNOWN_NAME: UnknownNameError,
     ErrorCode.CONNECTION: StoreConnectionError,
     ErrorCode.SERVER: ServerError,
+    ErrorCode.KVSTORE_USAGE: InvalidArgumentError,
 }
 
 _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
@@ -159,6 +176,7 @@ _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
     UnknownNameError: ErrorCode.UNKNOWN_NAME,
     StoreConnectionError: ErrorCode.CONNECTION,
     ServerError: ErrorCode.SERVER,
+    InvalidArgumentError: ErrorCode.KVSTORE_USAGE,
 }
 
 

@@ -1,11 +1,15 @@
 """PyTorch compatibility: a ``TCPStore`` with torch's semantics, and an adapter for torch.
 
 * :class:`TCPStore` is :class:`kvsync.TCPStore` whose ``get``/``multi_get`` wait for missing
-  keys (as PyTorch's do) and with cheap torch attributes (``libuvBackend``).
-* :func:`as_torch_store` wraps any kvsync Store in a ``torch.distributed.Store`` subclass,
-  so it can be passed to ``torch.distributed.init_process_group(store=...)`` (torch must be
-  installed; it is imported only by that function). Give it a blocking-get store (this
-  module's ``TCPStore``): torch's process groups rely on ``get`` waiting.
+  keys (as PyTorch's do) and with cheap torch attributes (``libuvBackend``). When torch is
+  importable it also subclasses ``torch.distributed.Store``, so it can be passed directly to
+  ``torch.distributed.init_process_group(backend="gloo", store=..., rank=..., world_size=...)``;
+  without torch it is a plain kvsync store.
+* :func:`as_torch_store` wraps any other kvsync Store (HashStore, PrefixStore, ...) in a
+  ``torch.distributed.Store`` subclass, so it can be passed to
+  ``torch.distributed.init_process_group(store=...)`` (torch must be installed; it is imported
+  only by that function). Give it a blocking-get store: torch's process groups rely on ``get``
+  waiting.
 
 Example:
     >>> with TCPStore("127.0.0.1", 0, is_master=True, timeout=5) as store:
@@ -26,7 +30,22 @@ from kvsync.store.tcp import TCPStore as _TCPStore
 __all__ = ["TCPStore", "as_torch_store"]
 
 
-class TCPStore(_TCPStore):
+def _torch_store_base() -> tuple[tuple[type, ...], type]:
+    """(extra bases, metaclass): ``torch.distributed.Store`` when torch is importable."""
+    try:
+        dist: Any = importlib.import_module("torch.distributed")
+    except ImportError:
+        return (), type(_TCPStore)
+    if not hasattr(dist, "Store"):  # torch built without distributed support
+        return (), type(_TCPStore)
+    meta = type("_TorchStoreMeta", (type(dist.Store), type(_TCPStore)), {})
+    return (dist.Store,), meta
+
+
+_EXTRA_BASES, _META = _torch_store_base()
+
+
+class TCPStore(_TCPStore, *_EXTRA_BASES, metaclass=_META):  # type: ignore[misc,metaclass]
     """:class:`kvsync.TCPStore` whose ``get`` of a missing key waits for it until the
     store's timeout, then raises :class:`~kvsync.errors.StoreTimeoutError` (as PyTorch's).
 
@@ -39,6 +58,11 @@ class TCPStore(_TCPStore):
     """
 
     _blocking_get = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for base in _EXTRA_BASES:  # pybind11 requires its base's __init__ to run
+            base.__init__(self)  # type: ignore[misc]
+        super().__init__(*args, **kwargs)
 
     @property
     def libuvBackend(self) -> bool:  # noqa: N802 - PyTorch's attribute name

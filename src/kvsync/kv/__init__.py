@@ -20,8 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.kv import local
+from kvsync.kv import dist, local  # importing registers the types
 from kvsync.kv.base import KVStoreBase, create
 from kvsync.kv.local import LocalKVStore
 
-__all__ = ["KVStoreBase", "LocalKVStore", "create", "local"]
+__all__ = ["KVStoreBase", "LocalKVStore", "create", "dist", "local"]

@@ -204,7 +204,7 @@ def _enc_array(w: Writer, value: Any, what: str, cap: int) -> None:
         raise LocalProtocolError(f"{what} has dtype {dt}; only bool/int/uint/float/complex")
     if value.ndim > MAX_NDIM:
         raise LocalProtocolError(f"{what} has {value.ndim} dimensions, over {MAX_NDIM}")
-    arr = np.ascontiguousarray(value)
+    arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
     w.cap(arr.nbytes, cap, what)
     code = dt.str.encode("ascii")
     w.small(_U8.pack(len(code)) + code + _U8.pack(arr.ndim))

@@ -101,12 +101,29 @@ class Opcode(IntEnum):
     QUEUE_POP = 0x1D
     QUEUE_LEN = 0x1E
     PING = 0x1F
+    # Parameter-server requests (owner: dist; classes at the end of this file)
+    PS_HELLO = 0x40
+    PS_INIT = 0x41
+    PS_WAIT_INIT = 0x42
+    PS_PUSH = 0x43
+    PS_PUSH_ROWS = 0x44
+    PS_PULL = 0x45
+    PS_PULL_ROWS = 0x46
+    PS_SET_OPTIMIZER = 0x47
+    PS_SET_UPDATER = 0x48
+    PS_SET_COMPRESSION = 0x49
+    PS_SAVE_STATES = 0x4A
+    PS_LOAD_STATES = 0x4B
+    PS_BARRIER = 0x4C
+    PS_STATS = 0x4D
+    PS_SHUTDOWN = 0x4E
     # Replies
     OK = 0x80
     VALUE = 0x81
     VALUES = 0x82
     INT = 0x83
     KEYS = 0x84
+    PS_VALUES = 0xC0  # parameter-server arrays (owner: dist)
     ERROR = 0xFF
 
 
@@ -367,3 +384,196 @@ HANDSHAKE_OPCODES: frozenset[Opcode] = frozenset({Opcode.HELLO, Opcode.HELLO_REP
 
 #: message class -> opcode, for the encoder.
 OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}
+
+
+# === Parameter-server messages (owner: dist; opcodes 0x40-0x7F, reply 0xC0) =============
+#
+# Keys travel as "wire keys": ``"i<n>"`` for the int key ``n``, ``"s<name>"`` for the str
+# key ``name`` (see kvsync.server.ps_keys.wire_key), so int and str keys never collide and the
+# server can hand the original key to the updater. Each server holds, per key, one
+# contiguous row slice of the array (the whole array when it is small). Blocking requests
+# carry ``timeout_ms`` like the Store API's. Replies are the Store API's OkReply /
+# ValueReply / ErrorReply, and PSValuesReply for arrays.
+
+__all__ += [
+    "PS_MESSAGE_OF",
+    "PSBarrier",
+    "PSHello",
+    "PSInit",
+    "PSLoadStates",
+    "PSPull",
+    "PSPullRows",
+    "PSPush",
+    "PSPushRows",
+    "PSSaveStates",
+    "PSSetCompression",
+    "PSSetOptimizer",
+    "PSSetUpdater",
+    "PSShutdown",
+    "PSStats",
+    "PSValuesReply",
+    "PSWaitInit",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PSHello:
+    """First message of a worker connection: who it is and which mode the job runs in.
+    Every worker of a job must agree on ``num_workers`` and ``sync``. Reply: OkReply."""
+
+    rank: int
+    num_workers: int
+    sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PSInit:
+    """Rank 0 stores the initial value of each key (the row slice this server holds).
+    A key already initialised is an INVALID_ARGUMENT error. Reply: OkReply."""
+
+    keys: tuple[str, ...]
+    values: tuple[NDArray, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PSWaitInit:
+    """Other ranks' ``init``: park until every key exists (rank 0's init wins).
+    Reply: OkReply, or an ErrorReply (TIMEOUT, or CONNECTION when rank 0 is gone)."""
+
+    keys: tuple[str, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSPush:
+    """Push gradient rows per key: ``values[i]`` holds rows ``offsets[i]...`` of the slice
+    this server keeps for ``keys[i]`` (a big slice travels as several parts, in row order;
+    a worker's push is complete when all rows arrived; in sync mode complete pushes are
+    summed per round). With ``compressed`` each value is the packed form of the job's
+    gradient compression. Reply: OkReply (a bad shape/dtype/key is an ErrorReply and
+    changes nothing)."""
+
+    keys: tuple[str, ...]
+    values: tuple[NDArray, ...]
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+    compressed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PSPushRows:
+    """Push a row-sparse gradient slice: ``rows`` are row numbers local to the slice this
+    server holds, ``data`` has one row per entry. Reply: OkReply."""
+
+    key: str
+    rows: NDArray
+    data: NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class PSPull:
+    """Read rows ``offsets[i]`` to ``offsets[i] + counts[i]`` of each key's slice; in sync
+    mode wait until every round this worker pushed into has been applied.
+    Reply: PSValuesReply in key order."""
+
+    keys: tuple[str, ...]
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSPullRows:
+    """Read only ``rows`` (local row numbers) of one key's slice, with the same waiting
+    rule as PSPull. Reply: PSValuesReply with one array of ``len(rows)`` rows."""
+
+    key: str
+    rows: NDArray
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSSetOptimizer:
+    """Install an optimizer from its JSON config (``Optimizer.to_config()``); the name must
+    be registered in the server process. Reply: OkReply or ErrorReply (UNKNOWN_NAME)."""
+
+    config: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSSetUpdater:
+    """Install an updater registered on the server by name (kvsync.server.ps
+    ``register_updater``), with JSON ``params``. Reply: OkReply or UNKNOWN_NAME."""
+
+    name: str
+    params: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSSetCompression:
+    """Gradient-compression parameters (JSON) used to decompress compressed pushes.
+    Reply: OkReply."""
+
+    params: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSSaveStates:
+    """The server updater's state (``Updater.get_states``). Reply: ValueReply."""
+
+    dump_optimizer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PSLoadStates:
+    """Restore the updater's state saved by PSSaveStates. Reply: OkReply."""
+
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class PSBarrier:
+    """Park until every worker has entered the barrier. Reply: OkReply, or an ErrorReply
+    naming the ranks that left or never came."""
+
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSStats:
+    """Counters of this server (bytes in/out, keys, rounds) as JSON. Reply: ValueReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class PSShutdown:
+    """Ask the server process to exit once it has replied. Reply: OkReply."""
+
+
+@dataclass(frozen=True, slots=True)
+class PSValuesReply:
+    """Arrays answering PSPull / PSPullRows, in request order."""
+
+    values: tuple[NDArray, ...]
+
+
+#: opcode -> parameter-server message class (merged into MESSAGE_OF / OPCODE_OF).
+PS_MESSAGE_OF: dict[Opcode, type] = {
+    Opcode.PS_HELLO: PSHello,
+    Opcode.PS_INIT: PSInit,
+    Opcode.PS_WAIT_INIT: PSWaitInit,
+    Opcode.PS_PUSH: PSPush,
+    Opcode.PS_PUSH_ROWS: PSPushRows,
+    Opcode.PS_PULL: PSPull,
+    Opcode.PS_PULL_ROWS: PSPullRows,
+    Opcode.PS_SET_OPTIMIZER: PSSetOptimizer,
+    Opcode.PS_SET_UPDATER: PSSetUpdater,
+    Opcode.PS_SET_COMPRESSION: PSSetCompression,
+    Opcode.PS_SAVE_STATES: PSSaveStates,
+    Opcode.PS_LOAD_STATES: PSLoadStates,
+    Opcode.PS_BARRIER: PSBarrier,
+    Opcode.PS_STATS: PSStats,
+    Opcode.PS_SHUTDOWN: PSShutdown,
+    Opcode.PS_VALUES: PSValuesReply,
+}
+MESSAGE_OF.update(PS_MESSAGE_OF)
+OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})

@@ -53,11 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backlog", type=int, default=defaults.LISTEN_BACKLOG,
                         help="listen() backlog (default %(default)s)")  # fmt: skip
+    parser.add_argument("--role", choices=("store", "server"), default="store",
+                        help="store: a standalone store; server: a parameter server of the "
+                        "job in MASTER_ADDR/MASTER_PORT (see kvsync.kv.server)")
+    from kvsync.kv.server import add_arguments as add_ps_arguments
+
+    add_ps_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop, 1 when the
     address cannot be bound, with the reason naming host:port on stderr)."""
+    if getattr(args, "role", "store") == "server":
+        from kvsync.kv.server import run as run_parameter_server
+
+        return run_parameter_server(args)
     try:
         server = StoreServer(
             args.host,

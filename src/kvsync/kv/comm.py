@@ -1,0 +1,308 @@
+"""The worker's communication thread: pushes and pulls sent in priority order, batched.
+
+Strategy. ``push`` only queues an :class:`Op` and returns, so sending overlaps the caller's
+next computation. One sender thread pops queued ops highest ``priority`` first (a later op
+of the same key never overtakes an earlier one: its priority is capped by the pending
+one's, and ties go in program order), packs consecutive small ops of one kind for one
+server into one message, and *submits* it on that server's pipelined link without waiting
+for the reply. One reaper thread per server collects replies in order: a pull's arrays are
+copied into the caller's output views, a failed push is remembered and raised by the
+worker's next call. A pull sent after a push of the same key travels on the same
+connection, so the server sees it after the push.
+
+Arrays are never copied on the way out: a pushed array is referenced until its message
+has been handed to the link, so the caller must not modify it before its next pull or
+:meth:`Comm.flush` (MXNet's engine enforces the same rule with dependencies).
+
+Example:
+    >>> comm = Comm([], timeout=1.0)
+    >>> comm.flush(1.0)
+    >>> comm.close()
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kvsync.errors import ErrorCode, KVSyncError, StoreTimeoutError, error_from_code
+from kvsync.protocol.messages import (
+    ErrorReply,
+    PSPull,
+    PSPullRows,
+    PSPush,
+    PSPushRows,
+    PSValuesReply,
+)
+
+__all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Link", "Op"]
+
+logger = logging.getLogger(__name__)
+
+#: Most bytes of array data one batched message carries (bigger arrays travel alone).
+BATCH_BYTES = 4 << 20
+#: Most keys one batched message carries.
+BATCH_KEYS = 4096
+
+
+class Link(Protocol):
+    """A pipelined connection to one server (what :class:`kvsync.client.Client` offers)."""
+
+    def submit(self, msg: object) -> int:
+        """Send ``msg``; return its request id without waiting for the reply."""
+        ...
+
+    def result(self, request_id: int, timeout: float | None = None) -> object:
+        """The reply to ``request_id`` (raising the mapped error for an error reply)."""
+        ...
+
+
+@dataclass(eq=False)
+class Op:
+    """One key's part of a push or pull for one server."""
+
+    kind: str  # "push" | "cpush" (compressed) | "pull" | "push_rows" | "pull_rows"
+    server: int
+    wire: str
+    value: np.ndarray | None = None  # pushed array / pulled rows' ids / row-sparse data
+    rows: np.ndarray | None = None
+    out: np.ndarray | None = None  # where a pulled value is copied (None: keep it)
+    lo: int = 0  # first row within the server's slice
+    count: int = 1  # rows
+    future: Future[Any] | None = None
+    nbytes: int = 0
+    what: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+_BATCHABLE = frozenset({"push", "cpush", "pull"})
+
+
+class Comm:
+    """The sender and reaper threads of one worker, over one :class:`Link` per server.
+
+    Args:
+        links: one link per server, indexed by server number.
+        timeout: seconds a parked pull may wait on the server (sent as ``timeout_ms``).
+    """
+
+    def __init__(self, links: Sequence[Link], *, timeout: float) -> None:
+        self._links = list(links)
+        self._timeout = timeout
+        self._cv = threading.Condition()
+        self._heap: list[tuple[int, int, Op]] = []
+        self._seq = itertools.count()
+        self._pending: dict[str, tuple[int, int]] = {}  # wire -> (count queued, min prio)
+        self._outstanding = 0
+        self._errors: list[BaseException] = []
+        self._closing = False
+        self._inflight: list[queue.SimpleQueue[tuple[int, list[Op]] | None]] = [
+            queue.SimpleQueue() for _ in self._links
+        ]
+        self._threads = [threading.Thread(target=self._send_loop, name="kvsync-comm",
+                                          daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._reap_loop, args=(s,), name=f"kvsync-reap-{s}",
+                             daemon=True) for s in range(len(self._links))
+        ]
+        for t in self._threads:
+            t.start()
+
+    # --- queueing (caller's thread) ---------------------------------------------------------
+
+    def enqueue(self, op: Op, priority: int) -> None:
+        """Queue ``op``; ops of one key keep their order whatever their priorities.
+
+        Raises:
+            KVSyncError: an earlier push failed (its error is raised once), or closed.
+        """
+        self.raise_errors()
+        with self._cv:
+            if self._closing:
+                raise KVSyncError("the KVStore is closed")
+            count, prio = self._pending.get(op.wire, (0, priority))
+            prio = min(prio, priority) if count else priority
+            self._pending[op.wire] = (count + 1, prio)
+            self._outstanding += 1
+            heapq.heappush(self._heap, (-prio, next(self._seq), op))
+            self._cv.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every queued op has been answered; raise the first failure.
+
+        Raises:
+            StoreTimeoutError: ops are still outstanding after ``timeout`` seconds.
+        """
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._outstanding == 0, timeout):
+                raise StoreTimeoutError(
+                    f"{self._outstanding} pushes/pulls still unanswered after {timeout} s")
+        self.raise_errors()
+
+    def raise_errors(self) -> None:
+        """Raise (once) the first error a background push met."""
+        with self._cv:
+            if not self._errors:
+                return
+            exc, self._errors = self._errors[0], []
+        raise exc
+
+    def close(self) -> None:
+        """Stop the threads (queued ops are still sent first)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._threads[0].join(timeout=self._timeout)
+        for q in self._inflight:
+            q.put(None)
+        for t in self._threads[1:]:
+            t.join(timeout=self._timeout)
+
+    # --- sender thread ----------------------------------------------------------------------
+
+    def _take(self) -> list[Op] | None:
+        with self._cv:
+            while not self._heap and not self._closing:
+                self._cv.wait()
+            if not self._heap:
+                return None
+            ops: list[Op] = []
+            size = 0
+            while self._heap and (not ops or size + self._heap[0][2].nbytes <= BATCH_BYTES):
+                op = heapq.heappop(self._heap)[2]
+                size += op.nbytes
+                ops.append(op)
+                count, prio = self._pending[op.wire]
+                if count == 1:
+                    del self._pending[op.wire]
+                else:
+                    self._pending[op.wire] = (count - 1, prio)
+            return ops
+
+    def _send_loop(self) -> None:
+        while (ops := self._take()) is not None:
+            for batch in _batches(ops):
+                self._send(batch)
+
+    def _send(self, batch: list[Op]) -> None:
+        first = batch[0]
+        timeout_ms = int(self._timeout * 1000)
+        msg: object
+        if first.kind in ("push", "cpush"):
+            values = tuple(op.value for op in batch)
+            msg = PSPush(keys=tuple(op.wire for op in batch), values=values,  # type: ignore[arg-type]
+                         offsets=tuple(op.lo for op in batch),
+                         counts=tuple(op.count for op in batch), compressed=first.kind == "cpush")
+        elif first.kind == "pull":
+            msg = PSPull(keys=tuple(op.wire for op in batch), offsets=tuple(op.lo for op in batch),
+                         counts=tuple(op.count for op in batch), timeout_ms=timeout_ms)
+        elif first.kind == "push_rows":
+            assert first.rows is not None and first.value is not None
+            msg = PSPushRows(key=first.wire, rows=first.rows, data=first.value)
+        else:
+            assert first.rows is not None
+            msg = PSPullRows(key=first.wire, rows=first.rows, timeout_ms=timeout_ms)
+        try:
+            rid = self._links[first.server].submit(msg)
+        except Exception as exc:  # the link is gone: fail these ops
+            self._finish(batch, exc)
+            return
+        for op in batch:
+            op.value = None  # the message holds what it needs
+        self._inflight[first.server].put((rid, batch))
+
+    # --- reaper threads ---------------------------------------------------------------------
+
+    def _reap_loop(self, server: int) -> None:
+        q = self._inflight[server]
+        link = self._links[server]
+        while (item := q.get()) is not None:
+            rid, batch = item
+            try:
+                reply = link.result(rid, timeout=self._timeout + 10.0)
+                if isinstance(reply, ErrorReply):
+                    raise error_from_code(reply.code, reply.message)
+                self._deliver(batch, reply)
+            except Exception as exc:
+                self._finish(batch, exc)
+            else:
+                self._finish(batch, None)
+
+    def _deliver(self, batch: list[Op], reply: object) -> None:
+        if batch[0].kind not in ("pull", "pull_rows"):
+            return
+        if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
+            raise error_from_code(ErrorCode.PROTOCOL, f"unexpected reply {type(reply).__name__}")
+        for op, v in zip(batch, reply.values, strict=True):
+            if op.out is not None:
+                np.copyto(op.out, v.reshape(op.out.shape))
+                if op.future is not None:
+                    op.future.set_result(op.out)
+            elif op.future is not None:
+                op.future.set_result(v)
+
+    def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
+        for op in batch:
+            if exc is not None:
+                if op.future is not None:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                else:
+                    logger.debug("%s failed: %s", op.what or op.kind, exc)
+                    with self._cv:
+                        if not self._errors:
+                            self._errors.append(exc)
+            op.done.set()
+        with self._cv:
+            self._outstanding -= len(batch)
+            self._cv.notify_all()
+
+
+def _batches(ops: list[Op]) -> list[list[Op]]:
+    """Group ops (in send order) into messages without reordering any key's ops per server.
+
+    Example:
+        >>> ops = [Op("push", 0, "i1"), Op("pull", 0, "i2"), Op("push", 0, "i2"),
+        ...        Op("pull", 0, "i1")]
+        >>> [[(o.kind, o.wire) for o in b] for b in _batches(ops)]
+        [[('pull', 'i2')], [('push', 'i1'), ('push', 'i2')], [('pull', 'i1')]]
+    """
+    out: list[list[Op]] = []
+    open_: dict[tuple[int, str], _Batch] = {}
+    for op in ops:
+        if op.kind not in _BATCHABLE:
+            out.extend(open_.pop(s).ops for s in [s for s in open_ if s[0] == op.server])
+            out.append([op])
+            continue
+        clash = [s for s, b in open_.items() if s[0] == op.server and op.wire in b.wires]
+        out.extend(open_.pop(s).ops for s in clash)
+        slot = (op.server, op.kind)
+        batch = open_.setdefault(slot, _Batch())
+        batch.add(op)
+        if len(batch.ops) >= BATCH_KEYS or batch.nbytes >= BATCH_BYTES:
+            out.append(open_.pop(slot).ops)
+    out.extend(b.ops for b in open_.values())
+    return out
+
+
+class _Batch:
+    __slots__ = ("nbytes", "ops", "wires")
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.wires: set[str] = set()
+        self.nbytes = 0
+
+    def add(self, op: Op) -> None:
+        self.ops.append(op)
+        self.wires.add(op.wire)
+        self.nbytes += op.nbytes

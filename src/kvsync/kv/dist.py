@@ -1,0 +1,486 @@
+"""The distributed KVStore types ``dist_sync``, ``dist_device_sync`` and ``dist_async``.
+
+A worker holds one pipelined link per parameter server (see :mod:`kvsync.kv.dist_connect`
+for how they are found) and a :class:`~kvsync.kv.comm.Comm` that sends in the background.
+Each key's array lives on the servers as planned by :mod:`kvsync.kv.sharding`. ``push``
+sums a key's per-device values, optionally compresses each server's slice, queues it and
+returns; ``pull`` queues one request per slice and waits until every slice has been copied
+into the output. In ``dist_sync`` the servers answer a pull only after the round that pull
+follows has been applied; in ``dist_async`` every push is applied when it arrives.
+The optimizer runs on the servers: ``set_optimizer`` sends its JSON config.
+
+Example (needs running servers; see ``examples/train_ps.py``)::
+
+    kv = kvsync.kv.create("dist_sync")      # rank, workers, servers from the environment
+    kv.init(3, np.zeros((2, 3)))
+    kv.push(3, np.ones((2, 3)))
+    kv.pull(3, out=w)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kvsync import defaults
+from kvsync.errors import (
+    InvalidArgumentError,
+    KVStoreError,
+    UninitializedKeyError,
+    UnknownNameError,
+    error_from_code,
+)
+from kvsync.kv import rowsparse
+from kvsync.kv.base import (
+    KeyGroup,
+    KVStoreBase,
+    check_matches,
+    group_pairs,
+    normalize_key,
+    pair_row_ids,
+)
+from kvsync.kv.comm import Comm, Link, Op
+from kvsync.kv.compression import GradientCompression, create_compression
+from kvsync.kv.reduce import copy_to_all, sum_into
+from kvsync.kv.sharding import KeyPlan, plan_key
+from kvsync.protocol.messages import (
+    ErrorReply,
+    PSBarrier,
+    PSHello,
+    PSInit,
+    PSLoadStates,
+    PSSaveStates,
+    PSSetCompression,
+    PSSetOptimizer,
+    PSSetUpdater,
+    PSShutdown,
+    PSStats,
+    PSWaitInit,
+)
+from kvsync.server.ps_keys import Key
+from kvsync.sparse import RowSparseArray, as_row_ids
+
+__all__ = ["DistKVStore"]
+
+logger = logging.getLogger(__name__)
+
+
+@KVStoreBase.register
+class DistKVStore(KVStoreBase):
+    """A worker's handle on the parameter servers of a job.
+
+    Built by ``kvsync.kv.create("dist_sync")`` (environment and servers found as described
+    in :mod:`kvsync.kv.dist_connect`), or directly from links for tests.
+
+    Args:
+        name: ``dist_sync``, ``dist_device_sync`` or ``dist_async``.
+        rank: this worker's rank; num_workers: the job's worker count.
+        links: one pipelined link per server (``kvsync.client.Client`` objects).
+        bound: arrays with more elements are split over all servers.
+        timeout: seconds any blocking call may take.
+
+    Raises:
+        UnknownNameError: another name. InvalidArgumentError: no links, or a bad rank.
+    """
+
+    NAMES: ClassVar[tuple[str, ...]] = ("dist_sync", "dist_device_sync", "dist_async")
+
+    def __init__(self, name: str, *, rank: int, num_workers: int, links: Sequence[Link],
+                 bound: int = defaults.BIGARRAY_BOUND,
+                 timeout: float = defaults.DEFAULT_TIMEOUT) -> None:
+        if name not in self.NAMES:
+            raise UnknownNameError(f"DistKVStore types are {list(self.NAMES)}, got {name!r}")
+        if not links or not 0 <= rank < num_workers:
+            raise InvalidArgumentError(
+                f"need at least one server and 0 <= rank < num_workers, got {len(links)} "
+                f"servers, rank {rank}, {num_workers} workers")
+        self._type, self._rank, self._num_workers = name, rank, num_workers
+        self._links = list(links)
+        self._bound = bound
+        self.timeout = float(timeout)
+        self._plans: dict[Key, KeyPlan] = {}
+        self._gc: GradientCompression | None = None
+        hello = PSHello(rank=rank, num_workers=num_workers, sync=name != "dist_async")
+        self._call_all([hello] * len(self._links))
+        self._comm = Comm(self._links, timeout=self.timeout)
+        self._closed = False
+
+    @classmethod
+    def _create(cls, name: str) -> DistKVStore:
+        from kvsync.kv.dist_connect import connect
+
+        store: DistKVStore = connect(name)
+        return store
+
+    # --- properties -------------------------------------------------------------------------
+    @property
+    def type(self) -> str:
+        """The type name (``dist_sync``, ``dist_device_sync`` or ``dist_async``)."""
+        return self._type
+
+    @property
+    def rank(self) -> int:
+        """This worker's rank in ``[0, num_workers)``."""
+        return self._rank
+
+    @property
+    def num_workers(self) -> int:
+        """The number of workers in the job."""
+        return self._num_workers
+
+    @property
+    def num_servers(self) -> int:
+        """The number of parameter servers."""
+        return len(self._links)
+
+    def is_capable(self, capability: str) -> bool:
+        """Optimizers, gradient compression and row-sparse values are all supported.
+
+        Raises:
+            UnknownNameError: an unknown capability name.
+        """
+        known = (self.OPTIMIZER, self.GRADIENT_COMPRESSION, self.ROW_SPARSE)
+        if str(capability).lower() not in known:
+            raise UnknownNameError(f"unknown capability {capability!r}; known: {sorted(known)}")
+        return True
+
+    # --- init / broadcast -------------------------------------------------------------------
+    def init(self, key: Any, value: Any) -> None:
+        """Initialise keys; rank 0's values win, other ranks wait until the keys exist.
+
+        Raises:
+            InvalidArgumentError: a key initialised twice or given several values.
+            KeyTypeError: bad or mixed keys. StoreConnectionError: a server is gone.
+        """
+        self._comm.raise_errors()
+        plans: list[tuple[KeyPlan, np.ndarray]] = []
+        for g in group_pairs(key, value):
+            if len(g.values) != 1 or g.key in self._plans:
+                raise InvalidArgumentError(
+                    f"key {g.key!r} is already initialised or given {len(g.values)} values")
+            v = np.ascontiguousarray(rowsparse.densify(g.values[0]))
+            if v.dtype.kind not in "biufc":
+                raise InvalidArgumentError(f"value for key {g.key!r} has dtype {v.dtype}")
+            plans.append((plan_key(g.key, v.shape, v.dtype, num_servers=self.num_servers,
+                                   bound=self._bound), v))
+        per_server: list[tuple[list[str], list[np.ndarray]]] = [([], []) for _ in self._links]
+        for plan, v in plans:
+            for s, part in plan.parts(v):
+                per_server[s.server][0].append(plan.wire)
+                per_server[s.server][1].append(part)
+        msgs: list[object | None] = []
+        for keys, parts in per_server:
+            if not keys:
+                msgs.append(None)
+            elif self._rank == 0:
+                msgs.append(PSInit(keys=tuple(keys), values=tuple(parts)))
+            else:
+                msgs.append(PSWaitInit(keys=tuple(keys), timeout_ms=self._timeout_ms))
+        self._call_all(msgs)
+        for plan, _ in plans:
+            self._plans[plan.key] = plan
+
+    def broadcast(self, key: Any, value: Any, out: Any, priority: int = 0) -> Any:
+        """Initialise ``key`` with rank 0's ``value`` and pull it into ``out`` (returned)."""
+        self.init(key, value)
+        return self.pull(key, out=out, priority=priority)
+
+    # --- push -------------------------------------------------------------------------------
+    def _plan(self, key: Key) -> KeyPlan:
+        plan = self._plans.get(key)
+        if plan is None:
+            raise UninitializedKeyError(
+                f"key {key!r} was never initialised; call init({key!r}, value) first")
+        return plan
+
+    def _checked(self, key: Any, value: Any, what: str) -> list[tuple[KeyPlan, KeyGroup]]:
+        out = []
+        for g in group_pairs(key, value, what=what):
+            plan = self._plan(g.key)
+            for v in g.values:
+                check_matches(g.key, v, plan.shape, plan.dtype, what=what)
+            out.append((plan, g))
+        return out
+
+    def push(self, key: Any, value: Any, priority: int = 0) -> None:
+        """Queue the per-key sums of ``value`` for the servers and return at once.
+
+        The arrays are sent without copying: do not modify them before the next ``pull``
+        of the key (or :meth:`wait`). Errors the servers report (a push twice in one
+        ``dist_sync`` round, ...) are raised by this worker's next call.
+
+        Raises:
+            UninitializedKeyError, ShapeMismatchError, KeyTypeError, InvalidArgumentError:
+                checked before anything is queued.
+        """
+        self._comm.raise_errors()
+        for plan, g in self._checked(key, value, "value"):
+            if all(isinstance(v, RowSparseArray) for v in g.values):
+                self._push_rows(plan, rowsparse.sum_rows(g.values), priority)
+                continue
+            dense = [np.ascontiguousarray(rowsparse.densify(v)) for v in g.values]
+            grad = dense[0] if len(dense) == 1 else sum_into(np.empty_like(dense[0]), dense)
+            for server, lo, part in plan.pieces(grad):
+                n = part.shape[0] if part.ndim else 1
+                if self._gc is not None:
+                    packed = self._gc.compress((plan.wire, server, lo), part)
+                    op = Op("cpush", server, plan.wire, value=packed, nbytes=packed.nbytes)
+                else:
+                    op = Op("push", server, plan.wire, value=part, nbytes=part.nbytes)
+                op.lo, op.count = lo, n
+                op.what = f"push of key {plan.key!r} to server {server}"
+                self._comm.enqueue(op, priority)
+
+    def _push_rows(self, plan: KeyPlan, rs: RowSparseArray, priority: int) -> None:
+        for s in plan.slices:
+            mask = (rs.indices >= s.lo) & (rs.indices < s.hi)
+            if not mask.any():
+                continue
+            rows = rs.indices[mask] - s.lo
+            data = np.ascontiguousarray(rs.data[mask])
+            op = Op("push_rows", s.server, plan.wire, value=data, rows=rows,
+                    nbytes=data.nbytes + rows.nbytes,
+                    what=f"row-sparse push of key {plan.key!r} to server {s.server}")
+            self._comm.enqueue(op, priority)
+
+    # --- pull -------------------------------------------------------------------------------
+    def pull(self, key: Any, out: Any = None, priority: int = 0, ignore_sparse: bool = True) -> Any:
+        """Copy the servers' values into ``out`` (returned; new arrays when ``out`` is None).
+
+        Waits for this worker's earlier pushes of the keys, and in ``dist_sync`` for the
+        round they belong to. RowSparseArray outputs are skipped while ``ignore_sparse``.
+
+        Raises:
+            UninitializedKeyError, ShapeMismatchError, KeyTypeError, InvalidArgumentError:
+                bad arguments. StoreConnectionError: a server or, in sync mode, a worker
+                the round needs is gone. StoreTimeoutError: no answer within ``timeout``.
+        """
+        self._comm.raise_errors()
+        if out is None:
+            many = isinstance(key, (list, tuple))
+            keys = list(key) if many else [key]
+            plans = [self._plan(normalize_key(k)) for k in keys]
+            fresh = [np.empty(p.shape, p.dtype) for p in plans]
+            self.pull(keys, out=fresh, priority=priority)
+            return fresh if many else fresh[0]
+        jobs: list[tuple[np.ndarray, list[Any], list[Future[Any]]]] = []
+        for plan, g in self._checked(key, out, "out"):
+            dense = [o for o in g.values if isinstance(o, np.ndarray)]
+            sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
+            for o in dense:
+                if not o.flags.writeable:
+                    raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
+            direct = dense[0] if dense and dense[0].flags.c_contiguous else None
+            target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
+            futures = []
+            for server, lo, view in plan.pieces(target):
+                fut: Future[Any] = Future()
+                self._comm.enqueue(Op("pull", server, plan.wire, out=view, future=fut, lo=lo,
+                                      count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes,
+                                      what=f"pull of key {plan.key!r}"), priority)
+                futures.append(fut)
+            rest = [o for o in dense if o is not target]
+            jobs.append((target, rest + ([] if ignore_sparse else sparse), futures))
+        for target, rest, futures in jobs:
+            for fut in futures:
+                fut.result(timeout=self.timeout + 15.0)
+            dense_rest = [o for o in rest if isinstance(o, np.ndarray)]
+            copy_to_all(target, dense_rest)
+            for o in rest:
+                if isinstance(o, RowSparseArray):
+                    o.assign(rowsparse.as_row_sparse(target))
+        return out
+
+    def pushpull(self, key: Any, value: Any, out: Any = None, priority: int = 0) -> Any:
+        """Push ``value`` then pull the updated values into ``out`` (``value`` when None)."""
+        self.push(key, value, priority)
+        return self.pull(key, out=value if out is None else out, priority=priority)
+
+    def row_sparse_pull(self, key: Any, out: Any = None, priority: int = 0,
+                        row_ids: Any = None) -> Any:
+        """Pull only the rows ``row_ids`` (any order, repeats allowed) into RowSparseArrays.
+
+        Only the requested rows travel; each output holds the sorted unique rows.
+
+        Raises:
+            InvalidArgumentError: ``out``/``row_ids`` missing or mismatched, bad row ids.
+            UninitializedKeyError, ShapeMismatchError, KeyTypeError: as :meth:`pull`.
+        """
+        self._comm.raise_errors()
+        pairs = pair_row_ids(key, out, row_ids)
+        jobs = []
+        for g in pairs.groups:
+            plan = self._plan(g.key)
+            for o, ids in zip(g.values, pairs.row_ids[g.key], strict=True):
+                check_matches(g.key, o, plan.shape, plan.dtype, what="out")
+                rows = np.unique(as_row_ids(ids, plan.shape[0] if plan.shape else 1))
+                parts = []
+                for s in plan.slices:
+                    sel = rows[(rows >= s.lo) & (rows < s.hi)]
+                    if sel.size:
+                        fut: Future[Any] = Future()
+                        self._comm.enqueue(Op("pull_rows", s.server, plan.wire, rows=sel - s.lo,
+                                              future=fut), priority)
+                        parts.append(fut)
+                jobs.append((o, plan, rows, parts))
+        for o, plan, rows, parts in jobs:
+            chunks = [f.result(timeout=self.timeout + 15.0) for f in parts]
+            data = (np.concatenate(chunks) if chunks
+                    else np.empty((0, *plan.shape[1:]), plan.dtype))
+            o.assign(RowSparseArray(data, rows, plan.shape))
+        for o in pairs.copies:
+            o.assign(pairs.groups[0].values[0])
+        return out
+
+    # --- optimizer, compression, states -----------------------------------------------------
+    def set_optimizer(self, optimizer: Any) -> None:
+        """Send ``optimizer``'s JSON config to every server (its name must be registered
+        there; custom ones via the server's setup module).
+
+        Raises:
+            UnknownNameError: a server does not know the optimizer; lists the known ones.
+        """
+        config = json.dumps(optimizer.to_config())
+        self.wait()
+        self._call_all([PSSetOptimizer(config=config)] * self.num_servers)
+
+    def set_server_updater(self, name: str, **params: Any) -> None:
+        """Run the updater registered as ``name`` in the server processes
+        (:func:`kvsync.kv.server.register_updater`), built with ``params`` (JSON-able).
+
+        Raises:
+            UnknownNameError: a server has no updater of that name; lists the known ones.
+        """
+        self.wait()
+        self._call_all([PSSetUpdater(name=name, params=json.dumps(params))] * self.num_servers)
+
+    def _set_updater(self, updater: Any) -> None:
+        raise InvalidArgumentError(
+            "dist KVStores run the update on the servers and never ship code: use "
+            "set_optimizer(), or register an updater in the server process "
+            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()")
+
+    def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
+        """Compress pushed gradients on this worker; the servers decompress.
+
+        Raises:
+            UnknownNameError, InvalidArgumentError: bad parameters.
+        """
+        gc = create_compression(compression_params)
+        self.wait()
+        params = json.dumps(gc.to_params() if gc is not None else {"type": "none"})
+        self._call_all([PSSetCompression(params=params)] * self.num_servers)
+        self._gc = gc
+
+    def save_optimizer_states(self, fname: str, dump_optimizer: bool = False) -> None:
+        """Gather every server's optimizer state into one npz file (``server_<i>`` blobs,
+        each npz + JSON, and a JSON ``meta`` entry).
+
+        Raises:
+            ServerError: no optimizer is set on the servers.
+        """
+        self.wait()
+        replies = self._call_all([PSSaveStates(dump_optimizer=dump_optimizer)] * self.num_servers)
+        blobs = {f"server_{i}": np.frombuffer(bytes(r.value), np.uint8)
+                 for i, r in enumerate(replies)}
+        meta = json.dumps({"format": "kvsync-ps-states", "num_servers": self.num_servers})
+        buf = io.BytesIO()
+        savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
+        savez(buf, meta=np.frombuffer(meta.encode(), np.uint8), **blobs)
+        with open(fname, "wb") as f:
+            f.write(buf.getvalue())
+
+    def load_optimizer_states(self, fname: str) -> None:
+        """Restore what :meth:`save_optimizer_states` wrote (same number of servers).
+
+        Raises:
+            KVStoreError: the file is not a kvsync states file or has another server count.
+        """
+        self.wait()
+        with np.load(fname, allow_pickle=False) as z:
+            try:
+                meta = json.loads(bytes(z["meta"]).decode())
+                blobs = [bytes(z[f"server_{i}"]) for i in range(meta["num_servers"])]
+            except (KeyError, ValueError) as exc:
+                raise KVStoreError(f"{fname} is not a kvsync states file: {exc}") from None
+        if len(blobs) != self.num_servers:
+            raise KVStoreError(f"{fname} holds states of {len(blobs)} servers, the job has "
+                               f"{self.num_servers}")
+        self._call_all([PSLoadStates(data=b) for b in blobs])
+
+    # --- synchronisation, stats, lifetime ---------------------------------------------------
+    def wait(self) -> None:
+        """Wait until every push of this worker has been acknowledged; raise its errors."""
+        self._comm.flush(self.timeout + 15.0)
+
+    def _barrier(self) -> None:
+        self.wait()
+        self._call_all([PSBarrier(timeout_ms=self._timeout_ms)] * self.num_servers)
+
+    def server_stats(self) -> list[dict[str, Any]]:
+        """Per-server counters (``bytes_in``, ``bytes_out``, ``keys``, ``updates`` ...)."""
+        replies = self._call_all([PSStats()] * self.num_servers)
+        return [json.loads(bytes(r.value)) for r in replies]
+
+    def shutdown_servers(self) -> None:
+        """Ask every server process to exit (rank 0 does this at the end of a job)."""
+        self.wait()
+        self._call_all([PSShutdown()] * self.num_servers)
+
+    def close(self) -> None:
+        """Send what is queued, stop the threads and close the links."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._comm.flush(min(self.timeout, 30.0))
+        except Exception:
+            logger.debug("pending pushes failed while closing", exc_info=True)
+        self._comm.close()
+        for link in self._links:
+            close = getattr(link, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> DistKVStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<DistKVStore type={self._type!r} rank={self._rank}/{self._num_workers} "
+                f"servers={self.num_servers} keys={len(self._plans)}>")
+
+    # --- helpers ----------------------------------------------------------------------------
+    @property
+    def _timeout_ms(self) -> int:
+        return int(self.timeout * 1000)
+
+    def _call_all(self, msgs: Sequence[object | None]) -> list[Any]:
+        """Send one message per server (None: skip), all at once; return the replies."""
+        rids = [None if m is None else link.submit(m) for link, m in zip(self._links, msgs,
+                                                                         strict=True)]
+        replies: list[Any] = []
+        first: BaseException | None = None
+        for link, rid in zip(self._links, rids, strict=True):
+            if rid is None:
+                replies.append(None)
+                continue
+            try:
+                reply = link.result(rid, timeout=self.timeout + 15.0)
+                if isinstance(reply, ErrorReply):
+                    raise error_from_code(reply.code, reply.message)
+                replies.append(reply)
+            except Exception as exc:
+                first = first or exc
+                replies.append(None)
+        if first is not None:
+            raise first
+        return replies

@@ -1,0 +1,18 @@
+"""The ``kvsync-run`` launcher: start a job's store, servers and workers, and watch them.
+
+``kvsync-run --nproc-per-node N script.py`` (also ``python -m kvsync.run``) is torchrun's
+command line for kvsync jobs. The launcher of node rank 0 hosts the job's
+:class:`~kvsync.server.StoreServer` itself, so no worker is special and the store outlives a
+crashing rank; every launcher starts its node's parameter servers (``--num-servers``) and
+workers with the environment a training script expects (``MASTER_ADDR``, ``RANK``,
+``WORLD_SIZE``, ``DMLC_*``, ...), prefixes every line they print with their role and rank,
+and when one of them fails stops the others and exits with that child's code.
+
+Modules: :mod:`~kvsync.launcher.run` (command line), :mod:`~kvsync.launcher.agent` (spawn
+and supervise), :mod:`~kvsync.launcher.output` (prefixed output),
+:mod:`~kvsync.launcher.torchrun` (finding kvsync's store under ``torchrun``).
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,344 @@
+"""Spawn and supervise the processes of one node: workers and parameter servers.
+
+Strategy: every child runs in its own process group (``start_new_session``) with pipes
+for stdout and stderr, forwarded by :mod:`kvsync.launcher.output`. The supervisor polls
+its children a few times a second. The first child that exits with a non-zero code (or
+is killed by a signal) fails the job: the others get SIGTERM on their whole process
+group, SIGKILL after the grace period, and the job's exit code is that child's
+(``128 + signal`` for a signal). A signal to the launcher itself stops the job the same
+way; a second one skips the grace period. When every worker has succeeded the job is
+done once the :class:`Coordinator` agrees (other nodes may still be working), and the
+servers, which serve until told to stop, are stopped with SIGTERM.
+
+Example:
+    >>> import io, sys
+    >>> from kvsync.launcher.output import OutputRouter
+    >>> out, err = io.BytesIO(), io.BytesIO()
+    >>> sup = Supervisor(OutputRouter(out, err), poll_interval=0.01)
+    >>> sup.start([ChildSpec("worker", 0, [sys.executable, "-c", "print('hi')"], {})])
+    >>> sup.supervise().exit_code
+    0
+    >>> out.getvalue()
+    b'[worker 0] hi\\n'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvsync import defaults, env
+from kvsync.launcher.output import ChildOutput, OutputRouter
+
+__all__ = [
+    "ChildExit",
+    "ChildSpec",
+    "Coordinator",
+    "JobResult",
+    "LocalCoordinator",
+    "Supervisor",
+    "exit_code_of",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Seconds to wait for a child's output threads after it exited (grandchildren may hold pipes).
+_OUTPUT_DRAIN_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One process to start.
+
+    Attributes:
+        role: ``"worker"`` or ``"server"``; the output prefix and summary use it.
+        rank: the child's rank within its role (global over the whole job).
+        argv: the command line.
+        env: variables merged over the launcher's own environment.
+    """
+
+    role: str
+    rank: int
+    argv: Sequence[str]
+    env: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        """``"worker 3"``: how messages name this child."""
+        return f"{self.role} {self.rank}"
+
+
+def exit_code_of(returncode: int) -> int:
+    """A shell-style exit code for a ``Popen.returncode`` (``128 + n`` for signal ``n``).
+
+    Example:
+        >>> exit_code_of(3), exit_code_of(-9)
+        (3, 137)
+    """
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """How a child ended: its spec, pid, return code and last stderr lines."""
+
+    spec: ChildSpec
+    pid: int
+    returncode: int
+    stderr_tail: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``"exit code 3"`` or ``"signal SIGKILL"``.
+
+        Example:
+            >>> ChildExit(ChildSpec("worker", 1, [], {}), 7, -9).describe()
+            'signal SIGKILL'
+        """
+        if self.returncode < 0:
+            try:
+                return f"signal {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                return f"signal {-self.returncode}"
+        return f"exit code {self.returncode}"
+
+
+@dataclass
+class JobResult:
+    """The outcome of :meth:`Supervisor.supervise`.
+
+    Attributes:
+        exit_code: what the launcher should exit with.
+        failed: the child that failed the job, if one did.
+        reason: a one-line account of why the job stopped (empty on success).
+        stopped: children the supervisor had to stop (names), in the order stopped.
+    """
+
+    exit_code: int
+    failed: ChildExit | None = None
+    reason: str = ""
+    stopped: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        """The lines the launcher prints when the job did not succeed.
+
+        Example:
+            >>> spec = ChildSpec("worker", 2, [], {})
+            >>> JobResult(3, ChildExit(spec, 11, 3, ("boom",)), "worker 2 failed").summary()[:2]
+            ['worker 2 failed', 'worker 2 (pid 11) ended with exit code 3; last stderr lines:']
+        """
+        if self.exit_code == 0:
+            return []
+        lines = [self.reason] if self.reason else []
+        if self.failed is not None:
+            f = self.failed
+            head = f"{f.spec.name} (pid {f.pid}) ended with {f.describe()}"
+            lines.append(head + ("; last stderr lines:" if f.stderr_tail else "; no stderr"))
+            lines.extend(f"    {line}" for line in f.stderr_tail)
+        if self.stopped:
+            lines.append(f"stopped {len(self.stopped)} other process(es): "
+                         + ", ".join(self.stopped))
+        lines.append(f"exit code {self.exit_code}")
+        return lines
+
+
+class Coordinator(Protocol):
+    """How one node's supervisor learns about the rest of the job (other nodes)."""
+
+    def workers_done(self) -> None:
+        """Called once, when every local worker has exited with code 0."""
+
+    def job_done(self) -> bool:
+        """Whether the whole job is done (asked after :meth:`workers_done`)."""
+
+    def remote_failure(self) -> str | None:
+        """A message if another node failed or the job store is gone, else ``None``."""
+
+    def report_failure(self, message: str) -> None:
+        """Tell the other nodes that this node failed the job."""
+
+
+class LocalCoordinator:
+    """The coordinator of a single-node job: done when the local workers are.
+
+    Example:
+        >>> c = LocalCoordinator(); c.workers_done(); c.job_done()
+        True
+    """
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def workers_done(self) -> None:
+        """Mark the job done."""
+        self._done = True
+
+    def job_done(self) -> bool:
+        """Whether :meth:`workers_done` was called."""
+        return self._done
+
+    def remote_failure(self) -> str | None:
+        """Never: there are no other nodes."""
+        return None
+
+    def report_failure(self, message: str) -> None:
+        """Nothing to tell."""
+
+
+class _Child:
+    def __init__(self, spec: ChildSpec, proc: subprocess.Popen[bytes], out: ChildOutput):
+        self.spec = spec
+        self.proc = proc
+        self.out = out
+        self.stopping = False
+
+    def exit(self) -> ChildExit:
+        code = self.proc.returncode
+        assert code is not None
+        self.out.join(_OUTPUT_DRAIN_SECONDS)
+        return ChildExit(self.spec, self.proc.pid, code, tuple(self.out.tail()))
+
+
+class Supervisor:
+    """Starts children, watches them, and stops them all when the job ends.
+
+    Args:
+        router: where the children's output goes.
+        grace: seconds between SIGTERM and SIGKILL when stopping children.
+        poll_interval: seconds between looks at the children.
+        coordinator: tells when the whole (multi-node) job is done or failed elsewhere.
+    """
+
+    def __init__(
+        self,
+        router: OutputRouter,
+        *,
+        grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
+        poll_interval: float = 0.05,
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        self._router = router
+        self._grace = grace
+        self._poll = poll_interval
+        self._coordinator: Coordinator = coordinator or LocalCoordinator()
+        self._children: list[_Child] = []
+        self._wake = threading.Event()
+        self._signals: list[int] = []
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids of every child started, in start order."""
+        return [c.proc.pid for c in self._children]
+
+    def start(self, specs: Sequence[ChildSpec]) -> None:
+        """Start one process per spec (in its own process group, output forwarded).
+
+        Raises:
+            OSError: a command could not be started; the children already started are
+                stopped before the error propagates.
+        """
+        for spec in specs:
+            try:
+                proc = subprocess.Popen(
+                    list(spec.argv),
+                    env=env.child_environment(spec.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except OSError:
+                self._stop_all(set())
+                raise
+            out = self._router.attach(spec.role, spec.rank, proc.stdout, proc.stderr)
+            self._children.append(_Child(spec, proc, out))
+            _log.debug("started %s as pid %d: %s", spec.name, proc.pid, spec.argv)
+
+    def request_stop(self, signum: int) -> None:
+        """Ask the job to stop (safe from a signal handler); a second call skips the grace."""
+        self._signals.append(signum)
+        self._wake.set()
+
+    def supervise(self) -> JobResult:
+        """Watch the children until the job succeeds, fails or is stopped; stop the rest.
+
+        Returns:
+            The job's result; every child has exited (or been killed) when it returns.
+        """
+        workers = [c for c in self._children if c.spec.role == "worker"]
+        reported_done = False
+        while True:
+            failed = self._first_failure()
+            if failed is not None:
+                reason = f"{failed.spec.name} failed (pid {failed.proc.pid})"
+                self._coordinator.report_failure(reason)
+                return self._finish(exit_code_of(failed.proc.returncode or 0), reason, failed)
+            if self._signals:
+                signum = self._signals[0]
+                reason = f"received {signal.Signals(signum).name}: stopping the job"
+                self._coordinator.report_failure(reason)
+                return self._finish(128 + signum, reason, None)
+            remote = self._coordinator.remote_failure()
+            if remote is not None:
+                return self._finish(1, remote, None)
+            if all(c.proc.poll() is not None for c in workers):
+                if not reported_done:
+                    self._coordinator.workers_done()
+                    reported_done = True
+                if self._coordinator.job_done():
+                    return self._finish(0, "", None)
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    def _first_failure(self) -> _Child | None:
+        for child in self._children:
+            code = child.proc.poll()
+            if code is not None and code != 0 and not child.stopping:
+                return child
+        return None
+
+    def _finish(self, code: int, reason: str, failed: _Child | None) -> JobResult:
+        skip = set() if failed is None else {failed.proc.pid}
+        stopped = self._stop_all(skip)
+        failure = None if failed is None else failed.exit()
+        return JobResult(code, failure, reason, [] if code == 0 else stopped)
+
+    def _stop_all(self, skip: set[int]) -> list[str]:
+        """SIGTERM every child's process group, SIGKILL after the grace; wait for all."""
+        stopped: list[str] = []
+        for child in self._children:
+            child.stopping = True
+            if child.proc.poll() is None and child.proc.pid not in skip:
+                stopped.append(child.spec.name)
+            _signal_group(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace
+        signals_seen = len(self._signals)
+        while time.monotonic() < deadline and len(self._signals) == signals_seen:
+            if all(c.proc.poll() is not None for c in self._children):
+                break
+            self._wake.wait(self._poll)
+            self._wake.clear()
+        for child in self._children:
+            _signal_group(child.proc.pid, signal.SIGKILL)
+        for child in self._children:
+            try:
+                child.proc.wait(timeout=self._grace + 5.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
+                _log.error("%s (pid %d) did not die", child.spec.name, child.proc.pid)
+            child.out.join(_OUTPUT_DRAIN_SECONDS)
+        return stopped
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """Send ``signum`` to the process group led by ``pid`` (the child and its children)."""
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+

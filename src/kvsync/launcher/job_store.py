@@ -1,0 +1,153 @@
+"""The job's store as one launcher sees it: hosted (node rank 0) or dialled (other nodes).
+
+Node rank 0's launcher runs a :class:`kvsync.server.StoreServer` in a thread for the
+whole job, so the store outlives any crashing rank. In a job of several nodes every
+launcher also holds a client of that store and coordinates through two keys
+(:class:`StoreCoordinator`): a counter of nodes whose workers all succeeded (node 0 keeps
+the store, and every node its servers, until it reaches ``--nnodes``) and a failure
+message (a node that fails writes it; the others stop their children when they see it,
+or when the store itself is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from types import TracebackType
+
+from kvsync import env
+from kvsync.launcher.agent import Coordinator, LocalCoordinator
+from kvsync.server import StoreServer
+from kvsync.store.base import Store
+from kvsync.store.tcp import TCPStore
+
+__all__ = ["DONE_KEY", "FAILURE_KEY", "JobStore", "StoreCoordinator"]
+
+_log = logging.getLogger(__name__)
+
+#: Counter of nodes whose workers all exited with code 0.
+DONE_KEY = "kvsync/run/nodes_done"
+#: Set by the first node that fails the job: which node and why.
+FAILURE_KEY = "kvsync/run/failure"
+#: Seconds a launcher's store operation (not the first connection) may take.
+_OP_TIMEOUT = 10.0
+
+
+class StoreCoordinator:
+    """A :class:`~kvsync.launcher.agent.Coordinator` over the job store's two keys.
+
+    Args:
+        store: a client of the job store.
+        nnodes: launchers in the job.
+        node_rank: this launcher's node rank (names it in the failure message).
+        interval: least seconds between two looks at the store.
+    """
+
+    def __init__(self, store: Store, nnodes: int, node_rank: int, interval: float = 0.2):
+        self._store = store
+        self._nnodes = nnodes
+        self._node_rank = node_rank
+        self._interval = interval
+        self._next_look = 0.0
+        self._reported_done = False
+
+    def workers_done(self) -> None:
+        """Count this node as done."""
+        try:
+            self._store.add(DONE_KEY, 1)
+        except ConnectionError as exc:
+            _log.debug("could not count this node done: %s", exc)
+        self._reported_done = True
+
+    def job_done(self) -> bool:
+        """Whether every node counted itself done.
+
+        Once this node is done, losing the store means node 0 saw the count complete and
+        closed it, so that counts as done too.
+        """
+        try:
+            return self._store.add(DONE_KEY, 0) >= self._nnodes
+        except ConnectionError:
+            return self._reported_done
+
+    def remote_failure(self) -> str | None:
+        """The failure another node wrote, or the loss of the store; throttled."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return None
+        self._next_look = now + self._interval
+        try:
+            if self._store.check([FAILURE_KEY]):
+                return "job stopped by " + self._store.get(FAILURE_KEY).decode(errors="replace")
+        except (ConnectionError, TimeoutError) as exc:
+            return None if self._reported_done else f"lost the job store: {exc}"
+        return None
+
+    def report_failure(self, message: str) -> None:
+        """Write ``message`` for the other nodes (best effort: the store may be gone)."""
+        try:
+            self._store.compare_set(FAILURE_KEY, "", f"node {self._node_rank}: {message}")
+        except (ConnectionError, TimeoutError) as exc:
+            _log.debug("could not report the failure to the job store: %s", exc)
+
+
+class JobStore:
+    """The job store of one launcher; use :meth:`open`, then as a context manager."""
+
+    def __init__(
+        self, args: argparse.Namespace, server: StoreServer | None, client: Store | None
+    ) -> None:
+        self._args = args
+        self._server = server
+        self._client = client
+        self.port: int = server.port if server is not None else args.master_port
+
+    @classmethod
+    def open(cls, args: argparse.Namespace, environment: env.Environment) -> JobStore:
+        """Host the store (node rank 0) and, for several nodes, connect a client to it.
+
+        Raises:
+            OSError: the address cannot be bound, or the store cannot be reached.
+        """
+        server = None
+        if args.node_rank == 0:
+            server = StoreServer(
+                args.master_addr, args.master_port, secret=environment.secret
+            ).start()
+        client = None
+        try:
+            if args.nnodes > 1:
+                port = server.port if server is not None else args.master_port
+                client = TCPStore(args.master_addr, port, is_master=False,
+                                  wait_for_workers=False)
+                client.set_timeout(_OP_TIMEOUT)
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
+        return cls(args, server, client)
+
+    def coordinator(self) -> Coordinator:
+        """How the supervisor learns about the other nodes."""
+        if self._client is None:
+            return LocalCoordinator()
+        return StoreCoordinator(self._client, self._args.nnodes, self._args.node_rank)
+
+    def close(self) -> None:
+        """Close the client and stop the hosted server."""
+        if self._client is not None:
+            self._client.close()
+        if self._server is not None:
+            self._server.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,208 @@
+"""``kvsync-run``: launch a training script on N local ranks (torchrun's command line).
+
+Usage::
+
+    kvsync-run --nproc-per-node 4 [--num-servers 2] train.py --epochs 3
+    kvsync-run --nproc-per-node 2 -m mypackage.train
+    # two machines (or two launchers on one machine), one job:
+    kvsync-run --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 ...
+    kvsync-run --nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29500 ...
+
+The launcher of node rank 0 hosts the job's store server on ``--master-addr``:
+``--master-port`` (port 0, the default for a single node, picks a free one; the chosen
+address is printed). Each launcher starts ``--num-servers`` parameter servers (``python -m
+kvsync.kv.server``, ``DMLC_ROLE=server``) and ``--nproc-per-node`` workers, exports the
+variables of :func:`kvsync.env.worker_environment` plus ``KVSYNC_STORE_ADDR`` /
+``KVSYNC_STORE_PORT``, and supervises them (:mod:`kvsync.launcher.agent`). Ranks: worker
+``RANK = node_rank * nproc_per_node + local_rank``; server ``RANK = node_rank *
+num_servers + i``, with ``WORLD_SIZE`` and ``DMLC_NUM_WORKER`` the number of workers and
+``DMLC_NUM_SERVER`` the number of servers of the whole job. The exit code is the first
+failing child's (``128 + signal`` when it was killed), ``128 + signal`` when the launcher
+itself was interrupted, else 0.
+
+Example:
+    >>> args = build_parser().parse_args(["--nproc-per-node", "2", "train.py", "--lr", "1"])
+    >>> args.nproc_per_node, args.script, args.script_args
+    (2, 'train.py', ['--lr', '1'])
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from kvsync import defaults, env
+from kvsync.launcher.agent import ChildSpec, Coordinator, JobResult, Supervisor
+from kvsync.launcher.output import OutputRouter
+
+__all__ = ["SERVER_MODULE", "build_parser", "child_specs", "main"]
+
+#: The module each parameter-server child runs (``python -m kvsync.kv.server``).
+SERVER_MODULE = "kvsync.kv.server"
+_PREFIX = b"[kvsync-run] "
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kvsync-run`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="kvsync-run",
+        description="Run a training script on several local ranks, torchrun-style, with "
+        "kvsync's store server and parameter servers.",
+    )
+    p.add_argument("--nproc-per-node", type=_positive, default=1, metavar="N",
+                   help="workers started by this launcher (default 1)")
+    p.add_argument("--nnodes", type=_positive, default=1, metavar="M",
+                   help="launchers (nodes) in the job (default 1)")
+    p.add_argument("--node-rank", type=_non_negative, default=0, metavar="R",
+                   help="this launcher's node rank; rank 0 hosts the store (default 0)")
+    p.add_argument("--master-addr", default=defaults.DEFAULT_HOST, metavar="A",
+                   help=f"address of the job's store server (default {defaults.DEFAULT_HOST})")
+    p.add_argument("--master-port", type=_non_negative, default=0, metavar="P",
+                   help="port of the job's store server; 0 (default) picks a free one, "
+                   "which only node rank 0 may do")
+    p.add_argument("--num-servers", type=_non_negative, default=0, metavar="S",
+                   help="parameter-server processes started by this launcher (default 0)")
+    p.add_argument("--server-setup", metavar="MODULE",
+                   help="module each parameter server imports first (custom updaters)")
+    p.add_argument("--log-dir", type=Path, metavar="D",
+                   help="also write each child's stdout and stderr to files in D")
+    p.add_argument("--grace", type=_seconds, default=defaults.SHUTDOWN_GRACE_SECONDS,
+                   metavar="SECONDS", help="seconds between SIGTERM and SIGKILL when "
+                   f"stopping children (default {defaults.SHUTDOWN_GRACE_SECONDS:g})")
+    p.add_argument("-m", "--module", action="store_true",
+                   help="run SCRIPT as a module (python -m SCRIPT)")
+    p.add_argument("script", metavar="SCRIPT", help="the training script (or module with -m)")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to the script")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def child_specs(args: argparse.Namespace, master_port: int) -> list[ChildSpec]:
+    """The servers then the workers this launcher starts, with their environments.
+
+    Example:
+        >>> a = build_parser().parse_args(["--nproc-per-node", "2", "--nnodes", "2",
+        ...                                "--node-rank", "1", "--num-servers", "1", "t.py"])
+        >>> [(s.role, s.rank, s.env["LOCAL_RANK"]) for s in child_specs(a, 5000)]
+        [('server', 1, '0'), ('worker', 2, '0'), ('worker', 3, '1')]
+    """
+    n, s = args.nproc_per_node, args.num_servers
+    common = {env.KVSYNC_STORE_ADDR: args.master_addr, env.KVSYNC_STORE_PORT: str(master_port)}
+    if args.server_setup:
+        common[env.KVSYNC_SERVER_SETUP] = args.server_setup
+    py = [sys.executable, "-u"]
+    target = ["-m", args.script] if args.module else [args.script]
+    specs = []
+    for role, count, argv in (
+        ("server", s, [*py, "-m", SERVER_MODULE]),
+        ("worker", n, [*py, *target, *args.script_args]),
+    ):
+        for local in range(count):
+            rank = args.node_rank * count + local
+            variables = env.worker_environment(
+                master_addr=args.master_addr, master_port=master_port, rank=rank,
+                world_size=n * args.nnodes, local_rank=local, local_world_size=count,
+                group_rank=args.node_rank, role=role, num_servers=s * args.nnodes,
+            )
+            specs.append(ChildSpec(role, rank, argv, {**variables, **common}))
+    return specs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kvsync-run``; returns the job's exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.node_rank >= args.nnodes:
+        parser.error(f"--node-rank {args.node_rank} must be below --nnodes {args.nnodes}")
+    if args.node_rank > 0 and args.master_port == 0:
+        parser.error("--master-port is required on node ranks above 0 (the port node 0 uses)")
+    router = OutputRouter(sys.stdout.buffer, sys.stderr.buffer, args.log_dir)
+    return _run(args, router)
+
+
+def _say(router: OutputRouter, message: str) -> None:
+    router.write_line("stderr", _PREFIX + message.encode() + b"\n")
+
+
+def _run(args: argparse.Namespace, router: OutputRouter) -> int:
+    from kvsync.launcher.job_store import JobStore  # imports the server and client
+
+    supervisor: Supervisor | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if supervisor is None:  # still opening the store: nothing started yet
+            raise _SignalledError(signum)
+        supervisor.request_stop(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    try:
+        try:
+            job_store = JobStore.open(args, env.read())
+        except OSError as exc:  # includes kvsync's StoreConnectionError
+            _say(router, f"cannot open the job store at {args.master_addr}:"
+                 f"{args.master_port}: {exc}")
+            return 1
+        with job_store:
+            if args.node_rank == 0:
+                _say(router, f"store server listening on {args.master_addr}:{job_store.port} "
+                     f"(node 0 of {args.nnodes})")
+            coordinator: Coordinator = job_store.coordinator()
+            supervisor = Supervisor(router, grace=args.grace, coordinator=coordinator)
+            try:
+                supervisor.start(child_specs(args, job_store.port))
+            except OSError as exc:
+                _say(router, f"cannot start a child: {exc}")
+                return 1
+            result = supervisor.supervise()
+    except _SignalledError as exc:
+        _say(router, f"received {signal.Signals(exc.signum).name} before the job started")
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _report(router, result)
+    return result.exit_code
+
+
+class _SignalledError(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _report(router: OutputRouter, result: JobResult) -> None:
+    for line in result.summary():
+        _say(router, line)
+

@@ -1,0 +1,205 @@
+"""Per-key state of the parameter server, and the wire form of KVStore keys.
+
+KVStore keys are ``int`` or ``str``; on the wire they are one ``str``: ``"i<n>"`` or
+``"s<name>"``, so the two kinds never collide and the server hands the updater the
+original key.
+
+Example:
+    >>> wire_key(3), wire_key("w"), key_of_wire("i3"), key_of_wire("sw")
+    ('i3', 'sw', 3, 'w')
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import numpy as np
+
+from kvsync.errors import ErrorCode
+
+__all__ = ["Key", "KeyState", "PSRequestError", "key_of_wire", "wire_key"]
+
+#: A KVStore key as users write it.
+Key: TypeAlias = "int | str"
+
+
+class PSRequestError(Exception):
+    """A request the server refuses; becomes an ErrorReply with ``code`` (internal)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def wire_key(key: Key) -> str:
+    """The wire form of a KVStore key.
+
+    Raises:
+        TypeError: ``key`` is neither int nor str (bool is refused too).
+
+    Example:
+        >>> wire_key(-1)
+        'i-1'
+    """
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise TypeError(f"KVStore keys are int or str, not {type(key).__name__}")
+    return f"i{key}" if isinstance(key, int) else f"s{key}"
+
+
+def key_of_wire(wire: str) -> Key:
+    """The KVStore key of a wire key (the inverse of :func:`wire_key`).
+
+    Raises:
+        PSRequestError: ``wire`` is not a wire key (KEY_TYPE).
+
+    Example:
+        >>> key_of_wire("s")
+        ''
+    """
+    if wire[:1] == "s":
+        return wire[1:]
+    if wire[:1] == "i":
+        try:
+            return int(wire[1:])
+        except ValueError:
+            pass
+    raise PSRequestError(ErrorCode.KEY_TYPE, f"{wire!r} is not a wire key ('i<int>' or 's<str>')")
+
+
+def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:
+    """Rows ``[lo, lo + n)`` of ``a`` as a view (a 0-d array is its own single row)."""
+    return a if a.ndim == 0 else a[lo : lo + n]
+
+
+class KeyState:
+    """One key's slice on a server and its open sync round.
+
+    A worker's push may arrive in several parts (row blocks, in row order); the sum of the
+    round is kept in one buffer reused from round to round (so no memory is allocated per
+    round), written by the first part that reaches a row and added to by the others.
+
+    Attributes:
+        key: the original KVStore key (given to the updater).
+        value: the stored slice (rows of the full array).
+        round: how many updates were applied.
+        pushed: ranks whose push into the open round is complete.
+        partial: ranks part-way through a push -> rows received so far.
+    """
+
+    __slots__ = ("_acc", "_filled", "_own", "key", "partial", "pushed", "round", "value")
+
+    def __init__(self, key: Key, value: np.ndarray) -> None:
+        self.key = key
+        self.value = value
+        self.round = 0
+        self.pushed: set[int] = set()
+        self.partial: dict[int, int] = {}
+        self._acc: np.ndarray | None = None
+        self._filled = 0
+        self._own: dict[int, np.ndarray] = {}
+
+    @property
+    def rows(self) -> int:
+        """Rows of the slice (1 for a 0-d value)."""
+        return int(self.value.shape[0]) if self.value.ndim else 1
+
+    def part_rows(self, lo: int, v: np.ndarray) -> int:
+        """Check that ``v`` is rows ``lo...`` of the slice; return its row count.
+
+        Raises:
+            PSRequestError: SHAPE_MISMATCH naming the key and both shapes.
+        """
+        n = int(v.shape[0]) if v.ndim else 1
+        want = self.value.shape if self.value.ndim == 0 else (n, *self.value.shape[1:])
+        empty_part = self.value.ndim > 0 and n < 1 and self.rows > 0
+        if v.shape != want or v.dtype != self.value.dtype or lo < 0 or lo + n > self.rows or (
+                empty_part):
+            raise PSRequestError(
+                ErrorCode.SHAPE_MISMATCH,
+                f"push of key {self.key!r}: got {v.dtype}{list(v.shape)} at row {lo}, the "
+                f"stored slice is {self.value.dtype}{list(self.value.shape)}")
+        return n
+
+    def check_order(self, rank: int, lo: int) -> None:
+        """Parts of one push must arrive in row order.
+
+        Raises:
+            PSRequestError: KVSTORE_USAGE naming the key and the rows expected.
+        """
+        expected = self.partial.get(rank, 0)
+        if lo != expected:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"push of key {self.key!r} by rank {rank}: part at row {lo}, "
+                                 f"expected row {expected}")
+
+    def check_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Validate local row numbers (1-D integers within the slice).
+
+        Raises:
+            PSRequestError: KVSTORE_USAGE naming the key and the bad rows.
+        """
+        r = np.asarray(rows)
+        n = self.value.shape[0] if self.value.ndim else 0
+        if r.ndim != 1 or r.dtype.kind not in "iu":
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"row ids of key {self.key!r} must be a 1-D integer array")
+        if r.size and (int(r.min()) < 0 or int(r.max()) >= n):
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"row ids of key {self.key!r} out of range [0, {n})")
+        return r.astype(np.intp, copy=False)
+
+    def check_range(self, lo: int, n: int) -> None:
+        """Validate a pulled row range.
+
+        Raises:
+            PSRequestError: KVSTORE_USAGE naming the key and the range.
+        """
+        if lo < 0 or n < min(1, self.rows) or lo + n > self.rows:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"rows [{lo}, {lo + n}) of key {self.key!r} are outside its "
+                                 f"{self.rows} rows")
+
+    def add_part(self, rank: int, lo: int, grad: np.ndarray, sync: bool) -> np.ndarray | None:
+        """Take rows ``lo...`` of ``rank``'s push; return the whole push once complete
+        (sync: the round's sum when every rank is in, see :meth:`close_round`)."""
+        n = int(grad.shape[0]) if grad.ndim else 1
+        if sync:
+            if self._acc is None:
+                self._acc = np.empty_like(self.value)
+            acc = self._acc
+            seen = max(0, min(lo + n, self._filled) - lo)
+            if seen:
+                np.add(rows_of(acc, lo, seen), rows_of(grad, 0, seen),
+                       out=rows_of(acc, lo, seen))
+            if seen < n:
+                np.copyto(rows_of(acc, lo + seen, n - seen), rows_of(grad, seen, n - seen))
+            self._filled = max(self._filled, lo + n)
+            buf = acc
+        else:
+            if rank not in self._own:
+                self._own[rank] = np.empty_like(self.value)
+            buf = self._own[rank]
+            np.copyto(rows_of(buf, lo, n), grad)
+        if lo + n < self.rows:
+            self.partial[rank] = lo + n
+            return None
+        self.partial.pop(rank, None)
+        if sync:
+            self.pushed.add(rank)
+        return buf
+
+    def close_round(self) -> np.ndarray:
+        """The open round's sum (the reused buffer); the round is emptied."""
+        assert self._acc is not None
+        self.pushed.clear()
+        self._filled = 0
+        return self._acc
+
+    def store_sum(self) -> None:
+        """Without an updater the round's sum becomes the value: swap the two buffers."""
+        assert self._acc is not None
+        self.value, self._acc = self._acc, self.value
+
+    def missing(self, num_workers: int) -> list[int]:
+        """Ranks that have not completed a push into the open round."""
+        return [r for r in range(num_workers) if r not in self.pushed]

@@ -1,0 +1,191 @@
+"""Parked parameter-server requests: pulls, init waits and barriers that wait for others.
+
+Every parked request is re-checked after each state change (:meth:`ParkedRequests.wake`):
+it is answered when ready, failed when a rank it needs has disconnected, expired at its
+deadline, and failed as *uneven pushes* when every rank of the job has been parked (or gone)
+for ``stall`` seconds with no message arriving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvsync.errors import ErrorCode
+from kvsync.protocol.messages import ErrorReply, OkReply, PSValuesReply
+from kvsync.server.logic import Outgoing
+from kvsync.server.ps_keys import KeyState, key_of_wire, rows_of
+
+__all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
+
+
+@dataclass(slots=True)
+class Parked:
+    """One request waiting on the server."""
+
+    kind: str  # "pull" | "rows" | "init" | "barrier"
+    conn_id: int
+    request_id: int
+    rank: int
+    deadline: float
+    keys: tuple[str, ...] = ()
+    rows: np.ndarray | None = None  # "rows": local row ids; "pull": [offsets, counts]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Traffic and work counters of one server."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pushes: int = 0
+    updates: int = 0
+    pulls: int = 0
+
+
+@dataclass(slots=True)
+class JobState:
+    """What the server knows about the job's workers."""
+
+    num_workers: int = 0
+    sync: bool = True
+    rank_of: dict[int, int] = field(default_factory=dict)  # conn_id -> rank
+    gone: set[int] = field(default_factory=set)
+    barrier: set[int] = field(default_factory=set)
+
+
+class ParkedRequests:
+    """The parked requests of one server, over its keys, job and counters."""
+
+    def __init__(self, server_index: int, keys: dict[str, KeyState], job: JobState,
+                 counters: Counters) -> None:
+        self.where = f"server {server_index}"
+        self.items: list[Parked] = []
+        self._keys = keys
+        self._job = job
+        self._counters = counters
+
+    def park(self, p: Parked) -> None:
+        """Add a request; :meth:`wake` answers it at once when it is already ready."""
+        self.items.append(p)
+
+    def drop(self, conn_id: int) -> None:
+        """Forget the requests of a closed connection."""
+        self.items = [p for p in self.items if p.conn_id != conn_id]
+
+    def wake(self) -> list[Outgoing]:
+        """Answer every request that is ready, fail those that can never be."""
+        out: list[Outgoing] = []
+        if not self.items:
+            return out
+        barrier_done = bool(self._job.num_workers) and (
+            len(self._job.barrier) >= self._job.num_workers)
+        keep: list[Parked] = []
+        for p in self.items:
+            reply = self._ready_reply(p, barrier_done)
+            if reply is None:
+                failure = self._failure(p)
+                if failure is None:
+                    keep.append(p)
+                    continue
+                reply = ErrorReply(code=int(ErrorCode.CONNECTION), message=failure)
+            out.append(Outgoing(p.conn_id, p.request_id, reply))
+        self.items = keep
+        if barrier_done:
+            self._job.barrier.clear()
+        return out
+
+    def expire(self, now: float, last_event: float, stall: float) -> list[Outgoing]:
+        """Time out requests past their deadline; break a stall (uneven pushes)."""
+        out = []
+        for p in [p for p in self.items if p.deadline <= now]:
+            self.items.remove(p)
+            out.append(self._error(p, ErrorCode.TIMEOUT, self._timeout_text(p)))
+        if self.stalled() and now - last_event >= stall:
+            text = self._uneven_text()
+            out.extend(self._error(p, ErrorCode.KVSTORE_USAGE, text) for p in self.items)
+            self.items.clear()
+            self._job.barrier.clear()
+        return out
+
+    def next_deadline(self, last_event: float, stall: float) -> float | None:
+        """The earliest deadline, or when a stall will be declared."""
+        times = [p.deadline for p in self.items]
+        if self.stalled():
+            times.append(last_event + stall)
+        return min(times, default=None)
+
+    def stalled(self) -> bool:
+        """Whether every rank of the job is parked here or gone."""
+        job = self._job
+        if not self.items or not job.num_workers:
+            return False
+        return len({p.rank for p in self.items} | job.gone) >= job.num_workers
+
+    def _ready_reply(self, p: Parked, barrier_done: bool) -> object | None:
+        if p.kind == "barrier":
+            return OkReply() if barrier_done else None
+        if p.kind == "init":
+            return OkReply() if all(k in self._keys for k in p.keys) else None
+        states = [self._keys[k] for k in p.keys]
+        if any(p.rank in ks.pushed or p.rank in ks.partial for ks in states):
+            return None
+        if p.kind == "rows":
+            assert p.rows is not None
+            values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
+        else:
+            assert p.rows is not None  # [offsets, counts] of each key
+            values = tuple(rows_of(ks.value, int(lo), int(n))
+                           for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True))
+        self._counters.pulls += 1
+        self._counters.bytes_out += sum(v.nbytes for v in values)
+        return PSValuesReply(values=values)
+
+    def _failure(self, p: Parked) -> str | None:
+        gone = self._job.gone
+        if not gone:
+            return None
+        if p.kind == "init":
+            return f"{self.where}: rank 0 left before initialising keys" if 0 in gone else None
+        if p.kind == "barrier":
+            lost = sorted(gone - self._job.barrier)
+            if lost:
+                return f"{self.where}: barrier cannot complete: ranks {lost} disconnected"
+            return None
+        for k in p.keys:
+            ks = self._keys[k]
+            if p.rank in ks.pushed:
+                lost = sorted(gone.intersection(ks.missing(self._job.num_workers)))
+                if lost:
+                    return (f"{self.where}: round {ks.round} of key {ks.key!r} cannot complete:"
+                            f" ranks {lost} disconnected before pushing it")
+        return None
+
+    def _uneven_text(self) -> str:
+        n = self._job.num_workers
+        parts = [f"key {ks.key!r} round {ks.round} has pushes from ranks {sorted(ks.pushed)} "
+                 f"but not from {ks.missing(n)}" for ks in self._keys.values() if ks.pushed]
+        return (f"{self.where}: every worker is waiting and no round can complete: uneven "
+                f"pushes across workers ({'; '.join(parts) or 'no open rounds'}; barrier "
+                f"reached by ranks {sorted(self._job.barrier)})")
+
+    def _timeout_text(self, p: Parked) -> str:
+        n = self._job.num_workers
+        what = {"init": "keys to be initialised by rank 0", "barrier": "the other workers",
+                "pull": "the round's pushes", "rows": "the round's pushes"}[p.kind]
+        missing = ""
+        if p.kind == "barrier":
+            missing = f" (ranks {sorted(set(range(n)) - self._job.barrier)} missing)"
+        elif p.kind in ("pull", "rows"):
+            m = sorted({r for k in p.keys if p.rank in self._keys[k].pushed
+                        for r in self._keys[k].missing(n)})
+            missing = f" (ranks {m} missing)"
+        keys = [key_of_wire(k) for k in p.keys[:5]]
+        return (f"{self.where}: rank {p.rank} timed out waiting for {what}"
+                + (f" for keys {keys}" if keys else "") + missing)
+
+    def _error(self, p: Parked, code: ErrorCode, text: str) -> Outgoing:
+        if p.kind == "barrier":
+            self._job.barrier.discard(p.rank)
+        return Outgoing(p.conn_id, p.request_id, ErrorReply(code=int(code), message=text))

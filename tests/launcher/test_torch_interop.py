@@ -1,0 +1,45 @@
+"""kvsync.compat.torch.TCPStore is a torch.distributed.Store: gloo initialises through it."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from kvsync.testing import StoreAddress, spawn_ranks
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def gloo_all_reduce(rank: int, world_size: int, address: StoreAddress) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    from kvsync.compat.torch import TCPStore
+
+    store = TCPStore(*address, world_size=world_size, timeout=30)
+    dist.init_process_group(backend="gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        tensor = torch.tensor([float(rank + 1), 10.0 * rank])
+        dist.all_reduce(tensor)
+        return [float(x) for x in tensor.tolist()]
+    finally:
+        dist.destroy_process_group()
+        store.close()
+
+
+def test_the_torch_flavoured_store_is_a_torch_store() -> None:
+    dist = pytest.importorskip("torch.distributed")
+    from kvsync.compat.torch import TCPStore
+
+    with TCPStore("127.0.0.1", 0, is_master=True, timeout=5) as store:
+        assert isinstance(store, dist.Store)
+        store.set("k", b"v")
+        assert store.get("k") == b"v"
+
+
+def test_gloo_all_reduce_over_a_kvsync_store_in_two_processes() -> None:
+    pytest.importorskip("torch.distributed")
+    results = spawn_ranks(gloo_all_reduce, 2, mode="process", timeout=50)
+    assert results == [[3.0, 10.0], [3.0, 10.0]]

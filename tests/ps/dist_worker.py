@@ -1,0 +1,205 @@
+"""A worker process of the multi-process dist KVStore tests: ``dist_worker.py SCENARIO``.
+
+Prints one JSON line (its result) last; any failed check exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from kvsync import errors, kv
+from kvsync.kv.dist import DistKVStore
+from kvsync.optimizer import SGD
+from kvsync.protocol.messages import PSPush
+from kvsync.sparse import RowSparseArray
+
+SCENARIOS: dict[str, Callable[[DistKVStore], dict[str, object]]] = {}
+
+
+def scenario(fn: Callable[[DistKVStore], dict[str, object]]) -> Callable[..., dict[str, object]]:
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+@scenario
+def sync(store: DistKVStore) -> dict[str, object]:
+    n, r = store.num_workers, store.rank
+    store.init([3, 4], [np.zeros((50, 4), np.float32), np.zeros(7, np.float64)])  # 3 is split
+    store.init("bias", np.zeros(5, np.int64))
+    for step in range(3):
+        store.push([3, 4], [np.full((50, 4), r + step, np.float32), np.ones(7)], priority=step)
+        store.push("bias", [np.full(5, r, np.int64), np.full(5, 1, np.int64)])  # two devices
+        w = store.pull(3)
+        assert np.array_equal(w, np.full((50, 4), sum(range(n)) + n * step, np.float32)), w
+        assert np.array_equal(store.pull(4), np.full(7, float(n)))
+        b = np.zeros(5, np.int64)
+        store.pull("bias", out=b)
+        assert np.array_equal(b, np.full(5, sum(range(n)) + n)), b
+    store.barrier()
+    return {"stats": store.server_stats() if r == 0 else []}
+
+
+@scenario
+def asynchronous(store: DistKVStore) -> dict[str, object]:
+    store.set_optimizer(SGD(learning_rate=1.0))
+    store.init("w", np.zeros(4))
+    for _ in range(5):
+        store.push("w", np.ones(4))
+    store.wait()
+    store.barrier()
+    w = store.pull("w")
+    assert np.array_equal(w, np.full(4, -5.0 * store.num_workers)), w
+    return {}
+
+
+@scenario
+def features(store: DistKVStore) -> dict[str, object]:
+    """Optimizer on the servers, save/load, compression, row-sparse, bad pushes."""
+    r = store.rank
+    store.set_optimizer(SGD(learning_rate=0.5, momentum=0.5))
+    store.init(0, np.ones((40, 2), np.float32))  # split over the servers (bound 20)
+    store.push(0, np.ones((40, 2), np.float32))
+    w1 = store.pull(0)
+    assert np.allclose(w1, 1 - 0.5 * store.num_workers), w1
+    fname = os.path.join(tempfile.gettempdir(), f"kvsync-states-{os.environ['MASTER_PORT']}")
+    if r == 0:
+        store.save_optimizer_states(fname)
+    store.barrier()
+    store.push(0, np.ones((40, 2), np.float32))
+    w2 = store.pull(0)
+    store.barrier()
+    if r == 0:
+        store.load_optimizer_states(fname)
+        os.remove(fname)
+    store.barrier()
+    store.push(0, np.ones((40, 2), np.float32))
+    w3 = store.pull(0)
+    g = store.num_workers  # summed gradient; momentum restored to after step 1
+    assert np.allclose(w3 - w2, (w2 - w1)), (w1, w2, w3)
+    # the server refuses a bad push and keeps its state
+    try:
+        store._links[0].call(PSPush(keys=("i0",), values=(np.ones(3),), offsets=(0,),
+                                    counts=(3,), compressed=False))
+        raise AssertionError("bad push accepted")
+    except errors.ShapeMismatchError as exc:
+        shape_error = str(exc)
+    assert np.array_equal(store.pull(0), w3)
+    # row-sparse push and pull of requested rows only
+    store.init("emb", np.zeros((30, 3), np.float32))
+    store.push("emb", RowSparseArray(np.ones((2, 3), np.float32), [2, 25], (30, 3)))
+    out = RowSparseArray.zeros((30, 3), np.float32)
+    store.row_sparse_pull("emb", out=out, row_ids=np.array([25, 2, 7]))
+    assert out.indices.tolist() == [2, 7, 25], out
+    assert np.allclose(out.data[[0, 2]], -0.5 * g) and np.allclose(out.data[1], 0), out.data
+    # 2-bit compression: the servers decompress
+    store.set_gradient_compression({"type": "2bit", "threshold": 0.25})
+    store.init("c", np.zeros(64, np.float32))
+    store.push("c", np.full(64, 0.3, np.float32))
+    c = store.pull("c")
+    assert np.allclose(c, -0.5 * 0.25 * g), c
+    return {"shape_error": shape_error}
+
+
+@scenario
+def uneven(store: DistKVStore) -> dict[str, object]:
+    store.init("k", np.zeros(3))
+    if store.rank == 0:
+        store.push("k", np.ones(3))
+    t0 = time.monotonic()
+    try:
+        store.pull("k") if store.rank == 0 else store.barrier()
+        raise AssertionError("uneven pushes went unnoticed")
+    except errors.KVSyncError as exc:
+        return {"error": str(exc), "type": type(exc).__name__, "seconds": time.monotonic() - t0}
+
+
+@scenario
+def worker_dies(store: DistKVStore) -> dict[str, object]:
+    store.init(1, np.zeros(8))
+    store.barrier()
+    if store.rank == store.num_workers - 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # dies mid-round, without pushing
+    store.push(1, np.ones(8))
+    t0 = time.monotonic()
+    try:
+        store.pull(1)
+        raise AssertionError("pull returned although a worker died")
+    except errors.StoreConnectionError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - t0}
+
+
+@scenario
+def server_dies(store: DistKVStore) -> dict[str, object]:
+    keys = list(range(16))
+    store.init(keys, [np.zeros(4)] * 16)
+    store.barrier()
+    if store.rank == 0:
+        victim = int(os.environ["KVSYNC_TEST_SERVER_PIDS"].split(",")[-1])
+        os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        for _ in range(1000):
+            store.push(keys, [np.ones(4)] * 16)
+            store.pull(keys)
+        raise AssertionError("no error although a server died")
+    except ConnectionError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - t0}
+
+
+@scenario
+def custom(store: DistKVStore) -> dict[str, object]:
+    """Optimizers and updaters registered only in the server processes."""
+    from kvsync.optimizer import register
+
+    @register
+    class TripleSGD(SGD):  # the worker only needs its name and parameters
+        pass
+
+    @register
+    class WorkerOnlySGD(SGD):
+        pass
+
+    try:
+        store.set_optimizer(WorkerOnlySGD(learning_rate=0.1))
+        raise AssertionError("an optimizer unknown to the servers was accepted")
+    except errors.UnknownNameError as exc:
+        unknown = str(exc)
+    store.set_optimizer(TripleSGD(learning_rate=0.1))
+    store.init(0, np.zeros(30, np.float32))  # split over both servers (bound 10)
+    store.push(0, np.ones(30, np.float32))
+    w = store.pull(0)
+    assert np.allclose(w, -0.3 * store.num_workers), w
+    store.barrier()
+    store.set_server_updater("negate")
+    store.push(0, np.ones(30, np.float32))
+    w = store.pull(0)
+    assert np.array_equal(w, np.full(30, -store.num_workers, np.float32)), w
+    try:
+        store.set_server_updater("nope")
+        raise AssertionError("an unknown updater was accepted")
+    except errors.UnknownNameError as exc:
+        unknown_updater = str(exc)
+    return {"unknown": unknown, "unknown_updater": unknown_updater}
+
+
+def main() -> int:
+    name = sys.argv[1]
+    kind = os.environ.get("KVSYNC_TEST_KV_TYPE", "dist_sync")
+    store = kv.create(kind)
+    assert isinstance(store, DistKVStore)
+    result = SCENARIOS[name](store)
+    if name not in ("server_dies", "worker_dies"):
+        store.close()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

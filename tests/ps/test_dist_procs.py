@@ -1,0 +1,67 @@
+"""The dist KVStore with real processes: 2-4 workers x 1-2 servers on localhost."""
+
+from __future__ import annotations
+
+import pytest
+from dist_procs import ps_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(("workers", "servers"), [(2, 1), (4, 2)])
+def test_sync_rounds_with_int_str_and_split_keys(workers: int, servers: int) -> None:
+    with ps_job(servers, bound=100) as job:
+        job.start_workers("sync", workers)
+        stats = job.results()[0]["stats"]
+    assert isinstance(stats, list) and len(stats) == servers
+    if servers == 2:  # key 3 (200 float32) is split: each server carries about half
+        ins = [s["bytes_in"] for s in stats]
+        assert min(ins) > 0.25 * sum(ins), ins
+
+
+def test_async_applies_every_push_on_the_server() -> None:
+    with ps_job(2) as job:
+        job.start_workers("asynchronous", 2, KVSYNC_TEST_KV_TYPE="dist_async")
+        job.results()
+
+
+def test_optimizer_states_rowsparse_compression_and_bad_pushes() -> None:
+    with ps_job(2, bound=20) as job:
+        job.start_workers("features", 2)
+        res = job.results()
+    assert "key 0" in str(res[0]["shape_error"])
+
+
+def test_uneven_pushes_give_a_clear_error_not_a_hang() -> None:
+    with ps_job(1, stall=1.0) as job:
+        job.start_workers("uneven", 2)
+        res = job.results()
+    for r in res:
+        assert "uneven" in str(r["error"]) and r["type"] == "InvalidArgumentError", r
+        assert float(r["seconds"]) < 10  # type: ignore[arg-type]
+
+
+def test_a_killed_worker_makes_the_others_fail_naming_its_rank() -> None:
+    with ps_job(2) as job:
+        job.start_workers("worker_dies", 3)
+        out = job.results_of(range(2))
+    for r in out:
+        assert "ranks [2] disconnected" in str(r["error"]), r
+        assert float(r["seconds"]) < 5  # type: ignore[arg-type]
+
+
+def test_a_killed_server_gives_connection_errors_within_two_seconds() -> None:
+    with ps_job(2) as job:
+        job.start_workers("server_dies", 2)
+        res = job.results()
+    for r in res:
+        assert "127.0.0.1:" in str(r["error"]), r
+        assert float(r["seconds"]) < 2.0  # type: ignore[arg-type]
+
+
+def test_server_setup_module_registers_custom_optimizers_and_updaters() -> None:
+    with ps_job(2, bound=10, setup="ps_server_setup") as job:  # kvsync serve --role server
+        job.start_workers("custom", 2)
+        res = job.results()
+    assert "workeronlysgd" in str(res[0]["unknown"]) and "triplesgd" in str(res[0]["unknown"])
+    assert "negate" in str(res[0]["unknown_updater"])

@@ -1,0 +1,402 @@
+"""Specification of the parameter-server state machine (kvsync.server.ps), without sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvsync.errors import ErrorCode
+from kvsync.protocol.messages import (
+    ErrorReply,
+    OkReply,
+    PSBarrier,
+    PSHello,
+    PSInit,
+    PSLoadStates,
+    PSPull,
+    PSPullRows,
+    PSPush,
+    PSPushRows,
+    PSSaveStates,
+    PSSetCompression,
+    PSSetOptimizer,
+    PSSetUpdater,
+    PSShutdown,
+    PSStats,
+    PSValuesReply,
+    PSWaitInit,
+    ValueReply,
+)
+from kvsync.server.ps import Outgoing, ParameterServerLogic
+
+T = 10_000  # timeout_ms of parked requests in these tests
+
+
+def push_msg(keys: tuple[str, ...], values: tuple[Any, ...], compressed: bool = False,
+             counts: tuple[int, ...] | None = None) -> PSPush:
+    rows = tuple(v.shape[0] if v.ndim else 1 for v in values)
+    return PSPush(keys=keys, values=values, offsets=(0,) * len(keys),
+                  counts=counts or rows, compressed=compressed)
+
+
+def pull_msg(keys: tuple[str, ...], timeout_ms: int, rows: tuple[int, ...] = ()) -> PSPull:
+    return PSPull(keys=keys, offsets=(0,) * len(keys), counts=rows or (1,) * len(keys),
+                  timeout_ms=timeout_ms)
+
+
+class Job:
+    """A ParameterServerLogic with ``n`` worker connections (conn_id == rank + 1)."""
+
+    def __init__(self, n: int, *, sync: bool = True, **kwargs: Any) -> None:
+        self.ps = ParameterServerLogic(**kwargs)
+        self.rid = 0
+        self.now = 0.0
+        for r in range(n):
+            assert self.reply(r, PSHello(rank=r, num_workers=n, sync=sync)) == OkReply()
+
+    def send(self, rank: int, msg: object) -> tuple[int, list[Outgoing]]:
+        self.rid += 1
+        return self.rid, self.ps.handle(rank + 1, self.rid, msg, self.now)
+
+    def reply(self, rank: int, msg: object) -> object:
+        rid, out = self.send(rank, msg)
+        mine = [o.reply for o in out if (o.conn_id, o.request_id) == (rank + 1, rid)]
+        assert len(mine) == 1, out
+        return mine[0]
+
+    def pull_msg(self, keys: tuple[str, ...], timeout_ms: int) -> PSPull:
+        rows = tuple(self.ps._keys[k].rows if k in self.ps._keys else 1 for k in keys)
+        return pull_msg(keys, timeout_ms, rows)
+
+    def push(self, rank: int, key: str, value: np.ndarray) -> object:
+        return self.reply(rank, push_msg((key,), (value,), False))
+
+
+def values(reply: object) -> tuple[np.ndarray, ...]:
+    assert isinstance(reply, PSValuesReply), reply
+    return reply.values
+
+
+def error(reply: object, code: ErrorCode) -> str:
+    assert isinstance(reply, ErrorReply), reply
+    assert reply.code == code, reply
+    return reply.message
+
+
+def test_sync_pull_after_push_is_parked_until_every_worker_pushed_then_gets_the_sum() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("i3",), values=(np.zeros(4, np.float32),)))
+    assert job.push(0, "i3", np.ones(4, np.float32)) == OkReply()
+    rid, out = job.send(0, job.pull_msg(("i3",), T))
+    assert out == []  # parked
+    _, out = job.send(1, push_msg(("i3",), (np.full(4, 2, np.float32),), False))
+    woken = {(o.conn_id, o.request_id): o.reply for o in out}
+    np.testing.assert_array_equal(values(woken[(1, rid)])[0], np.full(4, 3, np.float32))
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i3",), T)))[0],
+                                  np.full(4, 3, np.float32))
+
+
+def test_pull_of_a_worker_that_has_not_pushed_is_answered_at_once() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("sw",), values=(np.arange(3.0),)))
+    job.push(0, "sw", np.ones(3))
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("sw",), T)))[0],
+                                  np.arange(3.0))
+
+
+def test_async_applies_every_push_when_it_arrives() -> None:
+    job = Job(2, sync=False, updater_from_config=lambda cfg: SGD(cfg["lr"]))
+    job.reply(0, PSSetOptimizer(config=json.dumps({"lr": 0.5})))
+    job.reply(0, PSInit(keys=("i0",), values=(np.zeros(2),)))
+    job.push(0, "i0", np.ones(2))
+    job.push(0, "i0", np.ones(2))
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i0",), T)))[0],
+                                  [-1.0, -1.0])
+
+
+def test_other_ranks_init_waits_for_rank_zero_and_reinit_is_refused() -> None:
+    job = Job(2)
+    rid, out = job.send(1, PSWaitInit(keys=("i1", "i2"), timeout_ms=T))
+    assert out == []
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    _, out = job.send(0, PSInit(keys=("i2",), values=(np.zeros(1),)))
+    assert Outgoing(2, rid, OkReply()) in out
+    msg = error(job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),))),
+                ErrorCode.KVSTORE_USAGE)
+    assert "1" in msg and "already" in msg
+
+
+def test_bad_push_gets_a_typed_error_and_changes_nothing() -> None:
+    job = Job(1)
+    job.reply(0, PSInit(keys=("i1", "i2"), values=(np.zeros(2), np.zeros(2))))
+    bad = push_msg(("i1", "i2"), (np.ones(2), np.ones(3)), False)
+    assert "[3]" in error(job.reply(0, bad), ErrorCode.SHAPE_MISMATCH)
+    bad = push_msg(("i1",), (np.ones(2, np.float32),), False)
+    assert "float32" in error(job.reply(0, bad), ErrorCode.SHAPE_MISMATCH)
+    assert "9" in error(job.push(0, "i9", np.ones(2)), ErrorCode.UNINITIALIZED_KEY)
+    got = values(job.reply(0, job.pull_msg(("i1", "i2"), T)))
+    np.testing.assert_array_equal(np.concatenate(got), np.zeros(4))
+    assert job.ps.stats()["updates"] == 0
+
+
+def test_requests_before_hello_are_refused() -> None:
+    ps = ParameterServerLogic()
+    [out] = ps.handle(7, 1, pull_msg(("i1",), T), 0.0)
+    assert "PSHello" in error(out.reply, ErrorCode.INVALID_ARGUMENT)
+
+
+def test_second_push_of_a_key_in_one_round_is_an_error_naming_the_missing_ranks() -> None:
+    job = Job(3)
+    job.reply(0, PSInit(keys=("i5",), values=(np.zeros(1),)))
+    job.push(0, "i5", np.ones(1))
+    msg = error(job.push(0, "i5", np.ones(1)), ErrorCode.KVSTORE_USAGE)
+    assert "twice" in msg and "[1, 2]" in msg
+
+
+def test_worker_disconnect_fails_parked_pulls_naming_the_rank() -> None:
+    job = Job(3)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    job.push(0, "i1", np.ones(1))
+    job.push(1, "i1", np.ones(1))
+    rid, out = job.send(0, job.pull_msg(("i1",), T))
+    assert out == []
+    job.ps.drop_connection(3)  # rank 2 dies
+    assert job.ps.next_deadline() == 0.0
+    [o] = job.ps.expire(job.now)
+    assert (o.conn_id, o.request_id) == (1, rid)
+    assert "ranks [2] disconnected" in error(o.reply, ErrorCode.CONNECTION)
+    # later requests needing rank 2 fail at once
+    assert "[2]" in error(job.reply(1, PSBarrier(timeout_ms=T)), ErrorCode.CONNECTION)
+
+
+def test_barrier_releases_everyone_when_the_last_rank_arrives() -> None:
+    job = Job(2)
+    rid, out = job.send(0, PSBarrier(timeout_ms=T))
+    assert out == []
+    rid1, out = job.send(1, PSBarrier(timeout_ms=T))
+    assert {(o.conn_id, o.request_id) for o in out} == {(1, rid), (2, rid1)}
+    rid, out = job.send(0, PSBarrier(timeout_ms=T))  # the barrier is reusable
+    assert out == []
+
+
+def test_parked_requests_time_out_naming_what_is_missing() -> None:
+    job = Job(2)
+    job.send(0, PSBarrier(timeout_ms=1500))
+    assert job.ps.next_deadline() == 1.5
+    assert job.ps.expire(1.0) == []
+    [o] = job.ps.expire(1.5)
+    assert "ranks [1] missing" in error(o.reply, ErrorCode.TIMEOUT)
+
+
+def test_uneven_pushes_are_reported_when_every_worker_waits() -> None:
+    job = Job(2, stall_seconds=2.0)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    job.push(0, "i1", np.ones(1))
+    job.send(0, job.pull_msg(("i1",), T))
+    job.now = 1.0
+    job.send(1, PSBarrier(timeout_ms=T))  # rank 1 skipped its push
+    assert job.ps.next_deadline() == 3.0
+    assert job.ps.expire(2.9) == []
+    out = job.ps.expire(3.0)
+    assert len(out) == 2
+    msg = error(out[0].reply, ErrorCode.KVSTORE_USAGE)
+    assert "uneven" in msg and "pushes from ranks [0] but not from [1]" in msg
+
+
+def test_optimizer_runs_on_the_server_and_its_states_save_and_load() -> None:
+    job = Job(2, updater_from_config=lambda cfg: SGD(cfg["lr"]))
+    assert "no optimizer" in error(job.reply(0, PSSaveStates(dump_optimizer=False)),
+                                   ErrorCode.KVSTORE_USAGE)
+    job.reply(0, PSSetOptimizer(config=json.dumps({"lr": 0.1})))
+    job.reply(0, PSInit(keys=("sw",), values=(np.ones(2),)))
+    job.push(0, "sw", np.ones(2))
+    job.push(1, "sw", np.ones(2))
+    np.testing.assert_allclose(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
+                               [0.8, 0.8])
+    saved = job.reply(0, PSSaveStates(dump_optimizer=False))
+    assert isinstance(saved, ValueReply) and bytes(saved.value) == b"steps=1"
+    assert job.reply(1, PSLoadStates(data=b"steps=7")) == OkReply()
+    assert job.ps._updater.steps == 7  # type: ignore[union-attr]
+
+
+def test_unknown_optimizer_error_travels_with_its_code() -> None:
+    from kvsync.errors import UnknownNameError
+
+    def make(cfg: dict[str, Any]) -> SGD:
+        raise UnknownNameError(f"no optimizer {cfg['name']!r}; known: ['sgd']")
+
+    job = Job(1, updater_from_config=make)
+    msg = error(job.reply(0, PSSetOptimizer(config='{"name": "nope"}')), ErrorCode.UNKNOWN_NAME)
+    assert "nope" in msg and "sgd" in msg
+    assert "JSON" in error(job.reply(0, PSSetOptimizer(config="{")), ErrorCode.KVSTORE_USAGE)
+
+
+def test_named_updater_and_compression_are_built_by_the_injected_factories() -> None:
+    class Halves:
+        def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> Any:
+            return np.repeat(packed, 2).astype(dtype).reshape(shape)
+
+    job = Job(1, updater_by_name=lambda name, p: SGD(p["lr"]),
+              compression_from_params=lambda p: Halves())
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
+    push = push_msg(("i1",), (np.array([1.0, 2.0]),), True, counts=(4,))
+    assert "no compression" in error(job.reply(0, push), ErrorCode.KVSTORE_USAGE)
+    job.reply(0, PSSetCompression(params='{"type": "halves"}'))
+    job.reply(0, PSSetUpdater(name="sgd", params='{"lr": 1.0}'))
+    job.reply(0, push)
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0],
+                                  [-1, -1, -2, -2])
+
+
+def test_row_sparse_push_and_pull_move_only_the_given_rows() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("se",), values=(np.zeros((5, 2)),)))
+    for r in range(2):
+        job.reply(r, PSPushRows(key="se", rows=np.array([1, 3, 1]), data=np.ones((3, 2))))
+    got = values(job.reply(0, PSPullRows(key="se", rows=np.array([3, 1]), timeout_ms=T)))[0]
+    np.testing.assert_array_equal(got, [[2, 2], [4, 4]])
+    bad = PSPullRows(key="se", rows=np.array([5]), timeout_ms=T)
+    assert "out of range" in error(job.reply(0, bad), ErrorCode.KVSTORE_USAGE)
+    bad2 = PSPushRows(key="se", rows=np.array([0]), data=np.ones((1, 3)))
+    assert "expected" in error(job.reply(0, bad2), ErrorCode.SHAPE_MISMATCH)
+
+
+def test_stats_count_the_bytes_each_way_and_shutdown_sets_the_flag() -> None:
+    job = Job(1)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(10, np.float32),)))
+    job.push(0, "i1", np.ones(10, np.float32))
+    job.reply(0, job.pull_msg(("i1",), T))
+    reply = job.reply(0, PSStats())
+    assert isinstance(reply, ValueReply)
+    stats = json.loads(bytes(reply.value))
+    assert (stats["bytes_in"], stats["bytes_out"], stats["keys"]) == (80, 40, 1)
+    assert job.reply(0, PSShutdown()) == OkReply() and job.ps.shutdown_requested
+
+
+def test_hello_with_another_job_shape_is_refused() -> None:
+    job = Job(2)
+    msg = error(job.reply(0, PSHello(rank=0, num_workers=3, sync=True)),
+                ErrorCode.KVSTORE_USAGE)
+    assert "2 workers" in msg
+    assert "not in" in error(job.reply(0, PSHello(rank=2, num_workers=2, sync=True)),
+                             ErrorCode.KVSTORE_USAGE)
+
+
+@settings(max_examples=40)
+@given(n=st.integers(1, 4), rounds=st.integers(1, 3), data=st.data())
+def test_any_interleaving_of_sync_rounds_gives_every_worker_every_rounds_sum(
+    n: int, rounds: int, data: st.DataObject
+) -> None:
+    job = Job(n)
+    job.reply(0, PSInit(keys=("i0",), values=(np.zeros(1),)))
+    grads = {(r, k): float(10 * k + r + 1) for r in range(n) for k in range(rounds)}
+    step = dict.fromkeys(range(n), 0)  # 2*round + (1 after its push)
+    waiting: dict[int, int] = {}  # rank -> request id of its parked pull
+    got: dict[tuple[int, int], float] = {}
+    for _ in range(4 * n * rounds):
+        ready = [r for r in range(n) if r not in waiting and step[r] < 2 * rounds]
+        if not ready:
+            break
+        r = data.draw(st.sampled_from(ready))
+        k = step[r] // 2
+        if step[r] % 2 == 0:
+            _, out = job.send(r, push_msg(("i0",), (np.array([grads[r, k]]),), False))
+        else:
+            rid, out = job.send(r, job.pull_msg(("i0",), T))
+            waiting[r] = rid
+        step[r] += 1
+        for o in out:
+            if isinstance(o.reply, PSValuesReply):
+                rank = o.conn_id - 1
+                assert waiting.pop(rank) == o.request_id
+                got[rank, step[rank] // 2 - 1] = float(o.reply.values[0][0])
+    assert not waiting
+    for (r, k), v in got.items():
+        assert v == sum(grads[q, k] for q in range(n)), (r, k)
+    assert len(got) == n * rounds
+
+
+class SGD:
+    """A tiny stateful updater with the Updater shape (weight -= lr * grad)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+        self.steps = 0
+
+    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None:
+        weight -= self.lr * grad
+        self.steps += 1
+
+    def get_states(self, dump_optimizer: bool = False) -> bytes:
+        return f"steps={self.steps}".encode()
+
+    def set_states(self, data: bytes) -> None:
+        self.steps = int(data.decode().split("=")[1])
+
+
+def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -> None:
+    from kvsync.protocol.codec import HEADER_SIZE, Decoder, Limits, encode_frame
+    from kvsync.protocol.messages import OPCODE_OF, PS_MESSAGE_OF
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    samples = [
+        PSHello(rank=1, num_workers=2, sync=True), PSInit(keys=("i1",), values=(a,)),
+        PSWaitInit(keys=("i1", "sx"), timeout_ms=5),
+        push_msg(("i1",), (a,), True),
+        PSPushRows(key="i1", rows=np.array([1]), data=a[:1]), pull_msg(("i1",), 0),
+        PSPullRows(key="i1", rows=np.array([0, 1]), timeout_ms=3),
+        PSSetOptimizer(config="{}"), PSSetUpdater(name="u", params="{}"),
+        PSSetCompression(params="{}"), PSSaveStates(dump_optimizer=True),
+        PSLoadStates(data=b"xy"), PSBarrier(timeout_ms=1), PSStats(), PSShutdown(),
+        PSValuesReply(values=(a, a[:, :1].copy())),
+    ]
+    assert {type(m) for m in samples} == set(PS_MESSAGE_OF.values())
+    for msg in samples:
+        payload = bytearray(b"".join(bytes(p) for p in encode_frame(1, msg))[HEADER_SIZE:])
+        back = Decoder(Limits()).decode(OPCODE_OF[type(msg)], payload)
+        assert type(back) is type(msg)
+        for name in msg.__dataclass_fields__:
+            x, y = getattr(msg, name), getattr(back, name)
+            if isinstance(x, tuple) and x and isinstance(x[0], np.ndarray):
+                assert all(np.array_equal(p, q) for p, q in zip(x, y, strict=True))
+            elif isinstance(x, np.ndarray):
+                np.testing.assert_array_equal(x, y)
+            elif isinstance(x, bytes):
+                assert bytes(y) == x
+            else:
+                assert x == y
+
+
+def test_a_push_in_parts_from_interleaved_ranks_sums_every_row_once() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("sw",), values=(np.zeros((4, 2)),)))
+
+    def part(rank: int, lo: int, rows: int, v: float) -> object:
+        msg = PSPush(keys=("sw",), values=(np.full((rows, 2), v),), offsets=(lo,),
+                     counts=(rows,), compressed=False)
+        return job.reply(rank, msg)
+
+    assert part(0, 0, 3, 1.0) == OkReply()
+    assert part(1, 0, 1, 10.0) == OkReply()  # rank 1 adds to row 0, writes nothing else yet
+    rid, out = job.send(1, job.pull_msg(("sw",), T))
+    assert out == []  # rank 1 is part-way through its push: its pull waits
+    assert "expected row 1" in error(part(1, 2, 1, 5.0), ErrorCode.KVSTORE_USAGE)
+    assert part(1, 1, 3, 10.0) == OkReply()
+    _, out = job.send(0, PSPush(keys=("sw",), values=(np.full((1, 2), 1.0),), offsets=(3,),
+                                counts=(1,), compressed=False))
+    [o] = [o for o in out if o.request_id == rid]
+    np.testing.assert_array_equal(values(o.reply)[0], np.full((4, 2), 11.0))
+
+
+def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
+    job = Job(1, sync=False)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
+    for lo in (0, 2):
+        job.reply(0, PSPush(keys=("i1",), values=(np.ones(2),), offsets=(lo,), counts=(2,),
+                            compressed=False))
+        assert job.ps.stats()["updates"] == lo // 2
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0], np.ones(4))
