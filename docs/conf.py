@@ -22,3 +22,4 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True
 html_theme = "alabaster"
+suppress_warnings = ["ref.python"]

@@ -61,6 +61,12 @@ def to_seconds(timeout: object, name: str = "timeout") -> float:
 
 
 def to_ms(seconds: float) -> int:
+    """Whole milliseconds for the wire (rounded up; capped for infinite timeouts).
+
+    Example:
+        >>> to_ms(0.0011)
+        2
+    """
     return (
         min(math.ceil(seconds * 1000.0), _MAX_TIMEOUT_MS)
         if math.isfinite(seconds)
@@ -69,12 +75,30 @@ def to_ms(seconds: float) -> int:
 
 
 def check_key(key: object) -> str:
+    """The key itself when it is a ``str``.
+
+    Raises:
+        TypeError: ``key`` is not a ``str`` (the reference document's rule).
+
+    Example:
+        >>> check_key("a")
+        'a'
+    """
     if not isinstance(key, str):
         raise TypeError(f"key must be str, got {type(key).__name__}: {key!r:.80}")
     return key
 
 
 def check_keys(keys: object, what: str) -> tuple[str, ...]:
+    """A tuple of keys from a list of ``str`` (or one ``str``); ``what`` names the caller.
+
+    Raises:
+        TypeError: ``keys`` is not an iterable of ``str``.
+
+    Example:
+        >>> check_keys(["a", "b"], "wait"), check_keys("a", "wait")
+        (('a', 'b'), ('a',))
+    """
     if isinstance(keys, str):
         return (keys,)
     if not isinstance(keys, Iterable) or isinstance(keys, bytes | bytearray | memoryview):
@@ -83,6 +107,16 @@ def check_keys(keys: object, what: str) -> tuple[str, ...]:
 
 
 def to_buffer(value: object, key: str) -> Buffer:
+    """A value as bytes for the wire: ``str`` is UTF-8 encoded, buffers pass uncopied.
+
+    Raises:
+        TypeError: ``value`` is not ``str``, ``bytes``, ``bytearray`` or ``memoryview``.
+        ValueError: a non-contiguous ``memoryview``.
+
+    Example:
+        >>> to_buffer("v", "k")
+        b'v'
+    """
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, bytes | bytearray):
