@@ -24,6 +24,7 @@ import numpy as np
 
 import kvsync.kv
 from kvsync import env
+from kvsync.kv.dist import DistKVStore
 from kvsync.optimizer import SGD
 
 SAMPLES, FEATURES, CLASSES = 4096, 64, 10
@@ -72,6 +73,7 @@ def reference(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> list[np
 def train(args: argparse.Namespace) -> int:
     x, y = make_data()
     kv = kvsync.kv.create("dist_sync")
+    assert isinstance(kv, DistKVStore)
     rank, workers = kv.rank, kv.num_workers
     kv.set_optimizer(SGD(learning_rate=args.lr))
     w, b = np.zeros((FEATURES, CLASSES)), np.zeros(CLASSES)
