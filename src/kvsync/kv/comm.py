@@ -29,7 +29,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,7 +44,7 @@ from kvsync.protocol.messages import (
     PSValuesReply,
 )
 
-__all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Link", "Op"]
+__all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,52 @@ class Link(Protocol):
         ...
 
 
-@dataclass(eq=False)
+class Latch:
+    """Completion of the ops of one call: counts down; :meth:`wait` raises the first error.
+
+    Example:
+        >>> latch = Latch(2)
+        >>> latch.set_result(None); latch.set_result(None)
+        >>> latch.wait(0.1)
+    """
+
+    __slots__ = ("_cv", "_exc", "_left")
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._exc: BaseException | None = None
+        self._cv = threading.Condition()
+
+    def set_result(self, value: object) -> None:
+        """One op succeeded."""
+        self._count_down(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        """One op failed with ``exc``."""
+        self._count_down(exc)
+
+    def _count_down(self, exc: BaseException | None) -> None:
+        with self._cv:
+            self._left -= 1
+            if exc is not None and self._exc is None:
+                self._exc = exc
+            if self._left <= 0:
+                self._cv.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for every op; raise the first error.
+
+        Raises:
+            StoreTimeoutError: not all ops finished within ``timeout`` seconds.
+        """
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._left <= 0, timeout):
+                raise StoreTimeoutError(f"{self._left} pulls unanswered after {timeout} s")
+        if self._exc is not None:
+            raise self._exc
+
+
+@dataclass(eq=False, slots=True)
 class Op:
     """One key's part of a push or pull for one server."""
 
@@ -78,10 +123,9 @@ class Op:
     out: np.ndarray | None = None  # where a pulled value is copied (None: keep it)
     lo: int = 0  # first row within the server's slice
     count: int = 1  # rows
-    future: Future[Any] | None = None
+    future: Future[Any] | Latch | None = None
     nbytes: int = 0
-    what: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    settled: bool = False
 
 
 _BATCHABLE = frozenset({"push", "cpush", "pull"})
@@ -119,21 +163,23 @@ class Comm:
 
     # --- queueing (caller's thread) ---------------------------------------------------------
 
-    def enqueue(self, op: Op, priority: int) -> None:
-        """Queue ``op``; ops of one key keep their order whatever their priorities.
+    def enqueue_many(self, ops: Sequence[Op], priority: int) -> None:
+        """Queue several ops of one call at ``priority`` (one lock round trip).
 
         Raises:
-            KVSyncError: an earlier push failed (its error is raised once), or closed.
+            KVSyncError: as :meth:`enqueue`.
         """
         self.raise_errors()
         with self._cv:
             if self._closing:
                 raise KVSyncError("the KVStore is closed")
-            count, prio = self._pending.get(op.wire, (0, priority))
-            prio = min(prio, priority) if count else priority
-            self._pending[op.wire] = (count + 1, prio)
-            self._outstanding += 1
-            heapq.heappush(self._heap, (-prio, next(self._seq), op))
+            pending, heap, seq = self._pending, self._heap, self._seq
+            for op in ops:
+                count, prio = pending.get(op.wire, (0, priority))
+                prio = min(prio, priority) if count else priority
+                pending[op.wire] = (count + 1, prio)
+                heapq.heappush(heap, (-prio, next(seq), op))
+            self._outstanding += len(ops)
             self._cv.notify_all()
 
     def flush(self, timeout: float) -> None:
@@ -245,23 +291,21 @@ class Comm:
         for op, v in zip(batch, reply.values, strict=True):
             if op.out is not None:
                 np.copyto(op.out, v.reshape(op.out.shape))
-                if op.future is not None:
-                    op.future.set_result(op.out)
-            elif op.future is not None:
-                op.future.set_result(v)
+            if op.future is not None:
+                op.future.set_result(v if op.out is None else op.out)
+            op.settled = True
 
     def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
         for op in batch:
-            if exc is not None:
+            if exc is not None and not op.settled:
+                op.settled = True
                 if op.future is not None:
-                    if not op.future.done():
-                        op.future.set_exception(exc)
+                    op.future.set_exception(exc)
                 else:
-                    logger.debug("%s failed: %s", op.what or op.kind, exc)
+                    logger.debug("%s of key %s failed: %s", op.kind, op.wire, exc)
                     with self._cv:
                         if not self._errors:
                             self._errors.append(exc)
-            op.done.set()
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()

@@ -45,7 +45,7 @@ from kvsync.kv.base import (
     normalize_key,
     pair_row_ids,
 )
-from kvsync.kv.comm import Comm, Link, Op
+from kvsync.kv.comm import Comm, Latch, Link, Op
 from kvsync.kv.compression import GradientCompression, create_compression
 from kvsync.kv.reduce import copy_to_all, sum_into
 from kvsync.kv.sharding import KeyPlan, plan_key
@@ -220,9 +220,10 @@ class DistKVStore(KVStoreBase):
                 checked before anything is queued.
         """
         self._comm.raise_errors()
+        ops: list[Op] = []
         for plan, g in self._checked(key, value, "value"):
             if all(isinstance(v, RowSparseArray) for v in g.values):
-                self._push_rows(plan, rowsparse.sum_rows(g.values), priority)
+                ops += self._row_ops(plan, rowsparse.sum_rows(g.values))
                 continue
             dense = [np.ascontiguousarray(rowsparse.densify(v)) for v in g.values]
             grad = dense[0] if len(dense) == 1 else sum_into(np.empty_like(dense[0]), dense)
@@ -230,24 +231,24 @@ class DistKVStore(KVStoreBase):
                 n = part.shape[0] if part.ndim else 1
                 if self._gc is not None:
                     packed = self._gc.compress((plan.wire, server, lo), part)
-                    op = Op("cpush", server, plan.wire, value=packed, nbytes=packed.nbytes)
+                    ops.append(Op("cpush", server, plan.wire, value=packed, lo=lo, count=n,
+                                  nbytes=packed.nbytes))
                 else:
-                    op = Op("push", server, plan.wire, value=part, nbytes=part.nbytes)
-                op.lo, op.count = lo, n
-                op.what = f"push of key {plan.key!r} to server {server}"
-                self._comm.enqueue(op, priority)
+                    ops.append(Op("push", server, plan.wire, value=part, lo=lo, count=n,
+                                  nbytes=part.nbytes))
+        self._comm.enqueue_many(ops, priority)
 
-    def _push_rows(self, plan: KeyPlan, rs: RowSparseArray, priority: int) -> None:
+    def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
+        ops = []
         for s in plan.slices:
             mask = (rs.indices >= s.lo) & (rs.indices < s.hi)
             if not mask.any():
                 continue
             rows = rs.indices[mask] - s.lo
             data = np.ascontiguousarray(rs.data[mask])
-            op = Op("push_rows", s.server, plan.wire, value=data, rows=rows,
-                    nbytes=data.nbytes + rows.nbytes,
-                    what=f"row-sparse push of key {plan.key!r} to server {s.server}")
-            self._comm.enqueue(op, priority)
+            ops.append(Op("push_rows", s.server, plan.wire, value=data, rows=rows,
+                          nbytes=data.nbytes + rows.nbytes))
+        return ops
 
     # --- pull -------------------------------------------------------------------------------
     def pull(self, key: Any, out: Any = None, priority: int = 0, ignore_sparse: bool = True) -> Any:
@@ -269,7 +270,8 @@ class DistKVStore(KVStoreBase):
             fresh = [np.empty(p.shape, p.dtype) for p in plans]
             self.pull(keys, out=fresh, priority=priority)
             return fresh if many else fresh[0]
-        jobs: list[tuple[np.ndarray, list[Any], list[Future[Any]]]] = []
+        jobs: list[tuple[np.ndarray, list[Any]]] = []
+        ops: list[Op] = []
         for plan, g in self._checked(key, out, "out"):
             dense = [o for o in g.values if isinstance(o, np.ndarray)]
             sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
@@ -278,20 +280,19 @@ class DistKVStore(KVStoreBase):
                     raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
             direct = dense[0] if dense and dense[0].flags.c_contiguous else None
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
-            futures = []
             for server, lo, view in plan.pieces(target):
-                fut: Future[Any] = Future()
-                self._comm.enqueue(Op("pull", server, plan.wire, out=view, future=fut, lo=lo,
-                                      count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes,
-                                      what=f"pull of key {plan.key!r}"), priority)
-                futures.append(fut)
+                ops.append(Op("pull", server, plan.wire, out=view, lo=lo,
+                              count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes))
             rest = [o for o in dense if o is not target]
-            jobs.append((target, rest + ([] if ignore_sparse else sparse), futures))
-        for target, rest, futures in jobs:
-            for fut in futures:
-                fut.result(timeout=self.timeout + 15.0)
-            dense_rest = [o for o in rest if isinstance(o, np.ndarray)]
-            copy_to_all(target, dense_rest)
+            if rest or (sparse and not ignore_sparse):
+                jobs.append((target, rest + ([] if ignore_sparse else sparse)))
+        latch = Latch(len(ops))
+        for op in ops:
+            op.future = latch
+        self._comm.enqueue_many(ops, priority)
+        latch.wait(self.timeout + 15.0)
+        for target, rest in jobs:
+            copy_to_all(target, [o for o in rest if isinstance(o, np.ndarray)])
             for o in rest:
                 if isinstance(o, RowSparseArray):
                     o.assign(rowsparse.as_row_sparse(target))
@@ -325,8 +326,8 @@ class DistKVStore(KVStoreBase):
                     sel = rows[(rows >= s.lo) & (rows < s.hi)]
                     if sel.size:
                         fut: Future[Any] = Future()
-                        self._comm.enqueue(Op("pull_rows", s.server, plan.wire, rows=sel - s.lo,
-                                              future=fut), priority)
+                        self._comm.enqueue_many([Op("pull_rows", s.server, plan.wire,
+                                                    rows=sel - s.lo, future=fut)], priority)
                         parts.append(fut)
                 jobs.append((o, plan, rows, parts))
         for o, plan, rows, parts in jobs:
