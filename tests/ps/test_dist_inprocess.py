@@ -212,3 +212,29 @@ def test_a_dead_server_gives_connection_errors(servers: list[FakeServer]) -> Non
             kv.pull(list(range(20)))
 
     run_workers(1, servers, step)
+
+
+@pytest.mark.parametrize("shm", [True, False])
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_async"])
+def test_big_slices_through_shared_memory_or_socket_parts(
+    servers: list[FakeServer], shm: bool, kind: str
+) -> None:
+    n = 700_000  # 2.8 MB, split over 2 servers: 1.4 MB slices (shared memory when shm)
+
+    def step(kv: DistKVStore) -> list[np.ndarray]:
+        kv.set_optimizer(SGD(learning_rate=1.0))
+        kv.init("big", np.zeros(n, np.float32))
+        got = []
+        for r in range(2):
+            kv.push("big", np.arange(n, dtype=np.float32) + r)
+            kv.wait()
+            kv.barrier()
+            got.append(kv.pull("big"))
+        assert bool(kv._segments_of) is shm  # the worker pushed through shared memory
+        return got
+
+    for got in run_workers(2, servers, step, kind=kind, bound=1000, shm=shm):
+        ramp = np.arange(n, dtype=np.float32)
+        np.testing.assert_array_equal(got[0], -2 * ramp)
+        np.testing.assert_array_equal(got[1], -4 * ramp - 2)
+    assert all(s.logic._keys["sbig"].value_path for s in servers)  # big slices: shared

@@ -19,12 +19,15 @@ from kvsync.protocol.messages import (
     PSLoadStates,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
     PSPushRows,
+    PSPushShm,
     PSSaveStates,
     PSSetCompression,
     PSSetOptimizer,
     PSSetUpdater,
+    PSShmReply,
     PSShutdown,
     PSStats,
     PSValuesReply,
@@ -352,7 +355,8 @@ def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -
         PSSetOptimizer(config="{}"), PSSetUpdater(name="u", params="{}"),
         PSSetCompression(params="{}"), PSSaveStates(dump_optimizer=True),
         PSLoadStates(data=b"xy"), PSBarrier(timeout_ms=1), PSStats(), PSShutdown(),
-        PSValuesReply(values=(a, a[:, :1].copy())),
+        PSValuesReply(values=(a, a[:, :1].copy())), PSPushShm(key="i1", path="/proc/1/fd/3"),
+        PSPullShm(key="i1", timeout_ms=7), PSShmReply(path="/proc/1/fd/4"),
     ]
     assert {type(m) for m in samples} == set(PS_MESSAGE_OF.values())
     for msg in samples:

@@ -35,12 +35,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from kvsync.errors import ErrorCode, KVSyncError, StoreTimeoutError, error_from_code
+from kvsync.kv.shm import SharedSegments
 from kvsync.protocol.messages import (
     ErrorReply,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
     PSPushRows,
+    PSPushShm,
+    PSShmReply,
     PSValuesReply,
 )
 
@@ -116,11 +120,13 @@ class Op:
     """One key's part of a push or pull for one server."""
 
     kind: str  # "push" | "cpush" (compressed) | "pull" | "push_rows" | "pull_rows"
+    # | "push_shm" | "pull_shm" (shared memory, see kvsync.kv.shm)
     server: int
     wire: str
     value: np.ndarray | None = None  # pushed array / pulled rows' ids / row-sparse data
     rows: np.ndarray | None = None
     out: np.ndarray | None = None  # where a pulled value is copied (None: keep it)
+    path: str = ""  # push_shm: the worker's segment holding the slice
     lo: int = 0  # first row within the server's slice
     count: int = 1  # rows
     future: Future[Any] | Latch | None = None
@@ -139,8 +145,10 @@ class Comm:
         timeout: seconds a parked pull may wait on the server (sent as ``timeout_ms``).
     """
 
-    def __init__(self, links: Sequence[Link], *, timeout: float) -> None:
+    def __init__(self, links: Sequence[Link], *, timeout: float,
+                 shared: SharedSegments | None = None) -> None:
         self._links = list(links)
+        self._shared = shared or SharedSegments()
         self._timeout = timeout
         self._cv = threading.Condition()
         self._heap: list[tuple[int, int, Op]] = []
@@ -251,6 +259,10 @@ class Comm:
         elif first.kind == "pull":
             msg = PSPull(keys=tuple(op.wire for op in batch), offsets=tuple(op.lo for op in batch),
                          counts=tuple(op.count for op in batch), timeout_ms=timeout_ms)
+        elif first.kind == "push_shm":
+            msg = PSPushShm(key=first.wire, path=first.path)
+        elif first.kind == "pull_shm":
+            msg = PSPullShm(key=first.wire, timeout_ms=timeout_ms)
         elif first.kind == "push_rows":
             assert first.rows is not None and first.value is not None
             msg = PSPushRows(key=first.wire, rows=first.rows, data=first.value)
@@ -284,6 +296,16 @@ class Comm:
                 self._finish(batch, None)
 
     def _deliver(self, batch: list[Op], reply: object) -> None:
+        if batch[0].kind == "pull_shm":
+            op = batch[0]
+            if not isinstance(reply, PSShmReply) or op.out is None:
+                raise error_from_code(ErrorCode.PROTOCOL, f"unexpected {type(reply).__name__}")
+            src = self._shared.attach(reply.path, op.out.nbytes)
+            np.copyto(op.out, src.view(op.out.dtype).reshape(op.out.shape))
+            if op.future is not None:
+                op.future.set_result(op.out)
+            op.settled = True
+            return
         if batch[0].kind not in ("pull", "pull_rows"):
             return
         if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
@@ -297,15 +319,19 @@ class Comm:
 
     def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
         for op in batch:
-            if exc is not None and not op.settled:
-                op.settled = True
-                if op.future is not None:
-                    op.future.set_exception(exc)
+            if op.settled:
+                continue
+            op.settled = True
+            if op.future is not None:
+                if exc is None:
+                    op.future.set_result(None)
                 else:
-                    logger.debug("%s of key %s failed: %s", op.kind, op.wire, exc)
-                    with self._cv:
-                        if not self._errors:
-                            self._errors.append(exc)
+                    op.future.set_exception(exc)
+            if exc is not None and "push" in op.kind:  # surfaces in the next call
+                logger.debug("%s of key %s failed: %s", op.kind, op.wire, exc)
+                with self._cv:
+                    if not self._errors:
+                        self._errors.append(exc)
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
@@ -48,7 +48,8 @@ from kvsync.kv.base import (
 from kvsync.kv.comm import Comm, Latch, Link, Op
 from kvsync.kv.compression import GradientCompression, create_compression
 from kvsync.kv.reduce import copy_to_all, sum_into
-from kvsync.kv.sharding import KeyPlan, plan_key
+from kvsync.kv.sharding import KeyPlan, chunks, plan_key
+from kvsync.kv.shm import SharedSegments, shm_supported
 from kvsync.protocol.messages import (
     ErrorReply,
     PSBarrier,
@@ -84,6 +85,7 @@ class DistKVStore(KVStoreBase):
         links: one pipelined link per server (``kvsync.client.Client`` objects).
         bound: arrays with more elements are split over all servers.
         timeout: seconds any blocking call may take.
+        shm: the servers run on this host: move big slices through shared memory.
 
     Raises:
         UnknownNameError: another name. InvalidArgumentError: no links, or a bad rank.
@@ -93,7 +95,7 @@ class DistKVStore(KVStoreBase):
 
     def __init__(self, name: str, *, rank: int, num_workers: int, links: Sequence[Link],
                  bound: int = defaults.BIGARRAY_BOUND,
-                 timeout: float = defaults.DEFAULT_TIMEOUT) -> None:
+                 timeout: float = defaults.DEFAULT_TIMEOUT, shm: bool = False) -> None:
         if name not in self.NAMES:
             raise UnknownNameError(f"DistKVStore types are {list(self.NAMES)}, got {name!r}")
         if not links or not 0 <= rank < num_workers:
@@ -108,7 +110,10 @@ class DistKVStore(KVStoreBase):
         self._gc: GradientCompression | None = None
         hello = PSHello(rank=rank, num_workers=num_workers, sync=name != "dist_async")
         self._call_all([hello] * len(self._links))
-        self._comm = Comm(self._links, timeout=self.timeout)
+        self._shm = shm and shm_supported()
+        self._segments = SharedSegments()
+        self._segments_of: dict[tuple[str, int], list[Any]] = {}  # [path, view, last push]
+        self._comm = Comm(self._links, timeout=self.timeout, shared=self._segments)
         self._closed = False
 
     @classmethod
@@ -227,9 +232,11 @@ class DistKVStore(KVStoreBase):
                 continue
             dense = [np.ascontiguousarray(rowsparse.densify(v)) for v in g.values]
             grad = dense[0] if len(dense) == 1 else sum_into(np.empty_like(dense[0]), dense)
-            for server, lo, part in plan.pieces(grad):
+            for server, lo, part in self._pieces(plan, grad):
                 n = part.shape[0] if part.ndim else 1
-                if self._gc is not None:
+                if lo < 0:  # the whole slice, through shared memory
+                    ops.append(self._shm_push(plan, server, part))
+                elif self._gc is not None:
                     packed = self._gc.compress((plan.wire, server, lo), part)
                     ops.append(Op("cpush", server, plan.wire, value=packed, lo=lo, count=n,
                                   nbytes=packed.nbytes))
@@ -237,6 +244,33 @@ class DistKVStore(KVStoreBase):
                     ops.append(Op("push", server, plan.wire, value=part, lo=lo, count=n,
                                   nbytes=part.nbytes))
         self._comm.enqueue_many(ops, priority)
+
+    def _pieces(self, plan: KeyPlan, array: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Parts of ``array`` per server: whole slices that travel through shared memory
+        (marked with row ``-1``), socket parts of at most PS_CHUNK_BYTES otherwise."""
+        if not self._shm or array.nbytes < defaults.PS_SHM_MIN_BYTES:
+            yield from plan.pieces(array)
+            return
+        for s, block in plan.parts(array):
+            if block.nbytes >= defaults.PS_SHM_MIN_BYTES and self._gc is None:
+                yield s.server, -1, block
+            else:
+                for lo, rows in chunks(block):
+                    yield s.server, lo, rows
+
+    def _shm_push(self, plan: KeyPlan, server: int, part: np.ndarray) -> Op:
+        """Copy ``part`` into this worker's segment for (key, server); once the previous
+        push from it was read by the server."""
+        seg = self._segments_of.get((plan.wire, server))
+        if seg is None:
+            path, buf = self._segments.create(part.nbytes)
+            seg = self._segments_of[(plan.wire, server)] = [path, buf, None]
+        if seg[2] is not None:
+            seg[2].wait(self.timeout + 15.0)
+        np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
+        seg[2] = Latch(1)
+        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2],
+                  nbytes=part.nbytes)
 
     def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
         ops = []
@@ -280,8 +314,9 @@ class DistKVStore(KVStoreBase):
                     raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
             direct = dense[0] if dense and dense[0].flags.c_contiguous else None
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
-            for server, lo, view in plan.pieces(target):
-                ops.append(Op("pull", server, plan.wire, out=view, lo=lo,
+            for server, lo, view in self._pieces(plan, target):
+                kind = "pull_shm" if lo < 0 else "pull"
+                ops.append(Op(kind, server, plan.wire, out=view, lo=max(lo, 0),
                               count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes))
             rest = [o for o in dense if o is not target]
             if rest or (sparse and not ignore_sparse):
@@ -444,6 +479,7 @@ class DistKVStore(KVStoreBase):
         except Exception:
             logger.debug("pending pushes failed while closing", exc_info=True)
         self._comm.close()
+        self._segments.close()
         for link in self._links:
             close = getattr(link, "close", None)
             if close is not None:

@@ -117,6 +117,8 @@ class Opcode(IntEnum):
     PS_BARRIER = 0x4C
     PS_STATS = 0x4D
     PS_SHUTDOWN = 0x4E
+    PS_PUSH_SHM = 0x4F
+    PS_PULL_SHM = 0x50
     # Replies
     OK = 0x80
     VALUE = 0x81
@@ -124,6 +126,7 @@ class Opcode(IntEnum):
     INT = 0x83
     KEYS = 0x84
     PS_VALUES = 0xC0  # parameter-server arrays (owner: dist)
+    PS_SHM = 0xC1  # where a parameter server's slice lives in shared memory (owner: dist)
     ERROR = 0xFF
 
 
@@ -403,12 +406,15 @@ __all__ += [
     "PSLoadStates",
     "PSPull",
     "PSPullRows",
+    "PSPullShm",
     "PSPush",
     "PSPushRows",
+    "PSPushShm",
     "PSSaveStates",
     "PSSetCompression",
     "PSSetOptimizer",
     "PSSetUpdater",
+    "PSShmReply",
     "PSShutdown",
     "PSStats",
     "PSValuesReply",
@@ -550,6 +556,33 @@ class PSShutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class PSPushShm:
+    """Push a whole slice that a worker on the same host wrote into its shared-memory
+    segment ``path`` (``/proc/<pid>/fd/<fd>``, see kvsync.kv.shm); the server reads it
+    before replying, so the worker may reuse the segment after the reply. Reply: OkReply."""
+
+    key: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSPullShm:
+    """Like PSPull of a whole slice, answered with where the slice lives in the server's
+    shared memory instead of its bytes. Reply: PSShmReply."""
+
+    key: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSShmReply:
+    """The shared-memory segment holding the slice a PSPullShm asked for (unchanged until
+    the asking worker pushes the key again)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class PSValuesReply:
     """Arrays answering PSPull / PSPullRows, in request order."""
 
@@ -573,7 +606,10 @@ PS_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.PS_BARRIER: PSBarrier,
     Opcode.PS_STATS: PSStats,
     Opcode.PS_SHUTDOWN: PSShutdown,
+    Opcode.PS_PUSH_SHM: PSPushShm,
+    Opcode.PS_PULL_SHM: PSPullShm,
     Opcode.PS_VALUES: PSValuesReply,
+    Opcode.PS_SHM: PSShmReply,
 }
 MESSAGE_OF.update(PS_MESSAGE_OF)
 OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})

@@ -52,8 +52,10 @@ from kvsync.protocol.messages import (
     PSLoadStates,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
     PSPushRows,
+    PSPushShm,
     PSSaveStates,
     PSSetCompression,
     PSSetOptimizer,
@@ -72,6 +74,7 @@ __all__ = [
     "Compression",
     "Outgoing",
     "ParameterServerLogic",
+    "SharedMemory",
     "Updater",
     "key_of_wire",
     "wire_key",
@@ -90,6 +93,14 @@ class Updater(Protocol):
     def set_states(self, data: bytes) -> None: ...
 
 
+class SharedMemory(Protocol):
+    """Memory shared with workers on this host (``kvsync.kv.shm.SharedSegments``)."""
+
+    def create(self, nbytes: int) -> tuple[str, np.ndarray]: ...
+
+    def attach(self, path: str, nbytes: int) -> np.ndarray: ...
+
+
 class Compression(Protocol):
     """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
 
@@ -101,6 +112,7 @@ class Compression(Protocol):
 PS_MESSAGE_TYPES: tuple[type, ...] = (
     PSHello, PSInit, PSWaitInit, PSPush, PSPushRows, PSPull, PSPullRows, PSSetOptimizer,
     PSSetUpdater, PSSetCompression, PSSaveStates, PSLoadStates, PSBarrier, PSStats, PSShutdown,
+    PSPushShm, PSPullShm,
 )
 
 
@@ -125,6 +137,7 @@ class ParameterServerLogic:
         updater_by_name: Callable[[str, dict[str, Any]], Updater] | None = None,
         compression_from_params: Callable[[dict[str, Any]], Compression | None] | None = None,
         stall_seconds: float = defaults.PS_STALL_SECONDS,
+        shared: SharedMemory | None = None,
     ) -> None:
         self.server_index = server_index
         self.shutdown_requested = False
@@ -132,6 +145,8 @@ class ParameterServerLogic:
         self._named_updater = updater_by_name
         self._make_compression = compression_from_params
         self._stall = stall_seconds
+        self._alloc = shared.create if shared is not None else None
+        self._attach = shared.attach if shared is not None else None
         self._keys: dict[str, KeyState] = {}
         self._job = JobState()
         self._deferred: list[Outgoing] = []
@@ -148,6 +163,7 @@ class ParameterServerLogic:
             PSSetUpdater: self._set_updater, PSSetCompression: self._set_compression,
             PSSaveStates: self._save_states, PSLoadStates: self._load_states,
             PSBarrier: self._barrier, PSStats: self._stats, PSShutdown: self._shutdown,
+            PSPushShm: self._push_shm, PSPullShm: self._pull_shm,
         }
 
     # --- ServerLogic ------------------------------------------------------------------------
@@ -234,7 +250,7 @@ class ParameterServerLogic:
                 raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                      f"key {key_of_wire(k)!r} is already initialised")
         for k, v in zip(msg.keys, msg.values, strict=True):
-            self._keys[k] = KeyState(key_of_wire(k), np.array(v, copy=True, order="C"))
+            self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
             self._counters.bytes_in += v.nbytes
         return OkReply()
 
@@ -277,6 +293,26 @@ class ParameterServerLogic:
         self._counters.bytes_in += rows.nbytes + data.nbytes
         self._accept(ks, rank, 0, grad)
         return OkReply()
+
+    def _push_shm(self, conn_id: int, request_id: int, msg: PSPushShm, now: float) -> object:
+        rank = self._job.rank_of[conn_id]
+        ks = self._key(msg.key)
+        if self._attach is None:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"server {self.server_index} has no shared memory")
+        self._check_round(ks, rank)
+        ks.check_order(rank, 0)
+        grad = self._attach(msg.path, ks.value.nbytes).view(ks.value.dtype)
+        self._counters.bytes_in += ks.value.nbytes
+        self._accept(ks, rank, 0, grad.reshape(ks.value.shape))
+        return OkReply()
+
+    def _pull_shm(self, conn_id: int, request_id: int, msg: PSPullShm, now: float) -> object:
+        if not self._key(msg.key).value_path:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"key {key_of_wire(msg.key)!r} is not in shared memory on "
+                                 f"server {self.server_index}")
+        return _park(self, "shm", conn_id, request_id, (msg.key,), msg.timeout_ms, now)
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):

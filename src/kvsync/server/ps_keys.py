@@ -11,16 +11,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import numpy as np
 
+from kvsync import defaults
 from kvsync.errors import ErrorCode
 
-__all__ = ["Key", "KeyState", "PSRequestError", "key_of_wire", "wire_key"]
+__all__ = ["Allocate", "Key", "KeyState", "PSRequestError", "key_of_wire", "wire_key"]
 
 #: A KVStore key as users write it.
 Key: TypeAlias = "int | str"
+#: ``nbytes -> (path, uint8 view)``: memory other processes of the host can map.
+Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
 
 
 class PSRequestError(Exception):
@@ -86,17 +90,29 @@ class KeyState:
         partial: ranks part-way through a push -> rows received so far.
     """
 
-    __slots__ = ("_acc", "_filled", "_own", "key", "partial", "pushed", "round", "value")
+    __slots__ = ("_acc", "_alloc", "_filled", "_own", "acc_path", "key", "partial", "pushed",
+                 "round", "value", "value_path")
 
-    def __init__(self, key: Key, value: np.ndarray) -> None:
+    def __init__(self, key: Key, value: np.ndarray, alloc: Allocate | None = None) -> None:
         self.key = key
-        self.value = value
+        self.value_path = self.acc_path = ""
+        self._alloc = alloc if value.nbytes >= defaults.PS_SHM_MIN_BYTES else None
+        if self._alloc is not None:  # big slices live in memory workers can map
+            self.value_path, self.value = self._shared_like(value)
+            np.copyto(self.value, value)
+        else:
+            self.value = np.array(value, copy=True, order="C")
         self.round = 0
         self.pushed: set[int] = set()
         self.partial: dict[int, int] = {}
         self._acc: np.ndarray | None = None
         self._filled = 0
         self._own: dict[int, np.ndarray] = {}
+
+    def _shared_like(self, a: np.ndarray) -> tuple[str, np.ndarray]:
+        assert self._alloc is not None
+        path, buf = self._alloc(a.nbytes)
+        return path, buf.view(a.dtype).reshape(a.shape)
 
     @property
     def rows(self) -> int:
@@ -165,7 +181,10 @@ class KeyState:
         n = int(grad.shape[0]) if grad.ndim else 1
         if sync:
             if self._acc is None:
-                self._acc = np.empty_like(self.value)
+                if self._alloc is not None:
+                    self.acc_path, self._acc = self._shared_like(self.value)
+                else:
+                    self._acc = np.empty_like(self.value)
             acc = self._acc
             seen = max(0, min(lo + n, self._filled) - lo)
             if seen:
@@ -199,6 +218,7 @@ class KeyState:
         """Without an updater the round's sum becomes the value: swap the two buffers."""
         assert self._acc is not None
         self.value, self._acc = self._acc, self.value
+        self.value_path, self.acc_path = self.acc_path, self.value_path
 
     def missing(self, num_workers: int) -> list[int]:
         """Ranks that have not completed a push into the open round."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvsync.errors import ErrorCode
-from kvsync.protocol.messages import ErrorReply, OkReply, PSValuesReply
+from kvsync.protocol.messages import ErrorReply, OkReply, PSShmReply, PSValuesReply
 from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import KeyState, key_of_wire, rows_of
 
@@ -24,7 +24,7 @@ __all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 class Parked:
     """One request waiting on the server."""
 
-    kind: str  # "pull" | "rows" | "init" | "barrier"
+    kind: str  # "pull" | "rows" | "shm" | "init" | "barrier"
     conn_id: int
     request_id: int
     rank: int
@@ -131,6 +131,10 @@ class ParkedRequests:
         states = [self._keys[k] for k in p.keys]
         if any(p.rank in ks.pushed or p.rank in ks.partial for ks in states):
             return None
+        if p.kind == "shm":
+            self._counters.pulls += 1
+            self._counters.bytes_out += states[0].value.nbytes
+            return PSShmReply(path=states[0].value_path)
         if p.kind == "rows":
             assert p.rows is not None
             values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
@@ -173,11 +177,12 @@ class ParkedRequests:
     def _timeout_text(self, p: Parked) -> str:
         n = self._job.num_workers
         what = {"init": "keys to be initialised by rank 0", "barrier": "the other workers",
-                "pull": "the round's pushes", "rows": "the round's pushes"}[p.kind]
+                "pull": "the round's pushes", "rows": "the round's pushes",
+                "shm": "the round's pushes"}[p.kind]
         missing = ""
         if p.kind == "barrier":
             missing = f" (ranks {sorted(set(range(n)) - self._job.barrier)} missing)"
-        elif p.kind in ("pull", "rows"):
+        elif p.kind in ("pull", "rows", "shm"):
             m = sorted({r for k in p.keys if p.rank in self._keys[k].pushed
                         for r in self._keys[k].missing(n)})
             missing = f" (ranks {m} missing)"
