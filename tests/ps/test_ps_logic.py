@@ -404,3 +404,16 @@ def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
                             compressed=False))
         assert job.ps.stats()["updates"] == lo // 2
     np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0], np.ones(4))
+
+
+def test_a_whole_push_after_another_ranks_partial_push_adds_only_where_it_wrote() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("sw",), values=(np.zeros(4),)))
+    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(0,), counts=(2,),
+                        compressed=False))
+    job.reply(1, PSPush(keys=("sw",), values=(np.full(4, 5.0),), offsets=(0,), counts=(4,),
+                        compressed=False))
+    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(2,), counts=(2,),
+                        compressed=False))
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
+                                  np.full(4, 6.0))

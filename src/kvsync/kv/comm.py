@@ -90,6 +90,13 @@ class Latch:
         """One op succeeded."""
         self._count_down(None)
 
+    def count_down(self, n: int) -> None:
+        """``n`` ops succeeded."""
+        with self._cv:
+            self._left -= n
+            if self._left <= 0:
+                self._cv.notify_all()
+
     def set_exception(self, exc: BaseException) -> None:
         """One op failed with ``exc``."""
         self._count_down(exc)
@@ -310,12 +317,17 @@ class Comm:
             return
         if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
             raise error_from_code(ErrorCode.PROTOCOL, f"unexpected reply {type(reply).__name__}")
+        latch, done = None, 0
         for op, v in zip(batch, reply.values, strict=True):
             if op.out is not None:
                 np.copyto(op.out, v.reshape(op.out.shape))
-            if op.future is not None:
-                op.future.set_result(v if op.out is None else op.out)
             op.settled = True
+            if isinstance(op.future, Latch) and (latch is None or op.future is latch):
+                latch, done = op.future, done + 1  # counted down once per batch below
+            elif op.future is not None:
+                op.future.set_result(v if op.out is None else op.out)
+        if latch is not None:
+            latch.count_down(done)
 
     def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
         for op in batch:
