@@ -226,7 +226,14 @@ class DistKVStore(KVStoreBase):
         """
         self._comm.raise_errors()
         ops: list[Op] = []
+        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, value, "value"):
+            v0 = g.values[0]
+            if (len(g.values) == 1 and type(v0) is np.ndarray and v0.nbytes < small
+                    and self._gc is None and len(plan.slices) == 1 and v0.flags.c_contiguous):
+                ops.append(Op("push", plan.slices[0].server, plan.wire, value=v0,  # fast path
+                              count=v0.shape[0] if v0.ndim else 1, nbytes=v0.nbytes))
+                continue
             if all(isinstance(v, RowSparseArray) for v in g.values):
                 ops += self._row_ops(plan, rowsparse.sum_rows(g.values))
                 continue
@@ -306,7 +313,14 @@ class DistKVStore(KVStoreBase):
             return fresh if many else fresh[0]
         jobs: list[tuple[np.ndarray, list[Any]]] = []
         ops: list[Op] = []
+        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, out, "out"):
+            o0 = g.values[0]
+            if (len(g.values) == 1 and type(o0) is np.ndarray and o0.nbytes < small
+                    and len(plan.slices) == 1 and o0.flags.c_contiguous and o0.flags.writeable):
+                ops.append(Op("pull", plan.slices[0].server, plan.wire, out=o0,  # fast path
+                              count=o0.shape[0] if o0.ndim else 1, nbytes=o0.nbytes))
+                continue
             dense = [o for o in g.values if isinstance(o, np.ndarray)]
             sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
             for o in dense:
