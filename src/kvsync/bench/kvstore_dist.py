@@ -197,7 +197,7 @@ def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
     step = max(r["small_step"] for r in dist)
     print(f"{args.small_keys} small keys (16 float32) per step, push+pull: "
           f"{human_seconds(step)} per step = {args.small_keys / step:,.0f} keys/s per worker")
-    print("bytes received per server during the timed rounds (push data):")
+    print("bytes pushed to each server (init, warm-up and timed rounds of each size):")
     srv = dist[0]["server_bytes"]
     print(format_table(["elements", *[f"server {i}" for i in range(args.servers)]],
                        [[f"{n:,}", *[human_bytes(b) for b in srv[str(n)]]] for n in sizes]))

@@ -262,17 +262,24 @@ class ParameterServerLogic:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
             raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
                                  "in length")
-        rank = self._job.rank_of[conn_id]
-        states = [self._key(k) for k in msg.keys]
+        rank, sync = self._job.rank_of[conn_id], self._job.sync
+        keys = self._keys
+        states = [keys.get(k) or self._key(k) for k in msg.keys]
         grads = []
         for ks, v, lo, n in zip(states, msg.values, msg.offsets, msg.counts, strict=True):
-            g = self._grad(ks, v, lo, n, msg.compressed)
-            ks.part_rows(lo, g)
-            self._check_round(ks, rank)
-            ks.check_order(rank, lo)
-            grads.append(g)
+            stored = ks.value
+            whole = (not msg.compressed and lo == 0 and v.shape == stored.shape
+                     and v.dtype == stored.dtype and rank not in ks.partial)
+            if not whole:  # a part, or compressed: the full checks
+                v = self._grad(ks, v, lo, n, msg.compressed)
+                ks.part_rows(lo, v)
+                ks.check_order(rank, lo)
+            if sync and rank in ks.pushed:
+                self._check_round(ks, rank)
+            grads.append(v)
+        counters = self._counters
         for ks, g, v, lo in zip(states, grads, msg.values, msg.offsets, strict=True):
-            self._counters.bytes_in += v.nbytes
+            counters.bytes_in += v.nbytes
             self._accept(ks, rank, lo, g)
         return OkReply()
 
