@@ -19,8 +19,6 @@ Example (needs running servers; see ``examples/train_ps.py``)::
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -31,10 +29,8 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import (
     InvalidArgumentError,
-    KVStoreError,
     UninitializedKeyError,
     UnknownNameError,
-    error_from_code,
 )
 from kvsync.kv import rowsparse
 from kvsync.kv.base import (
@@ -46,22 +42,15 @@ from kvsync.kv.base import (
     pair_row_ids,
 )
 from kvsync.kv.comm import Comm, Latch, Link, Op
-from kvsync.kv.compression import GradientCompression, create_compression
+from kvsync.kv.compression import GradientCompression
+from kvsync.kv.dist_control import ServerControl
 from kvsync.kv.reduce import copy_to_all, sum_into
 from kvsync.kv.sharding import KeyPlan, chunks, plan_key
 from kvsync.kv.shm import SharedSegments, shm_supported
 from kvsync.protocol.messages import (
-    ErrorReply,
     PSBarrier,
     PSHello,
     PSInit,
-    PSLoadStates,
-    PSSaveStates,
-    PSSetCompression,
-    PSSetOptimizer,
-    PSSetUpdater,
-    PSShutdown,
-    PSStats,
     PSWaitInit,
 )
 from kvsync.server.ps_keys import Key
@@ -73,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 
 @KVStoreBase.register
-class DistKVStore(KVStoreBase):
+class DistKVStore(ServerControl, KVStoreBase):
     """A worker's handle on the parameter servers of a job.
 
     Built by ``kvsync.kv.create("dist_sync")`` (environment and servers found as described
@@ -388,82 +377,6 @@ class DistKVStore(KVStoreBase):
             o.assign(pairs.groups[0].values[0])
         return out
 
-    # --- optimizer, compression, states -----------------------------------------------------
-    def set_optimizer(self, optimizer: Any) -> None:
-        """Send ``optimizer``'s JSON config to every server (its name must be registered
-        there; custom ones via the server's setup module).
-
-        Raises:
-            UnknownNameError: a server does not know the optimizer; lists the known ones.
-        """
-        config = json.dumps(optimizer.to_config())
-        self.wait()
-        self._call_all([PSSetOptimizer(config=config)] * self.num_servers)
-
-    def set_server_updater(self, name: str, **params: Any) -> None:
-        """Run the updater registered as ``name`` in the server processes
-        (:func:`kvsync.kv.server.register_updater`), built with ``params`` (JSON-able).
-
-        Raises:
-            UnknownNameError: a server has no updater of that name; lists the known ones.
-        """
-        self.wait()
-        self._call_all([PSSetUpdater(name=name, params=json.dumps(params))] * self.num_servers)
-
-    def _set_updater(self, updater: Any) -> None:
-        raise InvalidArgumentError(
-            "dist KVStores run the update on the servers and never ship code: use "
-            "set_optimizer(), or register an updater in the server process "
-            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()")
-
-    def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
-        """Compress pushed gradients on this worker; the servers decompress.
-
-        Raises:
-            UnknownNameError, InvalidArgumentError: bad parameters.
-        """
-        gc = create_compression(compression_params)
-        self.wait()
-        params = json.dumps(gc.to_params() if gc is not None else {"type": "none"})
-        self._call_all([PSSetCompression(params=params)] * self.num_servers)
-        self._gc = gc
-
-    def save_optimizer_states(self, fname: str, dump_optimizer: bool = False) -> None:
-        """Gather every server's optimizer state into one npz file (``server_<i>`` blobs,
-        each npz + JSON, and a JSON ``meta`` entry).
-
-        Raises:
-            ServerError: no optimizer is set on the servers.
-        """
-        self.wait()
-        replies = self._call_all([PSSaveStates(dump_optimizer=dump_optimizer)] * self.num_servers)
-        blobs = {f"server_{i}": np.frombuffer(bytes(r.value), np.uint8)
-                 for i, r in enumerate(replies)}
-        meta = json.dumps({"format": "kvsync-ps-states", "num_servers": self.num_servers})
-        buf = io.BytesIO()
-        savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
-        savez(buf, meta=np.frombuffer(meta.encode(), np.uint8), **blobs)
-        with open(fname, "wb") as f:
-            f.write(buf.getvalue())
-
-    def load_optimizer_states(self, fname: str) -> None:
-        """Restore what :meth:`save_optimizer_states` wrote (same number of servers).
-
-        Raises:
-            KVStoreError: the file is not a kvsync states file or has another server count.
-        """
-        self.wait()
-        with np.load(fname, allow_pickle=False) as z:
-            try:
-                meta = json.loads(bytes(z["meta"]).decode())
-                blobs = [bytes(z[f"server_{i}"]) for i in range(meta["num_servers"])]
-            except (KeyError, ValueError) as exc:
-                raise KVStoreError(f"{fname} is not a kvsync states file: {exc}") from None
-        if len(blobs) != self.num_servers:
-            raise KVStoreError(f"{fname} holds states of {len(blobs)} servers, the job has "
-                               f"{self.num_servers}")
-        self._call_all([PSLoadStates(data=b) for b in blobs])
-
     # --- synchronisation, stats, lifetime ---------------------------------------------------
     def wait(self) -> None:
         """Wait until every push of this worker has been acknowledged; raise its errors."""
@@ -472,16 +385,6 @@ class DistKVStore(KVStoreBase):
     def _barrier(self) -> None:
         self.wait()
         self._call_all([PSBarrier(timeout_ms=self._timeout_ms)] * self.num_servers)
-
-    def server_stats(self) -> list[dict[str, Any]]:
-        """Per-server counters (``bytes_in``, ``bytes_out``, ``keys``, ``updates`` ...)."""
-        replies = self._call_all([PSStats()] * self.num_servers)
-        return [json.loads(bytes(r.value)) for r in replies]
-
-    def shutdown_servers(self) -> None:
-        """Ask every server process to exit (rank 0 does this at the end of a job)."""
-        self.wait()
-        self._call_all([PSShutdown()] * self.num_servers)
 
     def close(self) -> None:
         """Send what is queued, stop the threads and close the links."""
@@ -508,30 +411,3 @@ class DistKVStore(KVStoreBase):
     def __repr__(self) -> str:
         return (f"<DistKVStore type={self._type!r} rank={self._rank}/{self._num_workers} "
                 f"servers={self.num_servers} keys={len(self._plans)}>")
-
-    # --- helpers ----------------------------------------------------------------------------
-    @property
-    def _timeout_ms(self) -> int:
-        return int(self.timeout * 1000)
-
-    def _call_all(self, msgs: Sequence[object | None]) -> list[Any]:
-        """Send one message per server (None: skip), all at once; return the replies."""
-        rids = [None if m is None else link.submit(m) for link, m in zip(self._links, msgs,
-                                                                         strict=True)]
-        replies: list[Any] = []
-        first: BaseException | None = None
-        for link, rid in zip(self._links, rids, strict=True):
-            if rid is None:
-                replies.append(None)
-                continue
-            try:
-                reply = link.result(rid, timeout=self.timeout + 15.0)
-                if isinstance(reply, ErrorReply):
-                    raise error_from_code(reply.code, reply.message)
-                replies.append(reply)
-            except Exception as exc:
-                first = first or exc
-                replies.append(None)
-        if first is not None:
-            raise first
-        return replies
