@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +66,17 @@ from kvsync.protocol.messages import (
     ValueReply,
 )
 from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, PSRequestError, key_of_wire, wire_key
+from kvsync.server.ps_keys import (
+    Compression,
+    KeyState,
+    PSRequestError,
+    SharedMemory,
+    Updater,
+    check_pairs,
+    json_object,
+    key_of_wire,
+    wire_key,
+)
 from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
 
 __all__ = [
@@ -81,31 +91,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class Updater(Protocol):
-    """What the server needs from an updater (``kvsync.optimizer.get_updater``)."""
-
-    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
-
-    def get_states(self, dump_optimizer: bool = False) -> bytes: ...
-
-    def set_states(self, data: bytes) -> None: ...
-
-
-class SharedMemory(Protocol):
-    """Memory shared with workers on this host (``kvsync.kv.shm.SharedSegments``)."""
-
-    def create(self, nbytes: int) -> tuple[str, np.ndarray]: ...
-
-    def attach(self, path: str, nbytes: int) -> np.ndarray: ...
-
-
-class Compression(Protocol):
-    """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
-
-    def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
-
 
 
 #: The message types this logic handles (for ``Router``).
@@ -244,7 +229,7 @@ class ParameterServerLogic:
         return OkReply()
 
     def _init(self, conn_id: int, request_id: int, msg: PSInit, now: float) -> object:
-        _check_pairs(msg.keys, msg.values)
+        check_pairs(msg.keys, msg.values)
         for k in msg.keys:
             if k in self._keys:
                 raise PSRequestError(ErrorCode.KVSTORE_USAGE,
@@ -258,7 +243,7 @@ class ParameterServerLogic:
         return _park(self, "init", conn_id, request_id, msg.keys, msg.timeout_ms, now)
 
     def _push(self, conn_id: int, request_id: int, msg: PSPush, now: float) -> object:
-        _check_pairs(msg.keys, msg.values)
+        check_pairs(msg.keys, msg.values)
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
             raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
                                  "in length")
@@ -339,7 +324,7 @@ class ParameterServerLogic:
             raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no optimizer support")
         if msg.config != self._installed.get("optimizer"):  # every worker sends it once
-            self._updater = self._make_updater(_json_object(msg.config, "optimizer config"))
+            self._updater = self._make_updater(json_object(msg.config, "optimizer config"))
             self._installed["optimizer"] = msg.config
         return OkReply()
 
@@ -349,7 +334,7 @@ class ParameterServerLogic:
                                  f"server {self.server_index} has no updater registry")
         config = f"{msg.name}:{msg.params}"
         if config != self._installed.get("optimizer"):
-            self._updater = self._named_updater(msg.name, _json_object(msg.params, "params"))
+            self._updater = self._named_updater(msg.name, json_object(msg.params, "params"))
             self._installed["optimizer"] = config
         return OkReply()
 
@@ -359,7 +344,7 @@ class ParameterServerLogic:
             raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no compression support")
         if msg.params != self._installed.get("compression"):
-            self._compression = self._make_compression(_json_object(msg.params, "params"))
+            self._compression = self._make_compression(json_object(msg.params, "params"))
             self._installed["compression"] = msg.params
         return OkReply()
 
@@ -445,24 +430,6 @@ class ParameterServerLogic:
         return self._updater
 
     # --- parking ----------------------------------------------------------------------------
-
-def _check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
-    if len(keys) != len(values):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                             f"{len(keys)} keys but {len(values)} values")
-    if len(set(keys)) != len(keys):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
-
-
-def _json_object(text: str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
-    return obj
-
 
 def _park(self: ParameterServerLogic, kind: str, conn_id: int, request_id: int,
           keys: tuple[str, ...], timeout_ms: int, now: float,

@@ -1,4 +1,5 @@
-"""Per-key state of the parameter server, and the wire form of KVStore keys.
+"""Per-key state of the parameter server, the wire form of KVStore keys, and what the
+server logic is given (updater, compression, shared memory).
 
 KVStore keys are ``int`` or ``str``; on the wire they are one ``str``: ``"i<n>"`` or
 ``"s<name>"``, so the two kinds never collide and the server hands the updater the
@@ -11,20 +12,58 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode
 
-__all__ = ["Allocate", "Key", "KeyState", "PSRequestError", "key_of_wire", "wire_key"]
+__all__ = [
+    "Allocate",
+    "Compression",
+    "Key",
+    "KeyState",
+    "PSRequestError",
+    "SharedMemory",
+    "Updater",
+    "check_pairs",
+    "json_object",
+    "key_of_wire",
+    "wire_key",
+]
 
 #: A KVStore key as users write it.
 Key: TypeAlias = "int | str"
 #: ``nbytes -> (path, uint8 view)``: memory other processes of the host can map.
 Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
+
+
+class Updater(Protocol):
+    """What the server needs from an updater (``kvsync.optimizer.get_updater``)."""
+
+    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
+
+    def get_states(self, dump_optimizer: bool = False) -> bytes: ...
+
+    def set_states(self, data: bytes) -> None: ...
+
+
+class SharedMemory(Protocol):
+    """Memory shared with workers on this host (``kvsync.kv.shm.SharedSegments``)."""
+
+    def create(self, nbytes: int) -> tuple[str, np.ndarray]: ...
+
+    def attach(self, path: str, nbytes: int) -> np.ndarray: ...
+
+
+class Compression(Protocol):
+    """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
+
+    def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+
 
 
 class PSRequestError(Exception):
@@ -228,3 +267,31 @@ class KeyState:
     def missing(self, num_workers: int) -> list[int]:
         """Ranks that have not completed a push into the open round."""
         return [r for r in range(num_workers) if r not in self.pushed]
+
+
+def check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
+    """One value per key, no key twice.
+
+    Raises:
+        PSRequestError: KVSTORE_USAGE.
+    """
+    if len(keys) != len(values):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                             f"{len(keys)} keys but {len(values)} values")
+    if len(set(keys)) != len(keys):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object.
+
+    Raises:
+        PSRequestError: KVSTORE_USAGE naming ``what``.
+    """
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
+    return obj
