@@ -43,7 +43,10 @@ def test_sync_pull_returns_the_sum_of_every_workers_push(
             np.testing.assert_array_equal(a, np.full((40, 3), 6 + 30 * r, np.float32))
 
 
-def test_multi_device_values_are_summed_and_outs_all_filled(servers: list[FakeServer]) -> None:
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_device_sync"])
+def test_multi_device_values_are_summed_and_outs_all_filled(
+    servers: list[FakeServer], kind: str
+) -> None:
     def step(kv: DistKVStore) -> np.ndarray:
         kv.init(["a", "b"], [np.zeros(4), np.zeros(4)])
         kv.push(["a", "b"], [[np.ones(4), np.ones(4)], np.ones(4)])
@@ -52,7 +55,7 @@ def test_multi_device_values_are_summed_and_outs_all_filled(servers: list[FakeSe
         assert np.array_equal(outs[0], outs[1])
         return outs[0] + kv.pull("b")
 
-    for a in run_workers(2, servers, step):
+    for a in run_workers(2, servers, step, kind=kind):
         np.testing.assert_array_equal(a, np.full(4, 4 + 2))
 
 
