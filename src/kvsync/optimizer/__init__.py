@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from kvsync.optimizer.adam import LAMB, Adam, AdamW
 from kvsync.optimizer.adaptive import AdaDelta, AdaGrad, RMSProp
-from kvsync.optimizer.base import Index, Optimizer, State, create, names, register
+from kvsync.optimizer.base import Index, Optimizer, State
 from kvsync.optimizer.lr_scheduler import (
     CosineScheduler,
     FactorScheduler,
@@ -41,6 +41,7 @@ from kvsync.optimizer.lr_scheduler import (
     PolyScheduler,
     register_scheduler,
 )
+from kvsync.optimizer.registry import create, names, register
 from kvsync.optimizer.sgd import NAG, SGD, Signum
 from kvsync.optimizer.updater import Updater, get_updater
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.optimizer.base import Index, Optimizer, State, register
+from kvsync.optimizer.base import Index, Optimizer, State, positive_or_none
+from kvsync.optimizer.registry import register
 
 __all__ = ["LAMB", "Adam", "AdamW"]
 
@@ -116,14 +117,14 @@ class Adam(_AdamBase):
         """One Adam step on ``weight`` (in place)."""
         lr, wd, t = self._begin_step(index)
         lr_t = lr * math.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
-        mean, var = _pair(index, state)
-        g = self._grad_wd_clipped(index, weight, grad, wd)
-        self._moments(weight, g, mean, var)
-        np.sqrt(var, out=g)
-        g += self.epsilon
-        np.divide(mean, g, out=g)
-        g *= lr_t
-        weight -= g
+        for w, gr, mean, var in self._blocks(index, weight, grad, *_pair(index, state)):
+            g = self._grad_wd_clipped(w, gr, wd)
+            self._moments(w, g, mean, var)
+            np.sqrt(var, out=g)
+            g += self.epsilon
+            np.divide(mean, g, out=g)
+            g *= lr_t
+            w -= g
 
     def _params(self) -> dict[str, Any]:
         return {**super()._params(), "lazy_update": self.lazy_update}
@@ -166,18 +167,18 @@ class AdamW(_AdamBase):
         lr, wd, t = self._begin_step(index)
         if self.correct_bias:
             lr *= math.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
-        mean, var = _pair(index, state)
-        g = self._grad(index, weight, grad)
-        self._moments(weight, g, mean, var)
-        step = self._tmp("t", weight)
-        np.sqrt(var, out=step)
-        step += self.epsilon
-        np.divide(mean, step, out=step)
-        if wd:
-            np.multiply(weight, wd, out=g)
-            step += g
-        step *= lr
-        weight -= step
+        for w, gr, mean, var in self._blocks(index, weight, grad, *_pair(index, state)):
+            g = self._grad(w, gr)
+            self._moments(w, g, mean, var)
+            step = self._tmp("t", w)
+            np.sqrt(var, out=step)
+            step += self.epsilon
+            np.divide(mean, step, out=step)
+            if wd:
+                np.multiply(w, wd, out=g)
+                step += g
+            step *= lr
+            w -= step
 
     def _params(self) -> dict[str, Any]:
         return {**super()._params(), "correct_bias": self.correct_bias}
@@ -197,8 +198,8 @@ class LAMB(_AdamBase):
     Args:
         learning_rate: Default 0.001.
         beta1: 0.9. beta2: 0.999. epsilon: 1e-6.
-        lower_bound: Lower clamp of ``r1`` (None: none).
-        upper_bound: Upper clamp of ``r1`` (None: none).
+        lower_bound: Lower clamp of ``r1`` (None or <= 0: none).
+        upper_bound: Upper clamp of ``r1`` (None or <= 0: none).
         bias_correction: Default True.
         **kwargs: :class:`~kvsync.optimizer.base.Optimizer` arguments.
 
@@ -223,17 +224,41 @@ class LAMB(_AdamBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate, beta1, beta2, epsilon, **kwargs)
-        self.lower_bound = None if lower_bound is None else float(lower_bound)
-        self.upper_bound = None if upper_bound is None else float(upper_bound)
+        self.lower_bound = positive_or_none(lower_bound)
+        self.upper_bound = positive_or_none(upper_bound)
         self.bias_correction = bool(bias_correction)
 
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
-        """One LAMB step on ``weight`` (in place)."""
+        """One LAMB step on ``weight`` (in place).
+
+        Two passes over the blocks: the first updates the moments and sums the squared
+        norms of ``weight`` and ``u``; the second recomputes ``u`` (same operations, same
+        bits) and applies the trust-ratio step, so no full-size temporary is needed.
+        """
         lr, wd, t = self._begin_step(index)
-        mean, var = _pair(index, state)
-        g = self._grad(index, weight, grad)
-        self._moments(weight, g, mean, var)
-        u = self._tmp("t", weight)
+        blocks = list(self._blocks(index, weight, grad, *_pair(index, state)))
+        w_sq = u_sq = 0.0
+        for w, gr, mean, var in blocks:
+            g = self._grad(w, gr)
+            self._moments(w, g, mean, var)
+            u = self._direction(w, mean, var, wd, t)
+            w_sq += float(np.vdot(w, w))
+            u_sq += float(np.vdot(u, u))
+        r1 = math.sqrt(w_sq)
+        if self.lower_bound is not None:
+            r1 = max(r1, self.lower_bound)
+        if self.upper_bound is not None:
+            r1 = min(r1, self.upper_bound)
+        r2 = math.sqrt(u_sq)
+        scale = lr * (r1 / r2 if r1 != 0.0 and r2 != 0.0 else 1.0)
+        for w, _, mean, var in blocks:
+            u = self._direction(w, mean, var, wd, t)
+            u *= scale
+            w -= u
+
+    def _direction(self, w: _Array, mean: _Array, var: _Array, wd: float, t: int) -> _Array:
+        """Scratch block ``m_hat / (sqrt(v_hat) + epsilon) + wd * w``."""
+        u = self._tmp("t", w)
         if self.bias_correction:
             np.divide(var, 1.0 - self.beta2**t, out=u)
             np.sqrt(u, out=u)
@@ -244,17 +269,10 @@ class LAMB(_AdamBase):
         if self.bias_correction:
             u /= 1.0 - self.beta1**t
         if wd:
-            np.multiply(weight, wd, out=g)
-            u += g
-        r1 = float(np.linalg.norm(weight))
-        if self.lower_bound:
-            r1 = max(r1, self.lower_bound)
-        if self.upper_bound:
-            r1 = min(r1, self.upper_bound)
-        r2 = float(np.linalg.norm(u))
-        ratio = r1 / r2 if r1 != 0.0 and r2 != 0.0 else 1.0
-        u *= lr * ratio
-        weight -= u
+            tmp = self._tmp("g", w)
+            np.multiply(w, wd, out=tmp)
+            u += tmp
+        return u
 
     def _params(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.optimizer.base import Index, Optimizer, State, register
+from kvsync.optimizer.base import Index, Optimizer, State, positive_or_none
+from kvsync.optimizer.registry import register
 
 __all__ = ["AdaDelta", "AdaGrad", "RMSProp"]
 
@@ -64,21 +65,20 @@ class AdaGrad(Optimizer):
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
         """One AdaGrad step on ``weight`` (in place)."""
         lr, wd, _ = self._begin_step(index)
-        if not isinstance(state, np.ndarray):
-            raise ValueError(f"index {index!r}: expected an array state")
-        history = state
-        g = self._grad(index, weight, grad)
-        tmp = self._tmp("t", weight)
-        np.square(g, out=tmp)
-        history += tmp
-        np.add(history, self.float_stable_eps, out=tmp)
-        np.sqrt(tmp, out=tmp)
-        np.divide(g, tmp, out=g)
-        if wd:
-            np.multiply(weight, wd, out=tmp)
-            g += tmp
-        g *= lr
-        weight -= g
+        (history,) = _arrays(index, (state,), 1)
+        for w, gr, hist in self._blocks(index, weight, grad, history):
+            g = self._grad(w, gr)
+            tmp = self._tmp("t", w)
+            np.square(g, out=tmp)
+            hist += tmp
+            np.add(hist, self.float_stable_eps, out=tmp)
+            np.sqrt(tmp, out=tmp)
+            np.divide(g, tmp, out=g)
+            if wd:
+                np.multiply(w, wd, out=tmp)
+                g += tmp
+            g *= lr
+            w -= g
 
     def _params(self) -> dict[str, Any]:
         return {"eps": self.float_stable_eps}
@@ -108,7 +108,7 @@ class RMSProp(Optimizer):
         gamma2: Momentum of ``delta`` (centered only; 0.9).
         epsilon: Added inside the square root (1e-8).
         centered: Use Graves' centered variant.
-        clip_weights: Clip the weight after each step (None: no clipping).
+        clip_weights: Clip the weight after each step (None or <= 0: no clipping).
         **kwargs: :class:`~kvsync.optimizer.base.Optimizer` arguments.
 
     Example:
@@ -135,7 +135,7 @@ class RMSProp(Optimizer):
         self.gamma2 = float(gamma2)
         self.epsilon = float(epsilon)
         self.centered = bool(centered)
-        self.clip_weights = None if clip_weights is None else float(clip_weights)
+        self.clip_weights = positive_or_none(clip_weights)
 
     def create_state(self, index: Index, weight: _Array) -> State:
         """``(n,)`` or, centered, ``(n, m, delta)``; zeros like ``weight``."""
@@ -151,34 +151,42 @@ class RMSProp(Optimizer):
         """One RMSProp step on ``weight`` (in place)."""
         lr, wd, _ = self._begin_step(index)
         arrays = _arrays(index, state, 3 if self.centered else 1)
-        g = self._grad_wd_clipped(index, weight, grad, wd)
-        tmp = self._tmp("t", weight)
-        n = arrays[0]
-        np.square(g, out=tmp)
-        tmp *= 1.0 - self.gamma1
-        n *= self.gamma1
-        n += tmp
-        if self.centered:
-            _, m, delta = arrays
-            np.multiply(g, 1.0 - self.gamma1, out=tmp)
-            m *= self.gamma1
-            m += tmp
-            np.square(m, out=tmp)
-            np.subtract(n, tmp, out=tmp)
-            tmp += self.epsilon
-        else:
-            np.add(n, self.epsilon, out=tmp)
+        for w, gr, *st in self._blocks(index, weight, grad, *arrays):
+            g = self._grad_wd_clipped(w, gr, wd)
+            tmp = self._tmp("t", w)
+            n = st[0]
+            np.square(g, out=tmp)
+            tmp *= 1.0 - self.gamma1
+            n *= self.gamma1
+            n += tmp
+            if self.centered:
+                n, m, delta = st
+                self._centered_step(w, g, tmp, n, m, delta, lr)
+            else:
+                np.add(n, self.epsilon, out=tmp)
+                np.sqrt(tmp, out=tmp)
+                np.divide(g, tmp, out=g)
+                g *= lr
+                w -= g
+            if self.clip_weights is not None:
+                np.clip(w, -self.clip_weights, self.clip_weights, out=w)
+
+    def _centered_step(
+        self, w: _Array, g: _Array, tmp: _Array, n: _Array, m: _Array, delta: _Array, lr: float
+    ) -> None:
+        """Graves' step on one block, ``n`` already updated; ``g`` and ``tmp`` are scratch."""
+        np.multiply(g, 1.0 - self.gamma1, out=tmp)
+        m *= self.gamma1
+        m += tmp
+        np.square(m, out=tmp)
+        np.subtract(n, tmp, out=tmp)
+        tmp += self.epsilon
         np.sqrt(tmp, out=tmp)
         np.divide(g, tmp, out=g)
         g *= lr
-        if self.centered:
-            delta *= self.gamma2
-            delta -= g
-            weight += delta
-        else:
-            weight -= g
-        if self.clip_weights:
-            np.clip(weight, -self.clip_weights, self.clip_weights, out=weight)
+        delta *= self.gamma2
+        delta -= g
+        w += delta
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -223,27 +231,27 @@ class AdaDelta(Optimizer):
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
         """One AdaDelta step on ``weight`` (in place)."""
         _, wd, _ = self._begin_step(index)
-        acc_g, acc_delta = _arrays(index, state, 2)
-        g = self._grad(index, weight, grad)
-        tmp = self._tmp("t", weight)
-        np.square(g, out=tmp)
-        tmp *= 1.0 - self.rho
-        acc_g *= self.rho
-        acc_g += tmp
-        np.add(acc_g, self.epsilon, out=tmp)
-        np.sqrt(tmp, out=tmp)
-        np.divide(g, tmp, out=g)
-        np.add(acc_delta, self.epsilon, out=tmp)
-        np.sqrt(tmp, out=tmp)
-        tmp *= g  # tmp is now delta
-        np.square(tmp, out=g)
-        g *= 1.0 - self.rho
-        acc_delta *= self.rho
-        acc_delta += g
-        if wd:
-            np.multiply(weight, wd, out=g)
-            tmp += g
-        weight -= tmp
+        for w, gr, acc_g, acc_delta in self._blocks(index, weight, grad, *_arrays(index, state, 2)):
+            g = self._grad(w, gr)
+            tmp = self._tmp("t", w)
+            np.square(g, out=tmp)
+            tmp *= 1.0 - self.rho
+            acc_g *= self.rho
+            acc_g += tmp
+            np.add(acc_g, self.epsilon, out=tmp)
+            np.sqrt(tmp, out=tmp)
+            np.divide(g, tmp, out=g)
+            np.add(acc_delta, self.epsilon, out=tmp)
+            np.sqrt(tmp, out=tmp)
+            tmp *= g  # tmp is now delta
+            np.square(tmp, out=g)
+            g *= 1.0 - self.rho
+            acc_delta *= self.rho
+            acc_delta += g
+            if wd:
+                np.multiply(w, wd, out=g)
+                tmp += g
+            w -= tmp
 
     def _params(self) -> dict[str, Any]:
         return {"rho": self.rho, "epsilon": self.epsilon}

@@ -1,11 +1,12 @@
-"""The :class:`Optimizer` base class and the optimizer registry (MXNet 1.x semantics).
+"""The :class:`Optimizer` base class (MXNet 1.x semantics).
 
 An optimizer owns the hyper-parameters shared by every update rule (``learning_rate``,
 ``wd``, ``rescale_grad``, ``clip_gradient``, an optional ``lr_scheduler``, per-key
 ``lr_mult``/``wd_mult``, ``multi_precision``) and the update counters: each call of
 ``update`` for an index bumps that index's count, and ``num_update`` is the largest count,
 which drives the scheduler. Subclasses implement ``create_state`` and ``update`` with
-vectorised, in-place numpy; temporaries come from a per-thread :class:`Workspace`.
+vectorised, in-place numpy, block by block over big arrays, with the helpers of
+:class:`~kvsync.optimizer.blocks.BlockKernels`.
 
 Optimizers travel as a registered name plus JSON-able parameters (:meth:`to_config`,
 :meth:`Optimizer.from_config`), never as pickle.
@@ -26,16 +27,16 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.errors import KeyTypeError, ShapeMismatchError, UnknownNameError
+from kvsync.errors import KeyTypeError
+from kvsync.optimizer.blocks import BlockKernels, Workspace
 from kvsync.optimizer.lr_scheduler import LRScheduler
-from kvsync.optimizer.workspace import Workspace
 
-__all__ = ["Index", "Optimizer", "State", "check_index", "create", "names", "register"]
+__all__ = ["Index", "Optimizer", "State", "check_index", "positive_or_none"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,6 @@ logger = logging.getLogger(__name__)
 Index: TypeAlias = int | str
 #: Per-index optimizer state: nothing, an array, or a tuple of states.
 State: TypeAlias = "npt.NDArray[Any] | tuple[State, ...] | None"
-
-_REGISTRY: dict[str, type[Optimizer]] = {}
-_O = TypeVar("_O", bound="type[Optimizer]")
 
 
 def check_index(index: object) -> Index:
@@ -66,7 +64,17 @@ def check_index(index: object) -> Index:
     raise KeyTypeError(f"optimizer index must be an int or str, got {index!r}")
 
 
-class Optimizer(ABC):
+def positive_or_none(value: float | None) -> float | None:
+    """``float(value)`` if it is > 0, else None: MXNet's "a bound <= 0 is no bound".
+
+    Example:
+        >>> positive_or_none(2), positive_or_none(0.0), positive_or_none(-1), positive_or_none(None)
+        (2.0, None, None, None)
+    """
+    return None if value is None or float(value) <= 0 else float(value)
+
+
+class Optimizer(BlockKernels, ABC):
     """Base class of all optimizers.
 
     Args:
@@ -75,14 +83,16 @@ class Optimizer(ABC):
             scheduler, it overrides the scheduler's ``base_lr``.
         wd: Weight decay (L2) coefficient.
         rescale_grad: Gradients are multiplied by this first (often ``1/batch_size``).
-        clip_gradient: Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``.
+        clip_gradient: Clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``;
+            None or a value <= 0 turns clipping off (as in MXNet's update operators).
         lr_scheduler: An :class:`~kvsync.optimizer.lr_scheduler.LRScheduler`, called with
             ``num_update``.
         multi_precision: Keep a float32 master copy of float16 weights and update it.
         begin_num_update: Starting value of every update counter.
 
     Raises:
-        ValueError: for a negative ``clip_gradient`` or ``begin_num_update``.
+        ValueError: for a negative ``begin_num_update``.
+        TypeError: if ``lr_scheduler`` is not an LRScheduler.
 
     Example:
         >>> from kvsync.optimizer import SGD, FactorScheduler
@@ -105,8 +115,6 @@ class Optimizer(ABC):
         multi_precision: bool = False,
         begin_num_update: int = 0,
     ) -> None:
-        if clip_gradient is not None and float(clip_gradient) < 0:
-            raise ValueError(f"clip_gradient must be None or >= 0, got {clip_gradient}")
         if (
             isinstance(begin_num_update, bool)
             or not isinstance(begin_num_update, int)
@@ -130,7 +138,7 @@ class Optimizer(ABC):
         self.lr = float(learning_rate)
         self.wd = float(wd)
         self.rescale_grad = float(rescale_grad)
-        self.clip_gradient = None if clip_gradient is None else float(clip_gradient)
+        self.clip_gradient = positive_or_none(clip_gradient)
         self.multi_precision = bool(multi_precision)
         self.begin_num_update = begin_num_update
         self.num_update = begin_num_update
@@ -294,71 +302,11 @@ class Optimizer(ABC):
                 raise ValueError(
                     f"index {index!r}: multi-precision state must be (float32 master, state)"
                 )
-            master, inner = state[0], state[1]
-            grad32 = self._workspace.get("mp", grad.shape, np.dtype(np.float32))
-            np.copyto(grad32, grad, casting="same_kind")
-            self.update(index, master, grad32, inner)
-            np.copyto(weight, master, casting="same_kind")
+            # the float16 gradient is widened block by block inside the update
+            self.update(index, state[0], grad, state[1])
+            np.copyto(weight, state[0], casting="same_kind")
         else:
             self.update(index, weight, grad, state)
-
-    # ------------------------------------------------------------ gradient helpers
-    def _zeros(self, index: Index, weight: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """A zero state array like ``weight``.
-
-        Raises:
-            TypeError: if ``weight`` is not a floating-point numpy array.
-        """
-        if not isinstance(weight, np.ndarray) or not np.issubdtype(weight.dtype, np.floating):
-            raise TypeError(
-                f"index {index!r}: optimizers update floating-point numpy arrays, "
-                f"got {getattr(weight, 'dtype', type(weight))}"
-            )
-        return np.zeros(weight.shape, dtype=weight.dtype)
-
-    def _tmp(self, slot: str, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        return self._workspace.get(slot, like.shape, like.dtype)
-
-    def _grad(
-        self, index: Index, weight: npt.NDArray[Any], grad: npt.NDArray[Any], scale: float = 1.0
-    ) -> npt.NDArray[Any]:
-        """Scratch copy of ``clip(rescale_grad * grad, clip_gradient) * scale``.
-
-        Raises:
-            ShapeMismatchError: if ``grad`` and ``weight`` shapes differ.
-        """
-        if grad.shape != weight.shape:
-            raise ShapeMismatchError(
-                f"index {index!r}: gradient shape {grad.shape} != weight shape {weight.shape}"
-            )
-        out = self._tmp("g", weight)
-        if self.clip_gradient is None:
-            np.multiply(grad, self.rescale_grad * scale, out=out, casting="same_kind")
-            return out
-        np.multiply(grad, self.rescale_grad, out=out, casting="same_kind")
-        np.clip(out, -self.clip_gradient, self.clip_gradient, out=out)
-        if scale != 1.0:
-            out *= scale
-        return out
-
-    def _grad_wd_clipped(
-        self, index: Index, weight: npt.NDArray[Any], grad: npt.NDArray[Any], wd: float
-    ) -> npt.NDArray[Any]:
-        """Scratch copy of ``clip(rescale_grad * grad + wd * weight, clip_gradient)``
-        (Adam's and RMSProp's order: weight decay before clipping)."""
-        if grad.shape != weight.shape:
-            raise ShapeMismatchError(
-                f"index {index!r}: gradient shape {grad.shape} != weight shape {weight.shape}"
-            )
-        out = self._tmp("g", weight)
-        np.multiply(grad, self.rescale_grad, out=out, casting="same_kind")
-        if wd:
-            tmp = self._tmp("t", weight)
-            np.multiply(weight, wd, out=tmp)
-            out += tmp
-        if self.clip_gradient is not None:
-            np.clip(out, -self.clip_gradient, self.clip_gradient, out=out)
-        return out
 
     # ------------------------------------------------------------------------ config
     @abstractmethod
@@ -415,90 +363,10 @@ class Optimizer(ABC):
             >>> Optimizer.from_config(cfg).momentum
             0.9
         """
-        if not isinstance(cfg, Mapping) or not isinstance(cfg.get("params"), Mapping):
-            raise ValueError(f"optimizer config must be a dict with 'name' and 'params': {cfg!r}")
-        cls = _lookup(cfg.get("name"))
-        params = dict(cfg["params"])
-        sched = cfg.get("lr_scheduler")
-        if sched is not None:
-            params["lr_scheduler"] = LRScheduler.from_config(sched)
-        try:
-            opt = cls(**params)
-        except TypeError as exc:
-            raise ValueError(f"bad parameters for optimizer {cls.name!r}: {exc}") from exc
-        opt.set_lr_mult(_pairs(cfg.get("lr_mult", []), "lr_mult"))
-        opt.set_wd_mult(_pairs(cfg.get("wd_mult", []), "wd_mult"))
-        return opt
+        # imported here: the registry imports this module
+        from kvsync.optimizer.registry import build
+
+        return build(cfg)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._params()}, learning_rate={self.lr}, wd={self.wd})"
-
-
-def _pairs(value: object, what: str) -> dict[Index, float]:
-    if not isinstance(value, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2 for p in value
-    ):
-        raise ValueError(f"{what} must be a list of [index, multiplier] pairs, got {value!r}")
-    return {check_index(k): float(v) for k, v in value}
-
-
-def _lookup(name: object) -> type[Optimizer]:
-    cls = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise UnknownNameError(
-            f"unknown optimizer {name!r}; known optimizers: {', '.join(names())}"
-        )
-    return cls
-
-
-def register(klass: _O) -> _O:
-    """Class decorator: register an optimizer under its lower-cased class name.
-
-    Registering a name again replaces the earlier class (and logs a warning).
-
-    Raises:
-        TypeError: if ``klass`` is not an :class:`Optimizer` subclass.
-
-    Example:
-        >>> import numpy as np
-        >>> from kvsync.optimizer import SGD, create, register
-        >>> @register
-        ... class HalfSGD(SGD):
-        ...     def _params(self):
-        ...         return {}
-        >>> type(create("halfsgd")).__name__
-        'HalfSGD'
-    """
-    if not (isinstance(klass, type) and issubclass(klass, Optimizer)):
-        raise TypeError(f"register needs an Optimizer subclass, got {klass!r}")
-    name = klass.__name__.lower()
-    if name in _REGISTRY and _REGISTRY[name] is not klass:
-        logger.warning("optimizer %r: %s replaces %s", name, klass, _REGISTRY[name])
-    klass.name = name
-    _REGISTRY[name] = klass
-    return klass
-
-
-def create(name: str, **kwargs: Any) -> Optimizer:
-    """Instantiate the optimizer registered as ``name`` (case-insensitive).
-
-    Raises:
-        UnknownNameError: for an unknown name; the message lists the known names.
-
-    Example:
-        >>> from kvsync.optimizer import create
-        >>> create("Adam", learning_rate=0.1).learning_rate
-        0.1
-    """
-    return _lookup(name)(**kwargs)
-
-
-def names() -> list[str]:
-    """Sorted names of all registered optimizers.
-
-    Example:
-        >>> from kvsync.optimizer import names
-        >>> {"sgd", "adam", "lamb"} <= set(names())
-        True
-    """
-    return sorted(_REGISTRY)

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kvsync.optimizer.base import Index, Optimizer, State, register
+from kvsync.optimizer.base import Index, Optimizer, State
+from kvsync.optimizer.registry import register
 
 __all__ = ["NAG", "SGD", "Signum"]
 
@@ -34,19 +35,16 @@ def _array_state(index: Index, state: State) -> _Array:
     return state
 
 
-def _plain_sgd(
-    opt: Optimizer, index: Index, weight: _Array, grad: _Array, lr: float, wd: float
-) -> None:
-    """``weight = (1 - lr*wd) * weight - lr * g``."""
-    step = opt._grad(index, weight, grad, scale=lr)
+def _plain_sgd(opt: Optimizer, weight: _Array, grad: _Array, lr: float, wd: float) -> None:
+    """``weight = (1 - lr*wd) * weight - lr * g`` on one block."""
+    step = opt._grad(weight, grad, scale=lr)
     if wd:
         weight *= 1.0 - lr * wd
     weight -= step
 
 
-def _nag_step(
+def _nag_block(
     opt: Optimizer,
-    index: Index,
     weight: _Array,
     grad: _Array,
     mom: _Array,
@@ -55,7 +53,7 @@ def _nag_step(
     wd: float,
 ) -> None:
     """``g' = g + wd*w; mom = momentum*mom + g'; w -= lr * (g' + momentum*mom)``."""
-    g = opt._grad(index, weight, grad)
+    g = opt._grad(weight, grad)
     if wd:
         tmp = opt._tmp("t", weight)
         np.multiply(weight, wd, out=tmp)
@@ -66,6 +64,35 @@ def _nag_step(
     weight -= g
     np.multiply(mom, lr * momentum, out=g)
     weight -= g
+
+
+def _momentum_step(
+    opt: Optimizer,
+    index: Index,
+    weight: _Array,
+    grad: _Array,
+    state: State,
+    momentum: float,
+    lr: float,
+    wd: float,
+    nesterov: bool,
+) -> None:
+    """SGD/NAG step over all blocks (plain SGD when there is no momentum state)."""
+    if state is None:
+        for w, g in opt._blocks(index, weight, grad):
+            _plain_sgd(opt, w, g, lr, wd)
+        return
+    for w, g, mom in opt._blocks(index, weight, grad, _array_state(index, state)):
+        if nesterov:
+            _nag_block(opt, w, g, mom, momentum, lr, wd)
+            continue
+        step = opt._grad(w, g, scale=lr)
+        mom *= momentum
+        mom -= step
+        if wd:
+            np.multiply(w, lr * wd, out=step)
+            mom -= step
+        w += mom
 
 
 @register
@@ -109,20 +136,7 @@ class SGD(Optimizer):
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
         """One SGD step on ``weight`` (in place)."""
         lr, wd, _ = self._begin_step(index)
-        if state is None:
-            _plain_sgd(self, index, weight, grad, lr, wd)
-            return
-        mom = _array_state(index, state)
-        if self.nesterov:
-            _nag_step(self, index, weight, grad, mom, self.momentum, lr, wd)
-            return
-        step = self._grad(index, weight, grad, scale=lr)
-        mom *= self.momentum
-        mom -= step
-        if wd:
-            np.multiply(weight, lr * wd, out=step)
-            mom -= step
-        weight += mom
+        _momentum_step(self, index, weight, grad, state, self.momentum, lr, wd, self.nesterov)
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -165,10 +179,7 @@ class NAG(Optimizer):
     def update(self, index: Index, weight: _Array, grad: _Array, state: State) -> None:
         """One NAG step on ``weight`` (in place)."""
         lr, wd, _ = self._begin_step(index)
-        if state is None:
-            _plain_sgd(self, index, weight, grad, lr, wd)
-        else:
-            _nag_step(self, index, weight, grad, _array_state(index, state), self.momentum, lr, wd)
+        _momentum_step(self, index, weight, grad, state, self.momentum, lr, wd, True)
 
     def _params(self) -> dict[str, Any]:
         return {"momentum": self.momentum}
@@ -214,25 +225,30 @@ class Signum(Optimizer):
         """One Signum/signSGD step on ``weight`` (in place)."""
         lr, wd, _ = self._begin_step(index)
         if state is None:
-            step = self._grad(index, weight, grad)
-            np.sign(step, out=step)
-            decay = wd
-        else:
-            mom = _array_state(index, state)
-            step = self._grad(index, weight, grad)
+            for w, g in self._blocks(index, weight, grad):
+                step = self._grad(w, g)
+                np.sign(step, out=step)
+                self._sign_step(w, step, lr, wd)
+            return
+        for w, g, mom in self._blocks(index, weight, grad, _array_state(index, state)):
+            step = self._grad(w, g)
             if wd:
-                tmp = self._tmp("t", weight)
-                np.multiply(weight, wd, out=tmp)
+                tmp = self._tmp("t", w)
+                np.multiply(w, wd, out=tmp)
                 step += tmp
             mom *= self.momentum
             step *= 1.0 - self.momentum
             mom += step
             np.sign(mom, out=step)
-            decay = self.wd_lh
+            self._sign_step(w, step, lr, self.wd_lh)
+
+    @staticmethod
+    def _sign_step(weight: _Array, sign: _Array, lr: float, decay: float) -> None:
+        """``weight = (1 - lr*decay) * weight - lr * sign``; ``sign`` is clobbered."""
         if decay:
             weight *= 1.0 - lr * decay
-        step *= lr
-        weight -= step
+        sign *= lr
+        weight -= sign
 
     def _params(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "wd_lh": self.wd_lh}
