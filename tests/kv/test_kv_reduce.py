@@ -12,6 +12,9 @@ from kvsync.kv import reduce
 @pytest.fixture
 def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make 'large' mean a few KiB so the blocked and threaded paths run on small arrays."""
+    from kvsync.kv import local
+
+    monkeypatch.setattr(local, "FUSE_MIN_BYTES", 0)
     monkeypatch.setattr(reduce, "SUM_BLOCK_BYTES", 256)
     monkeypatch.setattr(reduce, "COPY_BLOCK_BYTES", 128)
     monkeypatch.setattr(reduce, "PARALLEL_MIN_BYTES", 1024)
@@ -59,3 +62,52 @@ def test_store_push_pull_through_the_threaded_paths(tiny_blocks: None) -> None:
     store.pull("w", out=outs)
     for o in outs:
         np.testing.assert_array_equal(o, 6)
+
+
+def test_pushpull_fused_path_fills_outputs_and_store(tiny_blocks: None) -> None:
+    store = kv.create()
+    keys = ["a", "b"]
+    store.init(keys, [np.zeros(3000, np.float32)] * 2)
+    vals = [[np.full(3000, i + 10 * j, np.float32) for i in range(3)] for j in range(2)]
+    outs = [[np.empty(3000, np.float32) for _ in range(2)] for _ in keys]
+    store.pushpull(keys, vals, out=outs)
+    for j, k in enumerate(keys):
+        want = 3 + 30 * j
+        np.testing.assert_array_equal(store.pull(k), want)
+        for o in outs[j]:
+            np.testing.assert_array_equal(o, want)
+    store.pushpull(keys, vals)  # out=None: every device value receives its key's sum
+    np.testing.assert_array_equal(vals[1][2], 33)
+
+
+def test_pushpull_pushes_every_key_before_pulling_when_outputs_are_other_keys_values(
+    tiny_blocks: None,
+) -> None:
+    store = kv.create()
+    store.init(["a", "b"], [np.zeros(3000)] * 2)
+    x, y = np.full(3000, 1.0), np.full(3000, 2.0)
+    store.pushpull(["a", "b"], [x, y], out=[y, x])  # a's result lands in b's value
+    np.testing.assert_array_equal(y, 1.0)
+    np.testing.assert_array_equal(x, 2.0)
+
+
+def test_pushpull_with_an_output_partly_overlapping_a_value_matches_push_then_pull(
+    tiny_blocks: None,
+) -> None:
+    store = kv.create()
+    store.init("a", np.zeros(3000))
+    buf = np.arange(3001, dtype=np.float64)
+    value, out = buf[:-1], buf[1:]
+    expected = value.copy()
+    store.pushpull("a", value, out=out)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(store.pull("a"), expected)
+
+
+def test_fusable_rules() -> None:
+    a, b = np.zeros(8), np.zeros(8)
+    assert reduce.fusable({"x": [a, b]}, {"x": [a, b]})
+    assert reduce.fusable({"x": [a], "y": [a]}, {"z": [b]})
+    assert reduce.fusable({"x": [a]}, {"x": [b], "y": [b]})
+    assert not reduce.fusable({"x": [a], "y": [a]}, {"x": [a]})
+    assert not reduce.fusable({"x": [a]}, {"x": [np.zeros((4, 4))[:, :2]]})

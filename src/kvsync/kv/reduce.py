@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["copy_to_all", "run_split", "sum_into"]
+__all__ = ["copy_to_all", "fusable", "run_split", "sum_into"]
 
 Array = np.ndarray[Any, Any]
 
@@ -96,45 +96,108 @@ def run_split(work: Callable[[int, int], None], n: int, nbytes: int) -> None:
             f.result()
 
 
-def sum_into(out: Array, values: Sequence[Array]) -> Array:
-    """Write the elementwise sum of ``values`` into ``out`` and return ``out``.
+def sum_into(out: Array, values: Sequence[Array], copies: Sequence[Array] = ()) -> Array:
+    """Write the elementwise sum of ``values`` into ``out``, copy it to ``copies``; return ``out``.
 
-    ``out`` may be one of ``values``. Every array must have ``out``'s shape; all must be
-    C-contiguous for the blocked path (others fall back to plain ``np.add``).
+    ``out`` may be one of ``values``, and ``copies`` may be some of ``values`` (each block is
+    read before it is overwritten). Every array must have ``out``'s shape; all must be
+    C-contiguous for the blocked path (others fall back to plain ``np.add``). With
+    ``copies``, each summed block is copied while it is still in cache: a push and a pull
+    in one pass over memory.
 
     Example:
         >>> import numpy as np
         >>> a = np.arange(3.0)
         >>> sum_into(a, [a, a])
         array([0., 2., 4.])
+        >>> c = np.zeros(3)
+        >>> _ = sum_into(np.empty(3), [a, a], copies=[c]); c
+        array([0., 4., 8.])
     """
     alias = [v for v in values if v is out]
     if alias:  # out must be the first addend, or a later block would read what it overwrote
         values = [out, *(v for v in values if v is not out), *alias[1:]]
-    if len(values) == 1:
-        if values[0] is not out:
-            np.copyto(out, values[0])
-        return out
-    contiguous = out.flags.c_contiguous and all(v.flags.c_contiguous for v in values)
-    if not contiguous or out.size * out.itemsize < 2 * SUM_BLOCK_BYTES:
-        np.add(values[0], values[1], out=out)
-        for v in values[2:]:
-            np.add(out, v, out=out)
+    targets = [c for c in copies if c is not out]
+    arrays = [out, *values, *targets]
+    if not all(a.flags.c_contiguous for a in arrays) or out.nbytes < 2 * SUM_BLOCK_BYTES:
+        if len(values) == 1:
+            if values[0] is not out:
+                np.copyto(out, values[0])
+        else:
+            np.add(values[0], values[1], out=out)
+            for v in values[2:]:
+                np.add(out, v, out=out)
+        for c in targets:
+            np.copyto(c, out)
         return out
     o = _flat(out)
     flats = [_flat(v) for v in values]
-    block = max(1, SUM_BLOCK_BYTES // out.itemsize)
+    t_flats = [_flat(c) for c in targets]
+    first_is_out = values[0] is out
+    block = max(1, (COPY_BLOCK_BYTES if targets else SUM_BLOCK_BYTES) // out.itemsize)
 
     def work(lo: int, hi: int) -> None:
         for s in range(lo, hi, block):
             e = min(s + block, hi)
             ob = o[s:e]
-            np.add(flats[0][s:e], flats[1][s:e], out=ob)
-            for f in flats[2:]:
-                np.add(ob, f[s:e], out=ob)
+            if len(flats) == 1:
+                if not first_is_out:
+                    np.copyto(ob, flats[0][s:e])
+            else:
+                np.add(flats[0][s:e], flats[1][s:e], out=ob)
+                for f in flats[2:]:
+                    np.add(ob, f[s:e], out=ob)
+            for t in t_flats:
+                np.copyto(t[s:e], ob)
 
-    run_split(work, o.size, out.nbytes * len(values))
+    run_split(work, o.size, out.nbytes * (len(values) + len(targets)))
     return out
+
+
+def _span(a: Array) -> tuple[int, int] | None:
+    if not a.flags.c_contiguous:
+        return None
+    start = int(a.__array_interface__["data"][0])
+    return start, start + a.nbytes
+
+
+def fusable(values: dict[Any, list[Array]], outs: dict[Any, list[Array]]) -> bool:
+    """Whether a push-then-pull may run key by key, each key's sum copied out at once.
+
+    True when every array involved is contiguous, any two are either the same memory or
+    disjoint, and no output of one key is the memory of another key's value (which the
+    pull must only overwrite after every key has been pushed).
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = np.zeros(4), np.zeros(4)
+        >>> fusable({"x": [a], "y": [b]}, {"x": [a], "y": [b]})
+        True
+        >>> fusable({"x": [a], "y": [b]}, {"x": [b], "y": [a]})
+        False
+        >>> fusable({"x": [a]}, {"x": [a[1:]]})
+        False
+    """
+    spans: dict[tuple[int, int], list[tuple[Any, bool]]] = {}
+    for is_out, table in ((False, values), (True, outs)):
+        for key, arrays in table.items():
+            for a in arrays:
+                sp = _span(a)
+                if sp is None:
+                    return False
+                if sp[1] > sp[0]:
+                    spans.setdefault(sp, []).append((key, is_out))
+    reach = -1
+    for lo, hi in sorted(spans):
+        if lo < reach:  # partly overlaps an earlier, different span
+            return False
+        reach = max(reach, hi)
+    for users in spans.values():
+        out_keys = {k for k, is_out in users if is_out}
+        value_keys = {k for k, is_out in users if not is_out}
+        if out_keys and value_keys and (len(value_keys) > 1 or out_keys != value_keys):
+            return False
+    return True
 
 
 def copy_to_all(src: Array, outs: Sequence[Array]) -> None:
