@@ -233,6 +233,7 @@ def test_big_slices_through_shared_memory_or_socket_parts(
             kv.wait()
             kv.barrier()
             got.append(kv.pull("big"))
+            kv.barrier()  # async: nobody pushes the next round before everyone pulled
         assert bool(kv._segments_of) is shm  # the worker pushed through shared memory
         return got
 
