@@ -38,15 +38,18 @@ from kvsync.errors import ErrorCode, KVSyncError, StoreTimeoutError, error_from_
 from kvsync.kv.shm import SharedSegments
 from kvsync.protocol.messages import (
     ErrorReply,
+    PSPackedReply,
     PSPull,
     PSPullRows,
     PSPullShm,
     PSPush,
+    PSPushPacked,
     PSPushRows,
     PSPushShm,
     PSShmReply,
     PSValuesReply,
 )
+from kvsync.server.ps_wait import PACK_MAX_BYTES, PACK_MIN_KEYS
 
 __all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 
@@ -258,7 +261,12 @@ class Comm:
         first = batch[0]
         timeout_ms = int(self._timeout * 1000)
         msg: object
-        if first.kind in ("push", "cpush"):
+        if first.kind == "push" and _packable([op.value for op in batch]):
+            data = np.concatenate([op.value.reshape(-1) for op in batch])  # type: ignore[union-attr]
+            msg = PSPushPacked(keys=tuple(op.wire for op in batch), data=data,
+                               offsets=tuple(op.lo for op in batch),
+                               counts=tuple(op.count for op in batch))
+        elif first.kind in ("push", "cpush"):
             values = tuple(op.value for op in batch)
             msg = PSPush(keys=tuple(op.wire for op in batch), values=values,  # type: ignore[arg-type]
                          offsets=tuple(op.lo for op in batch),
@@ -315,11 +323,18 @@ class Comm:
             return
         if batch[0].kind not in ("pull", "pull_rows"):
             return
+        if isinstance(reply, PSPackedReply):  # many small arrays in one, in batch order
+            flat, at = reply.data.reshape(-1), 0
+            for op in batch:
+                assert op.out is not None
+                np.copyto(op.out, flat[at : at + op.out.size].reshape(op.out.shape))
+                at += op.out.size
+            reply = PSValuesReply(values=tuple(op.out for op in batch))  # type: ignore[misc]
         if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
             raise error_from_code(ErrorCode.PROTOCOL, f"unexpected reply {type(reply).__name__}")
         latch, done = None, 0
         for op, v in zip(batch, reply.values, strict=True):
-            if op.out is not None:
+            if op.out is not None and v is not op.out:
                 np.copyto(op.out, v.reshape(op.out.shape))
             op.settled = True
             if isinstance(op.future, Latch) and (latch is None or op.future is latch):
@@ -347,6 +362,19 @@ class Comm:
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()
+
+
+def _packable(values: list[np.ndarray | None]) -> bool:
+    """Whether a push batch travels as one concatenated array (many small, one dtype)."""
+    if len(values) < PACK_MIN_KEYS or values[0] is None:
+        return False
+    dtype = values[0].dtype
+    total = 0
+    for v in values:
+        if v is None or v.dtype != dtype:
+            return False
+        total += v.nbytes
+    return total <= PACK_MAX_BYTES
 
 
 def _batches(ops: list[Op]) -> list[list[Op]]:

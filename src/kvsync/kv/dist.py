@@ -194,6 +194,9 @@ class DistKVStore(ServerControl, KVStoreBase):
         return plan
 
     def _checked(self, key: Any, value: Any, what: str) -> list[tuple[KeyPlan, KeyGroup]]:
+        fast = self._checked_fast(key, value)
+        if fast is not None:
+            return fast
         out = []
         for g in group_pairs(key, value, what=what):
             plan = self._plan(g.key)
@@ -201,6 +204,21 @@ class DistKVStore(ServerControl, KVStoreBase):
                 check_matches(g.key, v, plan.shape, plan.dtype, what=what)
             out.append((plan, g))
         return out
+
+    def _checked_fast(self, key: Any, value: Any) -> list[tuple[KeyPlan, KeyGroup]] | None:
+        """The common case without the general argument walk: a list of distinct known
+        keys of one type, each with one array of the stored shape and dtype (else None)."""
+        if not (isinstance(key, list | tuple) and isinstance(value, list | tuple)
+                and len(key) == len(value) and key and type(key[0]) in (int, str)):
+            return None
+        kind, plans, out = type(key[0]), self._plans, []
+        for k, v in zip(key, value, strict=True):
+            plan = plans.get(k) if type(k) is kind else None
+            if (plan is None or type(v) is not np.ndarray or v.shape != plan.shape
+                    or v.dtype != plan.dtype):
+                return None
+            out.append((plan, KeyGroup(k, [v])))
+        return out if len(set(key)) == len(key) else None
 
     def push(self, key: Any, value: Any, priority: int = 0) -> None:
         """Queue the per-key sums of ``value`` for the servers and return at once.

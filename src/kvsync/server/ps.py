@@ -54,6 +54,7 @@ from kvsync.protocol.messages import (
     PSPullRows,
     PSPullShm,
     PSPush,
+    PSPushPacked,
     PSPushRows,
     PSPushShm,
     PSSaveStates,
@@ -97,7 +98,7 @@ logger = logging.getLogger(__name__)
 PS_MESSAGE_TYPES: tuple[type, ...] = (
     PSHello, PSInit, PSWaitInit, PSPush, PSPushRows, PSPull, PSPullRows, PSSetOptimizer,
     PSSetUpdater, PSSetCompression, PSSaveStates, PSLoadStates, PSBarrier, PSStats, PSShutdown,
-    PSPushShm, PSPullShm,
+    PSPushShm, PSPullShm, PSPushPacked,
 )
 
 
@@ -149,6 +150,7 @@ class ParameterServerLogic:
             PSSaveStates: self._save_states, PSLoadStates: self._load_states,
             PSBarrier: self._barrier, PSStats: self._stats, PSShutdown: self._shutdown,
             PSPushShm: self._push_shm, PSPullShm: self._pull_shm,
+            PSPushPacked: self._push_packed,
         }
 
     # --- ServerLogic ------------------------------------------------------------------------
@@ -244,26 +246,54 @@ class ParameterServerLogic:
 
     def _push(self, conn_id: int, request_id: int, msg: PSPush, now: float) -> object:
         check_pairs(msg.keys, msg.values)
+        return self._push_parts(conn_id, msg.keys, msg.values, msg.offsets, msg.counts,
+                                msg.compressed)
+
+    def _push_packed(self, conn_id: int, rid: int, msg: PSPushPacked, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
+                                 "in length")
+        data, at, values = msg.data.reshape(-1), 0, []
+        for k, n in zip(msg.keys, msg.counts, strict=True):
+            stored = self._key(k).value
+            shape = stored.shape if stored.ndim == 0 else (n, *stored.shape[1:])
+            size = int(np.prod(shape, dtype=np.int64))
+            if data.dtype != stored.dtype or at + size > data.size:
+                raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                     f"packed push of {data.dtype}[{data.size}] does not hold "
+                                     f"{shape} {stored.dtype} rows of key {key_of_wire(k)!r}")
+            values.append(data[at : at + size].reshape(shape))
+            at += size
+        if at != data.size:
+            raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                 f"packed push has {data.size - at} values left over")
+        check_pairs(msg.keys, tuple(values))
+        return self._push_parts(conn_id, msg.keys, tuple(values), msg.offsets, msg.counts,
+                                False)
+
+    def _push_parts(self, conn_id: int, wires: tuple[str, ...], parts: tuple[np.ndarray, ...],
+                    offsets: tuple[int, ...], counts: tuple[int, ...],
+                    compressed: bool) -> object:
+        if not len(wires) == len(offsets) == len(counts):
             raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
                                  "in length")
         rank, sync = self._job.rank_of[conn_id], self._job.sync
         keys = self._keys
-        states = [keys.get(k) or self._key(k) for k in msg.keys]
+        states = [keys.get(k) or self._key(k) for k in wires]
         grads = []
-        for ks, v, lo, n in zip(states, msg.values, msg.offsets, msg.counts, strict=True):
+        for ks, v, lo, n in zip(states, parts, offsets, counts, strict=True):
             stored = ks.value
-            whole = (not msg.compressed and lo == 0 and v.shape == stored.shape
+            whole = (not compressed and lo == 0 and v.shape == stored.shape
                      and v.dtype == stored.dtype and rank not in ks.partial)
             if not whole:  # a part, or compressed: the full checks
-                v = self._grad(ks, v, lo, n, msg.compressed)
+                v = self._grad(ks, v, lo, n, compressed)
                 ks.part_rows(lo, v)
                 ks.check_order(rank, lo)
             if sync and rank in ks.pushed:
                 self._check_round(ks, rank)
             grads.append(v)
         counters = self._counters
-        for ks, g, v, lo in zip(states, grads, msg.values, msg.offsets, strict=True):
+        for ks, g, v, lo in zip(states, grads, parts, offsets, strict=True):
             counters.bytes_in += v.nbytes
             self._accept(ks, rank, lo, g)
         return OkReply()
