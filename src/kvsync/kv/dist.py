@@ -355,9 +355,19 @@ class DistKVStore(ServerControl, KVStoreBase):
         return out
 
     def pushpull(self, key: Any, value: Any, out: Any = None, priority: int = 0) -> Any:
-        """Push ``value`` then pull the updated values into ``out`` (``value`` when None)."""
+        """Push ``value`` then pull the updated values into ``out`` (``value`` when None).
+
+        Raises:
+            ShapeMismatchError, InvalidArgumentError, ...: as :meth:`push` and :meth:`pull`,
+                both checked before anything is pushed.
+        """
+        target = value if out is None else out
+        for _, g in self._checked(key, target, "out"):
+            for o in g.values:
+                if isinstance(o, np.ndarray) and not o.flags.writeable:
+                    raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
         self.push(key, value, priority)
-        return self.pull(key, out=value if out is None else out, priority=priority)
+        return self.pull(key, out=target, priority=priority)
 
     def row_sparse_pull(self, key: Any, out: Any = None, priority: int = 0,
                         row_ids: Any = None) -> Any:
