@@ -78,6 +78,21 @@ class DistKVStore(ServerControl, KVStoreBase):
 
     Raises:
         UnknownNameError: another name. InvalidArgumentError: no links, or a bad rank.
+
+    Example (one worker and a parameter server in this process):
+        >>> import numpy as np
+        >>> from kvsync.client import Client
+        >>> from kvsync.kv.server import make_logic
+        >>> from kvsync.server import StoreServer
+        >>> with StoreServer(logic=make_logic(0)).start() as server:
+        ...     kv = DistKVStore("dist_sync", rank=0, num_workers=1,
+        ...                      links=[Client("127.0.0.1", server.port, timeout=5)])
+        ...     kv.init(3, np.zeros(2))
+        ...     kv.push(3, [np.ones(2), np.ones(2)])  # two devices: summed
+        ...     w = kv.pull(3)
+        ...     kv.close()
+        >>> w
+        array([2., 2.])
     """
 
     NAMES: ClassVar[tuple[str, ...]] = ("dist_sync", "dist_device_sync", "dist_async")
