@@ -11,6 +11,7 @@ from dist_fakes import FakeServer, run_workers
 
 from kvsync import errors
 from kvsync.kv.dist import DistKVStore
+from kvsync.kv.shm import shm_supported
 from kvsync.optimizer import SGD
 from kvsync.sparse import RowSparseArray
 
@@ -234,11 +235,12 @@ def test_big_slices_through_shared_memory_or_socket_parts(
             kv.barrier()
             got.append(kv.pull("big"))
             kv.barrier()  # async: nobody pushes the next round before everyone pulled
-        assert bool(kv._segments_of) is shm  # the worker pushed through shared memory
+        assert bool(kv._segments_of) is (shm and shm_supported())  # pushed through shm
         return got
 
     for got in run_workers(2, servers, step, kind=kind, bound=1000, shm=shm):
         ramp = np.arange(n, dtype=np.float32)
         np.testing.assert_array_equal(got[0], -2 * ramp)
         np.testing.assert_array_equal(got[1], -4 * ramp - 2)
-    assert all(s.logic._keys["sbig"].value_path for s in servers)  # big slices: shared
+    if shm_supported():  # big slices live in shared memory on the servers
+        assert all(s.logic._keys["sbig"].value_path for s in servers)
