@@ -23,6 +23,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "PS_CHUNK_BYTES",
+    "PS_SHM_MIN_BYTES",
     "PS_STALL_SECONDS",
     "SERVER_DEATH_DETECT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
@@ -58,3 +59,6 @@ PS_STALL_SECONDS: float = 5.0
 #: Big arrays travel to and from parameter servers in parts of at most this many bytes, so
 #: every receive buffer is small enough for the allocator to recycle (no fresh pages).
 PS_CHUNK_BYTES: int = 4 << 20
+#: Slices of at least this many bytes are kept in shared memory by parameter servers, and
+#: workers on the same host push and pull them through it instead of the socket.
+PS_SHM_MIN_BYTES: int = 1 << 20

@@ -28,6 +28,7 @@ __all__ = [
     "DMLC_ROLE",
     "GROUP_RANK",
     "KVSYNC_BIGARRAY_BOUND",
+    "KVSYNC_PS_SHM",
     "KVSYNC_SECRET",
     "KVSYNC_SERVER_SETUP",
     "KVSYNC_STORE_ADDR",
@@ -69,6 +70,8 @@ KVSYNC_SECRET = "KVSYNC_SECRET"
 KVSYNC_SERVER_SETUP = "KVSYNC_SERVER_SETUP"
 #: Arrays with more elements than this are split over all parameter servers.
 KVSYNC_BIGARRAY_BOUND = "KVSYNC_BIGARRAY_BOUND"
+#: "0" keeps dist KVStore workers from using shared memory with servers on their host.
+KVSYNC_PS_SHM = "KVSYNC_PS_SHM"
 DMLC_ROLE = "DMLC_ROLE"
 DMLC_NUM_WORKER = "DMLC_NUM_WORKER"
 DMLC_NUM_SERVER = "DMLC_NUM_SERVER"
@@ -123,6 +126,7 @@ class Environment:
     secret: str | None = None
     server_setup: str | None = None
     bigarray_bound: int | None = None
+    ps_shm: bool = True
     dmlc_role: str | None = None
     dmlc_num_worker: int | None = None
     dmlc_num_server: int | None = None
@@ -158,6 +162,7 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         secret=_str(src, KVSYNC_SECRET),
         server_setup=_str(src, KVSYNC_SERVER_SETUP),
         bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),
+        ps_shm=(_str(src, KVSYNC_PS_SHM) or "1").lower() not in ("0", "false", "no"),
         dmlc_role=_str(src, DMLC_ROLE),
         dmlc_num_worker=_int(src, DMLC_NUM_WORKER),
         dmlc_num_server=_int(src, DMLC_NUM_SERVER),

@@ -95,7 +95,8 @@ class FakeLink:
 
 
 def run_workers(n: int, servers: list[FakeServer], fn: Callable[[DistKVStore], Any],
-                kind: str = "dist_sync", bound: int = 1000, timeout: float = 20.0) -> list[Any]:
+                kind: str = "dist_sync", bound: int = 1000, timeout: float = 20.0,
+                shm: bool = False) -> list[Any]:
     """Run ``fn(kv)`` in ``n`` worker threads; return their results (re-raise the first
     failure)."""
     results: list[Any] = [None] * n
@@ -103,7 +104,8 @@ def run_workers(n: int, servers: list[FakeServer], fn: Callable[[DistKVStore], A
 
     def work(rank: int) -> None:
         kv = DistKVStore(kind, rank=rank, num_workers=n,
-                         links=[FakeLink(s) for s in servers], bound=bound, timeout=timeout)
+                         links=[FakeLink(s) for s in servers], bound=bound, timeout=timeout,
+                         shm=shm)
         try:
             results[rank] = fn(kv)
         except BaseException as exc:

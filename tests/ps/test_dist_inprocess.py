@@ -11,6 +11,7 @@ from dist_fakes import FakeServer, run_workers
 
 from kvsync import errors
 from kvsync.kv.dist import DistKVStore
+from kvsync.kv.shm import shm_supported
 from kvsync.optimizer import SGD
 from kvsync.sparse import RowSparseArray
 
@@ -43,7 +44,10 @@ def test_sync_pull_returns_the_sum_of_every_workers_push(
             np.testing.assert_array_equal(a, np.full((40, 3), 6 + 30 * r, np.float32))
 
 
-def test_multi_device_values_are_summed_and_outs_all_filled(servers: list[FakeServer]) -> None:
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_device_sync"])
+def test_multi_device_values_are_summed_and_outs_all_filled(
+    servers: list[FakeServer], kind: str
+) -> None:
     def step(kv: DistKVStore) -> np.ndarray:
         kv.init(["a", "b"], [np.zeros(4), np.zeros(4)])
         kv.push(["a", "b"], [[np.ones(4), np.ones(4)], np.ones(4)])
@@ -52,7 +56,7 @@ def test_multi_device_values_are_summed_and_outs_all_filled(servers: list[FakeSe
         assert np.array_equal(outs[0], outs[1])
         return outs[0] + kv.pull("b")
 
-    for a in run_workers(2, servers, step):
+    for a in run_workers(2, servers, step, kind=kind):
         np.testing.assert_array_equal(a, np.full(4, 4 + 2))
 
 
@@ -212,3 +216,31 @@ def test_a_dead_server_gives_connection_errors(servers: list[FakeServer]) -> Non
             kv.pull(list(range(20)))
 
     run_workers(1, servers, step)
+
+
+@pytest.mark.parametrize("shm", [True, False])
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_async"])
+def test_big_slices_through_shared_memory_or_socket_parts(
+    servers: list[FakeServer], shm: bool, kind: str
+) -> None:
+    n = 700_000  # 2.8 MB, split over 2 servers: 1.4 MB slices (shared memory when shm)
+
+    def step(kv: DistKVStore) -> list[np.ndarray]:
+        kv.set_optimizer(SGD(learning_rate=1.0))
+        kv.init("big", np.zeros(n, np.float32))
+        got = []
+        for r in range(2):
+            kv.push("big", np.arange(n, dtype=np.float32) + r)
+            kv.wait()
+            kv.barrier()
+            got.append(kv.pull("big"))
+            kv.barrier()  # async: nobody pushes the next round before everyone pulled
+        assert bool(kv._segments_of) is (shm and shm_supported())  # pushed through shm
+        return got
+
+    for got in run_workers(2, servers, step, kind=kind, bound=1000, shm=shm):
+        ramp = np.arange(n, dtype=np.float32)
+        np.testing.assert_array_equal(got[0], -2 * ramp)
+        np.testing.assert_array_equal(got[1], -4 * ramp - 2)
+    if shm_supported():  # big slices live in shared memory on the servers
+        assert all(s.logic._keys["sbig"].value_path for s in servers)

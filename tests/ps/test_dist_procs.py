@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from dist_procs import ps_job
 
+from kvsync.kv.shm import shm_supported
+
 pytestmark = pytest.mark.slow
 
 
@@ -65,3 +67,11 @@ def test_server_setup_module_registers_custom_optimizers_and_updaters() -> None:
         res = job.results()
     assert "workeronlysgd" in str(res[0]["unknown"]) and "triplesgd" in str(res[0]["unknown"])
     assert "negate" in str(res[0]["unknown_updater"])
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_big_arrays_through_shared_memory_or_socket_parts(shm: str) -> None:
+    with ps_job(2) as job:
+        job.start_workers("big", 2, KVSYNC_PS_SHM=shm)
+        res = job.results()
+    assert all(r["shm"] is (shm == "1" and shm_supported()) for r in res)

@@ -17,14 +17,19 @@ from kvsync.protocol.messages import (
     PSHello,
     PSInit,
     PSLoadStates,
+    PSPackedReply,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
+    PSPushPacked,
     PSPushRows,
+    PSPushShm,
     PSSaveStates,
     PSSetCompression,
     PSSetOptimizer,
     PSSetUpdater,
+    PSShmReply,
     PSShutdown,
     PSStats,
     PSValuesReply,
@@ -352,7 +357,10 @@ def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -
         PSSetOptimizer(config="{}"), PSSetUpdater(name="u", params="{}"),
         PSSetCompression(params="{}"), PSSaveStates(dump_optimizer=True),
         PSLoadStates(data=b"xy"), PSBarrier(timeout_ms=1), PSStats(), PSShutdown(),
-        PSValuesReply(values=(a, a[:, :1].copy())),
+        PSValuesReply(values=(a, a[:, :1].copy())), PSPushShm(key="i1", path="/proc/1/fd/3"),
+        PSPullShm(key="i1", timeout_ms=7), PSShmReply(path="/proc/1/fd/4"),
+        PSPushPacked(keys=("i1", "i2"), data=a.reshape(-1), offsets=(0, 0), counts=(1, 1)),
+        PSPackedReply(data=a.reshape(-1)),
     ]
     assert {type(m) for m in samples} == set(PS_MESSAGE_OF.values())
     for msg in samples:
@@ -400,3 +408,34 @@ def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
                             compressed=False))
         assert job.ps.stats()["updates"] == lo // 2
     np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0], np.ones(4))
+
+
+def test_a_whole_push_after_another_ranks_partial_push_adds_only_where_it_wrote() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("sw",), values=(np.zeros(4),)))
+    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(0,), counts=(2,),
+                        compressed=False))
+    job.reply(1, PSPush(keys=("sw",), values=(np.full(4, 5.0),), offsets=(0,), counts=(4,),
+                        compressed=False))
+    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(2,), counts=(2,),
+                        compressed=False))
+    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
+                                  np.full(4, 6.0))
+
+
+def test_many_small_keys_travel_packed_both_ways() -> None:
+    job = Job(1)
+    keys = tuple(f"i{k}" for k in range(10))
+    job.reply(0, PSInit(keys=keys, values=tuple(np.zeros((2, 2)) for _ in keys)))
+    data = np.arange(40.0)
+    push = PSPushPacked(keys=keys, data=data, offsets=(0,) * 10, counts=(2,) * 10)
+    assert job.reply(0, push) == OkReply()
+    reply = job.reply(0, job.pull_msg(keys, T))
+    assert isinstance(reply, PSPackedReply)
+    np.testing.assert_array_equal(reply.data, data)
+    short = PSPushPacked(keys=keys, data=np.arange(39.0), offsets=(0,) * 10, counts=(2,) * 10)
+    assert "does not hold" in error(job.reply(0, short), ErrorCode.SHAPE_MISMATCH)
+    other = PSPushPacked(keys=keys, data=np.arange(40, dtype=np.float32), offsets=(0,) * 10,
+                         counts=(2,) * 10)
+    assert "float32" in error(job.reply(0, other), ErrorCode.SHAPE_MISMATCH)
+    assert job.ps.stats()["updates"] == 10  # the bad pushes changed nothing

@@ -177,11 +177,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compression", action="store_true", help="skip the 2-bit compression rows"
     )
+    dist = parser.add_argument_group("dist types (kvsync.bench.kvstore_dist)")
+    dist.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    dist.add_argument("--servers", type=int, default=1, help="server processes (default 1)")
+    dist.add_argument("--small-keys", type=int, default=1000, help="small keys per step")
+    dist.add_argument("--vs", choices=["gloo"], help="also time torch gloo all_reduce")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the tables; returns 0."""
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if args.type.startswith("dist"):
+        from kvsync.bench.kvstore_dist import run_dist
+
+        return run_dist(args, sizes)
     copies = [int(c) for c in args.copies.split(",")]
     store = kv.create(args.type)
     print(f"numpy copy bandwidth: {copy_bandwidth(max(sizes), args.repeat):.2f} GB/s")

@@ -29,22 +29,29 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from kvsync.errors import ErrorCode, KVSyncError, StoreTimeoutError, error_from_code
+from kvsync.kv.shm import SharedSegments
 from kvsync.protocol.messages import (
     ErrorReply,
+    PSPackedReply,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
+    PSPushPacked,
     PSPushRows,
+    PSPushShm,
+    PSShmReply,
     PSValuesReply,
 )
+from kvsync.server.ps_wait import PACK_MAX_BYTES, PACK_MIN_KEYS
 
-__all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Link", "Op"]
+__all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +73,75 @@ class Link(Protocol):
         ...
 
 
-@dataclass(eq=False)
+class Latch:
+    """Completion of the ops of one call: counts down; :meth:`wait` raises the first error.
+
+    Example:
+        >>> latch = Latch(2)
+        >>> latch.set_result(None); latch.set_result(None)
+        >>> latch.wait(0.1)
+    """
+
+    __slots__ = ("_cv", "_exc", "_left")
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._exc: BaseException | None = None
+        self._cv = threading.Condition()
+
+    def set_result(self, value: object) -> None:
+        """One op succeeded."""
+        self._count_down(None)
+
+    def count_down(self, n: int) -> None:
+        """``n`` ops succeeded."""
+        with self._cv:
+            self._left -= n
+            if self._left <= 0:
+                self._cv.notify_all()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """One op failed with ``exc``."""
+        self._count_down(exc)
+
+    def _count_down(self, exc: BaseException | None) -> None:
+        with self._cv:
+            self._left -= 1
+            if exc is not None and self._exc is None:
+                self._exc = exc
+            if self._left <= 0:
+                self._cv.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for every op; raise the first error.
+
+        Raises:
+            StoreTimeoutError: not all ops finished within ``timeout`` seconds.
+        """
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._left <= 0, timeout):
+                raise StoreTimeoutError(f"{self._left} pulls unanswered after {timeout} s")
+        if self._exc is not None:
+            raise self._exc
+
+
+@dataclass(eq=False, slots=True)
 class Op:
     """One key's part of a push or pull for one server."""
 
     kind: str  # "push" | "cpush" (compressed) | "pull" | "push_rows" | "pull_rows"
+    # | "push_shm" | "pull_shm" (shared memory, see kvsync.kv.shm)
     server: int
     wire: str
     value: np.ndarray | None = None  # pushed array / pulled rows' ids / row-sparse data
     rows: np.ndarray | None = None
     out: np.ndarray | None = None  # where a pulled value is copied (None: keep it)
+    path: str = ""  # push_shm: the worker's segment holding the slice
     lo: int = 0  # first row within the server's slice
     count: int = 1  # rows
-    future: Future[Any] | None = None
+    future: Future[Any] | Latch | None = None
     nbytes: int = 0
-    what: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    settled: bool = False
 
 
 _BATCHABLE = frozenset({"push", "cpush", "pull"})
@@ -95,8 +155,10 @@ class Comm:
         timeout: seconds a parked pull may wait on the server (sent as ``timeout_ms``).
     """
 
-    def __init__(self, links: Sequence[Link], *, timeout: float) -> None:
+    def __init__(self, links: Sequence[Link], *, timeout: float,
+                 shared: SharedSegments | None = None) -> None:
         self._links = list(links)
+        self._shared = shared or SharedSegments()
         self._timeout = timeout
         self._cv = threading.Condition()
         self._heap: list[tuple[int, int, Op]] = []
@@ -119,21 +181,23 @@ class Comm:
 
     # --- queueing (caller's thread) ---------------------------------------------------------
 
-    def enqueue(self, op: Op, priority: int) -> None:
-        """Queue ``op``; ops of one key keep their order whatever their priorities.
+    def enqueue_many(self, ops: Sequence[Op], priority: int) -> None:
+        """Queue several ops of one call at ``priority`` (one lock round trip).
 
         Raises:
-            KVSyncError: an earlier push failed (its error is raised once), or closed.
+            KVSyncError: as :meth:`enqueue`.
         """
         self.raise_errors()
         with self._cv:
             if self._closing:
                 raise KVSyncError("the KVStore is closed")
-            count, prio = self._pending.get(op.wire, (0, priority))
-            prio = min(prio, priority) if count else priority
-            self._pending[op.wire] = (count + 1, prio)
-            self._outstanding += 1
-            heapq.heappush(self._heap, (-prio, next(self._seq), op))
+            pending, heap, seq = self._pending, self._heap, self._seq
+            for op in ops:
+                count, prio = pending.get(op.wire, (0, priority))
+                prio = min(prio, priority) if count else priority
+                pending[op.wire] = (count + 1, prio)
+                heapq.heappush(heap, (-prio, next(seq), op))
+            self._outstanding += len(ops)
             self._cv.notify_all()
 
     def flush(self, timeout: float) -> None:
@@ -197,7 +261,12 @@ class Comm:
         first = batch[0]
         timeout_ms = int(self._timeout * 1000)
         msg: object
-        if first.kind in ("push", "cpush"):
+        if first.kind == "push" and _packable([op.value for op in batch]):
+            data = np.concatenate([op.value.reshape(-1) for op in batch])  # type: ignore[union-attr]
+            msg = PSPushPacked(keys=tuple(op.wire for op in batch), data=data,
+                               offsets=tuple(op.lo for op in batch),
+                               counts=tuple(op.count for op in batch))
+        elif first.kind in ("push", "cpush"):
             values = tuple(op.value for op in batch)
             msg = PSPush(keys=tuple(op.wire for op in batch), values=values,  # type: ignore[arg-type]
                          offsets=tuple(op.lo for op in batch),
@@ -205,6 +274,10 @@ class Comm:
         elif first.kind == "pull":
             msg = PSPull(keys=tuple(op.wire for op in batch), offsets=tuple(op.lo for op in batch),
                          counts=tuple(op.count for op in batch), timeout_ms=timeout_ms)
+        elif first.kind == "push_shm":
+            msg = PSPushShm(key=first.wire, path=first.path)
+        elif first.kind == "pull_shm":
+            msg = PSPullShm(key=first.wire, timeout_ms=timeout_ms)
         elif first.kind == "push_rows":
             assert first.rows is not None and first.value is not None
             msg = PSPushRows(key=first.wire, rows=first.rows, data=first.value)
@@ -238,33 +311,70 @@ class Comm:
                 self._finish(batch, None)
 
     def _deliver(self, batch: list[Op], reply: object) -> None:
+        if batch[0].kind == "pull_shm":
+            op = batch[0]
+            if not isinstance(reply, PSShmReply) or op.out is None:
+                raise error_from_code(ErrorCode.PROTOCOL, f"unexpected {type(reply).__name__}")
+            src = self._shared.attach(reply.path, op.out.nbytes)
+            np.copyto(op.out, src.view(op.out.dtype).reshape(op.out.shape))
+            if op.future is not None:
+                op.future.set_result(op.out)
+            op.settled = True
+            return
         if batch[0].kind not in ("pull", "pull_rows"):
             return
+        if isinstance(reply, PSPackedReply):  # many small arrays in one, in batch order
+            flat, at = reply.data.reshape(-1), 0
+            for op in batch:
+                assert op.out is not None
+                np.copyto(op.out, flat[at : at + op.out.size].reshape(op.out.shape))
+                at += op.out.size
+            reply = PSValuesReply(values=tuple(op.out for op in batch))  # type: ignore[misc]
         if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
             raise error_from_code(ErrorCode.PROTOCOL, f"unexpected reply {type(reply).__name__}")
+        latch, done = None, 0
         for op, v in zip(batch, reply.values, strict=True):
-            if op.out is not None:
+            if op.out is not None and v is not op.out:
                 np.copyto(op.out, v.reshape(op.out.shape))
-                if op.future is not None:
-                    op.future.set_result(op.out)
+            op.settled = True
+            if isinstance(op.future, Latch) and (latch is None or op.future is latch):
+                latch, done = op.future, done + 1  # counted down once per batch below
             elif op.future is not None:
-                op.future.set_result(v)
+                op.future.set_result(v if op.out is None else op.out)
+        if latch is not None:
+            latch.count_down(done)
 
     def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
         for op in batch:
-            if exc is not None:
-                if op.future is not None:
-                    if not op.future.done():
-                        op.future.set_exception(exc)
+            if op.settled:
+                continue
+            op.settled = True
+            if op.future is not None:
+                if exc is None:
+                    op.future.set_result(None)
                 else:
-                    logger.debug("%s failed: %s", op.what or op.kind, exc)
-                    with self._cv:
-                        if not self._errors:
-                            self._errors.append(exc)
-            op.done.set()
+                    op.future.set_exception(exc)
+            if exc is not None and "push" in op.kind:  # surfaces in the next call
+                logger.debug("%s of key %s failed: %s", op.kind, op.wire, exc)
+                with self._cv:
+                    if not self._errors:
+                        self._errors.append(exc)
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()
+
+
+def _packable(values: list[np.ndarray | None]) -> bool:
+    """Whether a push batch travels as one concatenated array (many small, one dtype)."""
+    if len(values) < PACK_MIN_KEYS or values[0] is None:
+        return False
+    dtype = values[0].dtype
+    total = 0
+    for v in values:
+        if v is None or v.dtype != dtype:
+            return False
+        total += v.nbytes
+    return total <= PACK_MAX_BYTES
 
 
 def _batches(ops: list[Op]) -> list[list[Op]]:

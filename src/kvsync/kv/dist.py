@@ -19,10 +19,8 @@ Example (needs running servers; see ``examples/train_ps.py``)::
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
@@ -31,10 +29,8 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import (
     InvalidArgumentError,
-    KVStoreError,
     UninitializedKeyError,
     UnknownNameError,
-    error_from_code,
 )
 from kvsync.kv import rowsparse
 from kvsync.kv.base import (
@@ -45,22 +41,16 @@ from kvsync.kv.base import (
     normalize_key,
     pair_row_ids,
 )
-from kvsync.kv.comm import Comm, Link, Op
-from kvsync.kv.compression import GradientCompression, create_compression
+from kvsync.kv.comm import Comm, Latch, Link, Op
+from kvsync.kv.compression import GradientCompression
+from kvsync.kv.dist_control import ServerControl
 from kvsync.kv.reduce import copy_to_all, sum_into
-from kvsync.kv.sharding import KeyPlan, plan_key
+from kvsync.kv.sharding import KeyPlan, chunks, plan_key
+from kvsync.kv.shm import SharedSegments, shm_supported
 from kvsync.protocol.messages import (
-    ErrorReply,
     PSBarrier,
     PSHello,
     PSInit,
-    PSLoadStates,
-    PSSaveStates,
-    PSSetCompression,
-    PSSetOptimizer,
-    PSSetUpdater,
-    PSShutdown,
-    PSStats,
     PSWaitInit,
 )
 from kvsync.server.ps_keys import Key
@@ -72,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 
 @KVStoreBase.register
-class DistKVStore(KVStoreBase):
+class DistKVStore(ServerControl, KVStoreBase):
     """A worker's handle on the parameter servers of a job.
 
     Built by ``kvsync.kv.create("dist_sync")`` (environment and servers found as described
@@ -84,16 +74,32 @@ class DistKVStore(KVStoreBase):
         links: one pipelined link per server (``kvsync.client.Client`` objects).
         bound: arrays with more elements are split over all servers.
         timeout: seconds any blocking call may take.
+        shm: the servers run on this host: move big slices through shared memory.
 
     Raises:
         UnknownNameError: another name. InvalidArgumentError: no links, or a bad rank.
+
+    Example (one worker and a parameter server in this process):
+        >>> import numpy as np
+        >>> from kvsync.client import Client
+        >>> from kvsync.kv.server import make_logic
+        >>> from kvsync.server import StoreServer
+        >>> with StoreServer(logic=make_logic(0)).start() as server:
+        ...     kv = DistKVStore("dist_sync", rank=0, num_workers=1,
+        ...                      links=[Client("127.0.0.1", server.port, timeout=5)])
+        ...     kv.init(3, np.zeros(2))
+        ...     kv.push(3, [np.ones(2), np.ones(2)])  # two devices: summed
+        ...     w = kv.pull(3)
+        ...     kv.close()
+        >>> w
+        array([2., 2.])
     """
 
     NAMES: ClassVar[tuple[str, ...]] = ("dist_sync", "dist_device_sync", "dist_async")
 
     def __init__(self, name: str, *, rank: int, num_workers: int, links: Sequence[Link],
                  bound: int = defaults.BIGARRAY_BOUND,
-                 timeout: float = defaults.DEFAULT_TIMEOUT) -> None:
+                 timeout: float = defaults.DEFAULT_TIMEOUT, shm: bool = False) -> None:
         if name not in self.NAMES:
             raise UnknownNameError(f"DistKVStore types are {list(self.NAMES)}, got {name!r}")
         if not links or not 0 <= rank < num_workers:
@@ -108,7 +114,10 @@ class DistKVStore(KVStoreBase):
         self._gc: GradientCompression | None = None
         hello = PSHello(rank=rank, num_workers=num_workers, sync=name != "dist_async")
         self._call_all([hello] * len(self._links))
-        self._comm = Comm(self._links, timeout=self.timeout)
+        self._shm = shm and shm_supported()
+        self._segments = SharedSegments()
+        self._segments_of: dict[tuple[str, int], list[Any]] = {}  # [path, view, last push]
+        self._comm = Comm(self._links, timeout=self.timeout, shared=self._segments)
         self._closed = False
 
     @classmethod
@@ -200,6 +209,9 @@ class DistKVStore(KVStoreBase):
         return plan
 
     def _checked(self, key: Any, value: Any, what: str) -> list[tuple[KeyPlan, KeyGroup]]:
+        fast = self._checked_fast(key, value)
+        if fast is not None:
+            return fast
         out = []
         for g in group_pairs(key, value, what=what):
             plan = self._plan(g.key)
@@ -207,6 +219,21 @@ class DistKVStore(KVStoreBase):
                 check_matches(g.key, v, plan.shape, plan.dtype, what=what)
             out.append((plan, g))
         return out
+
+    def _checked_fast(self, key: Any, value: Any) -> list[tuple[KeyPlan, KeyGroup]] | None:
+        """The common case without the general argument walk: a list of distinct known
+        keys of one type, each with one array of the stored shape and dtype (else None)."""
+        if not (isinstance(key, list | tuple) and isinstance(value, list | tuple)
+                and len(key) == len(value) and key and type(key[0]) in (int, str)):
+            return None
+        kind, plans, out = type(key[0]), self._plans, []
+        for k, v in zip(key, value, strict=True):
+            plan = plans.get(k) if type(k) is kind else None
+            if (plan is None or type(v) is not np.ndarray or v.shape != plan.shape
+                    or v.dtype != plan.dtype):
+                return None
+            out.append((plan, KeyGroup(k, [v])))
+        return out if len(set(key)) == len(key) else None
 
     def push(self, key: Any, value: Any, priority: int = 0) -> None:
         """Queue the per-key sums of ``value`` for the servers and return at once.
@@ -220,34 +247,71 @@ class DistKVStore(KVStoreBase):
                 checked before anything is queued.
         """
         self._comm.raise_errors()
+        ops: list[Op] = []
+        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, value, "value"):
+            v0 = g.values[0]
+            if (len(g.values) == 1 and type(v0) is np.ndarray and v0.nbytes < small
+                    and self._gc is None and len(plan.slices) == 1 and v0.flags.c_contiguous):
+                ops.append(Op("push", plan.slices[0].server, plan.wire, value=v0,  # fast path
+                              count=v0.shape[0] if v0.ndim else 1, nbytes=v0.nbytes))
+                continue
             if all(isinstance(v, RowSparseArray) for v in g.values):
-                self._push_rows(plan, rowsparse.sum_rows(g.values), priority)
+                ops += self._row_ops(plan, rowsparse.sum_rows(g.values))
                 continue
             dense = [np.ascontiguousarray(rowsparse.densify(v)) for v in g.values]
             grad = dense[0] if len(dense) == 1 else sum_into(np.empty_like(dense[0]), dense)
-            for server, lo, part in plan.pieces(grad):
+            for server, lo, part in self._pieces(plan, grad):
                 n = part.shape[0] if part.ndim else 1
-                if self._gc is not None:
+                if lo < 0:  # the whole slice, through shared memory
+                    ops.append(self._shm_push(plan, server, part))
+                elif self._gc is not None:
                     packed = self._gc.compress((plan.wire, server, lo), part)
-                    op = Op("cpush", server, plan.wire, value=packed, nbytes=packed.nbytes)
+                    ops.append(Op("cpush", server, plan.wire, value=packed, lo=lo, count=n,
+                                  nbytes=packed.nbytes))
                 else:
-                    op = Op("push", server, plan.wire, value=part, nbytes=part.nbytes)
-                op.lo, op.count = lo, n
-                op.what = f"push of key {plan.key!r} to server {server}"
-                self._comm.enqueue(op, priority)
+                    ops.append(Op("push", server, plan.wire, value=part, lo=lo, count=n,
+                                  nbytes=part.nbytes))
+        self._comm.enqueue_many(ops, priority)
 
-    def _push_rows(self, plan: KeyPlan, rs: RowSparseArray, priority: int) -> None:
+    def _pieces(self, plan: KeyPlan, array: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Parts of ``array`` per server: whole slices that travel through shared memory
+        (marked with row ``-1``), socket parts of at most PS_CHUNK_BYTES otherwise."""
+        if not self._shm or array.nbytes < defaults.PS_SHM_MIN_BYTES:
+            yield from plan.pieces(array)
+            return
+        for s, block in plan.parts(array):
+            if block.nbytes >= defaults.PS_SHM_MIN_BYTES and self._gc is None:
+                yield s.server, -1, block
+            else:
+                for lo, rows in chunks(block):
+                    yield s.server, lo, rows
+
+    def _shm_push(self, plan: KeyPlan, server: int, part: np.ndarray) -> Op:
+        """Copy ``part`` into this worker's segment for (key, server); once the previous
+        push from it was read by the server."""
+        seg = self._segments_of.get((plan.wire, server))
+        if seg is None:
+            path, buf = self._segments.create(part.nbytes)
+            seg = self._segments_of[(plan.wire, server)] = [path, buf, None]
+        if seg[2] is not None:
+            seg[2].wait(self.timeout + 15.0)
+        np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
+        seg[2] = Latch(1)
+        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2],
+                  nbytes=part.nbytes)
+
+    def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
+        ops = []
         for s in plan.slices:
             mask = (rs.indices >= s.lo) & (rs.indices < s.hi)
             if not mask.any():
                 continue
             rows = rs.indices[mask] - s.lo
             data = np.ascontiguousarray(rs.data[mask])
-            op = Op("push_rows", s.server, plan.wire, value=data, rows=rows,
-                    nbytes=data.nbytes + rows.nbytes,
-                    what=f"row-sparse push of key {plan.key!r} to server {s.server}")
-            self._comm.enqueue(op, priority)
+            ops.append(Op("push_rows", s.server, plan.wire, value=data, rows=rows,
+                          nbytes=data.nbytes + rows.nbytes))
+        return ops
 
     # --- pull -------------------------------------------------------------------------------
     def pull(self, key: Any, out: Any = None, priority: int = 0, ignore_sparse: bool = True) -> Any:
@@ -269,8 +333,16 @@ class DistKVStore(KVStoreBase):
             fresh = [np.empty(p.shape, p.dtype) for p in plans]
             self.pull(keys, out=fresh, priority=priority)
             return fresh if many else fresh[0]
-        jobs: list[tuple[np.ndarray, list[Any], list[Future[Any]]]] = []
+        jobs: list[tuple[np.ndarray, list[Any]]] = []
+        ops: list[Op] = []
+        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, out, "out"):
+            o0 = g.values[0]
+            if (len(g.values) == 1 and type(o0) is np.ndarray and o0.nbytes < small
+                    and len(plan.slices) == 1 and o0.flags.c_contiguous and o0.flags.writeable):
+                ops.append(Op("pull", plan.slices[0].server, plan.wire, out=o0,  # fast path
+                              count=o0.shape[0] if o0.ndim else 1, nbytes=o0.nbytes))
+                continue
             dense = [o for o in g.values if isinstance(o, np.ndarray)]
             sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
             for o in dense:
@@ -278,29 +350,39 @@ class DistKVStore(KVStoreBase):
                     raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
             direct = dense[0] if dense and dense[0].flags.c_contiguous else None
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
-            futures = []
-            for server, lo, view in plan.pieces(target):
-                fut: Future[Any] = Future()
-                self._comm.enqueue(Op("pull", server, plan.wire, out=view, future=fut, lo=lo,
-                                      count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes,
-                                      what=f"pull of key {plan.key!r}"), priority)
-                futures.append(fut)
+            for server, lo, view in self._pieces(plan, target):
+                kind = "pull_shm" if lo < 0 else "pull"
+                ops.append(Op(kind, server, plan.wire, out=view, lo=max(lo, 0),
+                              count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes))
             rest = [o for o in dense if o is not target]
-            jobs.append((target, rest + ([] if ignore_sparse else sparse), futures))
-        for target, rest, futures in jobs:
-            for fut in futures:
-                fut.result(timeout=self.timeout + 15.0)
-            dense_rest = [o for o in rest if isinstance(o, np.ndarray)]
-            copy_to_all(target, dense_rest)
+            if rest or (sparse and not ignore_sparse):
+                jobs.append((target, rest + ([] if ignore_sparse else sparse)))
+        latch = Latch(len(ops))
+        for op in ops:
+            op.future = latch
+        self._comm.enqueue_many(ops, priority)
+        latch.wait(self.timeout + 15.0)
+        for target, rest in jobs:
+            copy_to_all(target, [o for o in rest if isinstance(o, np.ndarray)])
             for o in rest:
                 if isinstance(o, RowSparseArray):
                     o.assign(rowsparse.as_row_sparse(target))
         return out
 
     def pushpull(self, key: Any, value: Any, out: Any = None, priority: int = 0) -> Any:
-        """Push ``value`` then pull the updated values into ``out`` (``value`` when None)."""
+        """Push ``value`` then pull the updated values into ``out`` (``value`` when None).
+
+        Raises:
+            ShapeMismatchError, InvalidArgumentError, ...: as :meth:`push` and :meth:`pull`,
+                both checked before anything is pushed.
+        """
+        target = value if out is None else out
+        for _, g in self._checked(key, target, "out"):
+            for o in g.values:
+                if isinstance(o, np.ndarray) and not o.flags.writeable:
+                    raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
         self.push(key, value, priority)
-        return self.pull(key, out=value if out is None else out, priority=priority)
+        return self.pull(key, out=target, priority=priority)
 
     def row_sparse_pull(self, key: Any, out: Any = None, priority: int = 0,
                         row_ids: Any = None) -> Any:
@@ -325,8 +407,8 @@ class DistKVStore(KVStoreBase):
                     sel = rows[(rows >= s.lo) & (rows < s.hi)]
                     if sel.size:
                         fut: Future[Any] = Future()
-                        self._comm.enqueue(Op("pull_rows", s.server, plan.wire, rows=sel - s.lo,
-                                              future=fut), priority)
+                        self._comm.enqueue_many([Op("pull_rows", s.server, plan.wire,
+                                                    rows=sel - s.lo, future=fut)], priority)
                         parts.append(fut)
                 jobs.append((o, plan, rows, parts))
         for o, plan, rows, parts in jobs:
@@ -338,82 +420,6 @@ class DistKVStore(KVStoreBase):
             o.assign(pairs.groups[0].values[0])
         return out
 
-    # --- optimizer, compression, states -----------------------------------------------------
-    def set_optimizer(self, optimizer: Any) -> None:
-        """Send ``optimizer``'s JSON config to every server (its name must be registered
-        there; custom ones via the server's setup module).
-
-        Raises:
-            UnknownNameError: a server does not know the optimizer; lists the known ones.
-        """
-        config = json.dumps(optimizer.to_config())
-        self.wait()
-        self._call_all([PSSetOptimizer(config=config)] * self.num_servers)
-
-    def set_server_updater(self, name: str, **params: Any) -> None:
-        """Run the updater registered as ``name`` in the server processes
-        (:func:`kvsync.kv.server.register_updater`), built with ``params`` (JSON-able).
-
-        Raises:
-            UnknownNameError: a server has no updater of that name; lists the known ones.
-        """
-        self.wait()
-        self._call_all([PSSetUpdater(name=name, params=json.dumps(params))] * self.num_servers)
-
-    def _set_updater(self, updater: Any) -> None:
-        raise InvalidArgumentError(
-            "dist KVStores run the update on the servers and never ship code: use "
-            "set_optimizer(), or register an updater in the server process "
-            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()")
-
-    def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
-        """Compress pushed gradients on this worker; the servers decompress.
-
-        Raises:
-            UnknownNameError, InvalidArgumentError: bad parameters.
-        """
-        gc = create_compression(compression_params)
-        self.wait()
-        params = json.dumps(gc.to_params() if gc is not None else {"type": "none"})
-        self._call_all([PSSetCompression(params=params)] * self.num_servers)
-        self._gc = gc
-
-    def save_optimizer_states(self, fname: str, dump_optimizer: bool = False) -> None:
-        """Gather every server's optimizer state into one npz file (``server_<i>`` blobs,
-        each npz + JSON, and a JSON ``meta`` entry).
-
-        Raises:
-            ServerError: no optimizer is set on the servers.
-        """
-        self.wait()
-        replies = self._call_all([PSSaveStates(dump_optimizer=dump_optimizer)] * self.num_servers)
-        blobs = {f"server_{i}": np.frombuffer(bytes(r.value), np.uint8)
-                 for i, r in enumerate(replies)}
-        meta = json.dumps({"format": "kvsync-ps-states", "num_servers": self.num_servers})
-        buf = io.BytesIO()
-        savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
-        savez(buf, meta=np.frombuffer(meta.encode(), np.uint8), **blobs)
-        with open(fname, "wb") as f:
-            f.write(buf.getvalue())
-
-    def load_optimizer_states(self, fname: str) -> None:
-        """Restore what :meth:`save_optimizer_states` wrote (same number of servers).
-
-        Raises:
-            KVStoreError: the file is not a kvsync states file or has another server count.
-        """
-        self.wait()
-        with np.load(fname, allow_pickle=False) as z:
-            try:
-                meta = json.loads(bytes(z["meta"]).decode())
-                blobs = [bytes(z[f"server_{i}"]) for i in range(meta["num_servers"])]
-            except (KeyError, ValueError) as exc:
-                raise KVStoreError(f"{fname} is not a kvsync states file: {exc}") from None
-        if len(blobs) != self.num_servers:
-            raise KVStoreError(f"{fname} holds states of {len(blobs)} servers, the job has "
-                               f"{self.num_servers}")
-        self._call_all([PSLoadStates(data=b) for b in blobs])
-
     # --- synchronisation, stats, lifetime ---------------------------------------------------
     def wait(self) -> None:
         """Wait until every push of this worker has been acknowledged; raise its errors."""
@@ -422,16 +428,6 @@ class DistKVStore(KVStoreBase):
     def _barrier(self) -> None:
         self.wait()
         self._call_all([PSBarrier(timeout_ms=self._timeout_ms)] * self.num_servers)
-
-    def server_stats(self) -> list[dict[str, Any]]:
-        """Per-server counters (``bytes_in``, ``bytes_out``, ``keys``, ``updates`` ...)."""
-        replies = self._call_all([PSStats()] * self.num_servers)
-        return [json.loads(bytes(r.value)) for r in replies]
-
-    def shutdown_servers(self) -> None:
-        """Ask every server process to exit (rank 0 does this at the end of a job)."""
-        self.wait()
-        self._call_all([PSShutdown()] * self.num_servers)
 
     def close(self) -> None:
         """Send what is queued, stop the threads and close the links."""
@@ -443,6 +439,7 @@ class DistKVStore(KVStoreBase):
         except Exception:
             logger.debug("pending pushes failed while closing", exc_info=True)
         self._comm.close()
+        self._segments.close()
         for link in self._links:
             close = getattr(link, "close", None)
             if close is not None:
@@ -457,30 +454,3 @@ class DistKVStore(KVStoreBase):
     def __repr__(self) -> str:
         return (f"<DistKVStore type={self._type!r} rank={self._rank}/{self._num_workers} "
                 f"servers={self.num_servers} keys={len(self._plans)}>")
-
-    # --- helpers ----------------------------------------------------------------------------
-    @property
-    def _timeout_ms(self) -> int:
-        return int(self.timeout * 1000)
-
-    def _call_all(self, msgs: Sequence[object | None]) -> list[Any]:
-        """Send one message per server (None: skip), all at once; return the replies."""
-        rids = [None if m is None else link.submit(m) for link, m in zip(self._links, msgs,
-                                                                         strict=True)]
-        replies: list[Any] = []
-        first: BaseException | None = None
-        for link, rid in zip(self._links, rids, strict=True):
-            if rid is None:
-                replies.append(None)
-                continue
-            try:
-                reply = link.result(rid, timeout=self.timeout + 15.0)
-                if isinstance(reply, ErrorReply):
-                    raise error_from_code(reply.code, reply.message)
-                replies.append(reply)
-            except Exception as exc:
-                first = first or exc
-                replies.append(None)
-        if first is not None:
-            raise first
-        return replies

@@ -5,7 +5,8 @@ store ``kvsync-run`` hosts) under :data:`SERVER_KEY` ``.format(i)``, ``i`` taken
 ``add`` on :data:`SERVER_COUNT_KEY`. A worker reads its rank and the job's worker count
 from ``RANK``/``WORLD_SIZE`` (or ``DMLC_NUM_WORKER``), the server count from
 ``DMLC_NUM_SERVER``, waits until that many servers have registered, and opens one
-pipelined :class:`~kvsync.client.Client` per server.
+pipelined :class:`~kvsync.client.Client` per server. When every server listens on a
+loopback address, big slices move through shared memory (``KVSYNC_PS_SHM=0`` turns it off).
 
 Example:
     >>> SERVER_KEY.format(0)
@@ -25,6 +26,7 @@ __all__ = ["SERVER_COUNT_KEY", "SERVER_KEY", "connect", "job_store", "server_add
 
 #: Store key under which server ``i`` publishes ``host:port``.
 SERVER_KEY = "kvsync/ps/server/{}"
+_LOOPBACK = frozenset({"localhost", "::1"})
 #: Store counter from which each server takes its index.
 SERVER_COUNT_KEY = "kvsync/ps/servers"
 
@@ -84,8 +86,10 @@ def connect(name: str, *, environ: Mapping[str, str] | None = None,
     try:
         for host, port in addresses:
             links.append(Client(host, port, timeout=timeout, secret=e.secret))
+        local = all(host in _LOOPBACK or host.startswith("127.") for host, _ in addresses)
         return DistKVStore(name, rank=e.rank, num_workers=num_workers, links=links,
-                           bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, timeout=timeout)
+                           bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, timeout=timeout,
+                           shm=local and e.ps_shm)
     except BaseException:
         for link in links:
             link.close()

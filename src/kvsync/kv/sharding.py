@@ -29,7 +29,7 @@ from kvsync import defaults
 from kvsync.errors import InvalidArgumentError
 from kvsync.server.ps_keys import Key, wire_key
 
-__all__ = ["KeyPlan", "Slice", "home_server", "plan_key"]
+__all__ = ["KeyPlan", "Slice", "chunks", "home_server", "plan_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +81,28 @@ class KeyPlan:
             >>> [(s, lo, b.shape) for s, lo, b in p.pieces(np.zeros((6, 2)), chunk_bytes=64)]
             [(0, 0, (4, 2)), (0, 4, (2, 2))]
         """
+        if len(self.slices) == 1 and array.nbytes <= chunk_bytes:  # the common small key
+            yield self.slices[0].server, 0, array
+            return
         for s, block in self.parts(array):
-            if block.ndim == 0:
-                yield s.server, 0, block
-                continue
-            step = max(1, chunk_bytes // max(1, block[:1].nbytes))
-            for lo in range(0, max(block.shape[0], 1), step):
-                yield s.server, lo, block[lo : lo + step]
+            for lo, rows in chunks(block, chunk_bytes):
+                yield s.server, lo, rows
+
+
+def chunks(block: np.ndarray, chunk_bytes: int = defaults.PS_CHUNK_BYTES
+           ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` of ``block`` in parts of at most ``chunk_bytes`` (>= 1 row).
+
+    Example:
+        >>> [(lo, b.tolist()) for lo, b in chunks(np.arange(3.0), chunk_bytes=16)]
+        [(0, [0.0, 1.0]), (2, [2.0])]
+    """
+    if block.ndim == 0:
+        yield 0, block
+        return
+    step = max(1, chunk_bytes // max(1, block[:1].nbytes))
+    for lo in range(0, max(block.shape[0], 1), step):
+        yield lo, block[lo : lo + step]
 
 
 def home_server(wire: str, num_servers: int) -> int:

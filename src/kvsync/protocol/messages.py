@@ -117,6 +117,9 @@ class Opcode(IntEnum):
     PS_BARRIER = 0x4C
     PS_STATS = 0x4D
     PS_SHUTDOWN = 0x4E
+    PS_PUSH_SHM = 0x4F
+    PS_PULL_SHM = 0x50
+    PS_PUSH_PACKED = 0x51
     # Replies
     OK = 0x80
     VALUE = 0x81
@@ -124,6 +127,8 @@ class Opcode(IntEnum):
     INT = 0x83
     KEYS = 0x84
     PS_VALUES = 0xC0  # parameter-server arrays (owner: dist)
+    PS_SHM = 0xC1  # where a parameter server's slice lives in shared memory (owner: dist)
+    PS_PACKED = 0xC2  # many small parameter-server arrays in one (owner: dist)
     ERROR = 0xFF
 
 
@@ -401,14 +406,19 @@ __all__ += [
     "PSHello",
     "PSInit",
     "PSLoadStates",
+    "PSPackedReply",
     "PSPull",
     "PSPullRows",
+    "PSPullShm",
     "PSPush",
+    "PSPushPacked",
     "PSPushRows",
+    "PSPushShm",
     "PSSaveStates",
     "PSSetCompression",
     "PSSetOptimizer",
     "PSSetUpdater",
+    "PSShmReply",
     "PSShutdown",
     "PSStats",
     "PSValuesReply",
@@ -550,6 +560,53 @@ class PSShutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class PSPushPacked:
+    """PSPush of many small parts of one dtype, concatenated (flattened) into ``data`` in
+    key order; each part holds ``counts[i]`` rows of its key's slice from row
+    ``offsets[i]``, so the server knows where each ends. Reply: OkReply."""
+
+    keys: tuple[str, ...]
+    data: NDArray
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PSPushShm:
+    """Push a whole slice that a worker on the same host wrote into its shared-memory
+    segment ``path`` (``/proc/<pid>/fd/<fd>``, see kvsync.kv.shm); the server reads it
+    before replying, so the worker may reuse the segment after the reply. Reply: OkReply."""
+
+    key: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSPullShm:
+    """Like PSPull of a whole slice, answered with where the slice lives in the server's
+    shared memory instead of its bytes. Reply: PSShmReply."""
+
+    key: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PSShmReply:
+    """The shared-memory segment holding the slice a PSPullShm asked for (unchanged until
+    the asking worker pushes the key again)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PSPackedReply:
+    """The arrays answering a PSPull of many small keys of one dtype, flattened and
+    concatenated in request order (the worker knows each one's size)."""
+
+    data: NDArray
+
+
+@dataclass(frozen=True, slots=True)
 class PSValuesReply:
     """Arrays answering PSPull / PSPullRows, in request order."""
 
@@ -573,7 +630,12 @@ PS_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.PS_BARRIER: PSBarrier,
     Opcode.PS_STATS: PSStats,
     Opcode.PS_SHUTDOWN: PSShutdown,
+    Opcode.PS_PUSH_SHM: PSPushShm,
+    Opcode.PS_PULL_SHM: PSPullShm,
+    Opcode.PS_PUSH_PACKED: PSPushPacked,
     Opcode.PS_VALUES: PSValuesReply,
+    Opcode.PS_SHM: PSShmReply,
+    Opcode.PS_PACKED: PSPackedReply,
 }
 MESSAGE_OF.update(PS_MESSAGE_OF)
 OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})

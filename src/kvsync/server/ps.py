@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +52,11 @@ from kvsync.protocol.messages import (
     PSLoadStates,
     PSPull,
     PSPullRows,
+    PSPullShm,
     PSPush,
+    PSPushPacked,
     PSPushRows,
+    PSPushShm,
     PSSaveStates,
     PSSetCompression,
     PSSetOptimizer,
@@ -64,7 +67,17 @@ from kvsync.protocol.messages import (
     ValueReply,
 )
 from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, PSRequestError, key_of_wire, wire_key
+from kvsync.server.ps_keys import (
+    Compression,
+    KeyState,
+    PSRequestError,
+    SharedMemory,
+    Updater,
+    check_pairs,
+    json_object,
+    key_of_wire,
+    wire_key,
+)
 from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
 
 __all__ = [
@@ -72,6 +85,7 @@ __all__ = [
     "Compression",
     "Outgoing",
     "ParameterServerLogic",
+    "SharedMemory",
     "Updater",
     "key_of_wire",
     "wire_key",
@@ -80,27 +94,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class Updater(Protocol):
-    """What the server needs from an updater (``kvsync.optimizer.get_updater``)."""
-
-    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
-
-    def get_states(self, dump_optimizer: bool = False) -> bytes: ...
-
-    def set_states(self, data: bytes) -> None: ...
-
-
-class Compression(Protocol):
-    """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
-
-    def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
-
-
-
 #: The message types this logic handles (for ``Router``).
 PS_MESSAGE_TYPES: tuple[type, ...] = (
     PSHello, PSInit, PSWaitInit, PSPush, PSPushRows, PSPull, PSPullRows, PSSetOptimizer,
     PSSetUpdater, PSSetCompression, PSSaveStates, PSLoadStates, PSBarrier, PSStats, PSShutdown,
+    PSPushShm, PSPullShm, PSPushPacked,
 )
 
 
@@ -125,6 +123,7 @@ class ParameterServerLogic:
         updater_by_name: Callable[[str, dict[str, Any]], Updater] | None = None,
         compression_from_params: Callable[[dict[str, Any]], Compression | None] | None = None,
         stall_seconds: float = defaults.PS_STALL_SECONDS,
+        shared: SharedMemory | None = None,
     ) -> None:
         self.server_index = server_index
         self.shutdown_requested = False
@@ -132,6 +131,8 @@ class ParameterServerLogic:
         self._named_updater = updater_by_name
         self._make_compression = compression_from_params
         self._stall = stall_seconds
+        self._alloc = shared.create if shared is not None else None
+        self._attach = shared.attach if shared is not None else None
         self._keys: dict[str, KeyState] = {}
         self._job = JobState()
         self._deferred: list[Outgoing] = []
@@ -148,6 +149,8 @@ class ParameterServerLogic:
             PSSetUpdater: self._set_updater, PSSetCompression: self._set_compression,
             PSSaveStates: self._save_states, PSLoadStates: self._load_states,
             PSBarrier: self._barrier, PSStats: self._stats, PSShutdown: self._shutdown,
+            PSPushShm: self._push_shm, PSPullShm: self._pull_shm,
+            PSPushPacked: self._push_packed,
         }
 
     # --- ServerLogic ------------------------------------------------------------------------
@@ -228,13 +231,13 @@ class ParameterServerLogic:
         return OkReply()
 
     def _init(self, conn_id: int, request_id: int, msg: PSInit, now: float) -> object:
-        _check_pairs(msg.keys, msg.values)
+        check_pairs(msg.keys, msg.values)
         for k in msg.keys:
             if k in self._keys:
                 raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                      f"key {key_of_wire(k)!r} is already initialised")
         for k, v in zip(msg.keys, msg.values, strict=True):
-            self._keys[k] = KeyState(key_of_wire(k), np.array(v, copy=True, order="C"))
+            self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
             self._counters.bytes_in += v.nbytes
         return OkReply()
 
@@ -242,21 +245,56 @@ class ParameterServerLogic:
         return _park(self, "init", conn_id, request_id, msg.keys, msg.timeout_ms, now)
 
     def _push(self, conn_id: int, request_id: int, msg: PSPush, now: float) -> object:
-        _check_pairs(msg.keys, msg.values)
+        check_pairs(msg.keys, msg.values)
+        return self._push_parts(conn_id, msg.keys, msg.values, msg.offsets, msg.counts,
+                                msg.compressed)
+
+    def _push_packed(self, conn_id: int, rid: int, msg: PSPushPacked, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
             raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
                                  "in length")
-        rank = self._job.rank_of[conn_id]
-        states = [self._key(k) for k in msg.keys]
+        data, at, values = msg.data.reshape(-1), 0, []
+        for k, n in zip(msg.keys, msg.counts, strict=True):
+            stored = self._key(k).value
+            shape = stored.shape if stored.ndim == 0 else (n, *stored.shape[1:])
+            size = int(np.prod(shape, dtype=np.int64))
+            if data.dtype != stored.dtype or at + size > data.size:
+                raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                     f"packed push of {data.dtype}[{data.size}] does not hold "
+                                     f"{shape} {stored.dtype} rows of key {key_of_wire(k)!r}")
+            values.append(data[at : at + size].reshape(shape))
+            at += size
+        if at != data.size:
+            raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
+                                 f"packed push has {data.size - at} values left over")
+        check_pairs(msg.keys, tuple(values))
+        return self._push_parts(conn_id, msg.keys, tuple(values), msg.offsets, msg.counts,
+                                False)
+
+    def _push_parts(self, conn_id: int, wires: tuple[str, ...], parts: tuple[np.ndarray, ...],
+                    offsets: tuple[int, ...], counts: tuple[int, ...],
+                    compressed: bool) -> object:
+        if not len(wires) == len(offsets) == len(counts):
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
+                                 "in length")
+        rank, sync = self._job.rank_of[conn_id], self._job.sync
+        keys = self._keys
+        states = [keys.get(k) or self._key(k) for k in wires]
         grads = []
-        for ks, v, lo, n in zip(states, msg.values, msg.offsets, msg.counts, strict=True):
-            g = self._grad(ks, v, lo, n, msg.compressed)
-            ks.part_rows(lo, g)
-            self._check_round(ks, rank)
-            ks.check_order(rank, lo)
-            grads.append(g)
-        for ks, g, v, lo in zip(states, grads, msg.values, msg.offsets, strict=True):
-            self._counters.bytes_in += v.nbytes
+        for ks, v, lo, n in zip(states, parts, offsets, counts, strict=True):
+            stored = ks.value
+            whole = (not compressed and lo == 0 and v.shape == stored.shape
+                     and v.dtype == stored.dtype and rank not in ks.partial)
+            if not whole:  # a part, or compressed: the full checks
+                v = self._grad(ks, v, lo, n, compressed)
+                ks.part_rows(lo, v)
+                ks.check_order(rank, lo)
+            if sync and rank in ks.pushed:
+                self._check_round(ks, rank)
+            grads.append(v)
+        counters = self._counters
+        for ks, g, v, lo in zip(states, grads, parts, offsets, strict=True):
+            counters.bytes_in += v.nbytes
             self._accept(ks, rank, lo, g)
         return OkReply()
 
@@ -278,6 +316,26 @@ class ParameterServerLogic:
         self._accept(ks, rank, 0, grad)
         return OkReply()
 
+    def _push_shm(self, conn_id: int, request_id: int, msg: PSPushShm, now: float) -> object:
+        rank = self._job.rank_of[conn_id]
+        ks = self._key(msg.key)
+        if self._attach is None:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"server {self.server_index} has no shared memory")
+        self._check_round(ks, rank)
+        ks.check_order(rank, 0)
+        grad = self._attach(msg.path, ks.value.nbytes).view(ks.value.dtype)
+        self._counters.bytes_in += ks.value.nbytes
+        self._accept(ks, rank, 0, grad.reshape(ks.value.shape))
+        return OkReply()
+
+    def _pull_shm(self, conn_id: int, request_id: int, msg: PSPullShm, now: float) -> object:
+        if not self._key(msg.key).value_path:
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                                 f"key {key_of_wire(msg.key)!r} is not in shared memory on "
+                                 f"server {self.server_index}")
+        return _park(self, "shm", conn_id, request_id, (msg.key,), msg.timeout_ms, now)
+
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
             raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
@@ -296,7 +354,7 @@ class ParameterServerLogic:
             raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no optimizer support")
         if msg.config != self._installed.get("optimizer"):  # every worker sends it once
-            self._updater = self._make_updater(_json_object(msg.config, "optimizer config"))
+            self._updater = self._make_updater(json_object(msg.config, "optimizer config"))
             self._installed["optimizer"] = msg.config
         return OkReply()
 
@@ -306,7 +364,7 @@ class ParameterServerLogic:
                                  f"server {self.server_index} has no updater registry")
         config = f"{msg.name}:{msg.params}"
         if config != self._installed.get("optimizer"):
-            self._updater = self._named_updater(msg.name, _json_object(msg.params, "params"))
+            self._updater = self._named_updater(msg.name, json_object(msg.params, "params"))
             self._installed["optimizer"] = config
         return OkReply()
 
@@ -316,7 +374,7 @@ class ParameterServerLogic:
             raise PSRequestError(ErrorCode.KVSTORE_USAGE,
                                  f"server {self.server_index} has no compression support")
         if msg.params != self._installed.get("compression"):
-            self._compression = self._make_compression(_json_object(msg.params, "params"))
+            self._compression = self._make_compression(json_object(msg.params, "params"))
             self._installed["compression"] = msg.params
         return OkReply()
 
@@ -402,24 +460,6 @@ class ParameterServerLogic:
         return self._updater
 
     # --- parking ----------------------------------------------------------------------------
-
-def _check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
-    if len(keys) != len(values):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                             f"{len(keys)} keys but {len(values)} values")
-    if len(set(keys)) != len(keys):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
-
-
-def _json_object(text: str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
-    return obj
-
 
 def _park(self: ParameterServerLogic, kind: str, conn_id: int, request_id: int,
           keys: tuple[str, ...], timeout_ms: int, now: float,

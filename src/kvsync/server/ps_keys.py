@@ -1,4 +1,5 @@
-"""Per-key state of the parameter server, and the wire form of KVStore keys.
+"""Per-key state of the parameter server, the wire form of KVStore keys, and what the
+server logic is given (updater, compression, shared memory).
 
 KVStore keys are ``int`` or ``str``; on the wire they are one ``str``: ``"i<n>"`` or
 ``"s<name>"``, so the two kinds never collide and the server hands the updater the
@@ -11,16 +12,58 @@ Example:
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import json
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
+from kvsync import defaults
 from kvsync.errors import ErrorCode
 
-__all__ = ["Key", "KeyState", "PSRequestError", "key_of_wire", "wire_key"]
+__all__ = [
+    "Allocate",
+    "Compression",
+    "Key",
+    "KeyState",
+    "PSRequestError",
+    "SharedMemory",
+    "Updater",
+    "check_pairs",
+    "json_object",
+    "key_of_wire",
+    "wire_key",
+]
 
 #: A KVStore key as users write it.
 Key: TypeAlias = "int | str"
+#: ``nbytes -> (path, uint8 view)``: memory other processes of the host can map.
+Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
+
+
+class Updater(Protocol):
+    """What the server needs from an updater (``kvsync.optimizer.get_updater``)."""
+
+    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
+
+    def get_states(self, dump_optimizer: bool = False) -> bytes: ...
+
+    def set_states(self, data: bytes) -> None: ...
+
+
+class SharedMemory(Protocol):
+    """Memory shared with workers on this host (``kvsync.kv.shm.SharedSegments``)."""
+
+    def create(self, nbytes: int) -> tuple[str, np.ndarray]: ...
+
+    def attach(self, path: str, nbytes: int) -> np.ndarray: ...
+
+
+class Compression(Protocol):
+    """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
+
+    def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+
 
 
 class PSRequestError(Exception):
@@ -86,22 +129,31 @@ class KeyState:
         partial: ranks part-way through a push -> rows received so far.
     """
 
-    __slots__ = ("_acc", "_filled", "_own", "key", "partial", "pushed", "round", "value")
+    __slots__ = ("_acc", "_alloc", "_filled", "_own", "acc_path", "key", "partial", "pushed",
+                 "round", "rows", "value", "value_path")
 
-    def __init__(self, key: Key, value: np.ndarray) -> None:
+    def __init__(self, key: Key, value: np.ndarray, alloc: Allocate | None = None) -> None:
         self.key = key
-        self.value = value
+        self.value_path = self.acc_path = ""
+        self._alloc = alloc if value.nbytes >= defaults.PS_SHM_MIN_BYTES else None
+        if self._alloc is not None:  # big slices live in memory workers can map
+            self.value_path, self.value = self._shared_like(value)
+            np.copyto(self.value, value)
+        else:
+            self.value = np.array(value, copy=True, order="C")
         self.round = 0
+        #: rows of the slice (1 for a 0-d value)
+        self.rows = int(self.value.shape[0]) if self.value.ndim else 1
         self.pushed: set[int] = set()
         self.partial: dict[int, int] = {}
         self._acc: np.ndarray | None = None
         self._filled = 0
         self._own: dict[int, np.ndarray] = {}
 
-    @property
-    def rows(self) -> int:
-        """Rows of the slice (1 for a 0-d value)."""
-        return int(self.value.shape[0]) if self.value.ndim else 1
+    def _shared_like(self, a: np.ndarray) -> tuple[str, np.ndarray]:
+        assert self._alloc is not None
+        path, buf = self._alloc(a.nbytes)
+        return path, buf.view(a.dtype).reshape(a.shape)
 
     def part_rows(self, lo: int, v: np.ndarray) -> int:
         """Check that ``v`` is rows ``lo...`` of the slice; return its row count.
@@ -165,8 +217,19 @@ class KeyState:
         n = int(grad.shape[0]) if grad.ndim else 1
         if sync:
             if self._acc is None:
-                self._acc = np.empty_like(self.value)
+                if self._alloc is not None:
+                    self.acc_path, self._acc = self._shared_like(self.value)
+                else:
+                    self._acc = np.empty_like(self.value)
             acc = self._acc
+            if n == self.rows and self._filled in (0, n):  # whole slice: small keys, shm
+                if self._filled:
+                    np.add(acc, grad, out=acc)
+                else:
+                    np.copyto(acc, grad)
+                    self._filled = n
+                self.pushed.add(rank)
+                return acc
             seen = max(0, min(lo + n, self._filled) - lo)
             if seen:
                 np.add(rows_of(acc, lo, seen), rows_of(grad, 0, seen),
@@ -199,7 +262,36 @@ class KeyState:
         """Without an updater the round's sum becomes the value: swap the two buffers."""
         assert self._acc is not None
         self.value, self._acc = self._acc, self.value
+        self.value_path, self.acc_path = self.acc_path, self.value_path
 
     def missing(self, num_workers: int) -> list[int]:
         """Ranks that have not completed a push into the open round."""
         return [r for r in range(num_workers) if r not in self.pushed]
+
+
+def check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
+    """One value per key, no key twice.
+
+    Raises:
+        PSRequestError: KVSTORE_USAGE.
+    """
+    if len(keys) != len(values):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+                             f"{len(keys)} keys but {len(values)} values")
+    if len(set(keys)) != len(keys):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object.
+
+    Raises:
+        PSRequestError: KVSTORE_USAGE naming ``what``.
+    """
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
+    return obj

@@ -13,18 +13,29 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvsync.errors import ErrorCode
-from kvsync.protocol.messages import ErrorReply, OkReply, PSValuesReply
+from kvsync.protocol.messages import (
+    ErrorReply,
+    OkReply,
+    PSPackedReply,
+    PSShmReply,
+    PSValuesReply,
+)
 from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import KeyState, key_of_wire, rows_of
 
-__all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
+__all__ = ["PACK_MAX_BYTES", "PACK_MIN_KEYS", "Counters", "JobState", "Parked", "ParkedRequests"]
+
+#: Pull replies of at least this many arrays of one dtype, and at most PACK_MAX_BYTES,
+#: travel as one concatenated array (PSPackedReply): the per-array framing is the cost.
+PACK_MIN_KEYS = 8
+PACK_MAX_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
 class Parked:
     """One request waiting on the server."""
 
-    kind: str  # "pull" | "rows" | "init" | "barrier"
+    kind: str  # "pull" | "rows" | "shm" | "init" | "barrier"
     conn_id: int
     request_id: int
     rank: int
@@ -131,6 +142,10 @@ class ParkedRequests:
         states = [self._keys[k] for k in p.keys]
         if any(p.rank in ks.pushed or p.rank in ks.partial for ks in states):
             return None
+        if p.kind == "shm":
+            self._counters.pulls += 1
+            self._counters.bytes_out += states[0].value.nbytes
+            return PSShmReply(path=states[0].value_path)
         if p.kind == "rows":
             assert p.rows is not None
             values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
@@ -139,7 +154,11 @@ class ParkedRequests:
             values = tuple(rows_of(ks.value, int(lo), int(n))
                            for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True))
         self._counters.pulls += 1
-        self._counters.bytes_out += sum(v.nbytes for v in values)
+        nbytes = sum(v.nbytes for v in values)
+        self._counters.bytes_out += nbytes
+        if len(values) >= PACK_MIN_KEYS and nbytes <= PACK_MAX_BYTES and len(
+                {v.dtype for v in values}) == 1:  # many small arrays: one on the wire
+            return PSPackedReply(data=np.concatenate([v.reshape(-1) for v in values]))
         return PSValuesReply(values=values)
 
     def _failure(self, p: Parked) -> str | None:
@@ -173,11 +192,12 @@ class ParkedRequests:
     def _timeout_text(self, p: Parked) -> str:
         n = self._job.num_workers
         what = {"init": "keys to be initialised by rank 0", "barrier": "the other workers",
-                "pull": "the round's pushes", "rows": "the round's pushes"}[p.kind]
+                "pull": "the round's pushes", "rows": "the round's pushes",
+                "shm": "the round's pushes"}[p.kind]
         missing = ""
         if p.kind == "barrier":
             missing = f" (ranks {sorted(set(range(n)) - self._job.barrier)} missing)"
-        elif p.kind in ("pull", "rows"):
+        elif p.kind in ("pull", "rows", "shm"):
             m = sorted({r for k in p.keys if p.rank in self._keys[k].pushed
                         for r in self._keys[k].missing(n)})
             missing = f" (ranks {m} missing)"

@@ -1,0 +1,107 @@
+"""Memory shared between the processes of a job on one host (Linux ``/dev/shm``).
+
+A segment is a ``/dev/shm`` file that is unlinked as soon as it is created and opened, so
+it never outlives its processes; other processes open it through ``/proc/<pid>/fd/<fd>``
+(same user) and map it. Parameter servers keep big slices in such segments and workers on
+the same host push and pull them with one memory copy each way instead of a socket round
+trip (see :mod:`kvsync.kv.dist`); the messages carry only the segment's path.
+
+Example:
+    >>> seg = SharedSegments()
+    >>> path, buf = seg.create(16)
+    >>> view = seg.attach(path, 16)
+    >>> buf[:2] = [104, 105]; bytes(view[:2])
+    b'hi'
+    >>> seg.close()
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import threading
+
+import numpy as np
+
+__all__ = ["SharedSegments", "shm_supported"]
+
+_DIR = "/dev/shm"
+_counter = itertools.count()
+
+
+def shm_supported() -> bool:
+    """Whether this host offers ``/dev/shm`` and ``/proc/<pid>/fd`` (Linux).
+
+    Example:
+        >>> isinstance(shm_supported(), bool)
+        True
+    """
+    return os.path.isdir(_DIR) and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+class SharedSegments:
+    """The segments one process created or attached (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._own: dict[str, tuple[int, mmap.mmap]] = {}
+        self._attached: dict[str, mmap.mmap] = {}
+
+    def create(self, nbytes: int) -> tuple[str, np.ndarray]:
+        """A new zero-filled segment of ``nbytes``: its path and a writable uint8 view.
+
+        Raises:
+            OSError: ``/dev/shm`` is missing or full.
+        """
+        name = f"{_DIR}/kvsync-{os.getpid()}-{next(_counter)}"
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.unlink(name)
+            os.ftruncate(fd, max(nbytes, 1))
+            mm = mmap.mmap(fd, max(nbytes, 1))
+        except BaseException:
+            os.close(fd)
+            raise
+        path = f"/proc/{os.getpid()}/fd/{fd}"
+        with self._lock:
+            self._own[path] = (fd, mm)
+        return path, np.frombuffer(mm, np.uint8, count=nbytes)
+
+    def attach(self, path: str, nbytes: int) -> np.ndarray:
+        """A writable uint8 view of another process's segment (mapped once, cached).
+
+        Raises:
+            OSError: the segment is gone (its process exited) or too small.
+        """
+        with self._lock:
+            mm = self._attached.get(path)
+            if mm is None:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    mm = mmap.mmap(fd, 0)
+                finally:
+                    os.close(fd)
+                self._attached[path] = mm
+        if len(mm) < nbytes:
+            raise OSError(f"shared segment {path} has {len(mm)} bytes, {nbytes} needed")
+        return np.frombuffer(mm, np.uint8, count=nbytes)
+
+    def close(self) -> None:
+        """Unmap everything (views must no longer be used) and close owned segments."""
+        with self._lock:
+            maps = [mm for _, mm in self._own.values()] + list(self._attached.values())
+            fds = [fd for fd, _ in self._own.values()]
+            self._own.clear()
+            self._attached.clear()
+        for mm in maps:
+            _unmap(mm)
+        for fd in fds:
+            os.close(fd)
+
+
+def _unmap(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a numpy view still exists: the GC unmaps it later
+        pass
