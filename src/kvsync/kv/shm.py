@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import re
 import threading
 
 import numpy as np
@@ -27,7 +28,16 @@ import numpy as np
 __all__ = ["SharedSegments", "shm_supported"]
 
 _DIR = "/dev/shm"
+_PREFIX = f"{_DIR}/kvsync-"
+#: The only paths :meth:`SharedSegments.attach` opens: another process's descriptor.
+_SEGMENT_PATH = re.compile(r"/proc/[0-9]+/fd/[0-9]+")
 _counter = itertools.count()
+
+
+def _check_segment(target: str, path: str) -> None:
+    """Refuse anything but a kvsync segment (a peer must not make us open other files)."""
+    if not target.startswith(_PREFIX):
+        raise PermissionError(f"{path} is not a kvsync shared-memory segment")
 
 
 def shm_supported() -> bool:
@@ -71,14 +81,23 @@ class SharedSegments:
     def attach(self, path: str, nbytes: int) -> np.ndarray:
         """A writable uint8 view of another process's segment (mapped once, cached).
 
+        Only paths of the form ``/proc/<pid>/fd/<fd>`` whose descriptor is a kvsync
+        segment (``/dev/shm/kvsync-*``, checked again on the opened descriptor) are
+        accepted, so a peer cannot make this process open or map any other file.
+
         Raises:
+            PermissionError: ``path`` is not a kvsync segment.
             OSError: the segment is gone (its process exited) or too small.
         """
         with self._lock:
             mm = self._attached.get(path)
             if mm is None:
-                fd = os.open(path, os.O_RDWR)
+                if not _SEGMENT_PATH.fullmatch(path):
+                    raise PermissionError(f"{path!r} is not a shared-memory descriptor path")
+                _check_segment(os.readlink(path), path)
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
+                    _check_segment(os.readlink(f"/proc/self/fd/{fd}"), path)
                     mm = mmap.mmap(fd, 0)
                 finally:
                     os.close(fd)
