@@ -225,7 +225,8 @@ class StoreServer:
             handler: Callable[[Any, int], None] = key.data
             handler(key.fileobj, mask)
         now = time.monotonic()
-        self._deliver(self.logic.expire(now))
+        if deadline is not None and deadline <= now:  # requests parked in this turn expire
+            self._deliver(self.logic.expire(now))  # later: their deadline is the next one
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
@@ -374,9 +375,11 @@ class StoreServer:
     def _flush(self, peer: _Peer) -> None:
         outq = peer.outq
         while outq:
-            batch = [outq[i] for i in range(min(len(outq), _IOV_MAX))]
             try:
-                sent = peer.sock.sendmsg(batch)
+                if len(outq) == 1:  # the common case: one small reply
+                    sent = peer.sock.send(outq[0])
+                else:
+                    sent = peer.sock.sendmsg([outq[i] for i in range(min(len(outq), _IOV_MAX))])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:

@@ -183,8 +183,10 @@ class StoreState:
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked request, ``None`` when nothing is parked."""
-        deadlines = (self._waiters.next_deadline(), self._pops.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+        waits, pops = self._waiters.next_deadline(), self._pops.next_deadline()
+        if waits is None or pops is None:
+            return pops if waits is None else waits
+        return min(waits, pops)
 
     def drop_connection(self, conn_id: int) -> None:
         """Forget the parked requests of ``conn_id``."""
