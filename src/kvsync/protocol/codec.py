@@ -131,6 +131,11 @@ def encode_frame(
     return [p for p in w.parts if len(p)]
 
 
+_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...]]
+#: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
+_DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
+
+
 class Decoder:
     """Decodes payloads into messages under fixed :class:`Limits`.
 
@@ -148,15 +153,20 @@ class Decoder:
         self._caps: dict[int, tuple[type, tuple[tuple[Decode, str, int], ...]]] = {}
 
     def _entry(self, opcode: int) -> tuple[type, tuple[tuple[Decode, str, int], ...]]:
-        try:
-            cls = MESSAGE_OF[Opcode(opcode)]
-        except (ValueError, KeyError):
-            raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
-        fields = tuple(
-            (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
-            for f in _layout(cls)
-        )
-        entry = self._caps[opcode] = (cls, fields)
+        entry = _DECODE.get((self.limits, opcode))  # shared: a server makes a Decoder per client
+        if entry is None:
+            try:
+                cls = MESSAGE_OF[Opcode(opcode)]
+            except (ValueError, KeyError):
+                raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
+            fields = tuple(
+                (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
+                for f in _layout(cls)
+            )
+            entry = (cls, fields)
+            if len(_DECODE) < 4096:  # bounded: one entry per (caps, opcode) in use
+                _DECODE[(self.limits, opcode)] = entry
+        self._caps[opcode] = entry
         return entry
 
     def decode(self, opcode: int, payload: bytearray) -> object:

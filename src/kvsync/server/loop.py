@@ -268,6 +268,7 @@ class StoreServer:
             peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}", proto)
             self._peers[conn_id] = peer
             self._selector.register(sock, selectors.EVENT_READ, self._handler(peer))
+            self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
     def _handler(self, peer: _Peer) -> Callable[[Any, int], None]:
         def on_event(sock: socket.socket, mask: int) -> None:
