@@ -212,7 +212,8 @@ class Client:
                         self._results[ev.request_id] = ev.message
                 if error is not None:
                     self._fail_locked(error)
-                self._cond.notify_all()
+                if len(self._waiting) > 1 or error is not None:  # others may wait for these
+                    self._cond.notify_all()
 
     def _read(self, timeout: float) -> list[Event]:
         """Block up to ``timeout`` (at most :data:`_READ_SLICE`) for replies; decode them."""

@@ -114,6 +114,10 @@ def encode_frame(
     if enc is None:
         enc = _encode_layout(cls)
     opcode, fields = enc
+    if not fields:  # OkReply, Ping, ...: the header is the whole frame
+        if not 0 <= request_id < (1 << 64):
+            raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
+        return [pack_header(opcode, request_id, 0)]
     w = Writer(limits)
     for name, encode, what, cap_attr in fields:
         cap = getattr(limits, cap_attr) if limits is not None and cap_attr else 0

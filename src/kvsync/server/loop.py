@@ -67,7 +67,7 @@ class _Peer:
         self.sock = sock
         self.addr = addr
         self.proto = proto
-        self.outq: collections.deque[memoryview] = collections.deque()
+        self.outq: collections.deque[_Buffer] = collections.deque()
         self.pending = 0  # bytes queued in outq
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
         self.closing: float | None = None  # monotonic deadline once the protocol failed
@@ -367,10 +367,9 @@ class StoreServer:
             self._queue(peer, buffers)
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
-        for b in buffers:
-            mv = memoryview(b)
-            peer.outq.append(mv)
-            peer.pending += mv.nbytes
+        # The codec's buffers are bytes-like with 1-byte items, so len() counts bytes.
+        peer.outq.extend(buffers)
+        peer.pending += sum(map(len, buffers))
         self._dirty[peer.conn_id] = peer
 
     def _flush(self, peer: _Peer) -> None:
@@ -389,11 +388,11 @@ class StoreServer:
             peer.pending -= sent
             while sent:
                 head = outq[0]
-                if sent >= head.nbytes:
-                    sent -= head.nbytes
+                if sent >= len(head):
+                    sent -= len(head)
                     outq.popleft()
                 else:
-                    outq[0] = head[sent:]
+                    outq[0] = memoryview(head)[sent:]
                     sent = 0
         # Backpressure: a client that does not read its replies is not read from either.
         events = (selectors.EVENT_WRITE if outq else 0) | (
