@@ -18,8 +18,10 @@ def test_bench_store_quick_prints_one_row_per_measurement() -> None:
         capture_output=True, text=True, timeout=50, env=dict(os.environ), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("note: ")]
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
     assert lines[0].split() == ["scenario", "metric", "kvsync"]
+    assert any("separate process (python -m kvsync serve)" in n for n in notes)
     scenarios = [line.split()[0] for line in lines[2:]]
     assert sorted(set(scenarios)) == sorted(SCENARIO_NAMES)
     metrics = [line.split(None, 1)[1] for line in lines[2:]]
@@ -45,3 +47,14 @@ def test_bench_vs_torch_without_torch_says_so_and_still_measures(tmp_path: objec
     assert proc.returncode == 0, proc.stderr
     assert "--vs torch skipped" in proc.stderr
     assert proc.stdout.splitlines()[0].split() == ["scenario", "metric", "kvsync"]
+
+
+def test_bench_with_the_server_in_a_thread_says_where_it_ran() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvsync.bench.store", "--quick", "--scenario", "latency",
+         "--kvsync-server", "thread"],
+        capture_output=True, text=True, timeout=50, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert any(m.split()[:3] == ["latency", "get", "16"] for m in proc.stdout.splitlines())
+    assert "note: kvsync server: a thread of the bench process" in proc.stdout

@@ -91,6 +91,8 @@ def test_under_torchrun_a_rank_waits_for_rank_zero_up_to_the_timeout(
 
 
 TORCHRUN_SCRIPT = """
+    import sys
+
     from kvsync import env
     from kvsync.store.tcp import TCPStore
 
@@ -99,7 +101,10 @@ TORCHRUN_SCRIPT = """
         store.add("ranks", 1)
         store.barrier("met", e.world_size)
         total = int(store.get("ranks"))
-        print(f"rank {e.rank} sees {total} ranks on port {store.port}", flush=True)
+        # One write per line: with PYTHONUNBUFFERED print() writes the text and the newline
+        # separately, and the two ranks' lines (released together) could interleave.
+        sys.stdout.write(f"rank {e.rank} sees {total} ranks on port {store.port}\\n")
+        sys.stdout.flush()
         # Under torchrun rank 0 hosts the store: it must be the last to leave.
         if e.rank == 0:
             store.wait([f"left/{r}" for r in range(1, e.world_size)])

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kvsync.errors import StoreTimeoutError
+from kvsync.errors import StoreConnectionError, StoreTimeoutError
 from kvsync.store import HashStore, PrefixStore
 from kvsync.store.sync import barrier, rendezvous
 
@@ -87,3 +87,42 @@ def test_rendezvous_timeout_names_the_ranks_that_did_not_publish() -> None:
         rendezvous(HashStore(), "r", 0, 3, "x", timeout=0.05)
     with pytest.raises(ValueError, match="rank 3"):
         rendezvous(HashStore(), "r", 3, 3, "x")
+
+
+class _RecordingStore(HashStore):
+    """A HashStore that records which requests each thread sent, and can fail waits."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=10)
+        self.sent: dict[int, list[str]] = {}
+        self.server_gone = threading.Event()
+
+    def _call(self, msg: object, timeout: float) -> object:
+        self.sent.setdefault(threading.get_ident(), []).append(type(msg).__name__)
+        if self.server_gone.is_set():
+            raise StoreConnectionError("store server 127.0.0.1:1 closed the connection")
+        return super()._call(msg, timeout)
+
+
+def test_barrier_last_arrival_returns_after_its_set_without_touching_the_store_again() -> None:
+    # Regression: the last rank used to set the done key and then wait on the server too;
+    # under torchrun, when that rank hosts the store and leaves at once, the wait hit a
+    # closed server. Here the store "closes" as soon as the done key is set.
+    store = _RecordingStore()
+    first = threading.Thread(target=barrier, args=(store, "b", 2, 5))
+    first.start()
+    for _ in range(1000):  # until the first rank is parked on the done flag
+        if store.sent.get(first.ident or 0, [])[-1:] == ["Wait"]:
+            break
+        threading.Event().wait(0.005)
+    original_set = store.set
+
+    def set_then_close(key: str, value: object) -> None:
+        original_set(key, value)  # type: ignore[arg-type]
+        store.server_gone.set()
+
+    store.set = set_then_close  # type: ignore[method-assign]
+    barrier(store, "b", 2)  # the last arrival: must not raise StoreConnectionError
+    first.join(timeout=10)
+    assert not first.is_alive()
+    assert store.sent[threading.get_ident()] == ["Add", "Set"]

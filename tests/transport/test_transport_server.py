@@ -270,18 +270,22 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_from(
         with Client("127.0.0.1", srv.port, timeout=10) as setter:
             setter.call(Set("v", value))
         slow = RawClient(srv.port)
-        for i in range(8):
-            slow.send(i, Get("v", False, 0))
-        assert wait_until(lambda: handled.count("Get") == 8)
-        slow.send(99, Ping())
-        time.sleep(0.3)
-        assert "Ping" not in handled  # not read while 32 MiB of replies are unsent
-        with Client("127.0.0.1", srv.port, timeout=10) as other:  # others are served
-            assert other.call(Ping()) == OkReply()
-        events = slow.events(9)
-        assert [e.request_id for e in events] == [*range(8), 99]
-        assert all(bytes(e.message.value) == value for e in events[:8])  # type: ignore[attr-defined]
-        slow.close()
+        try:
+            # The 8 requests go out in one write, so the server reads them together before the
+            # first 4 MiB reply crosses the high-water mark (sent one by one, the server may
+            # read only the first before it stops reading this client, as it should).
+            slow.sock.sendall(b"".join(join(encode_frame(i, Get("v", False, 0))) for i in range(8)))
+            assert wait_until(lambda: handled.count("Get") == 8)
+            slow.send(99, Ping())
+            time.sleep(0.3)
+            assert "Ping" not in handled  # not read while 32 MiB of replies are unsent
+            with Client("127.0.0.1", srv.port, timeout=10) as other:  # others are served
+                assert other.call(Ping()) == OkReply()
+            events = slow.events(9)
+            assert [e.request_id for e in events] == [*range(8), 99]
+            assert all(bytes(e.message.value) == value for e in events[:8])  # type: ignore[attr-defined]
+        finally:
+            slow.close()
 
 
 def test_out_of_descriptors_pauses_accepts_without_spinning_and_recovers(

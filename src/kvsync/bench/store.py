@@ -1,9 +1,13 @@
 """``kvsync bench store``: latency, throughput, bandwidth, barrier and connect times.
 
-Every scenario runs on a fresh server on a free loopback port. With ``--vs torch`` the same
-scenarios run against ``torch.distributed.TCPStore`` (its legacy server for the bandwidth
+Every scenario runs on a fresh server on a free loopback port: by default kvsync's runs in
+a separate ``kvsync serve`` process (how ``kvsync-run`` deploys it), with
+``--kvsync-server thread`` on a thread of the bench process (how ``TCPStore(is_master=True)``
+hosts it). With ``--vs torch`` the same scenarios, with the same sizes, counts and client
+processes, run against ``torch.distributed.TCPStore`` (its legacy server for the bandwidth
 rows, as its default server refuses values over 8 MiB) and a ``kvsync/torch`` ratio column
-is added. ``--quick`` shrinks every size so a test can run the whole bench in seconds.
+is added; notes under the table say how each side's numbers come about. ``--quick``
+shrinks every size so a test can run the whole bench in seconds.
 Multi-client throughput uses child PROCESSES (``python -m kvsync.bench.store worker ...``),
 each ended by PID if it overruns its deadline.
 
@@ -89,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--vs", choices=["torch"], help="also measure torch's TCPStore")
+    parser.add_argument(
+        "--kvsync-server",
+        choices=["process", "thread"],
+        default="process",
+        help="where kvsync's server runs: a separate 'kvsync serve' process (default) or a"
+        " thread of the bench process",
+    )
     parser.add_argument("--iterations", type=int, help="latency samples per operation")
     parser.add_argument("--clients", type=_ints, help="client processes, e.g. 1,2,4,8")
     parser.add_argument("--pairs", type=int, help="set+get pairs per client process")
@@ -350,10 +361,26 @@ def _table(ours: list[Row], theirs: list[Row] | None) -> str:
     return format_table(["scenario", "metric", "kvsync", "torch", "kvsync/torch", "better"], rows)
 
 
+#: Printed under the table: how the numbers come about (read them with these in mind).
+NOTES = {
+    "process": "kvsync server: a separate process (python -m kvsync serve).",
+    "thread": "kvsync server: a thread of the bench process (shares the GIL with the bench's"
+    " client threads).",
+    "torch": "torch server: a C++ thread of the bench process (no GIL). torch's set does not"
+    " wait for a reply (its latency is the time to write the request); its get is a wait"
+    " plus a get (two round trips); kvsync's set and get wait for their reply (one round"
+    " trip each).",
+    "common": "Barrier and connect rows run their clients as threads of the bench process;"
+    " throughput rows use separate client processes.",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen scenarios and print one table; returns the exit code."""
     params = _params(args)
     names = args.scenario or list(SCENARIO_NAMES)
+    placement = getattr(args, "kvsync_server", "process")
+    ours_backend = BACKENDS["kvsync" if placement == "process" else "kvsync-thread"]
     compare = args.vs == "torch"
     if compare:
         reason = torch_missing_reason()
@@ -363,10 +390,12 @@ def run(args: argparse.Namespace) -> int:
     ours: list[Row] = []
     theirs: list[Row] = []
     for name in names:
-        ours += SCENARIOS[name](BACKENDS["kvsync"], params)
+        ours += SCENARIOS[name](ours_backend, params)
         if compare:
             theirs += SCENARIOS[name](BACKENDS["torch"], params)
     print(_table(ours, theirs if compare else None))
+    notes = [NOTES[placement], *([NOTES["torch"]] if compare else []), NOTES["common"]]
+    print("\n".join(f"note: {n}" for n in notes))
     return 0
 
 

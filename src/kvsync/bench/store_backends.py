@@ -5,9 +5,15 @@ yielding ``(host, port)``) and opens clients on it (``connect(host, port, timeou
 backends' clients offer ``set``, ``get``, ``add`` and ``wait``, which is all the scenarios
 use, so every number is measured the same way on both.
 
+Where the server runs: ``kvsync`` serves from a separate process (``python -m kvsync
+serve``), as a job launched by ``kvsync-run`` does (the launcher hosts the store, no rank
+does); ``kvsync-thread`` serves from a thread of the bench process, as
+``TCPStore(is_master=True)`` does, where the server competes for the GIL with the bench's
+own client threads. torch's server is a C++ thread of the bench process (it holds no GIL).
+
 Example:
     >>> sorted(BACKENDS)
-    ['kvsync', 'torch']
+    ['kvsync', 'kvsync-thread', 'torch']
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,8 +51,51 @@ class Backend:
     connect: Callable[[str, int, float], Any]
 
 
+#: Seconds a ``kvsync serve`` child may take to print its address, and to stop.
+_SERVE_TIMEOUT = 60.0
+
+
 @contextlib.contextmanager
-def _kvsync_serve(legacy: bool) -> Iterator[tuple[str, int]]:
+def _kvsync_serve_process(legacy: bool) -> Iterator[tuple[str, int]]:
+    """A ``python -m kvsync serve`` child on a free port; ended by its PID afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvsync", "serve", "--host", HOST, "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        line = _first_line(proc)
+        host, _, port = line.rsplit(" ", 1)[-1].rpartition(":")
+        yield host, int(port)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: kvsync serve exits cleanly
+            try:
+                proc.wait(timeout=_SERVE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=_SERVE_TIMEOUT)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _first_line(proc: subprocess.Popen[str]) -> str:
+    """The ``listening on HOST:PORT`` line of a ``kvsync serve`` child (bounded wait)."""
+    stdout = proc.stdout
+    assert stdout is not None
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(_SERVE_TIMEOUT)
+    line = result[0].strip() if result else ""
+    if "listening on" not in line:
+        raise RuntimeError(f"kvsync serve (pid {proc.pid}) did not start: {line!r}")
+    return line
+
+
+@contextlib.contextmanager
+def _kvsync_serve_thread(legacy: bool) -> Iterator[tuple[str, int]]:
     from kvsync.server import StoreServer
 
     server = StoreServer(host=HOST, port=0).start()
@@ -81,7 +134,8 @@ def _torch_connect(host: str, port: int, timeout: float) -> Any:
 
 
 BACKENDS: dict[str, Backend] = {
-    "kvsync": Backend("kvsync", _kvsync_serve, _kvsync_connect),
+    "kvsync": Backend("kvsync", _kvsync_serve_process, _kvsync_connect),
+    "kvsync-thread": Backend("kvsync-thread", _kvsync_serve_thread, _kvsync_connect),
     "torch": Backend("torch", _torch_serve, _torch_connect),
 }
 

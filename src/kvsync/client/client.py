@@ -3,24 +3,28 @@
 Strategy: one TCP socket and one sans-IO :class:`~kvsync.protocol.Connection`. Senders take
 a lock only while writing one frame (``sendmsg`` of the codec's buffer list, so big values
 go out uncopied). Replies are matched to requests by request id: whichever waiting thread
-finds no reader becomes the reader (leader/followers), polls the socket with its own
+finds no reader becomes the reader (leader/followers), reads the socket with its own
 deadline, files every reply it decodes and wakes the others; so several requests can be
 in flight from several threads without a background thread. End of stream while waiting
 means the server is gone: every waiter gets :class:`StoreConnectionError` naming the
 address at once, not after its timeout. A reply that arrives after its caller gave up is
 dropped, so the client keeps working after a timeout.
+
+The socket stays in blocking mode with kernel send/receive timeouts (``SO_SNDTIMEO``,
+``SO_RCVTIMEO``), so a request costs one ``send`` and one ``recv_into`` and no ``poll``:
+the reader blocks in ``recv_into`` for at most :data:`_READ_SLICE` seconds at a time (or
+what is left of its deadline) and only changes the kernel timeout when that value changes.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import select
 import socket
+import struct
 import threading
 import time
 from types import TracebackType
-from typing import Any
 
 from kvsync.client.connect import Backoff, connect
 from kvsync.errors import (
@@ -35,29 +39,17 @@ from kvsync.protocol.messages import ErrorReply
 __all__ = ["Client"]
 
 logger = logging.getLogger(__name__)
-_POLL = getattr(select, "poll", None)
+#: Longest single blocking ``recv_into``; a reader re-checks its deadline at least this often.
+_READ_SLICE = 1.0
+#: Reads after the first one of a turn must not block (``0`` where the flag is missing).
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 
 
-class _Waiter:
-    """Waits for one socket to become readable or writable (``poll`` where available, so
-    descriptors above FD_SETSIZE work; one poll object per direction, made once)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._polls: list[Any] = []
-        if _POLL is not None:
-            for flag in (select.POLLIN, select.POLLOUT):
-                poller = _POLL()
-                poller.register(sock, flag)
-                self._polls.append(poller)
-
-    def wait(self, write: bool, timeout: float) -> bool:
-        """Whether the socket became ready (or errored) within ``timeout`` seconds."""
-        if self._polls:
-            return bool(self._polls[write].poll(max(0, int(timeout * 1000 + 0.999))))
-        sock = self._sock
-        r, w, x = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
-        return bool(r or w or x)
+def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """Set ``SO_RCVTIMEO``/``SO_SNDTIMEO`` (at least 1 ms: zero would mean "forever")."""
+    usec = max(1000, min(int(seconds * 1e6), 1 << 40))
+    sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000))
 
 
 class Client:
@@ -109,8 +101,9 @@ class Client:
         except BaseException:
             self._sock.close()
             raise
-        self._sock.setblocking(False)
-        self._waiter = _Waiter(self._sock)
+        self._sock.settimeout(None)  # blocking; kernel timeouts bound every call
+        self._recv_timeout = -1.0  # the SO_RCVTIMEO last set
+        self._send_timeout = -1.0  # the SO_SNDTIMEO last set
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -172,11 +165,11 @@ class Client:
         self._raise_if_failed()
         with self._send_lock:
             request_id = next(self._ids)
-            buffers = [memoryview(b).cast("B") for b in self._proto.send(request_id, msg)]
+            parts = self._proto.send(request_id, msg)
             with self._cond:
                 self._waiting.add(request_id)
             try:
-                self._send_all(buffers)
+                self._send_all(parts)
             except StoreConnectionError as exc:
                 self._fail(exc)
                 raise
@@ -219,18 +212,22 @@ class Client:
                         self._results[ev.request_id] = ev.message
                 if error is not None:
                     self._fail_locked(error)
-                self._cond.notify_all()
+                if len(self._waiting) > 1 or error is not None:  # others may wait for these
+                    self._cond.notify_all()
 
     def _read(self, timeout: float) -> list[Event]:
-        if not self._waiter.wait(False, timeout):
-            return []
-        proto, events = self._proto, []
+        """Block up to ``timeout`` (at most :data:`_READ_SLICE`) for replies; decode them."""
+        wanted = min(timeout, _READ_SLICE)
+        if wanted != self._recv_timeout:
+            _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, wanted)
+            self._recv_timeout = wanted
+        proto, events, flags = self._proto, [], 0
         for _ in range(64):
             buf = proto.receive_buffer()
             size = len(buf)
             try:
-                n = self._sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
+                n = self._sock.recv_into(buf, 0, flags)
+            except (BlockingIOError, InterruptedError):  # the kernel timeout, or drained
                 break
             except OSError as exc:
                 raise StoreConnectionError(
@@ -251,29 +248,34 @@ class Client:
                 events.append(ev)
             if n < min(size, 65536):  # keep reading while a big payload streams in
                 break
+            flags = _DONTWAIT
         return events
 
-    def _send_all(self, buffers: list[memoryview]) -> None:
-        deadline = time.monotonic() + self.timeout
-        while buffers:
-            try:
+    def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        if self.timeout != self._send_timeout:
+            _set_kernel_timeout(self._sock, socket.SO_SNDTIMEO, self.timeout)
+            self._send_timeout = self.timeout
+        try:
+            if len(parts) == 1:  # a small request: header and fields in one buffer
+                self._sock.sendall(parts[0])
+                return
+            buffers = [memoryview(b).cast("B") for b in parts]
+            while buffers:
                 sent = self._sock.sendmsg(buffers[:512])
-            except (BlockingIOError, InterruptedError):
-                if not self._waiter.wait(True, deadline - time.monotonic()):
-                    raise StoreConnectionError(
-                        f"store server {self.address} did not accept data for {self.timeout:g} s"
-                    ) from None
-                continue
-            except OSError as exc:
-                raise StoreConnectionError(
-                    f"lost the connection to store server {self.address}: {exc}"
-                ) from exc
-            while sent and buffers:
-                if sent >= buffers[0].nbytes:
-                    sent -= buffers.pop(0).nbytes
-                else:
-                    buffers[0] = buffers[0][sent:]
-                    sent = 0
+                while sent and buffers:
+                    if sent >= buffers[0].nbytes:
+                        sent -= buffers.pop(0).nbytes
+                    else:
+                        buffers[0] = buffers[0][sent:]
+                        sent = 0
+        except BlockingIOError:  # SO_SNDTIMEO: no progress for self.timeout seconds
+            raise StoreConnectionError(
+                f"store server {self.address} did not accept data for {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise StoreConnectionError(
+                f"lost the connection to store server {self.address}: {exc}"
+            ) from exc
 
     # --- failure and lifetime -------------------------------------------------------------
 

@@ -75,6 +75,22 @@ def _layout(cls: type) -> tuple[_Field, ...]:
     return layout
 
 
+#: message class -> (opcode, its fields as (name, encoder, what, cap attribute)).
+_ENCODE: dict[type, tuple[int, tuple[tuple[str, Encode, str, str], ...]]] = {}
+
+
+def _encode_layout(cls: type) -> tuple[int, tuple[tuple[str, Encode, str, str], ...]]:
+    try:
+        opcode = int(OPCODE_OF[cls])
+    except KeyError:
+        raise LocalProtocolError(f"{cls.__name__} is not a protocol message") from None
+    entry = _ENCODE[cls] = (
+        opcode,
+        tuple((f.name, f.encode, f.what, f.cap_attr) for f in _layout(cls)),
+    )
+    return entry
+
+
 def encode_frame(
     request_id: int, msg: object, limits: Limits | None = None
 ) -> list[bytes | bytearray | memoryview]:
@@ -93,23 +109,35 @@ def encode_frame(
         >>> [bytes(b) for b in encode_frame(1, Ping())][0][:6]
         b'KVSY\\x01\\x1f'
     """
-    try:
-        opcode = OPCODE_OF[type(msg)]
-    except KeyError:
-        raise LocalProtocolError(f"{type(msg).__name__} is not a protocol message") from None
+    cls = type(msg)
+    enc = _ENCODE.get(cls)
+    if enc is None:
+        enc = _encode_layout(cls)
+    opcode, fields = enc
+    if not fields:  # OkReply, Ping, ...: the header is the whole frame
+        if not 0 <= request_id < (1 << 64):
+            raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
+        return [pack_header(opcode, request_id, 0)]
     w = Writer(limits)
-    for field in _layout(type(msg)):
-        cap = getattr(limits, field.cap_attr) if limits is not None and field.cap_attr else 0
-        field.encode(w, getattr(msg, field.name), field.what, cap)
+    for name, encode, what, cap_attr in fields:
+        cap = getattr(limits, cap_attr) if limits is not None and cap_attr else 0
+        encode(w, getattr(msg, name), what, cap)
     if limits is not None and w.size > limits.max_frame_bytes:
         raise LimitExceededError(
-            f"{type(msg).__name__} frame is {w.size} bytes, over the limit of"
+            f"{cls.__name__} frame is {w.size} bytes, over the limit of"
             f" {limits.max_frame_bytes} bytes"
         )
     if not 0 <= request_id < (1 << 64):
         raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
     w.first[:HEADER_SIZE] = pack_header(opcode, request_id, w.size)
+    if len(w.parts) == 1:
+        return w.parts
     return [p for p in w.parts if len(p)]
+
+
+_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...]]
+#: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
+_DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
 
 
 class Decoder:
@@ -125,15 +153,25 @@ class Decoder:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._caps: dict[type, tuple[tuple[_Field, int], ...]] = {}
+        #: opcode -> (message class, its fields with the cap of each), filled on first use.
+        self._caps: dict[int, tuple[type, tuple[tuple[Decode, str, int], ...]]] = {}
 
-    def _fields(self, cls: type) -> tuple[tuple[_Field, int], ...]:
-        fields = self._caps.get(cls)
-        if fields is None:
-            fields = self._caps[cls] = tuple(
-                (f, getattr(self.limits, f.cap_attr) if f.cap_attr else 0) for f in _layout(cls)
+    def _entry(self, opcode: int) -> tuple[type, tuple[tuple[Decode, str, int], ...]]:
+        entry = _DECODE.get((self.limits, opcode))  # shared: a server makes a Decoder per client
+        if entry is None:
+            try:
+                cls = MESSAGE_OF[Opcode(opcode)]
+            except (ValueError, KeyError):
+                raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
+            fields = tuple(
+                (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
+                for f in _layout(cls)
             )
-        return fields
+            entry = (cls, fields)
+            if len(_DECODE) < 4096:  # bounded: one entry per (caps, opcode) in use
+                _DECODE[(self.limits, opcode)] = entry
+        self._caps[opcode] = entry
+        return entry
 
     def decode(self, opcode: int, payload: bytearray) -> object:
         """The message of ``opcode`` held in ``payload`` (views into it, no copy).
@@ -143,12 +181,16 @@ class Decoder:
                 bad dtype or an array whose shape does not match its byte length.
             LimitExceededError: a key, value or item count is over a cap.
         """
-        try:
-            cls = MESSAGE_OF[Opcode(opcode)]
-        except (ValueError, KeyError):
-            raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
+        entry = self._caps.get(opcode)
+        cls, fields = entry if entry is not None else self._entry(opcode)
+        if not fields:
+            if payload:
+                raise RemoteProtocolError(
+                    f"{cls.__name__} payload has {len(payload)} trailing bytes"
+                )
+            return cls()
         r = Reader(payload, self.limits)
-        values = [field.decode(r, field.what, cap) for field, cap in self._fields(cls)]
+        values = [decode(r, what, cap) for decode, what, cap in fields]
         if r.pos != r.end:
             raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
         return cls(*values)

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Final, NamedTuple
 
 from kvsync.errors import (
     AuthenticationError,
@@ -96,9 +95,8 @@ class _State(Enum):
     READY = "ready"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A complete message from the peer and the request id it carries."""
+class Event(NamedTuple):
+    """A complete message from the peer and the request id it carries (immutable)."""
 
     request_id: int
     message: object
@@ -145,17 +143,23 @@ class Connection:
         self._token = token
         self._frames = FrameBuffer(self._validate)
         self._error: KVSyncError | None = None
+        self._state = _State.READY
+        self._dispatch: _Handler = Connection._on_reply
         self._outbox: Buffers = []
         self._nonce = b""
         self._challenge = b""
         if role is Role.CLIENT:
             self._nonce = token(handshake.NONCE_BYTES) if self._secret else b""
             self._outbox += encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=self._nonce))
-            self._state = _State.AWAIT_HELLO_REPLY
+            self._enter(_State.AWAIT_HELLO_REPLY)
         else:
-            self._state = _State.AWAIT_HELLO
+            self._enter(_State.AWAIT_HELLO)
 
     # --- state -------------------------------------------------------------------------
+
+    def _enter(self, state: _State) -> None:
+        self._state = state
+        self._dispatch = _HANDLERS[(self.role, state)]
 
     @property
     def handshake_complete(self) -> bool:
@@ -242,7 +246,7 @@ class Connection:
                     return NEED_DATA
                 header, payload = frame
                 msg = self._decoder.decode(header.opcode, payload)
-                event = _HANDLERS[(self.role, self._state)](self, header.request_id, msg)
+                event = self._dispatch(self, header.request_id, msg)
                 if event is not None:
                     return event
         except KVSyncError as exc:
@@ -299,7 +303,7 @@ class Connection:
             self._challenge, proof,
         )  # fmt: skip
         self._outbox += encode_frame(request_id, reply)
-        self._state = _State.AWAIT_AUTH if self._secret is not None else _State.READY
+        self._enter(_State.AWAIT_AUTH if self._secret is not None else _State.READY)
 
     def _on_auth(self, request_id: int, msg: object) -> None:
         self._expect(msg, Auth)
@@ -310,7 +314,7 @@ class Connection:
                 " (check KVSYNC_SECRET on both sides)"
             )
         self._outbox += encode_frame(request_id, OkReply())
-        self._state = _State.READY
+        self._enter(_State.READY)
 
     def _on_hello_reply(self, request_id: int, msg: object) -> None:
         self._expect(msg, HelloReply, ErrorReply)
@@ -324,7 +328,7 @@ class Connection:
                     "the server requires a shared secret and this client has none"
                     " (set KVSYNC_SECRET or pass secret=)"
                 )
-            self._state = _State.READY
+            self._enter(_State.READY)
             return
         if not msg.challenge or not handshake.verify(
             self._secret, handshake.SERVER_LABEL, self._nonce, msg.proof
@@ -335,13 +339,13 @@ class Connection:
             )
         proof = handshake.sign(self._secret, handshake.CLIENT_LABEL, msg.challenge)
         self._outbox += encode_frame(request_id, Auth(proof=proof))
-        self._state = _State.AWAIT_AUTH_OK
+        self._enter(_State.AWAIT_AUTH_OK)
 
     def _on_auth_ok(self, request_id: int, msg: object) -> None:
         self._expect(msg, OkReply, ErrorReply)
         if isinstance(msg, ErrorReply):
             raise error_from_code(msg.code, msg.message)
-        self._state = _State.READY
+        self._enter(_State.READY)
 
     def _on_request(self, request_id: int, msg: object) -> Event:
         if type(msg) in _REPLY_TYPES or type(msg) in _HANDSHAKE_TYPES:

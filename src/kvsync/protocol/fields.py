@@ -132,7 +132,14 @@ class Reader:
         return start
 
     def unpack(self, st: struct.Struct, what: str) -> Any:
-        return st.unpack_from(self.buf, self.take(st.size, what))[0]
+        start = self.pos
+        size = st.size
+        if size > self.end - start:
+            raise RemoteProtocolError(
+                f"{what} claims {size} bytes but only {self.end - start} remain in the payload"
+            )
+        self.pos = start + size
+        return st.unpack_from(self.buf, start)[0]
 
     def count(self, what: str) -> int:
         n: int = self.unpack(_U32, what)

@@ -26,7 +26,14 @@ from collections.abc import Callable
 from typing import Final
 
 from kvsync.errors import LocalProtocolError
-from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header, unpack_header
+from kvsync.protocol.frame import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Header,
+    unpack_header,
+)
 
 __all__ = ["SMALL_FRAME", "FrameBuffer"]
 
@@ -132,6 +139,17 @@ class FrameBuffer:
         """
         if self._ready:
             return self._ready.popleft()
+        start = self._start
+        if self._header is None and self._payload is None and self._end - start >= HEADER_SIZE:
+            # Fast path: a header is complete; a small frame wholly received is cut out at once.
+            header = Header._make(HEADER.unpack_from(self._scratch, start))
+            self._validate(header)
+            begin = start + HEADER_SIZE
+            end = begin + header.length
+            if header.length <= SMALL_FRAME and end <= self._end:
+                self._start = end
+                return header, self._scratch[begin:end]
+            self._header, self._start = header, begin
         self._parse_header()
         if self._ready:
             return self._ready.popleft()

@@ -67,7 +67,7 @@ class _Peer:
         self.sock = sock
         self.addr = addr
         self.proto = proto
-        self.outq: collections.deque[memoryview] = collections.deque()
+        self.outq: collections.deque[_Buffer] = collections.deque()
         self.pending = 0  # bytes queued in outq
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
         self.closing: float | None = None  # monotonic deadline once the protocol failed
@@ -225,7 +225,8 @@ class StoreServer:
             handler: Callable[[Any, int], None] = key.data
             handler(key.fileobj, mask)
         now = time.monotonic()
-        self._deliver(self.logic.expire(now))
+        if deadline is not None and deadline <= now:  # requests parked in this turn expire
+            self._deliver(self.logic.expire(now))  # later: their deadline is the next one
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
@@ -267,6 +268,7 @@ class StoreServer:
             peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}", proto)
             self._peers[conn_id] = peer
             self._selector.register(sock, selectors.EVENT_READ, self._handler(peer))
+            self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
     def _handler(self, peer: _Peer) -> Callable[[Any, int], None]:
         def on_event(sock: socket.socket, mask: int) -> None:
@@ -365,18 +367,19 @@ class StoreServer:
             self._queue(peer, buffers)
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
-        for b in buffers:
-            mv = memoryview(b)
-            peer.outq.append(mv)
-            peer.pending += mv.nbytes
+        # The codec's buffers are bytes-like with 1-byte items, so len() counts bytes.
+        peer.outq.extend(buffers)
+        peer.pending += sum(map(len, buffers))
         self._dirty[peer.conn_id] = peer
 
     def _flush(self, peer: _Peer) -> None:
         outq = peer.outq
         while outq:
-            batch = [outq[i] for i in range(min(len(outq), _IOV_MAX))]
             try:
-                sent = peer.sock.sendmsg(batch)
+                if len(outq) == 1:  # the common case: one small reply
+                    sent = peer.sock.send(outq[0])
+                else:
+                    sent = peer.sock.sendmsg([outq[i] for i in range(min(len(outq), _IOV_MAX))])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -385,11 +388,11 @@ class StoreServer:
             peer.pending -= sent
             while sent:
                 head = outq[0]
-                if sent >= head.nbytes:
-                    sent -= head.nbytes
+                if sent >= len(head):
+                    sent -= len(head)
                     outq.popleft()
                 else:
-                    outq[0] = head[sent:]
+                    outq[0] = memoryview(head)[sent:]
                     sent = 0
         # Backpressure: a client that does not read its replies is not read from either.
         events = (selectors.EVENT_WRITE if outq else 0) | (

@@ -164,16 +164,19 @@ class StoreState:
         if handler is None:
             text = f"the store does not handle {type(msg).__name__} messages"
             return [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.UNKNOWN_OPCODE, text))]
-        out: list[Outgoing] = []
-        self._out = out
+        wakeups: list[Outgoing] = []
+        self._out = wakeups
         try:
             reply = handler(conn_id, request_id, msg, now)
         except _RejectError as exc:
             reply = ErrorReply(exc.code, exc.message)
-        if reply is not None:
-            out.insert(0, Outgoing(conn_id, request_id, reply))
         self._out = []
-        return out
+        if reply is None:
+            return wakeups
+        if wakeups:
+            wakeups.insert(0, Outgoing(conn_id, request_id, reply))
+            return wakeups
+        return [Outgoing(conn_id, request_id, reply)]
 
     def expire(self, now: float) -> list[Outgoing]:
         """Answer parked requests past their deadline with TIMEOUT errors naming what is
@@ -183,8 +186,10 @@ class StoreState:
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked request, ``None`` when nothing is parked."""
-        deadlines = (self._waiters.next_deadline(), self._pops.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+        waits, pops = self._waiters.next_deadline(), self._pops.next_deadline()
+        if waits is None or pops is None:
+            return pops if waits is None else waits
+        return min(waits, pops)
 
     def drop_connection(self, conn_id: int) -> None:
         """Forget the parked requests of ``conn_id``."""
