@@ -27,6 +27,7 @@ __all__ = [
     "KeyTypeError",
     "LimitExceededError",
     "LocalProtocolError",
+    "PeerLostError",
     "ProtocolError",
     "RankFailedError",
     "RemoteProtocolError",
@@ -52,6 +53,10 @@ class StoreTimeoutError(KVSyncError, TimeoutError):
 
 class StoreConnectionError(KVSyncError, ConnectionError):
     """A connection could not be made, was refused, or was lost; names the peer address."""
+
+
+class PeerLostError(StoreConnectionError):
+    """A server answered that a rank the request needs has disconnected; names the ranks."""
 
 
 class LimitExceededError(KVSyncError, ValueError):
@@ -142,6 +147,7 @@ class ErrorCode(IntEnum):
     CONNECTION = 12
     SERVER = 13
     KVSTORE_USAGE = 14
+    PEER_LOST = 15
 
 
 _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
@@ -160,6 +166,7 @@ _CLASS_OF_CODE: dict[ErrorCode, type[KVSyncError]] = {
     ErrorCode.CONNECTION: StoreConnectionError,
     ErrorCode.SERVER: ServerError,
     ErrorCode.KVSTORE_USAGE: InvalidArgumentError,
+    ErrorCode.PEER_LOST: PeerLostError,
 }
 
 _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
@@ -177,6 +184,7 @@ _CODE_OF_CLASS: dict[type[KVSyncError], ErrorCode] = {
     StoreConnectionError: ErrorCode.CONNECTION,
     ServerError: ErrorCode.SERVER,
     InvalidArgumentError: ErrorCode.KVSTORE_USAGE,
+    PeerLostError: ErrorCode.PEER_LOST,
 }
 
 

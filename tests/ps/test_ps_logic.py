@@ -173,9 +173,9 @@ def test_worker_disconnect_fails_parked_pulls_naming_the_rank() -> None:
     assert job.ps.next_deadline() == 0.0
     [o] = job.ps.expire(job.now)
     assert (o.conn_id, o.request_id) == (1, rid)
-    assert "ranks [2] disconnected" in error(o.reply, ErrorCode.CONNECTION)
+    assert "ranks [2] disconnected" in error(o.reply, ErrorCode.PEER_LOST)
     # later requests needing rank 2 fail at once
-    assert "[2]" in error(job.reply(1, PSBarrier(timeout_ms=T)), ErrorCode.CONNECTION)
+    assert "[2]" in error(job.reply(1, PSBarrier(timeout_ms=T)), ErrorCode.PEER_LOST)
 
 
 def test_barrier_releases_everyone_when_the_last_rank_arrives() -> None:
@@ -439,3 +439,19 @@ def test_many_small_keys_travel_packed_both_ways() -> None:
                          counts=(2,) * 10)
     assert "float32" in error(job.reply(0, other), ErrorCode.SHAPE_MISMATCH)
     assert job.ps.stats()["updates"] == 10  # the bad pushes changed nothing
+
+
+def test_latch_reports_a_lost_server_link_rather_than_a_peer_lost_report() -> None:
+    # Regression: with a server killed, a worker could report "ranks [1] disconnected"
+    # (the surviving server's view of the effect) instead of naming the dead server.
+    import pytest
+
+    from kvsync.errors import PeerLostError, StoreConnectionError
+    from kvsync.kv.comm import Latch
+
+    latch = Latch(2)
+    latch.set_exception(PeerLostError("server 0: ranks [1] disconnected"))
+    latch.set_exception(StoreConnectionError("store server 127.0.0.1:5 closed the connection"))
+    with pytest.raises(StoreConnectionError, match=r"127\.0\.0\.1:5") as info:
+        latch.wait(1.0)
+    assert not isinstance(info.value, PeerLostError)

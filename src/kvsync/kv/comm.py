@@ -34,7 +34,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kvsync.errors import ErrorCode, KVSyncError, StoreTimeoutError, error_from_code
+from kvsync.errors import (
+    ErrorCode,
+    KVSyncError,
+    PeerLostError,
+    StoreTimeoutError,
+    error_from_code,
+)
 from kvsync.kv.shm import SharedSegments
 from kvsync.protocol.messages import (
     ErrorReply,
@@ -73,6 +79,14 @@ class Link(Protocol):
         ...
 
 
+def _better(new: BaseException, old: BaseException) -> bool:
+    """Whether ``new`` explains a failure better than ``old``: a lost link to a server (the
+    cause) beats a server's report that some other rank disconnected (often the effect)."""
+    return isinstance(old, PeerLostError) and isinstance(new, ConnectionError) and not (
+        isinstance(new, PeerLostError)
+    )
+
+
 class Latch:
     """Completion of the ops of one call: counts down; :meth:`wait` raises the first error.
 
@@ -107,7 +121,7 @@ class Latch:
     def _count_down(self, exc: BaseException | None) -> None:
         with self._cv:
             self._left -= 1
-            if exc is not None and self._exc is None:
+            if exc is not None and (self._exc is None or _better(exc, self._exc)):
                 self._exc = exc
             if self._left <= 0:
                 self._cv.notify_all()

@@ -100,7 +100,7 @@ class ParkedRequests:
                 if failure is None:
                     keep.append(p)
                     continue
-                reply = ErrorReply(code=int(ErrorCode.CONNECTION), message=failure)
+                reply = ErrorReply(code=int(ErrorCode.PEER_LOST), message=failure)
             out.append(Outgoing(p.conn_id, p.request_id, reply))
         self.items = keep
         if barrier_done:
