@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 import socket
 import threading
@@ -11,7 +10,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from transport_helpers import child_env, serve_subprocess
+from transport_helpers import serve_subprocess
 
 from kvsync import env
 from kvsync.compat.torch import TCPStore as TorchTCPStore
@@ -20,6 +19,7 @@ from kvsync.protocol.codec import Limits
 from kvsync.protocol.connection import Connection, Role
 from kvsync.server import StoreServer
 from kvsync.store.tcp import JOINED_KEY, TCPStore
+from kvsync.testing import StoreAddress, spawn_ranks
 
 
 @pytest.fixture
@@ -321,43 +321,29 @@ def test_torch_flavour_get_waits_for_the_key(clean_env: pytest.MonkeyPatch) -> N
             assert client.get("late") == b"value"
 
 
-def test_barrier_of_64_ranks(master: TCPStore) -> None:
-    stores = [TCPStore("127.0.0.1", master.port, timeout=20) for _ in range(64)]
-    try:
-        for round_ in range(2):
-            run_threads(64, lambda i: stores[i].barrier("sync", 64, timeout=20))
-            del round_
-        assert master.get("sync/arrived") == b"128"
-    finally:
-        for s in stores:
-            s.close()
+def _barrier_twice(rank: int, world_size: int, address: StoreAddress) -> int:
+    with TCPStore(address.host, address.port, timeout=20) as store:
+        for _ in range(2):
+            store.barrier("sync", world_size, timeout=20)
+        return int(store.get("sync/arrived"))
 
 
-def _adder(port: int, n: int) -> None:
-    with TCPStore("127.0.0.1", port, timeout=30) as store:
-        for _ in range(n):
+def test_barrier_of_64_ranks() -> None:
+    results = spawn_ranks(_barrier_twice, 64, mode="thread", timeout=40)
+    assert len(results) == 64 and all(64 <= r <= 128 for r in results)
+
+
+def _adder(rank: int, world_size: int, address: StoreAddress) -> int:
+    with TCPStore(address.host, address.port, timeout=30) as store:
+        for _ in range(1000):
             store.add("counter", 1)
+        store.barrier("done", world_size, timeout=30)
+        return int(store.get("counter"))
 
 
 @pytest.mark.slow
-def test_8_processes_adding_1000_times_lose_nothing(clean_env: pytest.MonkeyPatch) -> None:
-    for name, value in child_env().items():
-        if name == "PYTHONPATH":
-            clean_env.setenv(name, value)
-    ctx = multiprocessing.get_context("spawn")
-    with TCPStore("127.0.0.1", 0, is_master=True, timeout=30) as master:
-        procs = [ctx.Process(target=_adder, args=(master.port, 1000)) for _ in range(8)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + 50
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        alive = [p for p in procs if p.is_alive()]
-        for p in alive:
-            p.kill()
-            p.join(5)
-        assert not alive and all(p.exitcode == 0 for p in procs)
-        assert master.get("counter") == b"8000"
+def test_8_processes_adding_1000_times_lose_nothing() -> None:
+    assert spawn_ranks(_adder, 8, mode="process", timeout=50) == [8000] * 8
 
 
 @pytest.mark.slow
