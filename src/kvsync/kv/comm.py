@@ -126,6 +126,11 @@ class Latch:
             if self._left <= 0:
                 self._cv.notify_all()
 
+    def done(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every op; whether they all finished."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._left <= 0, timeout)
+
     def wait(self, timeout: float) -> None:
         """Wait for every op; raise the first error.
 
