@@ -25,6 +25,7 @@ __all__ = [
     "PS_CHUNK_BYTES",
     "PS_SHM_MIN_BYTES",
     "PS_STALL_SECONDS",
+    "PS_WAITING_NOTICE_SECONDS",
     "SERVER_DEATH_DETECT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
 ]
@@ -56,6 +57,9 @@ BIGARRAY_BOUND: int = 1_000_000
 #: A parameter server on which every worker has been waiting this long, with no message
 #: arriving, declares the job's pushes uneven (dist_sync) and fails the waiting requests.
 PS_STALL_SECONDS: float = 5.0
+#: A worker blocked this long on a pull from some servers tells the other servers, so a
+#: server can see every worker stuck even when they wait on different servers.
+PS_WAITING_NOTICE_SECONDS: float = 1.0
 #: Big arrays travel to and from parameter servers in parts of at most this many bytes, so
 #: every receive buffer is small enough for the allocator to recycle (no fresh pages).
 PS_CHUNK_BYTES: int = 4 << 20

@@ -335,3 +335,43 @@ def test_big_frames_fed_in_chunks_that_straddle_their_end_are_all_delivered(
     got += _events(server)
     assert [e.request_id for e in got] == [0, 1, 2, 3]
     assert all(bytes(e.message.value) == value for e in got[:3])  # type: ignore[attr-defined]
+
+
+def _recv_in_chunks(conn: Connection, data: bytes, chunk: int) -> list[Event]:
+    """Feed ``data`` the way a socket's recv_into would: into receive_buffer, then advance."""
+    events, at = [], 0
+    while at < len(data):
+        with conn.receive_buffer() as buf:
+            n = min(buf.nbytes, chunk, len(data) - at)
+            buf[:n] = data[at : at + n]
+        conn.advance(n)
+        at += n
+        events += _events(conn)
+    return events
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 1 << 20])
+def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
+    chunk: int,
+) -> None:
+    import numpy as np
+
+    from kvsync.protocol.messages import ErrorReply, PSValuesReply
+
+    client, server = _pair()
+    arr = np.arange(5000, dtype=np.float32).reshape(50, 100)
+    out, other = np.zeros_like(arr), np.zeros((100, 50), np.float32)  # same bytes, other shape
+    assert client.receive_into(3, out) and client.receive_into(4, other)
+    assert client.receive_into(5, np.zeros_like(arr))
+    assert not client.receive_into(6, np.zeros(10, np.float32))  # small: scratch buffer path
+    data = b"".join([_join(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
+                    + [_join(server.send(5, ErrorReply(code=1, message="no")))])
+    events = _recv_in_chunks(client, data, chunk)
+    assert [ev.request_id for ev in events] == [3, 4, 5]
+    landed = events[0].message
+    assert isinstance(landed, PSValuesReply) and landed.values[0] is out
+    assert np.array_equal(out, arr)
+    fallback = events[1].message  # the layout differs: decoded as usual, ``other`` untouched
+    assert isinstance(fallback, PSValuesReply) and fallback.values[0] is not other
+    assert np.array_equal(fallback.values[0], arr) and not other.any()
+    assert isinstance(events[2].message, ErrorReply)

@@ -65,7 +65,7 @@ class FakeLink:
         self.conn = next(server.conns)
         self.rids = itertools.count(1)
 
-    def submit(self, msg: object) -> int:
+    def submit(self, msg: object, into: object = None) -> int:
         s = self.server
         with s.cv:
             if not s.alive:

@@ -136,6 +136,35 @@ def uneven(store: DistKVStore) -> dict[str, object]:
 
 
 @scenario
+def uneven_across_servers(store: DistKVStore) -> dict[str, object]:
+    """Rank 1 skips a push of key b; then each rank waits on a different server: rank 0 for
+    b's round 1 (on b's server), rank 1 for a's round 2 (on a's server)."""
+    a = 0
+    b = next(k for k in range(1, 64) if _home(store, k) != _home(store, a))
+    store.init([a, b], [np.zeros(3), np.zeros(3)])
+    store.push([a, b], [np.ones(3), np.ones(3)])
+    store.pull([a, b])
+    t0 = time.monotonic()
+    try:
+        store.push(a, np.ones(3))
+        if store.rank == 0:
+            store.push(b, np.ones(3))
+        store.pull([a, b])  # rank 0 waits here for b's round 1
+        store.push(a, np.ones(3))
+        store.pull(a)  # rank 1 waits here for a's round 2
+        raise AssertionError("uneven pushes went unnoticed")
+    except errors.KVSyncError as exc:
+        return {"error": str(exc), "type": type(exc).__name__, "seconds": time.monotonic() - t0}
+
+
+def _home(store: DistKVStore, key: int) -> int:
+    from kvsync.kv.sharding import home_server
+    from kvsync.server.ps_keys import wire_key
+
+    return home_server(wire_key(key), store.num_servers)
+
+
+@scenario
 def worker_dies(store: DistKVStore) -> dict[str, object]:
     store.init(1, np.zeros(8))
     store.barrier()

@@ -43,6 +43,27 @@ def test_uneven_pushes_give_a_clear_error_not_a_hang() -> None:
         assert float(r["seconds"]) < 10  # type: ignore[arg-type]
 
 
+def test_uneven_pushes_on_different_servers_give_a_clear_error_within_seconds() -> None:
+    # rank 0 waits on one server for b's round 1, rank 1 on the other for a's round 2:
+    # neither server has every worker parked, but each hears the other rank is blocked
+    with ps_job(2, stall=1.0) as job:
+        job.start_workers("uneven_across_servers", 2)
+        res = job.results()
+    expected = ["round 1 has pushes from ranks [0] but not from [1]",
+                "round 2 has pushes from ranks [1] but not from [0]"]
+    uneven = 0
+    for rank, r in enumerate(res):
+        text = str(r["error"])
+        assert float(r["seconds"]) < 6, r  # type: ignore[arg-type]
+        if "uneven" in text:  # the first server to break its stall
+            assert r["type"] == "InvalidArgumentError", r
+            assert expected[rank] in text and "blocked on other servers" in text, r
+            uneven += 1
+        else:  # the other rank got its error first and left
+            assert f"ranks [{1 - rank}] disconnected" in text, r
+    assert uneven >= 1, res
+
+
 def test_a_killed_worker_makes_the_others_fail_naming_its_rank() -> None:
     with ps_job(2) as job:
         job.start_workers("worker_dies", 3)

@@ -33,6 +33,7 @@ from kvsync.protocol.messages import (
     PSShutdown,
     PSStats,
     PSValuesReply,
+    PSWaiting,
     PSWaitInit,
     ValueReply,
 )
@@ -212,6 +213,25 @@ def test_uneven_pushes_are_reported_when_every_worker_waits() -> None:
     assert "uneven" in msg and "pushes from ranks [0] but not from [1]" in msg
 
 
+def test_a_worker_blocked_on_another_server_counts_as_waiting_for_the_stall() -> None:
+    job = Job(2, stall_seconds=2.0)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    job.push(0, "i1", np.ones(1))
+    job.send(0, job.pull_msg(("i1",), T))
+    assert job.ps.next_deadline() == T / 1000  # rank 1 may still push: no stall
+    job.now = 1.0
+    assert isinstance(job.reply(1, PSWaiting(waiting=True)), OkReply)
+    assert job.ps.next_deadline() == 3.0
+    job.now = 2.0
+    job.reply(1, PSWaiting(waiting=False))  # rank 1's wait elsewhere ended: not stuck
+    assert job.ps.expire(9.0) == []
+    job.reply(1, PSWaiting(waiting=True))
+    [o] = job.ps.expire(4.0)
+    msg = error(o.reply, ErrorCode.KVSTORE_USAGE)
+    assert "uneven" in msg and "pushes from ranks [0] but not from [1]" in msg
+    assert "ranks [1] are blocked on other servers" in msg
+
+
 def test_optimizer_runs_on_the_server_and_its_states_save_and_load() -> None:
     job = Job(2, updater_from_config=lambda cfg: SGD(cfg["lr"]))
     assert "no optimizer" in error(job.reply(0, PSSaveStates(dump_optimizer=False)),
@@ -360,7 +380,7 @@ def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -
         PSValuesReply(values=(a, a[:, :1].copy())), PSPushShm(key="i1", path="/proc/1/fd/3"),
         PSPullShm(key="i1", timeout_ms=7), PSShmReply(path="/proc/1/fd/4"),
         PSPushPacked(keys=("i1", "i2"), data=a.reshape(-1), offsets=(0, 0), counts=(1, 1)),
-        PSPackedReply(data=a.reshape(-1)),
+        PSPackedReply(data=a.reshape(-1)), PSWaiting(waiting=True),
     ]
     assert {type(m) for m in samples} == set(PS_MESSAGE_OF.values())
     for msg in samples:

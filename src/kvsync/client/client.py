@@ -26,6 +26,8 @@ import threading
 import time
 from types import TracebackType
 
+import numpy as np
+
 from kvsync.client.connect import Backoff, connect
 from kvsync.errors import (
     KVSyncError,
@@ -155,8 +157,12 @@ class Client:
         """
         return self.result(self.submit(msg), timeout)
 
-    def submit(self, msg: object) -> int:
+    def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
+
+        With ``into``, a reply that is a PSValuesReply of one array of ``into``'s dtype and
+        shape is received straight into ``into`` (the reply then holds ``into`` itself);
+        any other reply arrives as usual.
 
         Raises:
             LimitExceededError: a key or value is over the server's caps (nothing sent).
@@ -168,6 +174,8 @@ class Client:
             parts = self._proto.send(request_id, msg)
             with self._cond:
                 self._waiting.add(request_id)
+                if into is not None:
+                    self._proto.receive_into(request_id, into)
             try:
                 self._send_all(parts)
             except StoreConnectionError as exc:
@@ -191,6 +199,7 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._waiting.discard(request_id)
+                    self._proto.receive_into(request_id, None)
                     raise StoreTimeoutError(
                         f"no reply from store server {self.address} to request {request_id}"
                         f" within {timeout:g} s{self.timeout_hint}"

@@ -70,8 +70,9 @@ BATCH_KEYS = 4096
 class Link(Protocol):
     """A pipelined connection to one server (what :class:`kvsync.client.Client` offers)."""
 
-    def submit(self, msg: object) -> int:
-        """Send ``msg``; return its request id without waiting for the reply."""
+    def submit(self, msg: object, into: np.ndarray | None = None) -> int:
+        """Send ``msg``; return its request id without waiting for the reply (a reply of one
+        array matching ``into`` may be received straight into it)."""
         ...
 
     def result(self, request_id: int, timeout: float | None = None) -> object:
@@ -125,6 +126,11 @@ class Latch:
                 self._exc = exc
             if self._left <= 0:
                 self._cv.notify_all()
+
+    def done(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every op; whether they all finished."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._left <= 0, timeout)
 
     def wait(self, timeout: float) -> None:
         """Wait for every op; raise the first error.
@@ -298,8 +304,10 @@ class Comm:
         else:
             assert first.rows is not None
             msg = PSPullRows(key=first.wire, rows=first.rows, timeout_ms=timeout_ms)
+        into = first.out if first.kind == "pull" and len(batch) == 1 else None
         try:
-            rid = self._links[first.server].submit(msg)
+            link = self._links[first.server]
+            rid = link.submit(msg) if into is None else link.submit(msg, into=into)
         except Exception as exc:  # the link is gone: fail these ops
             self._finish(batch, exc)
             return

@@ -51,6 +51,7 @@ from kvsync.protocol.messages import (
     PSBarrier,
     PSHello,
     PSInit,
+    PSWaiting,
     PSWaitInit,
 )
 from kvsync.server.ps_keys import Key
@@ -361,7 +362,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         for op in ops:
             op.future = latch
         self._comm.enqueue_many(ops, priority)
-        latch.wait(self.timeout + 15.0)
+        self._await(latch, {op.server for op in ops})
         for target, rest in jobs:
             copy_to_all(target, [o for o in rest if isinstance(o, np.ndarray)])
             for o in rest:
@@ -419,6 +420,30 @@ class DistKVStore(ServerControl, KVStoreBase):
         for o in pairs.copies:
             o.assign(pairs.groups[0].values[0])
         return out
+
+    def _await(self, latch: Latch, servers: set[int]) -> None:
+        """Wait for a pull from ``servers``; once blocked for a while, tell the other servers
+        (PSWaiting) so that they can see every worker stuck and report uneven pushes."""
+        total = self.timeout + 15.0
+        others = [s for s in range(self.num_servers) if s not in servers]
+        notice = min(defaults.PS_WAITING_NOTICE_SECONDS, total)
+        if not others or latch.done(notice):
+            latch.wait(total)
+            return
+        self._tell(others, True)
+        try:
+            latch.wait(total - notice)
+        finally:
+            self._tell(others, False)
+
+    def _tell(self, servers: list[int], waiting: bool) -> None:
+        msgs = [PSWaiting(waiting=waiting) if s in servers else None
+                for s in range(self.num_servers)]
+        try:
+            self._call_all(msgs)
+        except Exception:  # a lost server surfaces in the pull itself
+            logger.debug("could not tell servers %s that rank %d waits", servers, self._rank,
+                         exc_info=True)
 
     # --- synchronisation, stats, lifetime ---------------------------------------------------
     def wait(self) -> None:

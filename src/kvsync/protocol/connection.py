@@ -30,6 +30,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Final, NamedTuple
 
+import numpy as np
+
 from kvsync.errors import (
     AuthenticationError,
     KVSyncError,
@@ -42,8 +44,8 @@ from kvsync.errors import (
 )
 from kvsync.protocol import handshake
 from kvsync.protocol.codec import Decoder, Limits, encode_frame
-from kvsync.protocol.frame import MAGIC, PROTOCOL_VERSION, Header
-from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer
+from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header
+from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer, Landed, Landing
 from kvsync.protocol.messages import (
     HANDSHAKE_OPCODES,
     MESSAGE_OF,
@@ -52,6 +54,8 @@ from kvsync.protocol.messages import (
     Hello,
     HelloReply,
     OkReply,
+    Opcode,
+    PSValuesReply,
 )
 
 __all__ = [
@@ -209,6 +213,32 @@ class Connection:
         self._check_usable()
         return self._frames.receive_buffer()
 
+    def receive_into(self, request_id: int, out: np.ndarray | None) -> bool:
+        """Receive the reply to ``request_id``, when it is a PSValuesReply of one array of
+        ``out``'s dtype and shape, straight into ``out`` (the reply's array is then ``out``
+        itself); any other reply takes the ordinary path. ``None`` forgets the request.
+
+        Returns whether ``out`` was registered (a C-contiguous, writable array whose reply
+        is bigger than :data:`SMALL_FRAME`: smaller ones are cut from the scratch buffer).
+
+        Example:
+            >>> Connection(Role.CLIENT).receive_into(5, np.zeros(3))
+            False
+        """
+        if out is None:
+            self._frames.land(request_id, None)
+            return False
+        if not (out.flags.c_contiguous and out.flags.writeable) or out.nbytes <= SMALL_FRAME:
+            return False
+        parts = encode_frame(request_id, PSValuesReply(values=(out,)))
+        if len(parts) < 2 or memoryview(parts[-1]).nbytes != out.nbytes:
+            return False
+        prefix = b"".join(bytes(p) for p in parts[:-1])[HEADER_SIZE:]
+        target = out.reshape(-1).view(np.uint8).data
+        value = PSValuesReply(values=(out,))
+        self._frames.land(request_id, Landing(int(Opcode.PS_VALUES), prefix, target, value))
+        return True
+
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
 
@@ -245,7 +275,10 @@ class Connection:
                 if frame is None:
                     return NEED_DATA
                 header, payload = frame
-                msg = self._decoder.decode(header.opcode, payload)
+                if isinstance(payload, Landed):
+                    msg = payload.value
+                else:
+                    msg = self._decoder.decode(header.opcode, payload)
                 event = self._dispatch(self, header.request_id, msg)
                 if event is not None:
                     return event

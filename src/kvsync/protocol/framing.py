@@ -8,6 +8,12 @@ buffer (one small copy); a larger one gets a fresh ``bytearray`` of exactly its 
 ``receive_buffer`` then exposes, so a big value goes from the kernel into its final buffer
 without a Python-level copy. Every payload is its own buffer, so views into it stay valid.
 
+A caller expecting a big reply of known layout may register a *landing* for its request id
+(:meth:`FrameBuffer.land`): the payload's expected leading bytes and a caller-owned buffer
+for the rest. Such a frame's leading bytes are received first and compared; when they match,
+the rest goes from the kernel straight into the caller's buffer and :meth:`next_frame` yields
+a :class:`Landed` instead of a payload; otherwise the frame takes the ordinary path.
+
 Example:
     >>> from kvsync.protocol.frame import pack_header
     >>> fb = FrameBuffer(lambda header: None)
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from kvsync.errors import LocalProtocolError
 from kvsync.protocol.frame import (
@@ -35,12 +41,27 @@ from kvsync.protocol.frame import (
     unpack_header,
 )
 
-__all__ = ["SMALL_FRAME", "FrameBuffer"]
+__all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
 
 #: Payloads up to this size are cut out of the scratch buffer; larger ones get their own.
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
+
+
+class Landing(NamedTuple):
+    """Where a big reply of one request id lands (see the module docstring)."""
+
+    opcode: int
+    prefix: bytes  # the payload's expected first bytes
+    target: memoryview  # writable, unsigned bytes: receives the rest of the payload
+    value: object  # what :class:`Landed` carries when the payload landed
+
+
+class Landed(NamedTuple):
+    """A payload received straight into a landing's target; ``value`` is the landing's."""
+
+    value: object
 
 
 class FrameBuffer:
@@ -58,11 +79,22 @@ class FrameBuffer:
         self._header: Header | None = None
         self._payload: bytearray | None = None
         self._filled = 0
-        self._ready: deque[tuple[Header, bytearray]] = deque()  # complete big frames
+        self._ready: deque[tuple[Header, bytearray | Landed]] = deque()  # complete big frames
+        self._landings: dict[int, Landing] = {}  # request id -> where its reply lands
+        self._landing: Landing | None = None  # of the payload being received
+
+    def land(self, request_id: int, landing: Landing | None) -> None:
+        """Register (or with ``None`` forget) where the big reply to ``request_id`` lands."""
+        if landing is None:
+            self._landings.pop(request_id, None)
+        else:
+            self._landings[request_id] = landing
 
     def receive_buffer(self) -> memoryview:
         """A writable view to ``recv_into``; then call :meth:`advance` with the count."""
         if self._payload is not None:
+            if self._landing is not None and self._filled >= len(self._payload):
+                return self._landing.target[self._filled - len(self._payload) :]
             return memoryview(self._payload)[self._filled :]
         if self._start == self._end:
             self._start = self._end = 0
@@ -82,6 +114,8 @@ class FrameBuffer:
         """
         if self._payload is not None:
             room = len(self._payload) - self._filled
+            if self._landing is not None and room <= 0:  # the rest goes to the target
+                room += self._landing.target.nbytes
         else:
             room = len(self._scratch) - self._end
         if not 0 <= n <= room:
@@ -94,10 +128,20 @@ class FrameBuffer:
 
     def _complete_payload(self) -> None:
         """Queue a fully received big payload, so the next bytes go to the scratch buffer."""
-        if self._payload is not None and self._filled == len(self._payload):
-            assert self._header is not None
-            self._ready.append((self._header, self._payload))
-            self._header, self._payload = None, None
+        if self._payload is None or self._filled < len(self._payload):
+            return
+        assert self._header is not None
+        landing = self._landing
+        if landing is not None and self._filled == len(self._payload):  # leading bytes in
+            if self._payload != landing.prefix:  # not the expected layout: ordinary path
+                payload = bytearray(self._header.length)
+                payload[: self._filled] = self._payload
+                self._payload, self._landing = payload, None
+                return
+        if landing is not None and self._filled < len(self._payload) + landing.target.nbytes:
+            return
+        self._ready.append((self._header, Landed(landing.value) if landing else self._payload))
+        self._header, self._payload, self._landing = None, None, None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy received bytes in (any split of the stream gives the same frames)."""
@@ -124,14 +168,25 @@ class FrameBuffer:
             self._start += HEADER_SIZE
         h = self._header
         if h is not None and self._payload is None and h.length > SMALL_FRAME:
-            payload = bytearray(h.length)
+            landing = self._landings.pop(h.request_id, None) if self._landings else None
+            if landing is not None and (h.opcode != landing.opcode or h.length != len(
+                    landing.prefix) + landing.target.nbytes):
+                landing = None
+            self._landing = landing
+            self._payload = bytearray(len(landing.prefix) if landing else h.length)
+            self._filled = 0
             n = min(h.length, self._end - self._start)
-            payload[:n] = self._scratch[self._start : self._start + n]
-            self._start += n
-            self._payload, self._filled = payload, n
-            self._complete_payload()
+            if landing is None:
+                self._payload[:n] = self._scratch[self._start : self._start + n]
+                self._filled = n
+                self._start += n
+                self._complete_payload()
+            else:  # through receive_buffer: the leading bytes are checked first
+                data = bytes(self._scratch[self._start : self._start + n])
+                self._start += n
+                self.feed(data)
 
-    def next_frame(self) -> tuple[Header, bytearray] | None:
+    def next_frame(self) -> tuple[Header, bytearray | Landed] | None:
         """The next complete frame, or ``None`` until more bytes arrive.
 
         Raises:
@@ -148,6 +203,8 @@ class FrameBuffer:
             end = begin + header.length
             if header.length <= SMALL_FRAME and end <= self._end:
                 self._start = end
+                if self._landings:
+                    self._landings.pop(header.request_id, None)
                 return header, self._scratch[begin:end]
             self._header, self._start = header, begin
         self._parse_header()
@@ -159,4 +216,6 @@ class FrameBuffer:
         payload = self._scratch[self._start : self._start + h.length]
         self._start += h.length
         self._header = None
+        if self._landings:
+            self._landings.pop(h.request_id, None)
         return h, payload

@@ -120,6 +120,7 @@ class Opcode(IntEnum):
     PS_PUSH_SHM = 0x4F
     PS_PULL_SHM = 0x50
     PS_PUSH_PACKED = 0x51
+    PS_WAITING = 0x52
     # Replies
     OK = 0x80
     VALUE = 0x81
@@ -423,6 +424,7 @@ __all__ += [
     "PSStats",
     "PSValuesReply",
     "PSWaitInit",
+    "PSWaiting",
 ]
 
 
@@ -572,6 +574,15 @@ class PSPushPacked:
 
 
 @dataclass(frozen=True, slots=True)
+class PSWaiting:
+    """This worker is (``waiting``) or is no longer blocked on a request to *another*
+    server, so this one can tell when every worker is stuck (uneven pushes across servers).
+    Reply: OkReply."""
+
+    waiting: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PSPushShm:
     """Push a whole slice that a worker on the same host wrote into its shared-memory
     segment ``path`` (``/proc/<pid>/fd/<fd>``, see kvsync.kv.shm); the server reads it
@@ -633,6 +644,7 @@ PS_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.PS_PUSH_SHM: PSPushShm,
     Opcode.PS_PULL_SHM: PSPullShm,
     Opcode.PS_PUSH_PACKED: PSPushPacked,
+    Opcode.PS_WAITING: PSWaiting,
     Opcode.PS_VALUES: PSValuesReply,
     Opcode.PS_SHM: PSShmReply,
     Opcode.PS_PACKED: PSPackedReply,

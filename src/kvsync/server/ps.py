@@ -10,8 +10,10 @@ waits, barriers and pulls all park the same way (:mod:`kvsync.server.ps_wait`) a
 after every state change, expired at their deadline, and failed with an error naming the rank when
 a rank they need disconnects. In async mode every push is applied when it arrives.
 
-When every rank of the job is parked on this server (or gone) and nothing has happened for
-``stall_seconds``, no open round can ever close: workers pushed uneven numbers of times.
+When every rank of the job is parked on this server, blocked on another server (a worker
+blocked on a pull for a while says so to the other servers with PSWaiting), or gone, and
+nothing has happened here for ``stall_seconds``, no open round can ever close: workers
+pushed uneven numbers of times.
 Then every parked request fails with a message saying which ranks pushed what.
 
 The event loop calls ``handle``/``expire``/``drop_connection``; nothing here does I/O, reads
@@ -63,6 +65,7 @@ from kvsync.protocol.messages import (
     PSSetUpdater,
     PSShutdown,
     PSStats,
+    PSWaiting,
     PSWaitInit,
     ValueReply,
 )
@@ -98,7 +101,7 @@ logger = logging.getLogger(__name__)
 PS_MESSAGE_TYPES: tuple[type, ...] = (
     PSHello, PSInit, PSWaitInit, PSPush, PSPushRows, PSPull, PSPullRows, PSSetOptimizer,
     PSSetUpdater, PSSetCompression, PSSaveStates, PSLoadStates, PSBarrier, PSStats, PSShutdown,
-    PSPushShm, PSPullShm, PSPushPacked,
+    PSPushShm, PSPullShm, PSPushPacked, PSWaiting,
 )
 
 
@@ -150,7 +153,7 @@ class ParameterServerLogic:
             PSSaveStates: self._save_states, PSLoadStates: self._load_states,
             PSBarrier: self._barrier, PSStats: self._stats, PSShutdown: self._shutdown,
             PSPushShm: self._push_shm, PSPullShm: self._pull_shm,
-            PSPushPacked: self._push_packed,
+            PSPushPacked: self._push_packed, PSWaiting: self._waiting,
         }
 
     # --- ServerLogic ------------------------------------------------------------------------
@@ -228,6 +231,7 @@ class ParameterServerLogic:
         job.num_workers, job.sync = msg.num_workers, msg.sync
         job.rank_of[conn_id] = msg.rank
         job.gone.discard(msg.rank)
+        job.elsewhere.discard(msg.rank)
         return OkReply()
 
     def _init(self, conn_id: int, request_id: int, msg: PSInit, now: float) -> object:
@@ -392,6 +396,14 @@ class ParameterServerLogic:
                                  f"rank {rank} entered the barrier twice")
         self._job.barrier.add(rank)
         return _park(self, "barrier", conn_id, request_id, (), msg.timeout_ms, now)
+
+    def _waiting(self, conn_id: int, request_id: int, msg: PSWaiting, now: float) -> object:
+        rank = self._job.rank_of[conn_id]
+        if msg.waiting:
+            self._job.elsewhere.add(rank)
+        else:
+            self._job.elsewhere.discard(rank)
+        return OkReply()
 
     def _stats(self, conn_id: int, request_id: int, msg: PSStats, now: float) -> object:
         return ValueReply(value=json.dumps(self.stats()).encode())

@@ -3,7 +3,9 @@
 Every parked request is re-checked after each state change (:meth:`ParkedRequests.wake`):
 it is answered when ready, failed when a rank it needs has disconnected, expired at its
 deadline, and failed as *uneven pushes* when every rank of the job has been parked (or gone)
-for ``stall`` seconds with no message arriving.
+for ``stall`` seconds with no message arriving. A rank counts as parked when it is parked
+here or has told this server it is blocked on another one (``JobState.elsewhere``), so
+workers stuck on different servers are seen too.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class JobState:
     sync: bool = True
     rank_of: dict[int, int] = field(default_factory=dict)  # conn_id -> rank
     gone: set[int] = field(default_factory=set)
+    elsewhere: set[int] = field(default_factory=set)  # ranks blocked on another server
     barrier: set[int] = field(default_factory=set)
 
 
@@ -128,11 +131,12 @@ class ParkedRequests:
         return min(times, default=None)
 
     def stalled(self) -> bool:
-        """Whether every rank of the job is parked here or gone."""
+        """Whether every rank of the job is parked here, blocked on another server, or gone."""
         job = self._job
         if not self.items or not job.num_workers:
             return False
-        return len({p.rank for p in self.items} | job.gone) >= job.num_workers
+        stuck = {p.rank for p in self.items} | job.gone | job.elsewhere
+        return len(stuck) >= job.num_workers
 
     def _ready_reply(self, p: Parked, barrier_done: bool) -> object | None:
         if p.kind == "barrier":
@@ -185,9 +189,11 @@ class ParkedRequests:
         n = self._job.num_workers
         parts = [f"key {ks.key!r} round {ks.round} has pushes from ranks {sorted(ks.pushed)} "
                  f"but not from {ks.missing(n)}" for ks in self._keys.values() if ks.pushed]
+        elsewhere = sorted(self._job.elsewhere - {p.rank for p in self.items})
+        where = f"; ranks {elsewhere} are blocked on other servers" if elsewhere else ""
         return (f"{self.where}: every worker is waiting and no round can complete: uneven "
                 f"pushes across workers ({'; '.join(parts) or 'no open rounds'}; barrier "
-                f"reached by ranks {sorted(self._job.barrier)})")
+                f"reached by ranks {sorted(self._job.barrier)}{where})")
 
     def _timeout_text(self, p: Parked) -> str:
         n = self._job.num_workers
