@@ -139,19 +139,33 @@ def uneven(store: DistKVStore) -> dict[str, object]:
 def uneven_across_servers(store: DistKVStore) -> dict[str, object]:
     """Rank 1 skips a push of key b; then each rank waits on a different server: rank 0 for
     b's round 1 (on b's server), rank 1 for a's round 2 (on a's server)."""
+    return _uneven_across(store, rows=False)
+
+
+@scenario
+def uneven_across_servers_rows(store: DistKVStore) -> dict[str, object]:
+    """As ``uneven_across_servers``, rank 1 waiting in a row_sparse_pull of a."""
+    return _uneven_across(store, rows=True)
+
+
+def _uneven_across(store: DistKVStore, *, rows: bool) -> dict[str, object]:
     a = 0
     b = next(k for k in range(1, 64) if _home(store, k) != _home(store, a))
-    store.init([a, b], [np.zeros(3), np.zeros(3)])
-    store.push([a, b], [np.ones(3), np.ones(3)])
+    store.init([a, b], [np.zeros((2, 3)), np.zeros((2, 3))])
+    store.push([a, b], [np.ones((2, 3)), np.ones((2, 3))])
     store.pull([a, b])
     t0 = time.monotonic()
     try:
-        store.push(a, np.ones(3))
+        store.push(a, np.ones((2, 3)))
         if store.rank == 0:
-            store.push(b, np.ones(3))
+            store.push(b, np.ones((2, 3)))
         store.pull([a, b])  # rank 0 waits here for b's round 1
-        store.push(a, np.ones(3))
-        store.pull(a)  # rank 1 waits here for a's round 2
+        store.push(a, np.ones((2, 3)))
+        if rows:  # rank 1 waits here for a's round 2
+            out = RowSparseArray.zeros((2, 3), np.float64)
+            store.row_sparse_pull(a, out=out, row_ids=np.array([1]))
+        else:
+            store.pull(a)
         raise AssertionError("uneven pushes went unnoticed")
     except errors.KVSyncError as exc:
         return {"error": str(exc), "type": type(exc).__name__, "seconds": time.monotonic() - t0}

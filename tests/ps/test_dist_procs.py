@@ -43,11 +43,15 @@ def test_uneven_pushes_give_a_clear_error_not_a_hang() -> None:
         assert float(r["seconds"]) < 10  # type: ignore[arg-type]
 
 
-def test_uneven_pushes_on_different_servers_give_a_clear_error_within_seconds() -> None:
-    # rank 0 waits on one server for b's round 1, rank 1 on the other for a's round 2:
-    # neither server has every worker parked, but each hears the other rank is blocked
+@pytest.mark.parametrize("scenario", ["uneven_across_servers", "uneven_across_servers_rows"])
+def test_uneven_pushes_on_different_servers_give_a_clear_error_within_seconds(
+    scenario: str,
+) -> None:
+    # rank 0 waits on one server for b's round 1, rank 1 on the other for a's round 2 (in a
+    # pull, or a row_sparse_pull): neither server has every worker parked, but each hears
+    # the other rank is blocked
     with ps_job(2, stall=1.0) as job:
-        job.start_workers("uneven_across_servers", 2)
+        job.start_workers(scenario, 2)
         res = job.results()
     expected = ["round 1 has pushes from ranks [0] but not from [1]",
                 "round 2 has pushes from ranks [1] but not from [0]"]

@@ -20,8 +20,9 @@ Example (needs running servers; see ``examples/train_ps.py``)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from typing import Any, ClassVar
 
 import numpy as np
@@ -412,6 +413,10 @@ class DistKVStore(ServerControl, KVStoreBase):
                                                     rows=sel - s.lo, future=fut)], priority)
                         parts.append(fut)
                 jobs.append((o, plan, rows, parts))
+        futures = [f for *_, parts in jobs for f in parts]
+        servers = {s.server for _, plan, _, _ in jobs for s in plan.slices}
+        self._blocked_on(servers, lambda t: not wait_futures(futures, timeout=t).not_done,
+                         self.timeout + 15.0)
         for o, plan, rows, parts in jobs:
             chunks = [f.result(timeout=self.timeout + 15.0) for f in parts]
             data = (np.concatenate(chunks) if chunks
@@ -424,17 +429,25 @@ class DistKVStore(ServerControl, KVStoreBase):
     def _await(self, latch: Latch, servers: set[int]) -> None:
         """Wait for a pull from ``servers``; once blocked for a while, tell the other servers
         (PSWaiting) so that they can see every worker stuck and report uneven pushes."""
-        total = self.timeout + 15.0
+        latch.wait(self._blocked_on(servers, latch.done, self.timeout + 15.0))
+
+    def _blocked_on(self, servers: set[int], done: Callable[[float], bool],
+                    total: float) -> float:
+        """Return when ``done(timeout)`` says the wait is over or ``total`` seconds passed,
+        telling the servers not in ``servers`` while this worker is blocked; returns what
+        is left of ``total`` (the caller's final wait, which raises the ops' errors)."""
         others = [s for s in range(self.num_servers) if s not in servers]
         notice = min(defaults.PS_WAITING_NOTICE_SECONDS, total)
-        if not others or latch.done(notice):
-            latch.wait(total)
-            return
+        if not others:
+            return total
+        if done(notice):
+            return total - notice
         self._tell(others, True)
         try:
-            latch.wait(total - notice)
+            done(total - notice)
         finally:
             self._tell(others, False)
+        return 0.0
 
     def _tell(self, servers: list[int], waiting: bool) -> None:
         msgs = [PSWaiting(waiting=waiting) if s in servers else None
