@@ -129,6 +129,45 @@ def test_pipelined_requests_are_answered_by_request_id() -> None:
         assert c.result(waiting) == OkReply()
 
 
+def test_a_call_waiting_alone_delivers_the_replies_of_other_threads() -> None:
+    # The first call finds nothing in flight and reads its own reply directly; calls made
+    # meanwhile by other threads must get their replies from that reader, not after it.
+    with StoreServer(port=0).start() as srv, Client("127.0.0.1", srv.port, timeout=10) as c:
+        parked: list[object] = []
+        waiter = threading.Thread(target=lambda: parked.append(c.call(Wait(("go",), 10_000))))
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not c._reading and time.monotonic() < deadline:  # the waiter holds the read
+            time.sleep(0.001)
+        assert c._reading
+        assert [c.call(Add("n", 1)).value for _ in range(20)] == list(range(1, 21))  # type: ignore[attr-defined]
+        c.call(Set("go", b"1"))
+        waiter.join(10)
+        assert parked == [OkReply()]
+
+
+def test_threads_sharing_a_client_lose_no_reply() -> None:
+    with StoreServer(port=0).start() as srv, Client("127.0.0.1", srv.port, timeout=10) as c:
+        results: list[list[int]] = []
+
+        def worker(use_submit: bool) -> None:
+            mine = []
+            for _ in range(200):
+                reply = c.result(c.submit(Add("n", 1))) if use_submit else c.call(Add("n", 1))
+                mine.append(reply.value)  # type: ignore[attr-defined]
+            results.append(mine)
+
+        threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        seen = sorted(v for mine in results for v in mine)
+        assert seen == list(range(1, 1601))
+        assert all(mine == sorted(mine) for mine in results)
+
+
 def test_the_client_refuses_a_key_over_the_server_cap_before_sending() -> None:
     with StoreServer(port=0, max_key_bytes=8).start() as srv:
         with Client("127.0.0.1", srv.port, timeout=5) as c:

@@ -46,6 +46,7 @@ _READ_SLICE = 1.0
 #: Reads after the first one of a turn must not block (``0`` where the flag is missing).
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
+_NO_REPLY = object()
 
 
 def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
@@ -155,7 +156,64 @@ class Client:
             StoreTimeoutError: no reply within ``timeout`` (default: the client's).
             KVSyncError subclasses: the error the server answered with.
         """
-        return self.result(self.submit(msg), timeout)
+        timeout = self.timeout if timeout is None else timeout
+        cond = self._cond
+        with cond:
+            alone = not self._reading and not self._waiting and self._error is None
+            if alone:  # nothing else in flight: this call reads its own reply directly
+                self._reading = True
+        if not alone:
+            return self.result(self.submit(msg), timeout)
+        try:
+            return self._call_alone(msg, timeout)
+        finally:
+            with cond:
+                self._reading = False
+                if self._waiting:  # requests sent meanwhile: one of them reads next
+                    cond.notify_all()
+
+    def _call_alone(self, msg: object, timeout: float) -> object:
+        """:meth:`call` while holding the reader role with nothing else in flight: send,
+        then read until this request's reply (filing replies to requests other threads
+        sent meanwhile, as :meth:`result` does)."""
+        deadline = time.monotonic() + timeout
+        with self._send_lock:
+            request_id = next(self._ids)
+            parts = self._proto.send(request_id, msg)
+            try:
+                self._send_all(parts)
+            except StoreConnectionError as exc:
+                self._fail(exc)
+                raise
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreTimeoutError(
+                    f"no reply from store server {self.address} to request {request_id}"
+                    f" within {timeout:g} s{self.timeout_hint}"
+                )
+            try:
+                events = self._read(remaining)
+            except KVSyncError as exc:
+                self._fail(exc)
+                self._raise_if_failed()
+                raise
+            reply, others = _NO_REPLY, False
+            for ev in events:
+                if ev.request_id == request_id:
+                    reply = ev.message
+                else:
+                    others = True
+            if others:
+                with self._cond:
+                    for ev in events:
+                        if ev.request_id in self._waiting:
+                            self._results[ev.request_id] = ev.message
+                    self._cond.notify_all()
+            if reply is not _NO_REPLY:
+                if isinstance(reply, ErrorReply):
+                    raise error_from_code(reply.code, reply.message)
+                return reply
 
     def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
@@ -226,16 +284,19 @@ class Client:
 
     def _read(self, timeout: float) -> list[Event]:
         """Block up to ``timeout`` (at most :data:`_READ_SLICE`) for replies; decode them."""
-        wanted = min(timeout, _READ_SLICE)
+        wanted = timeout if timeout < _READ_SLICE else _READ_SLICE
         if wanted != self._recv_timeout:
             _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, wanted)
             self._recv_timeout = wanted
-        proto, events, flags = self._proto, [], 0
+        proto, recv_into = self._proto, self._sock.recv_into
+        next_event = proto.next_event
+        events: list[Event] = []
+        flags = 0
         for _ in range(64):
             buf = proto.receive_buffer()
-            size = len(buf)
+            size = buf.nbytes
             try:
-                n = self._sock.recv_into(buf, 0, flags)
+                n = recv_into(buf, 0, flags)
             except (BlockingIOError, InterruptedError):  # the kernel timeout, or drained
                 break
             except OSError as exc:
@@ -250,12 +311,11 @@ class Client:
                 )
             proto.advance(n)
             for _ in range(1_000_000):
-                ev = proto.next_event()
+                ev = next_event()
                 if ev is NEED_DATA:
                     break
-                assert isinstance(ev, Event)
-                events.append(ev)
-            if n < min(size, 65536):  # keep reading while a big payload streams in
+                events.append(ev)  # type: ignore[arg-type]
+            if n < size and n < 65536:  # else keep reading: a big payload streams in
                 break
             flags = _DONTWAIT
         return events

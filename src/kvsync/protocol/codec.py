@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
@@ -34,8 +36,22 @@ from kvsync.protocol.fields import (
     Reader,
     Writer,
 )
-from kvsync.protocol.frame import HEADER_SIZE, pack_header
-from kvsync.protocol.messages import MESSAGE_OF, OPCODE_OF, Opcode
+from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
+from kvsync.protocol.messages import (
+    MESSAGE_OF,
+    OPCODE_OF,
+    Add,
+    Append,
+    Check,
+    DeleteKey,
+    Get,
+    IntReply,
+    Opcode,
+    QueuePush,
+    Set,
+    ValueReply,
+    Wait,
+)
 
 __all__ = ["BIG_BUFFER", "FIELD_CODECS", "Decoder", "Limits", "encode_frame"]
 
@@ -110,6 +126,19 @@ def encode_frame(
         b'KVSY\\x01\\x1f'
     """
     cls = type(msg)
+    fast = _FAST.get(cls)
+    if fast is not None:
+        frame = fast(request_id, msg, limits)
+        if frame is not None:
+            return [frame]
+    return _encode_fields(request_id, msg, limits)
+
+
+def _encode_fields(
+    request_id: int, msg: object, limits: Limits | None
+) -> list[bytes | bytearray | memoryview]:
+    """The general encoder: every message, every field type, every error."""
+    cls = type(msg)
     enc = _ENCODE.get(cls)
     if enc is None:
         enc = _encode_layout(cls)
@@ -133,6 +162,172 @@ def encode_frame(
     if len(w.parts) == 1:
         return w.parts
     return [p for p in w.parts if len(p)]
+
+
+# --- fast encoders for the small messages of the hot path ------------------------------------
+# Each builds the whole frame as one ``bytes`` in a couple of calls, byte for byte what
+# ``_encode_fields`` builds, but only for the plain case: exact types, small values, within
+# the caps. Anything else (a subclass, a surrogate in a key, a value worth sending uncopied,
+# a cap or range exceeded) returns ``None`` and takes the general path, which raises the
+# errors. tests/protocol/test_fast_encode.py checks the equality with hypothesis.
+
+_Fast = Callable[[int, object, "Limits | None"], "bytes | None"]
+_HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
+_HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
+_HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+_U32 = struct.Struct("<I")
+_TAIL_BQ = struct.Struct("<?q")  # a bool and an int field
+_SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the general path
+
+
+def _fits(limits: Limits | None, key_bytes: int, value_bytes: int, size: int) -> bool:
+    """Whether a frame with these sizes is within ``limits`` (0 caps nothing)."""
+    if limits is None:
+        return True
+    return not (
+        (limits.max_key_bytes and key_bytes > limits.max_key_bytes)
+        or (limits.max_value_bytes and value_bytes > limits.max_value_bytes)
+        or size > limits.max_frame_bytes
+    )
+
+
+def _plain_bytes(value: object) -> bool:
+    """``value`` is bytes-like with one-byte items in one piece (no cast or copy needed)."""
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return True
+    return t is memoryview and value.format == "B" and value.ndim == 1 and value.contiguous  # type: ignore[attr-defined]
+
+
+def _fast_key_value(opcode: int) -> _Fast:
+    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+        key, value = msg.key, msg.value  # type: ignore[attr-defined]
+        if type(key) is not str or not _plain_bytes(value) or len(value) >= _SMALL:
+            return None
+        try:
+            k = key.encode()
+            size = 12 + len(k) + len(value)
+            if not _fits(limits, len(k), len(value), size):
+                return None
+            head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
+        except (UnicodeEncodeError, struct.error):
+            return None
+        return b"".join((head, k, _U64.pack(len(value)), value))
+
+    return encode
+
+
+def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _Fast:
+    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+        key = msg.key  # type: ignore[attr-defined]
+        if type(key) is not str:
+            return None
+        try:
+            rest = b"" if tail is None else tail(msg)
+            k = key.encode()
+            size = 4 + len(k) + len(rest)
+            if not _fits(limits, len(k), 0, size):
+                return None
+            head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
+        except (UnicodeEncodeError, struct.error, TypeError):
+            return None
+        return b"".join((head, k, rest))
+
+    return encode
+
+
+def _get_tail(msg: object) -> bytes:
+    block, timeout_ms = msg.block, msg.timeout_ms  # type: ignore[attr-defined]
+    if type(block) is not bool or type(timeout_ms) is not int:
+        raise TypeError
+    return _TAIL_BQ.pack(block, timeout_ms)
+
+
+def _add_tail(msg: object) -> bytes:
+    amount = msg.amount  # type: ignore[attr-defined]
+    if type(amount) is not int:
+        raise TypeError
+    return _I64.pack(amount)
+
+
+def _fast_keys(opcode: int, with_timeout: bool) -> _Fast:
+    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+        keys = msg.keys  # type: ignore[attr-defined]
+        if type(keys) is not tuple or len(keys) > 64:
+            return None
+        try:
+            parts: list[bytes] = []
+            longest = 0
+            for key in keys:
+                if type(key) is not str:
+                    return None
+                k = key.encode()
+                longest = max(longest, len(k))
+                parts += (_U32.pack(len(k)), k)
+            if with_timeout:
+                timeout_ms = msg.timeout_ms  # type: ignore[attr-defined]
+                if type(timeout_ms) is not int:
+                    return None
+                parts.append(_I64.pack(timeout_ms))
+            body = b"".join(parts)
+            if not _fits(limits, longest, 0, 4 + len(body)) or (
+                limits is not None and len(keys) > limits.max_items
+            ):
+                return None
+            head = _HEAD_U32.pack(
+                MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, 4 + len(body), len(keys)
+            )
+        except (UnicodeEncodeError, struct.error):
+            return None
+        return head + body
+
+    return encode
+
+
+def _fast_int_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+    value = msg.value  # type: ignore[attr-defined]
+    if type(value) is not int or not _fits(limits, 0, 0, 8):
+        return None
+    try:
+        frame: bytes = _HEAD_I64.pack(MAGIC, PROTOCOL_VERSION, _INT_REPLY, 0, request_id, 8, value)
+    except struct.error:
+        return None
+    return frame
+
+
+def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+    value = msg.value  # type: ignore[attr-defined]
+    if not _plain_bytes(value) or len(value) >= _SMALL:
+        return None
+    if not _fits(limits, 0, len(value), 8 + len(value)):
+        return None
+    try:
+        head = _HEAD_U64.pack(
+            MAGIC, PROTOCOL_VERSION, _VALUE_REPLY, 0, request_id, 8 + len(value), len(value)
+        )
+    except struct.error:
+        return None
+    frame: bytes = head + value
+    return frame
+
+
+_INT_REPLY = int(Opcode.INT)
+_VALUE_REPLY = int(Opcode.VALUE)
+#: message class -> its fast encoder (see above); every other class takes the general path.
+_FAST: dict[type, _Fast] = {
+    Set: _fast_key_value(int(Opcode.SET)),
+    Append: _fast_key_value(int(Opcode.APPEND)),
+    QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
+    Get: _fast_key(int(Opcode.GET), _get_tail),
+    Add: _fast_key(int(Opcode.ADD), _add_tail),
+    DeleteKey: _fast_key(int(Opcode.DELETE_KEY), None),
+    Wait: _fast_keys(int(Opcode.WAIT), with_timeout=True),
+    Check: _fast_keys(int(Opcode.CHECK), with_timeout=False),
+    IntReply: _fast_int_reply,
+    ValueReply: _fast_value_reply,
+}
 
 
 _DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...]]

@@ -191,13 +191,12 @@ class Connection:
                 is not a message this role may send.
             LimitExceededError: a key/value is over the server's cap (client side).
         """
-        self._check_usable()
-        if self._state is not _State.READY:
-            raise LocalProtocolError("cannot send requests before the handshake completes")
-        is_reply = type(msg) in _REPLY_TYPES
-        if is_reply is not (self.role is Role.SERVER):
+        if self._error is None and self._state is _State.READY:
+            if (type(msg) in _REPLY_TYPES) is (self.role is Role.SERVER):
+                return encode_frame(request_id, msg, self.peer_limits)
             raise LocalProtocolError(f"a {self.role.value} cannot send {type(msg).__name__}")
-        return encode_frame(request_id, msg, self.peer_limits)
+        self._check_usable()
+        raise LocalProtocolError("cannot send requests before the handshake completes")
 
     # --- receiving ----------------------------------------------------------------------
 
