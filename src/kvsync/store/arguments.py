@@ -101,6 +101,9 @@ def check_keys(keys: object, what: str) -> tuple[str, ...]:
     """
     if isinstance(keys, str):
         return (keys,)
+    if type(keys) is list or type(keys) is tuple:  # the common case: no per-key call
+        if all(type(k) is str for k in keys):
+            return tuple(keys)
     if not isinstance(keys, Iterable) or isinstance(keys, bytes | bytearray | memoryview):
         raise TypeError(f"{what} expects a list of str keys, got {type(keys).__name__}")
     return tuple(check_key(k) for k in keys)

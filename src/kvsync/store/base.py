@@ -75,6 +75,8 @@ class Store(abc.ABC):
     def __init__(self, timeout: Timeout = defaults.DEFAULT_TIMEOUT) -> None:
         self._timeout = to_seconds(timeout)
         self._closed = False
+        #: (the timeout it was computed for, _deadline(None)): recomputed when it changes.
+        self._default_deadline: tuple[float, tuple[int, float]] = (-1.0, (0, 0.0))
 
     # --- the one method a concrete store implements ---------------------------------------
 
@@ -109,7 +111,14 @@ class Store(abc.ABC):
 
     def _deadline(self, timeout: Timeout | None) -> tuple[int, float]:
         """(server-side timeout_ms, client-side reply timeout) for a blocking request."""
-        seconds = self._timeout if timeout is None else to_seconds(timeout)
+        if timeout is None:
+            cached = self._default_deadline
+            if cached[0] == self._timeout:
+                return cached[1]
+            seconds = self._timeout
+            self._default_deadline = (seconds, (to_ms(seconds), seconds + REPLY_GRACE_SECONDS))
+            return self._default_deadline[1]
+        seconds = to_seconds(timeout)
         return to_ms(seconds), seconds + REPLY_GRACE_SECONDS
 
     # --- the Store API --------------------------------------------------------------------
