@@ -109,7 +109,8 @@ class Client:
         self._send_timeout = -1.0  # the SO_SNDTIMEO last set
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # guards the fields below; not re-entrant
+        self._cond = threading.Condition(self._lock)
         self._reading = False
         self._results: dict[int, object] = {}
         self._waiting: set[int] = set()
@@ -157,8 +158,8 @@ class Client:
             KVSyncError subclasses: the error the server answered with.
         """
         timeout = self.timeout if timeout is None else timeout
-        cond = self._cond
-        with cond:
+        lock = self._lock
+        with lock:
             alone = not self._reading and not self._waiting and self._error is None
             if alone:  # nothing else in flight: this call reads its own reply directly
                 self._reading = True
@@ -167,10 +168,10 @@ class Client:
         try:
             return self._call_alone(msg, timeout)
         finally:
-            with cond:
+            with lock:
                 self._reading = False
                 if self._waiting:  # requests sent meanwhile: one of them reads next
-                    cond.notify_all()
+                    self._cond.notify_all()
 
     def _call_alone(self, msg: object, timeout: float) -> object:
         """:meth:`call` while holding the reader role with nothing else in flight: send,
@@ -205,7 +206,7 @@ class Client:
                 else:
                     others = True
             if others:
-                with self._cond:
+                with self._lock:
                     for ev in events:
                         if ev.request_id in self._waiting:
                             self._results[ev.request_id] = ev.message
