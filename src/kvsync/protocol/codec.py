@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
@@ -135,9 +137,83 @@ def encode_frame(
     return [p for p in w.parts if len(p)]
 
 
-_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...]]
+#: A decoder for the common case: the message, or ``None`` when the general path must decide.
+_Fast = Callable[[bytearray], object | None]
+_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _Fast | None]
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
+_KEY_LEN = struct.Struct("<I")
+_VALUE_LEN = struct.Struct("<Q")
+#: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
+_SCALAR_CODES = {"int": "q", "bool": "B", "float": "d"}
+
+
+def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _Fast:
+    """Fast decoder of a message made of a ``str`` then fixed-size fields (Get, Add, ...)."""
+    tail = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
+    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
+    size = tail.size
+
+    def decode(payload: bytearray) -> object | None:
+        if len(payload) < 4:
+            return None
+        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        if len(payload) != end + size or (key_cap and end - 4 > key_cap):
+            return None
+        values = list(tail.unpack_from(payload, end))
+        for i in bools:
+            if values[i] > 1:
+                return None
+            values[i] = values[i] == 1
+        try:
+            key = payload[4:end].decode()
+        except UnicodeDecodeError:
+            return None
+        msg: object = cls(key, *values)
+        return msg
+
+    return decode
+
+
+def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _Fast:
+    """Fast decoder of a message made of a ``str`` then a ``Buffer`` (Set, QueuePush, ...)."""
+
+    def decode(payload: bytearray) -> object | None:
+        size = len(payload)
+        if size < 12:
+            return None
+        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        if end + 8 > size or (key_cap and end - 4 > key_cap):
+            return None
+        n = _VALUE_LEN.unpack_from(payload, end)[0]
+        if end + 8 + n != size or (value_cap and n > value_cap):
+            return None
+        try:
+            key = payload[4:end].decode()
+        except UnicodeDecodeError:
+            return None
+        msg: object = cls(key, memoryview(payload)[end + 8 :])
+        return msg
+
+    return decode
+
+
+def _fast_decoder(cls: type, limits: Limits) -> _Fast | None:
+    """A fast decoder for ``cls`` when its layout is a key then scalars or one buffer.
+
+    It returns the very message the general path would, or ``None`` for any payload it
+    does not fully accept (the general path then decodes it or names what is wrong).
+    """
+    fields = dataclasses.fields(cls)
+    annotations = [str(f.type) for f in fields]
+    if not annotations or annotations[0] != "str":
+        return None
+    key_cap = limits.max_key_bytes if fields[0].name in KEY_FIELDS else 0
+    if annotations[1:] == ["Buffer"]:
+        return _key_then_buffer(cls, key_cap, limits.max_value_bytes)
+    if all(a in _SCALAR_CODES for a in annotations[1:]):
+        return _key_then_scalars(cls, key_cap, annotations[1:])
+    return None
 
 
 class Decoder:
@@ -153,10 +229,11 @@ class Decoder:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        #: opcode -> (message class, its fields with the cap of each), filled on first use.
-        self._caps: dict[int, tuple[type, tuple[tuple[Decode, str, int], ...]]] = {}
+        #: opcode -> (message class, its fields with the cap of each, its fast decoder or
+        #: None), filled on first use.
+        self._caps: dict[int, _DecodeEntry] = {}
 
-    def _entry(self, opcode: int) -> tuple[type, tuple[tuple[Decode, str, int], ...]]:
+    def _entry(self, opcode: int) -> _DecodeEntry:
         entry = _DECODE.get((self.limits, opcode))  # shared: a server makes a Decoder per client
         if entry is None:
             try:
@@ -167,7 +244,7 @@ class Decoder:
                 (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
                 for f in _layout(cls)
             )
-            entry = (cls, fields)
+            entry = (cls, fields, _fast_decoder(cls, self.limits))
             if len(_DECODE) < 4096:  # bounded: one entry per (caps, opcode) in use
                 _DECODE[(self.limits, opcode)] = entry
         self._caps[opcode] = entry
@@ -182,15 +259,25 @@ class Decoder:
             LimitExceededError: a key, value or item count is over a cap.
         """
         entry = self._caps.get(opcode)
-        cls, fields = entry if entry is not None else self._entry(opcode)
-        if not fields:
-            if payload:
-                raise RemoteProtocolError(
-                    f"{cls.__name__} payload has {len(payload)} trailing bytes"
-                )
-            return cls()
-        r = Reader(payload, self.limits)
-        values = [decode(r, what, cap) for decode, what, cap in fields]
-        if r.pos != r.end:
-            raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
-        return cls(*values)
+        if entry is None:
+            entry = self._entry(opcode)
+        fast = entry[2]
+        if fast is not None:
+            msg = fast(payload)
+            if msg is not None:
+                return msg
+        return _decode_fields(entry, payload, self.limits)
+
+
+def _decode_fields(entry: _DecodeEntry, payload: bytearray, limits: Limits) -> object:
+    """The general path of :meth:`Decoder.decode`: field by field, naming any fault."""
+    cls, fields, _ = entry
+    if not fields:
+        if payload:
+            raise RemoteProtocolError(f"{cls.__name__} payload has {len(payload)} trailing bytes")
+        return cls()
+    r = Reader(payload, limits)
+    values = [decode(r, what, cap) for decode, what, cap in fields]
+    if r.pos != r.end:
+        raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
+    return cls(*values)
