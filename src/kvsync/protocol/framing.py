@@ -244,17 +244,22 @@ class FrameBuffer:
         if self._ready:
             return self._ready.popleft()
         start = self._start
-        if self._header is None and self._payload is None and self._end - start >= HEADER_SIZE:
-            # Fast path: a header is complete; a small frame wholly received is cut out at once.
-            header = self._check(tuple.__new__(Header, HEADER.unpack_from(self._scratch, start)))
-            begin = start + HEADER_SIZE
-            end = begin + header.length
-            if header.length <= SMALL_FRAME and end <= self._end:
-                self._start = end
-                if self._landings:
-                    self._landings.pop(header.request_id, None)
-                return header, self._scratch[begin:end]
-            self._header, self._start = header, begin
+        if self._header is None and self._payload is None:
+            avail = self._end - start
+            if avail < len(MAGIC):  # nothing to look at yet (the usual end of a batch)
+                return None
+            if avail >= HEADER_SIZE:
+                # Fast path: a small frame wholly received is cut out at once.
+                fields = HEADER.unpack_from(self._scratch, start)
+                header = self._check(tuple.__new__(Header, fields))
+                begin = start + HEADER_SIZE
+                end = begin + header.length
+                if header.length <= SMALL_FRAME and end <= self._end:
+                    self._start = end
+                    if self._landings:
+                        self._landings.pop(header.request_id, None)
+                    return header, self._scratch[begin:end]
+                self._header, self._start = header, begin
         self._parse_header()
         if self._ready:
             return self._ready.popleft()

@@ -231,7 +231,10 @@ class StoreServer:
         for key, mask in self._selector.select(timeout):
             data = key.data
             if type(data) is _Peer:
-                self._on_peer(data, mask)
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(data)
+                if mask & selectors.EVENT_READ and data.conn_id in self._peers:
+                    self._on_readable(data)
             else:
                 handler: Callable[[Any, int], None] = data
                 handler(key.fileobj, mask)
@@ -241,9 +244,10 @@ class StoreServer:
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
-        for peer in list(self._dirty.values()):
-            self._flush(peer)
-        self._dirty.clear()
+        if self._dirty:
+            for peer in list(self._dirty.values()):
+                self._flush(peer)
+            self._dirty.clear()
         if self._accept_resume is not None and now >= self._accept_resume:
             self._accept_resume = None
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
@@ -280,12 +284,6 @@ class StoreServer:
             self._peers[conn_id] = peer
             self._selector.register(sock, selectors.EVENT_READ, peer)
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
-
-    def _on_peer(self, peer: _Peer, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush(peer)
-        if mask & selectors.EVENT_READ and peer.conn_id in self._peers:
-            self._on_readable(peer)
 
     def _on_readable(self, peer: _Peer) -> None:
         if peer.closing is not None:

@@ -172,8 +172,8 @@ class StoreState:
         except _RejectError as exc:
             reply = ErrorReply(exc.code, exc.message)
         wakeups = self._out
-        if not wakeups:
-            return [] if reply is None else [Outgoing(conn_id, request_id, reply)]
+        if not wakeups:  # the usual: just the reply (tuple.__new__: Outgoing(...) made in C)
+            return [] if reply is None else [tuple.__new__(Outgoing, (conn_id, request_id, reply))]
         self._out = []
         if reply is not None:
             wakeups.insert(0, Outgoing(conn_id, request_id, reply))
@@ -303,16 +303,20 @@ class StoreState:
         key, value = msg.key, msg.value
         if len(key) * 4 > self.max_key_bytes:  # only then can the key be too long
             self._check_key(key)
-        self._check_value(key, _nbytes(value))
+        if (value.nbytes if type(value) is memoryview else len(value)) > self.max_value_bytes:
+            self._check_value(key, _nbytes(value))
         self._store(key, value)
         return _OK
 
     def _get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, Get)
-        if len(msg.key) * 4 > self.max_key_bytes:
-            self._check_key(msg.key)
+        key = msg.key
+        if len(key) * 4 > self.max_key_bytes:
+            self._check_key(key)
         if not msg.block:
-            return ValueReply(self._value_of(msg.key) or b"")
+            if key in self._queues:
+                raise _wrong_kind(key, "queue", "value")
+            return ValueReply(self._values.get(key) or b"")
         return self._block_on(conn_id, request_id, msg, (msg.key,), msg.timeout_ms, now)
 
     def _multi_get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
