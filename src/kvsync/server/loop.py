@@ -302,7 +302,7 @@ class StoreServer:
             if n == 0:
                 self._drop(peer, "client closed the connection")
                 return
-            if not self._process(peer) or n < min(size, _STREAMING):
+            if not self._process(peer) or (n < size and n < _STREAMING):
                 return
 
     def _process(self, peer: _Peer) -> bool:
