@@ -40,7 +40,6 @@ from kvsync.protocol.frame import (
     MAGIC,
     PROTOCOL_VERSION,
     Header,
-    unpack_header,
 )
 
 __all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
@@ -190,18 +189,15 @@ class FrameBuffer:
             view = view[n:]
 
     def _parse_header(self) -> None:
-        """Validate a complete pending header; move a large payload into its own buffer."""
+        """Refuse a partial header that cannot be kvsync; move a large payload (its header
+        checked by :meth:`next_frame`) into its own buffer."""
         if self._header is None and self._payload is None:
-            avail, start = self._end - self._start, self._start
-            if avail < HEADER_SIZE:
-                if avail >= len(MAGIC) and self._scratch[start : start + len(MAGIC)] != MAGIC:
-                    magic = bytes(self._scratch[start : start + len(MAGIC)])
-                    self.last_request_id = 0
-                    self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
-                return
-            header = self._check(unpack_header(self._scratch, start))
-            self._header = header
-            self._start += HEADER_SIZE
+            start = self._start
+            magic = bytes(self._scratch[start : min(start + len(MAGIC), self._end)])
+            if len(magic) == len(MAGIC) and magic != MAGIC:
+                self.last_request_id = 0
+                self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
+            return
         h = self._header
         if h is not None and self._payload is None and h.length > SMALL_FRAME:
             landing = self._landings.pop(h.request_id, None) if self._landings else None
@@ -222,19 +218,6 @@ class FrameBuffer:
                 self._start += n
                 self.feed(data)
 
-    def _check(self, h: Header) -> Header:
-        """``h`` once it passed the quick test or ``validate``."""
-        self.last_request_id = h.request_id
-        if (
-            h.magic != MAGIC
-            or h.version != PROTOCOL_VERSION
-            or h.flags
-            or h.opcode not in self._opcodes
-            or h.length > self._max_length
-        ):
-            self._validate(h)
-        return h
-
     def next_frame(self) -> tuple[Header, bytearray | Landed] | None:
         """The next complete frame, or ``None`` until more bytes arrive.
 
@@ -248,16 +231,25 @@ class FrameBuffer:
             avail = self._end - start
             if avail < len(MAGIC):  # nothing to look at yet (the usual end of a batch)
                 return None
-            if avail >= HEADER_SIZE:
-                # Fast path: a small frame wholly received is cut out at once.
+            if avail >= HEADER_SIZE:  # a header is complete: check it (the quick test)
                 fields = HEADER.unpack_from(self._scratch, start)
-                header = self._check(tuple.__new__(Header, fields))
+                magic, version, opcode, flags, request_id, length = fields
+                self.last_request_id = request_id
+                header = tuple.__new__(Header, fields)
+                if (
+                    magic != MAGIC
+                    or version != PROTOCOL_VERSION
+                    or flags
+                    or opcode not in self._opcodes
+                    or length > self._max_length
+                ):
+                    self._validate(header)
                 begin = start + HEADER_SIZE
-                end = begin + header.length
-                if header.length <= SMALL_FRAME and end <= self._end:
+                end = begin + length
+                if length <= SMALL_FRAME and end <= self._end:  # small and all here: cut out
                     self._start = end
                     if self._landings:
-                        self._landings.pop(header.request_id, None)
+                        self._landings.pop(request_id, None)
                     return header, self._scratch[begin:end]
                 self._header, self._start = header, begin
         self._parse_header()
