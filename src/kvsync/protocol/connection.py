@@ -1,10 +1,12 @@
 """A sans-IO kvsync connection (the h11 model): bytes in, events out, messages to buffers.
 
 Strategy: a :class:`~kvsync.protocol.framing.FrameBuffer` splits the byte stream into
-frames (``receive_data`` copies into it; ``receive_buffer``/``advance`` let a socket
-``recv_into`` it directly, big payloads straight into their own fresh buffer). Each header
-is validated here (magic, version, flags, opcode, payload length against the frame cap)
-before anything is allocated; each payload is decoded by the codec into views of itself.
+frames (``receive_data`` copies into it; ``receive_buffer``/``advance``, or
+``receive_from`` in one call, let a socket ``recv_into`` it directly, big payloads straight
+into their own fresh buffer). Each header is validated (magic, version, flags, opcode,
+payload length against the frame cap) before anything is allocated: the frame buffer's
+quick test passes the good ones, and this object names what is wrong with the others; each
+payload is decoded by the codec into views of itself.
 
 The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
 dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
