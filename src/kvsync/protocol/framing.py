@@ -48,6 +48,7 @@ __all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
+_MAGIC_SIZE: Final = len(MAGIC)
 
 
 class Landing(NamedTuple):
@@ -193,8 +194,8 @@ class FrameBuffer:
         checked by :meth:`next_frame`) into its own buffer."""
         if self._header is None and self._payload is None:
             start = self._start
-            magic = bytes(self._scratch[start : min(start + len(MAGIC), self._end)])
-            if len(magic) == len(MAGIC) and magic != MAGIC:
+            magic = bytes(self._scratch[start : min(start + _MAGIC_SIZE, self._end)])
+            if len(magic) == _MAGIC_SIZE and magic != MAGIC:
                 self.last_request_id = 0
                 self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
             return
@@ -229,7 +230,7 @@ class FrameBuffer:
         start = self._start
         if self._header is None and self._payload is None:
             avail = self._end - start
-            if avail < len(MAGIC):  # nothing to look at yet (the usual end of a batch)
+            if avail < _MAGIC_SIZE:  # nothing to look at yet (the usual end of a batch)
                 return None
             if avail >= HEADER_SIZE:  # a header is complete: check it (the quick test)
                 fields = HEADER.unpack_from(self._scratch, start)
