@@ -22,6 +22,7 @@ from kvsync.protocol.messages import (
     DeleteKey,
     Get,
     IntReply,
+    OkReply,
     QueuePush,
     Set,
     ValueReply,
@@ -69,6 +70,7 @@ messages = st.one_of(
     st.builds(Wait, key_tuples, ints),
     st.builds(Check, key_tuples),
     st.builds(IntReply, ints),
+    st.just(OkReply()),
     st.builds(ValueReply, values),
 )
 
@@ -105,6 +107,7 @@ def test_the_plain_cases_take_the_fast_path():
         Check(("a",)),
         DeleteKey("k"),
         IntReply(7),
+        OkReply(),
         ValueReply(memoryview(bytearray(b"xy"))),
     ):
         assert codec._FAST[type(msg)](5, msg, lim) is not None, msg

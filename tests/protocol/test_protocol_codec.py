@@ -15,7 +15,15 @@ from protocol_strategies import any_message, message_strategy, normalize
 
 import kvsync.protocol
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
-from kvsync.protocol.codec import BIG_BUFFER, FIELD_CODECS, Decoder, Limits, encode_frame
+from kvsync.protocol.codec import (
+    BIG_BUFFER,
+    FIELD_CODECS,
+    Decoder,
+    Limits,
+    _decode_fields,
+    _fast_decoder,
+    encode_frame,
+)
 from kvsync.protocol.fields import Reader, Writer
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
 from kvsync.protocol.messages import (
@@ -221,3 +229,42 @@ def test_protocol_package_does_no_io() -> None:
                 names = [node.module]
             bad = {n.split(".")[0] for n in names} & forbidden
             assert not bad, f"{path.name} imports {bad}"
+
+
+_FAST_CASES = [
+    (cls, fast)
+    for cls in sorted(MESSAGE_OF.values(), key=lambda c: c.__name__)
+    if (fast := _fast_decoder(cls, Limits(max_key_bytes=12, max_value_bytes=30))) is not None
+]
+_SMALL_CAPS = Limits(max_key_bytes=12, max_value_bytes=30)
+
+
+def test_the_fast_decoders_cover_the_store_api_hot_messages() -> None:
+    covered = {cls for cls, _ in _FAST_CASES}
+    assert {Set, Get} <= covered and MultiSet not in covered and ErrorReply not in covered
+
+
+@given(data=st.data(), case=st.sampled_from(_FAST_CASES))
+def test_a_fast_decoder_gives_the_general_result_or_defers_to_it(
+    data: st.DataObject, case: tuple[type, Any]
+) -> None:
+    cls, fast = case
+    _, opcode, payload = _payload(encode_frame(1, data.draw(message_strategy(cls))))
+    cut = data.draw(st.integers(0, len(payload)))
+    edit = data.draw(st.sampled_from(["none", "truncate", "extend", "flip"]))
+    if edit == "truncate":
+        payload = payload[:cut]
+    elif edit == "extend":
+        payload += data.draw(st.binary(min_size=1, max_size=3))
+    elif edit == "flip" and payload:
+        payload[min(cut, len(payload) - 1)] ^= data.draw(st.integers(1, 255))
+    entry = Decoder(_SMALL_CAPS)._entry(opcode)
+    try:
+        general = _decode_fields(entry, bytearray(payload), _SMALL_CAPS)
+    except (RemoteProtocolError, LimitExceededError):
+        assert fast(bytearray(payload)) is None
+        return
+    quick = fast(bytearray(payload))
+    assert quick is None or normalize(quick) == normalize(general)
+    if edit == "none":  # an untouched frame within the caps is decoded by the fast path
+        assert quick is not None and type(quick) is cls

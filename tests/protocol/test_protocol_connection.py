@@ -285,12 +285,25 @@ def _fuzz_stream() -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=200), st.composite(mutate)())
 
 
-def _outcome(stream: bytes, cuts: list[int]) -> tuple[list[Any], str | None]:
+def _receive_from(conn: Connection, data: bytes) -> None:
+    """Feed ``data`` through ``receive_from`` the way a socket's recv_into would."""
+    while data:
+        n, size = conn.receive_from(lambda buf, rest=data: _fill(buf, rest[: len(buf)]))
+        assert 0 < n <= size
+        data = data[n:]
+
+
+def _outcome(
+    stream: bytes, cuts: list[int], via_receive_from: bool = False
+) -> tuple[list[Any], str | None]:
     conn = Connection(Role.SERVER, limits=SMALL_LIMITS)
     got: list[Any] = []
     try:
         for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-            conn.receive_data(stream[a:b])
+            if via_receive_from:
+                _receive_from(conn, stream[a:b])
+            else:
+                conn.receive_data(stream[a:b])
             for _ in range(10_000):
                 ev = conn.next_event()
                 if ev is NEED_DATA:
@@ -310,6 +323,7 @@ def test_any_bytes_in_any_split_give_the_same_messages_or_a_protocol_error(
     assert _outcome(stream, list(range(1, len(stream)))) == whole
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     assert _outcome(stream, cuts) == whole
+    assert _outcome(stream, cuts, via_receive_from=True) == whole
 
 
 def test_pack_header_round_trips() -> None:
@@ -375,3 +389,46 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
     assert isinstance(fallback, PSValuesReply) and fallback.values[0] is not other
     assert np.array_equal(fallback.values[0], arr) and not other.any()
     assert isinstance(events[2].message, ErrorReply)
+
+
+def test_receive_from_fills_an_empty_scratch_buffer_in_place_and_reports_its_size() -> None:
+    client, server = _pair()
+    frame = _join(client.send(4, Set("k", b"v" * 16))) * 2
+    calls: list[type] = []
+
+    def recv_into(buf: memoryview | bytearray) -> int:
+        calls.append(type(buf))
+        buf[: len(frame)] = frame
+        return len(frame)
+
+    n, size = server.receive_from(recv_into)
+    assert (n, calls) == (len(frame), [bytearray]) and size >= n
+    assert [e.request_id for e in _events(server)] == [4, 4]
+    half = len(frame) // 3  # now a partial frame stays: the next call gets a view after it
+    server.receive_data(frame[:half])
+    n, _ = server.receive_from(lambda buf: _fill_view(buf, frame[half:]))
+    assert n == len(frame) - half and [e.request_id for e in _events(server)] == [4, 4]
+
+
+def _fill(buf: memoryview | bytearray, data: bytes) -> int:
+    buf[: len(data)] = data
+    return len(data)
+
+
+def _fill_view(buf: memoryview | bytearray, data: bytes) -> int:
+    assert isinstance(buf, memoryview)
+    return _fill(buf, data)
+
+
+def test_receive_from_lets_recv_errors_through_and_records_nothing() -> None:
+    client, server = _pair()
+
+    def broken(buf: memoryview | bytearray) -> int:
+        raise BlockingIOError
+
+    with pytest.raises(BlockingIOError):
+        server.receive_from(broken)
+    server.receive_data(_join(client.send(2, Ping())))
+    with pytest.raises(BlockingIOError):
+        server.receive_from(broken)
+    assert [e.request_id for e in _events(server)] == [2]

@@ -331,3 +331,87 @@ def test_a_failing_logic_answers_a_server_error_and_keeps_serving(
             with pytest.raises(ServerError, match="boom"):
                 c.call(Get("k", False, 0))
             assert c.call(Ping()) == OkReply()
+
+
+def test_a_request_split_across_many_writes_is_answered(server: StoreServer) -> None:
+    c = RawClient(server.port)
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    frame = join(encode_frame(5, Set("split", b"v" * 16)))
+    for i in range(len(frame)):  # byte by byte: most arrive in separate reads
+        c.sock.sendall(frame[i : i + 1])
+        if i % 8 == 0:
+            time.sleep(0.002)
+    assert [(e.request_id, e.message) for e in c.events(1)] == [(5, OkReply())]
+    c.close()
+
+
+def test_pipelined_requests_and_wakeups_keep_their_order_per_connection(
+    server: StoreServer,
+) -> None:
+    a, b = RawClient(server.port), RawClient(server.port)
+    a.send(1, Wait(("go",), 10_000))
+    b.send(2, Wait(("go",), 10_000))
+    time.sleep(0.05)
+    # One write: b's own Wait is answered by its own Set, between its other replies, and a's
+    # Wait is answered on the other connection.
+    b.sock.sendall(
+        join(encode_frame(3, Ping())) + join(encode_frame(4, Set("go", b"1")))
+        + join(encode_frame(5, Get("go", False, 0)))
+    )  # fmt: skip
+    got = [(e.request_id, type(e.message).__name__) for e in b.events(4)]
+    assert got == [(3, "OkReply"), (4, "OkReply"), (2, "OkReply"), (5, "ValueReply")]
+    assert [(e.request_id, e.message) for e in a.events(1)] == [(1, OkReply())]
+    a.close()
+    b.close()
+
+
+def test_handshake_and_a_request_in_one_write_are_answered_in_order(server: StoreServer) -> None:
+    c = RawClient(server.port, handshake=False)
+    c.sock.sendall(join(c.proto.data_to_send()) + join(encode_frame(9, Ping())))
+    data = b""
+    while data.count(MAGIC) < 2:
+        chunk = c.sock.recv(65536)
+        assert chunk
+        data += chunk
+    first, second = HEADER.unpack_from(data, 0), HEADER.unpack_from(data, data.rindex(MAGIC))
+    assert first[2] == Opcode.HELLO_REPLY and (second[2], second[4]) == (Opcode.OK, 9)
+    c.close()
+
+
+class _TrickleSocket:
+    """A socket stand-in that accepts at most ``limit`` bytes per send (0: would block)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = bytearray()
+
+    def send(self, data: bytes | memoryview) -> int:
+        if not self.limit:
+            raise BlockingIOError
+        n = min(self.limit, len(data))
+        self.sent += bytes(data[:n])
+        return n
+
+    def sendmsg(self, buffers: list[bytes | memoryview]) -> int:
+        return self.send(b"".join(bytes(b) for b in buffers))
+
+
+@pytest.mark.parametrize("limit", [0, 7, 1000])
+def test_a_reply_the_socket_takes_only_in_part_is_queued_and_finished_in_order(
+    limit: int,
+) -> None:
+    from kvsync.server.loop import _Peer
+
+    srv = StoreServer(port=0)
+    try:
+        sock = _TrickleSocket(limit)
+        peer = _Peer(1, sock, "test", object())  # type: ignore[arg-type]
+        first, second = b"a" * 40, b"b" * 30
+        srv._send(peer, [first])
+        srv._send(peer, [second])
+        sock.limit = 7
+        for _ in range(20):
+            srv._flush(peer)
+        assert bytes(sock.sent) == first + second and not peer.outq and peer.pending == 0
+    finally:
+        srv.close()

@@ -46,6 +46,7 @@ from kvsync.protocol.messages import (
     DeleteKey,
     Get,
     IntReply,
+    OkReply,
     Opcode,
     QueuePush,
     Set,
@@ -171,7 +172,8 @@ def _encode_fields(
 # a cap or range exceeded) returns ``None`` and takes the general path, which raises the
 # errors. tests/protocol/test_fast_encode.py checks the equality with hypothesis.
 
-_Fast = Callable[[int, object, "Limits | None"], "bytes | None"]
+_FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
+_HEADER = struct.Struct("<4sBBHQQ")  # the header alone (a message with no fields)
 _HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
 _HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
 _HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
@@ -201,7 +203,7 @@ def _plain_bytes(value: object) -> bool:
     return t is memoryview and value.format == "B" and value.ndim == 1 and value.contiguous  # type: ignore[attr-defined]
 
 
-def _fast_key_value(opcode: int) -> _Fast:
+def _fast_key_value(opcode: int) -> _FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         key, value = msg.key, msg.value  # type: ignore[attr-defined]
         if type(key) is not str or not _plain_bytes(value) or len(value) >= _SMALL:
@@ -219,7 +221,7 @@ def _fast_key_value(opcode: int) -> _Fast:
     return encode
 
 
-def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _Fast:
+def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         key = msg.key  # type: ignore[attr-defined]
         if type(key) is not str:
@@ -252,7 +254,7 @@ def _add_tail(msg: object) -> bytes:
     return _I64.pack(amount)
 
 
-def _fast_keys(opcode: int, with_timeout: bool) -> _Fast:
+def _fast_keys(opcode: int, with_timeout: bool) -> _FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         keys = msg.keys  # type: ignore[attr-defined]
         if type(keys) is not tuple or len(keys) > 64:
@@ -313,10 +315,19 @@ def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> by
     return frame
 
 
+def _fast_ok_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
+    try:
+        frame: bytes = _HEADER.pack(MAGIC, PROTOCOL_VERSION, _OK_REPLY, 0, request_id, 0)
+    except struct.error:
+        return None
+    return frame
+
+
+_OK_REPLY = int(Opcode.OK)
 _INT_REPLY = int(Opcode.INT)
 _VALUE_REPLY = int(Opcode.VALUE)
 #: message class -> its fast encoder (see above); every other class takes the general path.
-_FAST: dict[type, _Fast] = {
+_FAST: dict[type, _FastEncode] = {
     Set: _fast_key_value(int(Opcode.SET)),
     Append: _fast_key_value(int(Opcode.APPEND)),
     QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
@@ -325,14 +336,89 @@ _FAST: dict[type, _Fast] = {
     DeleteKey: _fast_key(int(Opcode.DELETE_KEY), None),
     Wait: _fast_keys(int(Opcode.WAIT), with_timeout=True),
     Check: _fast_keys(int(Opcode.CHECK), with_timeout=False),
+    OkReply: _fast_ok_reply,
     IntReply: _fast_int_reply,
     ValueReply: _fast_value_reply,
 }
 
 
-_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...]]
+#: A decoder for the common case: the message, or ``None`` when the general path must decide.
+_FastDecode = Callable[[bytearray], object | None]
+_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | None]
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
+_KEY_LEN = struct.Struct("<I")
+_VALUE_LEN = struct.Struct("<Q")
+#: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
+_SCALAR_CODES = {"int": "q", "bool": "B", "float": "d"}
+
+
+def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastDecode:
+    """Fast decoder of a message made of a ``str`` then fixed-size fields (Get, Add, ...)."""
+    tail = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
+    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
+    size = tail.size
+
+    def decode(payload: bytearray) -> object | None:
+        if len(payload) < 4:
+            return None
+        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        if len(payload) != end + size or (key_cap and end - 4 > key_cap):
+            return None
+        values = list(tail.unpack_from(payload, end))
+        for i in bools:
+            if values[i] > 1:
+                return None
+            values[i] = values[i] == 1
+        try:
+            key = payload[4:end].decode()
+        except UnicodeDecodeError:
+            return None
+        msg: object = cls(key, *values)
+        return msg
+
+    return decode
+
+
+def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
+    """Fast decoder of a message made of a ``str`` then a ``Buffer`` (Set, QueuePush, ...)."""
+
+    def decode(payload: bytearray) -> object | None:
+        size = len(payload)
+        if size < 12:
+            return None
+        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        if end + 8 > size or (key_cap and end - 4 > key_cap):
+            return None
+        n = _VALUE_LEN.unpack_from(payload, end)[0]
+        if end + 8 + n != size or (value_cap and n > value_cap):
+            return None
+        try:
+            key = payload[4:end].decode()
+        except UnicodeDecodeError:
+            return None
+        msg: object = cls(key, memoryview(payload)[end + 8 :])
+        return msg
+
+    return decode
+
+
+def _fast_decoder(cls: type, limits: Limits) -> _FastDecode | None:
+    """A fast decoder for ``cls`` when its layout is a key then scalars or one buffer.
+
+    It returns the very message the general path would, or ``None`` for any payload it
+    does not fully accept (the general path then decodes it or names what is wrong).
+    """
+    fields = dataclasses.fields(cls)
+    annotations = [str(f.type) for f in fields]
+    if not annotations or annotations[0] != "str":
+        return None
+    key_cap = limits.max_key_bytes if fields[0].name in KEY_FIELDS else 0
+    if annotations[1:] == ["Buffer"]:
+        return _key_then_buffer(cls, key_cap, limits.max_value_bytes)
+    if all(a in _SCALAR_CODES for a in annotations[1:]):
+        return _key_then_scalars(cls, key_cap, annotations[1:])
+    return None
 
 
 class Decoder:
@@ -348,10 +434,11 @@ class Decoder:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        #: opcode -> (message class, its fields with the cap of each), filled on first use.
-        self._caps: dict[int, tuple[type, tuple[tuple[Decode, str, int], ...]]] = {}
+        #: opcode -> (message class, its fields with the cap of each, its fast decoder or
+        #: None), filled on first use.
+        self._caps: dict[int, _DecodeEntry] = {}
 
-    def _entry(self, opcode: int) -> tuple[type, tuple[tuple[Decode, str, int], ...]]:
+    def _entry(self, opcode: int) -> _DecodeEntry:
         entry = _DECODE.get((self.limits, opcode))  # shared: a server makes a Decoder per client
         if entry is None:
             try:
@@ -362,7 +449,7 @@ class Decoder:
                 (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
                 for f in _layout(cls)
             )
-            entry = (cls, fields)
+            entry = (cls, fields, _fast_decoder(cls, self.limits))
             if len(_DECODE) < 4096:  # bounded: one entry per (caps, opcode) in use
                 _DECODE[(self.limits, opcode)] = entry
         self._caps[opcode] = entry
@@ -377,15 +464,25 @@ class Decoder:
             LimitExceededError: a key, value or item count is over a cap.
         """
         entry = self._caps.get(opcode)
-        cls, fields = entry if entry is not None else self._entry(opcode)
-        if not fields:
-            if payload:
-                raise RemoteProtocolError(
-                    f"{cls.__name__} payload has {len(payload)} trailing bytes"
-                )
-            return cls()
-        r = Reader(payload, self.limits)
-        values = [decode(r, what, cap) for decode, what, cap in fields]
-        if r.pos != r.end:
-            raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
-        return cls(*values)
+        if entry is None:
+            entry = self._entry(opcode)
+        fast = entry[2]
+        if fast is not None:
+            msg = fast(payload)
+            if msg is not None:
+                return msg
+        return _decode_fields(entry, payload, self.limits)
+
+
+def _decode_fields(entry: _DecodeEntry, payload: bytearray, limits: Limits) -> object:
+    """The general path of :meth:`Decoder.decode`: field by field, naming any fault."""
+    cls, fields, _ = entry
+    if not fields:
+        if payload:
+            raise RemoteProtocolError(f"{cls.__name__} payload has {len(payload)} trailing bytes")
+        return cls()
+    r = Reader(payload, limits)
+    values = [decode(r, what, cap) for decode, what, cap in fields]
+    if r.pos != r.end:
+        raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
+    return cls(*values)

@@ -1,10 +1,12 @@
 """A sans-IO kvsync connection (the h11 model): bytes in, events out, messages to buffers.
 
 Strategy: a :class:`~kvsync.protocol.framing.FrameBuffer` splits the byte stream into
-frames (``receive_data`` copies into it; ``receive_buffer``/``advance`` let a socket
-``recv_into`` it directly, big payloads straight into their own fresh buffer). Each header
-is validated here (magic, version, flags, opcode, payload length against the frame cap)
-before anything is allocated; each payload is decoded by the codec into views of itself.
+frames (``receive_data`` copies into it; ``receive_buffer``/``advance``, or
+``receive_from`` in one call, let a socket ``recv_into`` it directly, big payloads straight
+into their own fresh buffer). Each header is validated (magic, version, flags, opcode,
+payload length against the frame cap) before anything is allocated: the frame buffer's
+quick test passes the good ones, and this object names what is wrong with the others; each
+payload is decoded by the codec into views of itself.
 
 The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
 dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
@@ -141,11 +143,10 @@ class Connection:
             Limits() if role is Role.SERVER else Limits(0, 0, 1 << 40, 1 << 32)
         )
         self.peer_limits: Limits | None = None
-        self.last_request_id: int | None = None
         self._decoder = Decoder(self.limits)
         self._secret = handshake.secret_bytes(secret)
         self._token = token
-        self._frames = FrameBuffer(self._validate)
+        self._frames = FrameBuffer(self._validate, _OPCODES, self.limits.max_frame_bytes)
         self._error: KVSyncError | None = None
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
@@ -164,6 +165,12 @@ class Connection:
     def _enter(self, state: _State) -> None:
         self._state = state
         self._dispatch = _HANDLERS[(self.role, state)]
+
+    @property
+    def last_request_id(self) -> int | None:
+        """The request id of the last frame header received (``0`` after bytes that cannot
+        be kvsync), ``None`` before the first: what an error reply should answer."""
+        return self._frames.last_request_id
 
     @property
     def handshake_complete(self) -> bool:
@@ -238,6 +245,20 @@ class Connection:
         self._frames.land(request_id, Landing(int(Opcode.PS_VALUES), prefix, target, value))
         return True
 
+    def receive_from(self, recv_into: Callable[[memoryview | bytearray], int]) -> tuple[int, int]:
+        """Call ``recv_into`` (e.g. a socket's) once on the receive buffer, then advance.
+
+        The same as :meth:`receive_buffer`, ``recv_into`` and :meth:`advance` in one call
+        (no view is made in the usual case). Returns the byte count received and the size
+        of the buffer offered; whatever ``recv_into`` raises propagates, nothing recorded.
+
+        Raises:
+            LocalProtocolError: the connection had already failed.
+        """
+        if self._error is not None:
+            self._check_usable()
+        return self._frames.receive_from(recv_into)
+
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
 
@@ -267,10 +288,12 @@ class Connection:
             AuthenticationError: the shared-secret check failed.
             LocalProtocolError: the connection had already failed.
         """
-        self._check_usable()
+        if self._error is not None:
+            self._check_usable()
+        next_frame = self._frames.next_frame
         try:
             while True:
-                frame = self._frames.next_frame()
+                frame = next_frame()
                 if frame is None:
                     return NEED_DATA
                 header, payload = frame
@@ -286,7 +309,6 @@ class Connection:
             raise
 
     def _validate(self, h: Header) -> None:
-        self.last_request_id = h.request_id
         if h.magic != MAGIC:
             raise VersionMismatchError(
                 f"peer is not speaking the kvsync protocol: its frame starts with {h.magic!r},"
@@ -380,19 +402,20 @@ class Connection:
         self._enter(_State.READY)
 
     def _on_request(self, request_id: int, msg: object) -> Event:
-        if type(msg) in _REPLY_TYPES or type(msg) in _HANDSHAKE_TYPES:
+        if type(msg) in _NOT_REQUESTS:
             raise RemoteProtocolError(f"a client may not send {type(msg).__name__} here")
-        return Event(request_id, msg)
+        return tuple.__new__(Event, (request_id, msg))  # Event(...) minus a Python call
 
     def _on_reply(self, request_id: int, msg: object) -> Event:
         if type(msg) not in _REPLY_TYPES:
             raise RemoteProtocolError(f"a server may not send {type(msg).__name__} here")
-        return Event(request_id, msg)
+        return tuple.__new__(Event, (request_id, msg))
 
 
 _OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
 _REPLY_TYPES: frozenset[type] = frozenset(c for op, c in MESSAGE_OF.items() if op >= _REPLY_MIN)
 _HANDSHAKE_TYPES: frozenset[type] = frozenset(MESSAGE_OF[op] for op in HANDSHAKE_OPCODES)
+_NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
 _Handler = Callable[[Connection, int, object], "Event | None"]
 #: (role, state) -> what to do with the next decoded message.
 _HANDLERS: dict[tuple[Role, _State], _Handler] = {

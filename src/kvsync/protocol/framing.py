@@ -2,11 +2,13 @@
 
 Strategy: bytes land in a small scratch buffer (``feed`` copies into it; ``receive_buffer``
 and ``advance`` let a socket ``recv_into`` it directly). Once a frame header is complete it
-is handed to a ``validate`` callback (magic, version, opcode, caps) before anything is
-allocated. A payload of at most :data:`SMALL_FRAME` bytes is sliced out of the scratch
-buffer (one small copy); a larger one gets a fresh ``bytearray`` of exactly its size that
-``receive_buffer`` then exposes, so a big value goes from the kernel into its final buffer
-without a Python-level copy. Every payload is its own buffer, so views into it stay valid.
+is checked before anything is allocated: a header with the right magic and version, no
+flags, a known opcode and a length within the cap passes a quick test; any other goes to a
+``validate`` callback that says why it is refused. A payload of at most
+:data:`SMALL_FRAME` bytes is sliced out of the scratch buffer (one small copy); a larger
+one gets a fresh ``bytearray`` of exactly its size that ``receive_buffer`` then exposes, so
+a big value goes from the kernel into its final buffer without a Python-level copy. Every
+payload is its own buffer, so views into it stay valid.
 
 A caller expecting a big reply of known layout may register a *landing* for its request id
 (:meth:`FrameBuffer.land`): the payload's expected leading bytes and a caller-owned buffer
@@ -28,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final, NamedTuple
 
 from kvsync.errors import LocalProtocolError
@@ -38,7 +40,6 @@ from kvsync.protocol.frame import (
     MAGIC,
     PROTOCOL_VERSION,
     Header,
-    unpack_header,
 )
 
 __all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
@@ -47,6 +48,7 @@ __all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
+_MAGIC_SIZE: Final = len(MAGIC)
 
 
 class Landing(NamedTuple):
@@ -68,12 +70,28 @@ class FrameBuffer:
     """Received bytes -> ``(header, payload)`` frames.
 
     Args:
-        validate: called with each header (and with a header whose magic is the first four
-            bytes of a frame that cannot be kvsync, as soon as they arrive); raises to refuse.
+        validate: called with each header that fails the quick test (and with a header whose
+            magic is the first four bytes of a frame that cannot be kvsync, as soon as they
+            arrive); raises to refuse.
+        opcodes: the opcodes the quick test accepts; ``None`` sends every header to
+            ``validate``.
+        max_length: the longest payload the quick test accepts.
+
+    Attributes:
+        last_request_id: the request id of the last header checked (``0`` for a frame that
+            cannot be kvsync), ``None`` before the first.
     """
 
-    def __init__(self, validate: Callable[[Header], None]) -> None:
+    def __init__(
+        self,
+        validate: Callable[[Header], None],
+        opcodes: Collection[int] | None = None,
+        max_length: int = 0,
+    ) -> None:
         self._validate = validate
+        self._opcodes: Collection[int] = () if opcodes is None else opcodes
+        self._max_length = max_length
+        self.last_request_id: int | None = None
         self._scratch = bytearray(_SCRATCH)
         self._start = self._end = 0
         self._header: Header | None = None
@@ -105,6 +123,24 @@ class FrameBuffer:
         if self._end == len(self._scratch):
             self._scratch += bytes(len(self._scratch))
         return memoryview(self._scratch)[self._end :]
+
+    def receive_from(self, recv_into: Callable[[memoryview | bytearray], int]) -> tuple[int, int]:
+        """Call ``recv_into`` once on the receive buffer and record what it wrote.
+
+        Equivalent to :meth:`receive_buffer`, ``recv_into`` and :meth:`advance` (the usual
+        case, an empty scratch buffer, is filled from its start with no view made).
+        Returns the byte count written and the size of the buffer offered; whatever
+        ``recv_into`` raises propagates with nothing recorded.
+        """
+        if self._payload is None and self._start == self._end:
+            self._start = self._end = 0
+            self._end = n = recv_into(self._scratch)
+            return n, len(self._scratch)
+        with self.receive_buffer() as buf:
+            n = recv_into(buf)
+            size = buf.nbytes
+        self.advance(n)
+        return n, size
 
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
@@ -154,18 +190,15 @@ class FrameBuffer:
             view = view[n:]
 
     def _parse_header(self) -> None:
-        """Validate a complete pending header; move a large payload into its own buffer."""
+        """Refuse a partial header that cannot be kvsync; move a large payload (its header
+        checked by :meth:`next_frame`) into its own buffer."""
         if self._header is None and self._payload is None:
-            avail, start = self._end - self._start, self._start
-            if avail < HEADER_SIZE:
-                if avail >= len(MAGIC) and self._scratch[start : start + len(MAGIC)] != MAGIC:
-                    magic = bytes(self._scratch[start : start + len(MAGIC)])
-                    self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
-                return
-            header = unpack_header(self._scratch, start)
-            self._validate(header)
-            self._header = header
-            self._start += HEADER_SIZE
+            start = self._start
+            magic = bytes(self._scratch[start : min(start + _MAGIC_SIZE, self._end)])
+            if len(magic) == _MAGIC_SIZE and magic != MAGIC:
+                self.last_request_id = 0
+                self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
+            return
         h = self._header
         if h is not None and self._payload is None and h.length > SMALL_FRAME:
             landing = self._landings.pop(h.request_id, None) if self._landings else None
@@ -195,18 +228,31 @@ class FrameBuffer:
         if self._ready:
             return self._ready.popleft()
         start = self._start
-        if self._header is None and self._payload is None and self._end - start >= HEADER_SIZE:
-            # Fast path: a header is complete; a small frame wholly received is cut out at once.
-            header = Header._make(HEADER.unpack_from(self._scratch, start))
-            self._validate(header)
-            begin = start + HEADER_SIZE
-            end = begin + header.length
-            if header.length <= SMALL_FRAME and end <= self._end:
-                self._start = end
-                if self._landings:
-                    self._landings.pop(header.request_id, None)
-                return header, self._scratch[begin:end]
-            self._header, self._start = header, begin
+        if self._header is None and self._payload is None:
+            avail = self._end - start
+            if avail < _MAGIC_SIZE:  # nothing to look at yet (the usual end of a batch)
+                return None
+            if avail >= HEADER_SIZE:  # a header is complete: check it (the quick test)
+                fields = HEADER.unpack_from(self._scratch, start)
+                magic, version, opcode, flags, request_id, length = fields
+                self.last_request_id = request_id
+                header = tuple.__new__(Header, fields)
+                if (
+                    magic != MAGIC
+                    or version != PROTOCOL_VERSION
+                    or flags
+                    or opcode not in self._opcodes
+                    or length > self._max_length
+                ):
+                    self._validate(header)
+                begin = start + HEADER_SIZE
+                end = begin + length
+                if length <= SMALL_FRAME and end <= self._end:  # small and all here: cut out
+                    self._start = end
+                    if self._landings:
+                        self._landings.pop(request_id, None)
+                    return header, self._scratch[begin:end]
+                self._header, self._start = header, begin
         self._parse_header()
         if self._ready:
             return self._ready.popleft()

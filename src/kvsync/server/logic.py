@@ -16,8 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply
@@ -25,9 +24,11 @@ from kvsync.protocol.messages import ErrorReply
 __all__ = ["Outgoing", "Router", "ServerLogic"]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One reply to send: ``reply`` answers request ``request_id`` of connection ``conn_id``."""
+class Outgoing(NamedTuple):
+    """One reply to send: ``reply`` answers request ``request_id`` of connection ``conn_id``.
+
+    Immutable; a named tuple because one is made for nearly every request.
+    """
 
     conn_id: int
     request_id: int

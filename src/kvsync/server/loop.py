@@ -4,9 +4,12 @@ Strategy: the loop owns no store logic. Each readable socket is drained with ``r
 straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads land in their
 own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
 :class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.logic.Router`), and the
-:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded into buffer lists and
-queued on their connection. Queues are flushed with ``sendmsg`` at the end of each loop
-turn; a partial send keeps the rest queued and registers ``EVENT_WRITE`` until drained.
+:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded (the common small ones
+by :mod:`kvsync.server.replies`). The replies to the connection just read are sent once its
+requests are handled: one buffer with nothing queued before it goes out with one ``send``;
+anything else, and replies to other connections (wake-ups), is queued on its connection and
+the queues are flushed with ``sendmsg`` at the end of the loop turn. A partial send keeps
+the rest queued and registers ``EVENT_WRITE`` until drained.
 Parked requests are expired through ``logic.expire`` with ``logic.next_deadline()`` as the
 ``select`` timeout. Per event the work is proportional to that event (dict lookups, no scans
 over all connections), so the loop holds tens of thousands of connections.
@@ -25,7 +28,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -60,7 +63,9 @@ _Buffer = bytes | bytearray | memoryview
 class _Peer:
     """Per-connection state the loop keeps (the protocol state lives in ``proto``)."""
 
-    __slots__ = ("addr", "closing", "conn_id", "events", "outq", "pending", "proto", "sock")
+    __slots__ = (
+        "addr", "closing", "conn_id", "events", "outq", "pending", "proto", "ready", "sock",
+    )  # fmt: skip
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Connection) -> None:
         self.conn_id = conn_id
@@ -71,6 +76,7 @@ class _Peer:
         self.pending = 0  # bytes queued in outq
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
         self.closing: float | None = None  # monotonic deadline once the protocol failed
+        self.ready = False  # handshake complete: no more handshake frames to send
 
 
 def _frame_cap(max_key_bytes: int, max_value_bytes: int) -> int:
@@ -222,17 +228,25 @@ class StoreServer:
             deadline = resume if deadline is None else min(deadline, resume)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         for key, mask in self._selector.select(timeout):
-            handler: Callable[[Any, int], None] = key.data
-            handler(key.fileobj, mask)
+            data = key.data
+            if type(data) is _Peer:
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(data)
+                if mask & selectors.EVENT_READ and data.conn_id in self._peers:
+                    self._on_readable(data)
+            else:
+                handler: Callable[[Any, int], None] = data
+                handler(key.fileobj, mask)
         now = time.monotonic()
         if deadline is not None and deadline <= now:  # requests parked in this turn expire
             self._deliver(self.logic.expire(now))  # later: their deadline is the next one
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
-        for peer in list(self._dirty.values()):
-            self._flush(peer)
-        self._dirty.clear()
+        if self._dirty:
+            for peer in list(self._dirty.values()):
+                self._flush(peer)
+            self._dirty.clear()
         if self._accept_resume is not None and now >= self._accept_resume:
             self._accept_resume = None
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
@@ -267,65 +281,83 @@ class StoreServer:
             proto = Connection(Role.SERVER, limits=self.limits, secret=self._secret)
             peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}", proto)
             self._peers[conn_id] = peer
-            self._selector.register(sock, selectors.EVENT_READ, self._handler(peer))
+            self._selector.register(sock, selectors.EVENT_READ, peer)
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
-
-    def _handler(self, peer: _Peer) -> Callable[[Any, int], None]:
-        def on_event(sock: socket.socket, mask: int) -> None:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(peer)
-            if mask & selectors.EVENT_READ and peer.conn_id in self._peers:
-                self._on_readable(peer)
-
-        return on_event
 
     def _on_readable(self, peer: _Peer) -> None:
         if peer.closing is not None:
             self._discard_input(peer)
             return
-        proto = peer.proto
+        receive_from = peer.proto.receive_from
+        recv_into = peer.sock.recv_into
         for _ in range(_RECVS_PER_EVENT):
-            buf = proto.receive_buffer()
-            size = len(buf)
             try:
-                n = peer.sock.recv_into(buf)
+                n, size = receive_from(recv_into)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._drop(peer, f"receive failed: {exc}")
                 return
-            finally:
-                buf.release()
             if n == 0:
                 self._drop(peer, "client closed the connection")
                 return
-            proto.advance(n)
-            if not self._process(peer) or n < min(size, _STREAMING):
+            if not self._process(peer) or (n < size and n < _STREAMING):
                 return
 
     def _process(self, peer: _Peer) -> bool:
-        """Handle every complete request of ``peer``; False once it failed."""
+        """Handle every complete request of ``peer`` and send its replies; False once it
+        failed or was dropped."""
         now = time.monotonic()
         proto = peer.proto
+        conn_id = peer.conn_id
+        mine: list[_Buffer] = []  # replies to this peer, sent when its requests are done
         while True:
             try:
                 event = proto.next_event()
             except KVSyncError as exc:
+                if mine:
+                    self._queue(peer, mine)
                 self._fail(peer, exc)
                 return False
-            handshake = proto.data_to_send()
-            if handshake:
-                self._queue(peer, handshake)
+            if not peer.ready:  # a handshake frame may have been answered
+                mine += proto.data_to_send()
+                peer.ready = proto.handshake_complete
             if event is NEED_DATA:
-                return True
+                break
             assert isinstance(event, Event)
+            request_id, msg = event
             try:
-                out = self.logic.handle(peer.conn_id, event.request_id, event.message, now)
+                out = self.logic.handle(conn_id, request_id, msg, now)
             except Exception as exc:  # a logic bug must not stop the server for everyone
-                logger.exception("server logic failed on %s", type(event.message).__name__)
-                text = f"server failed on {type(event.message).__name__}: {exc!r}"
-                out = [Outgoing(peer.conn_id, event.request_id, ErrorReply(ErrorCode.SERVER, text))]
-            self._deliver(out)
+                logger.exception("server logic failed on %s", type(msg).__name__)
+                text = f"server failed on {type(msg).__name__}: {exc!r}"
+                out = [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.SERVER, text))]
+            for o in out:  # usually just its reply
+                if o.conn_id == conn_id:
+                    mine += _encode(o)
+                else:
+                    self._deliver((o,))
+        if mine:
+            self._send(peer, mine)
+            return conn_id in self._peers  # False when the send failed
+        return True
+
+    def _send(self, peer: _Peer, buffers: list[_Buffer]) -> None:
+        """Send ``buffers`` to ``peer``: at once when they are one buffer with nothing queued
+        before it (the usual small reply), else (or what is left) queued for the flush."""
+        if len(buffers) == 1 and not peer.outq:
+            data = buffers[0]
+            try:
+                sent = peer.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._drop(peer, f"send failed: {exc}")
+                return
+            if sent == len(data):
+                return
+            buffers = [memoryview(data)[sent:]]
+        self._queue(peer, buffers)
 
     def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
         logger.info("closing connection from %s: %s", peer.addr, exc)
@@ -354,17 +386,13 @@ class StoreServer:
 
     # --- sending ------------------------------------------------------------------------
 
-    def _deliver(self, outgoing: list[Outgoing]) -> None:
+    def _deliver(self, outgoing: Iterable[Outgoing]) -> None:
+        """Queue replies on their connections, to be flushed at the end of the turn."""
         for out in outgoing:
             peer = self._peers.get(out.conn_id)
             if peer is None or peer.closing is not None:
                 continue  # the client went away while its request was parked
-            try:
-                buffers = encode_frame(out.request_id, out.reply)
-            except KVSyncError as exc:  # a logic bug: answer with an error, keep serving
-                logger.exception("cannot encode reply %r", out.reply)
-                buffers = encode_error(out.request_id, exc)
-            self._queue(peer, buffers)
+            self._queue(peer, _encode(out))
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
         # The codec's buffers are bytes-like with 1-byte items, so len() counts bytes.
@@ -415,6 +443,15 @@ class StoreServer:
         peer.sock.close()
         peer.outq.clear()
         self.logic.drop_connection(peer.conn_id)
+
+
+def _encode(out: Outgoing) -> list[_Buffer]:
+    """The buffers of one reply (an error reply if the logic produced an unencodable one)."""
+    try:
+        return encode_frame(out.request_id, out.reply)
+    except KVSyncError as exc:  # a logic bug: answer with an error, keep serving
+        logger.exception("cannot encode reply %r", out.reply)
+        return encode_error(out.request_id, exc)
 
 
 def _listen(host: str, port: int, listen_fd: int | None, backlog: int) -> socket.socket:

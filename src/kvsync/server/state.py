@@ -69,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 #: ``add`` refuses values longer than this many bytes without parsing (or copying) them.
 _MAX_INT_TEXT = 4000
+_OK = OkReply()  # immutable: one instance answers every request that has no result
 
 
 class _RejectError(Exception):
@@ -164,19 +165,19 @@ class StoreState:
         if handler is None:
             text = f"the store does not handle {type(msg).__name__} messages"
             return [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.UNKNOWN_OPCODE, text))]
-        wakeups: list[Outgoing] = []
-        self._out = wakeups
+        if self._out:  # left over by a handler that failed: never sent
+            self._out = []
         try:
             reply = handler(conn_id, request_id, msg, now)
         except _RejectError as exc:
             reply = ErrorReply(exc.code, exc.message)
+        wakeups = self._out
+        if not wakeups:  # the usual: just the reply (tuple.__new__: Outgoing(...) made in C)
+            return [] if reply is None else [tuple.__new__(Outgoing, (conn_id, request_id, reply))]
         self._out = []
-        if reply is None:
-            return wakeups
-        if wakeups:
+        if reply is not None:
             wakeups.insert(0, Outgoing(conn_id, request_id, reply))
-            return wakeups
-        return [Outgoing(conn_id, request_id, reply)]
+        return wakeups
 
     def expire(self, now: float) -> list[Outgoing]:
         """Answer parked requests past their deadline with TIMEOUT errors naming what is
@@ -235,7 +236,8 @@ class StoreState:
 
     def _store(self, key: str, value: Buffer) -> None:
         """Set a value (replacing a queue) and wake what waited for the key."""
-        self._queues.pop(key, None)
+        if self._queues:
+            self._queues.pop(key, None)
         self._values[key] = value
         if self._waiters.has_waiters(key):
             self._wake_keys(key)
@@ -260,7 +262,7 @@ class StoreState:
                 return ValuesReply(tuple(self._value_of(k) or b"" for k in msg.keys))
         except _RejectError as exc:  # a key came into existence as a queue
             return ErrorReply(exc.code, exc.message)
-        return OkReply()
+        return _OK
 
     @staticmethod
     def _park(index: WaiterIndex, conn_id: int, request_id: int, msg: object, key: str,
@@ -298,16 +300,23 @@ class StoreState:
 
     def _set(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, Set)
-        self._check_key(msg.key)
-        self._check_value(msg.key, _nbytes(msg.value))
-        self._store(msg.key, msg.value)
-        return OkReply()
+        key, value = msg.key, msg.value
+        if len(key) * 4 > self.max_key_bytes:  # only then can the key be too long
+            self._check_key(key)
+        if (value.nbytes if type(value) is memoryview else len(value)) > self.max_value_bytes:
+            self._check_value(key, _nbytes(value))
+        self._store(key, value)
+        return _OK
 
     def _get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, Get)
-        self._check_key(msg.key)
+        key = msg.key
+        if len(key) * 4 > self.max_key_bytes:
+            self._check_key(key)
         if not msg.block:
-            return ValueReply(self._value_of(msg.key) or b"")
+            if key in self._queues:
+                raise _wrong_kind(key, "queue", "value")
+            return ValueReply(self._values.get(key) or b"")
         return self._block_on(conn_id, request_id, msg, (msg.key,), msg.timeout_ms, now)
 
     def _multi_get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
@@ -385,7 +394,7 @@ class StoreState:
             self._check_value(key, _nbytes(value))
         for key, value in zip(msg.keys, msg.values, strict=True):
             self._store(key, value)
-        return OkReply()
+        return _OK
 
     def _append(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, Append)
@@ -394,7 +403,7 @@ class StoreState:
         size = _nbytes(msg.value) + (0 if current is None else _nbytes(current))
         self._check_value(msg.key, size)
         self._store(msg.key, msg.value if current is None else b"".join((current, msg.value)))
-        return OkReply()
+        return _OK
 
     def _queue_push(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, QueuePush)
@@ -406,7 +415,7 @@ class StoreState:
         if w is not None:  # hand the item straight to the oldest parked pop
             self._pops.finish(w)
             self._out.append(Outgoing(w.conn_id, w.request_id, ValueReply(msg.value)))
-            return OkReply()
+            return _OK
         queue = self._queues.get(msg.key)
         if queue is None:
             self._queues[msg.key] = deque((msg.value,))
@@ -414,7 +423,7 @@ class StoreState:
                 self._wake_keys(msg.key)
         else:
             queue.append(msg.value)
-        return OkReply()
+        return _OK
 
     def _queue_pop(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, QueuePop)
@@ -441,4 +450,4 @@ class StoreState:
         return IntReply(len(self._queues.get(msg.key, ())))
 
     def _ping(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
-        return OkReply()
+        return _OK
