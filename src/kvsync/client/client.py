@@ -24,6 +24,7 @@ import socket
 import struct
 import threading
 import time
+from functools import partial
 from types import TracebackType
 
 import numpy as np
@@ -290,27 +291,21 @@ class Client:
             _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, wanted)
             self._recv_timeout = wanted
         proto, recv_into = self._proto, self._sock.recv_into
-        next_event = proto.next_event
+        receive_from, next_event = proto.receive_from, proto.next_event
         events: list[Event] = []
-        flags = 0
         for _ in range(64):
-            buf = proto.receive_buffer()
-            size = buf.nbytes
             try:
-                n = recv_into(buf, 0, flags)
+                n, size = receive_from(recv_into)
             except (BlockingIOError, InterruptedError):  # the kernel timeout, or drained
                 break
             except OSError as exc:
                 raise StoreConnectionError(
                     f"lost the connection to store server {self.address}: {exc}"
                 ) from exc
-            finally:
-                buf.release()
             if n == 0:
                 raise StoreConnectionError(
                     f"store server {self.address} closed the connection (server gone?)"
                 )
-            proto.advance(n)
             for _ in range(1_000_000):
                 ev = next_event()
                 if ev is NEED_DATA:
@@ -318,7 +313,7 @@ class Client:
                 events.append(ev)  # type: ignore[arg-type]
             if n < size and n < 65536:  # else keep reading: a big payload streams in
                 break
-            flags = _DONTWAIT
+            recv_into = partial(self._sock.recv_into, flags=_DONTWAIT)
         return events
 
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
