@@ -166,56 +166,50 @@ class Client:
                 self._reading = True
         if not alone:
             return self.result(self.submit(msg), timeout)
-        try:
-            return self._call_alone(msg, timeout)
+        try:  # holding the reader role with nothing else in flight: send, read until ours
+            deadline = time.monotonic() + timeout
+            with self._send_lock:
+                request_id = next(self._ids)
+                parts = self._proto.send(request_id, msg)
+                try:
+                    self._send_all(parts)
+                except StoreConnectionError as exc:
+                    self._fail(exc)
+                    raise
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreTimeoutError(
+                        f"no reply from store server {self.address} to request {request_id}"
+                        f" within {timeout:g} s{self.timeout_hint}"
+                    )
+                try:
+                    events = self._read(remaining)
+                except KVSyncError as exc:
+                    self._fail(exc)
+                    self._raise_if_failed()
+                    raise
+                reply, others = _NO_REPLY, False
+                for ev in events:
+                    if ev.request_id == request_id:
+                        reply = ev.message
+                    else:
+                        others = True
+                if others:
+                    with self._lock:
+                        for ev in events:
+                            if ev.request_id in self._waiting:
+                                self._results[ev.request_id] = ev.message
+                        self._cond.notify_all()
+                if reply is not _NO_REPLY:
+                    if isinstance(reply, ErrorReply):
+                        raise error_from_code(reply.code, reply.message)
+                    return reply
         finally:
             with lock:
                 self._reading = False
                 if self._waiting:  # requests sent meanwhile: one of them reads next
                     self._cond.notify_all()
-
-    def _call_alone(self, msg: object, timeout: float) -> object:
-        """:meth:`call` while holding the reader role with nothing else in flight: send,
-        then read until this request's reply (filing replies to requests other threads
-        sent meanwhile, as :meth:`result` does)."""
-        deadline = time.monotonic() + timeout
-        with self._send_lock:
-            request_id = next(self._ids)
-            parts = self._proto.send(request_id, msg)
-            try:
-                self._send_all(parts)
-            except StoreConnectionError as exc:
-                self._fail(exc)
-                raise
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StoreTimeoutError(
-                    f"no reply from store server {self.address} to request {request_id}"
-                    f" within {timeout:g} s{self.timeout_hint}"
-                )
-            try:
-                events = self._read(remaining)
-            except KVSyncError as exc:
-                self._fail(exc)
-                self._raise_if_failed()
-                raise
-            reply, others = _NO_REPLY, False
-            for ev in events:
-                if ev.request_id == request_id:
-                    reply = ev.message
-                else:
-                    others = True
-            if others:
-                with self._lock:
-                    for ev in events:
-                        if ev.request_id in self._waiting:
-                            self._results[ev.request_id] = ev.message
-                    self._cond.notify_all()
-            if reply is not _NO_REPLY:
-                if isinstance(reply, ErrorReply):
-                    raise error_from_code(reply.code, reply.message)
-                return reply
 
     def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.

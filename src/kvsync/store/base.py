@@ -100,6 +100,8 @@ class Store(abc.ABC):
         if self._closed:
             raise StoreConnectionError(f"{self!r} is closed")
         reply = self._call(msg, self._timeout if timeout is None else timeout)
+        if type(reply) is reply_type:  # the usual case, decided without isinstance
+            return reply
         if isinstance(reply, m.ErrorReply):
             raise error_from_code(reply.code, reply.message)
         if not isinstance(reply, reply_type):
@@ -135,8 +137,11 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.set("k", b"v"); s.get("k")
             b'v'
         """
-        key = check_key(key)
-        self._request(m.Set(key, to_buffer(value, key)), m.OkReply)
+        if type(key) is not str:
+            key = check_key(key)
+        if type(value) is not bytes:
+            value = to_buffer(value, key)
+        self._request(m.Set(key, value), m.OkReply)
 
     def get(self, key: str) -> bytes:
         """The value under ``key``; ``b""`` if missing (the torch flavour waits instead).
@@ -150,8 +155,12 @@ class Store(abc.ABC):
             >>> HashStore().get("nothing")
             b''
         """
-        key = check_key(key)
-        timeout_ms, reply_timeout = self._deadline(None)
+        if type(key) is not str:
+            key = check_key(key)
+        cached = self._default_deadline  # _deadline(None), inlined
+        timeout_ms, reply_timeout = (
+            cached[1] if cached[0] == self._timeout else self._deadline(None)
+        )
         msg = m.Get(key, self._blocking_get, timeout_ms)
         return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
 
@@ -169,10 +178,15 @@ class Store(abc.ABC):
             42
             b'42'
         """
-        key = check_key(key)
-        if not isinstance(amount, int):
-            raise TypeError(f"add to key {key!r}: amount must be int, got {type(amount).__name__}")
-        return self._request(m.Add(key, int(amount)), m.IntReply).value
+        if type(key) is not str:
+            key = check_key(key)
+        if type(amount) is not int:
+            if not isinstance(amount, int):
+                raise TypeError(
+                    f"add to key {key!r}: amount must be int, got {type(amount).__name__}"
+                )
+            amount = int(amount)
+        return self._request(m.Add(key, amount), m.IntReply).value
 
     def compare_set(self, key: str, expected: Value, desired: Value) -> bytes:
         """Set ``key`` to ``desired`` if it holds ``expected``; returns the value now held.

@@ -169,6 +169,8 @@ class TCPStore(Store):
         try:
             self._client = Client(dial, port, timeout=self._timeout, secret=e.secret,
                                   timeout_hint=hint)  # fmt: skip
+            if self._recv_timeout is None:  # nothing to adjust: requests go straight out
+                self._call = self._client.call  # type: ignore[method-assign]
             self._join(wait_for_workers)
         except BaseException:
             self.close()
