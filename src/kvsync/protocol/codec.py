@@ -380,6 +380,42 @@ def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastD
     return decode
 
 
+def _only_scalars(cls: type, annotations: list[str]) -> _FastDecode:
+    """Fast decoder of a message made only of fixed-size fields (IntReply, ...)."""
+    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
+    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
+    size = layout.size
+
+    def decode(payload: bytearray) -> object | None:
+        if len(payload) != size:
+            return None
+        values = layout.unpack_from(payload)
+        if bools:
+            if any(values[i] > 1 for i in bools):
+                return None
+            values = tuple(v == 1 if i in bools else v for i, v in enumerate(values))
+        msg: object = cls(*values)
+        return msg
+
+    return decode
+
+
+def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
+    """Fast decoder of a message made of one ``Buffer`` (ValueReply)."""
+
+    def decode(payload: bytearray) -> object | None:
+        size = len(payload)
+        if size < 8:
+            return None
+        n = _VALUE_LEN.unpack_from(payload)[0]
+        if 8 + n != size or (value_cap and n > value_cap):
+            return None
+        msg: object = cls(memoryview(payload)[8:])
+        return msg
+
+    return decode
+
+
 def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
     """Fast decoder of a message made of a ``str`` then a ``Buffer`` (Set, QueuePush, ...)."""
 
@@ -404,13 +440,18 @@ def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
 
 
 def _fast_decoder(cls: type, limits: Limits) -> _FastDecode | None:
-    """A fast decoder for ``cls`` when its layout is a key then scalars or one buffer.
+    """A fast decoder for ``cls`` when its layout is scalars, one buffer, or a key then
+    scalars or one buffer.
 
     It returns the very message the general path would, or ``None`` for any payload it
     does not fully accept (the general path then decodes it or names what is wrong).
     """
     fields = dataclasses.fields(cls)
     annotations = [str(f.type) for f in fields]
+    if annotations == ["Buffer"]:
+        return _only_buffer(cls, limits.max_value_bytes)
+    if annotations and all(a in _SCALAR_CODES for a in annotations):
+        return _only_scalars(cls, annotations)
     if not annotations or annotations[0] != "str":
         return None
     key_cap = limits.max_key_bytes if fields[0].name in KEY_FIELDS else 0
