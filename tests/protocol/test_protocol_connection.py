@@ -6,6 +6,7 @@ import struct
 import tracemalloc
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event
 from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.messages import (
     MESSAGE_OF,
+    MultiSet,
     Get,
     Hello,
     OkReply,
@@ -261,6 +263,53 @@ def test_large_payloads_are_received_zero_copy_into_fresh_buffers() -> None:
     mv = first.message.value
     assert isinstance(mv, memoryview) and bytes(mv) == value
     assert isinstance(mv.obj, bytearray) and len(mv.obj) > SMALL_FRAME
+
+
+def _default_pair() -> tuple[Connection, Connection]:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    assert _pump(client, server) is NEED_DATA and _pump(server, client) is NEED_DATA
+    return client, server
+
+
+def _feed_in_chunks(conn: Connection, stream: bytes, chunk: int) -> list[Event]:
+    pos, events = 0, []
+    for _ in range(len(stream) // chunk + 2):
+        buf = conn.receive_buffer()
+        n = min(len(buf), chunk, len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        buf.release()
+        conn.advance(n)
+        pos += n
+        events += _events(conn)
+        if pos == len(stream):
+            break
+    return events
+
+
+def test_megabyte_payloads_land_in_unzeroed_buffers_and_decode_alike() -> None:
+    # Payloads of 1 MiB and more are received into numpy memory that is not zeroed first
+    # (a memoryview, not a bytearray): every field type must decode from it the same way.
+    client, server = _default_pair()
+    big = bytes(range(256)) * (5 << 12)  # 5 MiB
+    keys = ("é" * 100, "k2")
+    stream = _join(client.send(1, Set(key="clé", value=big))) + _join(
+        client.send(2, MultiSet(keys=keys, values=(big[:3], big)))
+    )
+    first, second = _feed_in_chunks(server, stream, 1 << 16)
+    assert first.message.key == "clé" and bytes(first.message.value) == big
+    assert isinstance(first.message.value.obj, memoryview | np.ndarray)
+    assert second.message.keys == keys and [bytes(v) for v in second.message.values] == [
+        big[:3],
+        big,
+    ]
+
+
+def test_a_bad_key_in_a_megabyte_payload_is_a_remote_error() -> None:
+    client, server = _default_pair()
+    frame = bytearray(_join(client.send(1, Set(key="kk", value=bytes(2 << 20)))))
+    frame[24 + 4] = 0xFF  # the key's first byte: not UTF-8
+    with pytest.raises(RemoteProtocolError, match="UTF-8"):
+        _feed_in_chunks(server, bytes(frame), 1 << 16)
 
 
 def test_advance_past_the_buffer_is_a_local_error() -> None:

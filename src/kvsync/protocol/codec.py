@@ -33,6 +33,7 @@ from kvsync.protocol.fields import (
     Decode,
     Encode,
     Limits,
+    Payload,
     Reader,
     Writer,
 )
@@ -343,7 +344,7 @@ _FAST: dict[type, _FastEncode] = {
 
 
 #: A decoder for the common case: the message, or ``None`` when the general path must decide.
-_FastDecode = Callable[[bytearray], object | None]
+_FastDecode = Callable[[Payload], object | None]
 _DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | None]
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
@@ -359,7 +360,7 @@ def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastD
     bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
     size = tail.size
 
-    def decode(payload: bytearray) -> object | None:
+    def decode(payload: Payload) -> object | None:
         if len(payload) < 4:
             return None
         end = 4 + _KEY_LEN.unpack_from(payload)[0]
@@ -371,7 +372,7 @@ def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastD
                 return None
             values[i] = values[i] == 1
         try:
-            key = payload[4:end].decode()
+            key = str(payload[4:end], "utf-8")
         except UnicodeDecodeError:
             return None
         msg: object = cls(key, *values)
@@ -386,7 +387,7 @@ def _only_scalars(cls: type, annotations: list[str]) -> _FastDecode:
     bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
     size = layout.size
 
-    def decode(payload: bytearray) -> object | None:
+    def decode(payload: Payload) -> object | None:
         if len(payload) != size:
             return None
         values = layout.unpack_from(payload)
@@ -403,7 +404,7 @@ def _only_scalars(cls: type, annotations: list[str]) -> _FastDecode:
 def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
     """Fast decoder of a message made of one ``Buffer`` (ValueReply)."""
 
-    def decode(payload: bytearray) -> object | None:
+    def decode(payload: Payload) -> object | None:
         size = len(payload)
         if size < 8:
             return None
@@ -419,7 +420,7 @@ def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
 def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
     """Fast decoder of a message made of a ``str`` then a ``Buffer`` (Set, QueuePush, ...)."""
 
-    def decode(payload: bytearray) -> object | None:
+    def decode(payload: Payload) -> object | None:
         size = len(payload)
         if size < 12:
             return None
@@ -430,7 +431,7 @@ def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
         if end + 8 + n != size or (value_cap and n > value_cap):
             return None
         try:
-            key = payload[4:end].decode()
+            key = str(payload[4:end], "utf-8")
         except UnicodeDecodeError:
             return None
         msg: object = cls(key, memoryview(payload)[end + 8 :])
@@ -496,7 +497,7 @@ class Decoder:
         self._caps[opcode] = entry
         return entry
 
-    def decode(self, opcode: int, payload: bytearray) -> object:
+    def decode(self, opcode: int, payload: Payload) -> object:
         """The message of ``opcode`` held in ``payload`` (views into it, no copy).
 
         Raises:
@@ -515,7 +516,7 @@ class Decoder:
         return _decode_fields(entry, payload, self.limits)
 
 
-def _decode_fields(entry: _DecodeEntry, payload: bytearray, limits: Limits) -> object:
+def _decode_fields(entry: _DecodeEntry, payload: Payload, limits: Limits) -> object:
     """The general path of :meth:`Decoder.decode`: field by field, naming any fault."""
     cls, fields, _ = entry
     if not fields:

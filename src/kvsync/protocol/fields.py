@@ -39,6 +39,7 @@ __all__ = [
     "Decode",
     "Encode",
     "Limits",
+    "Payload",
     "Reader",
     "Writer",
 ]
@@ -54,6 +55,11 @@ BIG_BUFFER: int = 16 * 1024
 ARRAY_ALIGN: int = 16
 MAX_NDIM: int = 32
 _DTYPE_RE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
+
+
+#: A received frame's payload: a ``bytearray``, or for a big one a writable byte
+#: ``memoryview`` (see ``kvsync.protocol.framing``). Decoders accept either.
+Payload = bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,7 @@ class Reader:
 
     __slots__ = ("buf", "end", "limits", "pos", "view")
 
-    def __init__(self, buf: bytearray, limits: Limits) -> None:
+    def __init__(self, buf: Payload, limits: Limits) -> None:
         self.buf = buf
         self.view = memoryview(buf)
         self.pos = 0
@@ -253,7 +259,7 @@ def _dec_str(r: Reader, what: str, cap: int) -> str:
         raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
     start = r.take(n, what)
     try:
-        return r.buf[start : start + n].decode("utf-8")
+        return str(r.buf[start : start + n], "utf-8")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(f"{what} is not valid UTF-8: {exc}") from None
 
@@ -299,7 +305,7 @@ def _dec_array(r: Reader, what: str, cap: int) -> np.ndarray[Any, Any]:
     code_len: int = r.unpack(_U8, what)
     start = r.take(code_len, what)
     try:
-        code = r.buf[start : start + code_len].decode("ascii")
+        code = str(r.buf[start : start + code_len], "ascii")
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"{what} has a non-ASCII dtype") from None
     dt = _dtype(code, what)

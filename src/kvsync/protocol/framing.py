@@ -6,9 +6,9 @@ is checked before anything is allocated: a header with the right magic and versi
 flags, a known opcode and a length within the cap passes a quick test; any other goes to a
 ``validate`` callback that says why it is refused. A payload of at most
 :data:`SMALL_FRAME` bytes is sliced out of the scratch buffer (one small copy); a larger
-one gets a fresh ``bytearray`` of exactly its size that ``receive_buffer`` then exposes, so
-a big value goes from the kernel into its final buffer without a Python-level copy. Every
-payload is its own buffer, so views into it stay valid.
+one gets a fresh buffer of exactly its size (see :func:`_fresh`) that ``receive_buffer``
+then exposes, so a big value goes from the kernel into its final buffer without a
+Python-level copy. Every payload is its own buffer, so views into it stay valid.
 
 A caller expecting a big reply of known layout may register a *landing* for its request id
 (:meth:`FrameBuffer.land`): the payload's expected leading bytes and a caller-owned buffer
@@ -33,7 +33,10 @@ from collections import deque
 from collections.abc import Callable, Collection
 from typing import Final, NamedTuple
 
+import numpy as np
+
 from kvsync.errors import LocalProtocolError
+from kvsync.protocol.fields import Payload
 from kvsync.protocol.frame import (
     HEADER,
     HEADER_SIZE,
@@ -48,6 +51,19 @@ __all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
+_LAZY: Final = 1 << 20  # payloads this big get memory that is not zeroed first
+
+
+def _fresh(size: int) -> Payload:
+    """A writable buffer for a payload of ``size`` bytes, about to be overwritten.
+
+    ``bytearray(size)`` zeroes every page first: for 64 MiB that costs about as much as
+    receiving it. A big payload gets numpy's uninitialised memory instead (mapped lazily,
+    with huge pages where the kernel offers them), exposed as a plain byte memoryview.
+    """
+    if size < _LAZY:
+        return bytearray(size)
+    return np.empty(size, dtype=np.uint8).data
 _MAGIC_SIZE: Final = len(MAGIC)
 
 
@@ -95,9 +111,9 @@ class FrameBuffer:
         self._scratch = bytearray(_SCRATCH)
         self._start = self._end = 0
         self._header: Header | None = None
-        self._payload: bytearray | None = None
+        self._payload: Payload | None = None
         self._filled = 0
-        self._ready: deque[tuple[Header, bytearray | Landed]] = deque()  # complete big frames
+        self._ready: deque[tuple[Header, Payload | Landed]] = deque()  # complete big frames
         self._landings: dict[int, Landing] = {}  # request id -> where its reply lands
         self._landing: Landing | None = None  # of the payload being received
 
@@ -169,8 +185,8 @@ class FrameBuffer:
         assert self._header is not None
         landing = self._landing
         if landing is not None and self._filled == len(self._payload):  # leading bytes in
-            if self._payload != landing.prefix:  # not the expected layout: ordinary path
-                payload = bytearray(self._header.length)
+            if bytes(self._payload) != landing.prefix:  # not the expected layout: ordinary path
+                payload = _fresh(self._header.length)
                 payload[: self._filled] = self._payload
                 self._payload, self._landing = payload, None
                 return
@@ -206,7 +222,7 @@ class FrameBuffer:
                     landing.prefix) + landing.target.nbytes):
                 landing = None
             self._landing = landing
-            self._payload = bytearray(len(landing.prefix) if landing else h.length)
+            self._payload = bytearray(len(landing.prefix)) if landing else _fresh(h.length)
             self._filled = 0
             n = min(h.length, self._end - self._start)
             if landing is None:
@@ -219,7 +235,7 @@ class FrameBuffer:
                 self._start += n
                 self.feed(data)
 
-    def next_frame(self) -> tuple[Header, bytearray | Landed] | None:
+    def next_frame(self) -> tuple[Header, Payload | Landed] | None:
         """The next complete frame, or ``None`` until more bytes arrive.
 
         Raises:
