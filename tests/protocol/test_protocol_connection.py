@@ -24,9 +24,9 @@ from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event
 from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.messages import (
     MESSAGE_OF,
-    MultiSet,
     Get,
     Hello,
+    MultiSet,
     OkReply,
     Opcode,
     Ping,
@@ -427,8 +427,10 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
     assert client.receive_into(3, out) and client.receive_into(4, other)
     assert client.receive_into(5, np.zeros_like(arr))
     assert not client.receive_into(6, np.zeros(10, np.float32))  # small: scratch buffer path
-    data = b"".join([_join(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
-                    + [_join(server.send(5, ErrorReply(code=1, message="no")))])
+    data = b"".join(
+        [_join(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
+        + [_join(server.send(5, ErrorReply(code=1, message="no")))]
+    )
     events = _recv_in_chunks(client, data, chunk)
     assert [ev.request_id for ev in events] == [3, 4, 5]
     landed = events[0].message

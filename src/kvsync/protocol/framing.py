@@ -64,6 +64,8 @@ def _fresh(size: int) -> Payload:
     if size < _LAZY:
         return bytearray(size)
     return np.empty(size, dtype=np.uint8).data
+
+
 _MAGIC_SIZE: Final = len(MAGIC)
 
 
@@ -218,8 +220,10 @@ class FrameBuffer:
         h = self._header
         if h is not None and self._payload is None and h.length > SMALL_FRAME:
             landing = self._landings.pop(h.request_id, None) if self._landings else None
-            if landing is not None and (h.opcode != landing.opcode or h.length != len(
-                    landing.prefix) + landing.target.nbytes):
+            if landing is not None and (
+                h.opcode != landing.opcode
+                or h.length != len(landing.prefix) + landing.target.nbytes
+            ):
                 landing = None
             self._landing = landing
             self._payload = bytearray(len(landing.prefix)) if landing else _fresh(h.length)
