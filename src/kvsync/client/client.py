@@ -100,14 +100,18 @@ class Client:
         deadline = time.monotonic() + connect_timeout
         self._sock = connect(host, port, connect_timeout, Backoff())
         self._proto = Connection(Role.CLIENT, secret=secret)
+        # Blocking, with kernel timeouts bounding every call; both set now, so that a first
+        # request pays no extra system calls.
+        self._recv_timeout = min(timeout, _READ_SLICE)  # the SO_RCVTIMEO last set
+        self._send_timeout = timeout  # the SO_SNDTIMEO last set
         try:
             self._handshake(deadline)
+            self._sock.settimeout(None)
+            _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, self._recv_timeout)
+            _set_kernel_timeout(self._sock, socket.SO_SNDTIMEO, self._send_timeout)
         except BaseException:
             self._sock.close()
             raise
-        self._sock.settimeout(None)  # blocking; kernel timeouts bound every call
-        self._recv_timeout = -1.0  # the SO_RCVTIMEO last set
-        self._send_timeout = -1.0  # the SO_SNDTIMEO last set
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()  # guards the fields below; not re-entrant
