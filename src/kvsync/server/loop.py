@@ -5,11 +5,11 @@ straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads l
 own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
 :class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.logic.Router`), and the
 :class:`~kvsync.server.logic.Outgoing` replies it returns are encoded (the common small ones
-by :mod:`kvsync.server.replies`). The replies to the connection just read are sent once its
-requests are handled: one buffer with nothing queued before it goes out with one ``send``;
-anything else, and replies to other connections (wake-ups), is queued on its connection and
-the queues are flushed with ``sendmsg`` at the end of the loop turn. A partial send keeps
-the rest queued and registers ``EVENT_WRITE`` until drained.
+in one piece by ``encode_frame``'s fast encoders). The replies to the connection just read
+are sent once its requests are handled: one buffer with nothing queued before it goes out
+with one ``send``; anything else, and replies to other connections (wake-ups), is queued on
+its connection and the queues are flushed with ``sendmsg`` at the end of the loop turn. A
+partial send keeps the rest queued and registers ``EVENT_WRITE`` until drained.
 Parked requests are expired through ``logic.expire`` with ``logic.next_deadline()`` as the
 ``select`` timeout. Per event the work is proportional to that event (dict lookups, no scans
 over all connections), so the loop holds tens of thousands of connections.
