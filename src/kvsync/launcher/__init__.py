@@ -9,8 +9,8 @@ workers with the environment a training script expects (``MASTER_ADDR``, ``RANK`
 and when one of them fails stops the others and exits with that child's code.
 
 Modules: :mod:`~kvsync.launcher.run` (command line), :mod:`~kvsync.launcher.agent` (spawn
-and supervise), :mod:`~kvsync.launcher.output` (prefixed output),
-:mod:`~kvsync.launcher.torchrun` (finding kvsync's store under ``torchrun``).
+and supervise), :mod:`~kvsync.launcher.output` (prefixed output). Finding kvsync's store
+under ``torchrun`` is part of the store: :mod:`kvsync.store.torchrun`.
 """
 
 from __future__ import annotations

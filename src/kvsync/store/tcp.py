@@ -6,8 +6,8 @@ one code path. Where the address comes from when none is given (first match wins
 
 1. ``KVSYNC_STORE_ADDR``/``KVSYNC_STORE_PORT`` (``kvsync-run`` hosts the store there):
    every rank is a client.
-2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): delegated to
-   ``kvsync.launcher.torchrun.resolve_store_address`` when that module is installed.
+2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): rank 0 publishes its address in torch's
+   agent store (:mod:`kvsync.store.torchrun`, which applies all four rules).
 3. ``MASTER_ADDR``/``MASTER_PORT``: rank 0 (or a process without ``RANK``) hosts.
 4. Nothing: an embedded single-process store on a free loopback port.
 
@@ -21,16 +21,16 @@ fixed ``world_size`` leave no keys behind.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 import time
 from typing import Any
 
 from kvsync import defaults, env
 from kvsync.client import Client
-from kvsync.errors import StoreConnectionError, StoreTimeoutError
+from kvsync.errors import StoreTimeoutError
 from kvsync.server import StoreServer
 from kvsync.store.base import Store, Timeout, to_seconds
+from kvsync.store.torchrun import resolve_store_address
 
 __all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
 
@@ -81,20 +81,8 @@ def _from_environment(
                 raise ValueError(f"TCPStore({host!r}) needs a port (or MASTER_PORT set)")
             port = e.master_port
         return host, port, is_master, None
-    if e.store_addr is not None and e.store_port is not None:
-        return e.store_addr, e.store_port, is_master, None
-    if e.use_agent_store:
-        try:
-            torchrun: Any = importlib.import_module("kvsync.launcher.torchrun")
-        except ImportError as exc:
-            raise StoreConnectionError(
-                f"{env.TORCHELASTIC_USE_AGENT_STORE} is set but kvsync.launcher is missing"
-            ) from exc
-        a = torchrun.resolve_store_address(e, timeout=timeout)
-        return a.host, a.port, bool(a.is_master or is_master), a.listen_fd
-    if e.master_addr is not None and e.master_port is not None:
-        return e.master_addr, e.master_port, is_master or e.rank in (None, 0), None
-    return defaults.DEFAULT_HOST, 0, True, None
+    a = resolve_store_address(e, timeout=timeout)
+    return a.host, a.port, bool(a.is_master or is_master), a.listen_fd
 
 
 class TCPStore(Store):
