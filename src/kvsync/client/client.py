@@ -53,6 +53,13 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 _NO_REPLY = object()
 
 
+def _unwrap(reply: object) -> object:
+    """The reply itself, or the error it carries raised as its :mod:`kvsync.errors` class."""
+    if isinstance(reply, ErrorReply):
+        raise error_from_code(reply.code, reply.message)
+    return reply
+
+
 def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
     """Set ``SO_RCVTIMEO``/``SO_SNDTIMEO`` (at least 1 ms: zero would mean "forever")."""
     usec = max(1000, min(int(seconds * 1e6), 1 << 40))
@@ -186,10 +193,7 @@ class Client:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise StoreTimeoutError(
-                        f"no reply from store server {self.address} to request {request_id}"
-                        f" within {timeout:g} s{self.timeout_hint}"
-                    )
+                    raise self._no_reply(request_id, timeout)
                 try:
                     events = self._read(remaining)
                 except KVSyncError as exc:
@@ -204,14 +208,10 @@ class Client:
                         others = True
                 if others:
                     with self._lock:
-                        for ev in events:
-                            if ev.request_id in self._waiting:
-                                self._results[ev.request_id] = ev.message
+                        self._file_locked(events)
                         self._cond.notify_all()
                 if reply is not _NO_REPLY:
-                    if isinstance(reply, ErrorReply):
-                        raise error_from_code(reply.code, reply.message)
-                    return reply
+                    return _unwrap(reply)
         finally:
             with lock:
                 self._reading = False
@@ -252,19 +252,13 @@ class Client:
             while True:
                 if request_id in self._results:
                     self._waiting.discard(request_id)
-                    reply = self._results.pop(request_id)
-                    if isinstance(reply, ErrorReply):
-                        raise error_from_code(reply.code, reply.message)
-                    return reply
+                    return _unwrap(self._results.pop(request_id))
                 self._raise_if_failed()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._waiting.discard(request_id)
                     self._proto.receive_into(request_id, None)
-                    raise StoreTimeoutError(
-                        f"no reply from store server {self.address} to request {request_id}"
-                        f" within {timeout:g} s{self.timeout_hint}"
-                    )
+                    raise self._no_reply(request_id, timeout)
                 if self._reading:
                     self._cond.wait(remaining)
                     continue
@@ -277,13 +271,23 @@ class Client:
                 finally:
                     self._cond.acquire()
                     self._reading = False
-                for ev in events:
-                    if ev.request_id in self._waiting:
-                        self._results[ev.request_id] = ev.message
+                self._file_locked(events)
                 if error is not None:
                     self._fail_locked(error)
                 if len(self._waiting) > 1 or error is not None:  # others may wait for these
                     self._cond.notify_all()
+
+    def _file_locked(self, events: list[Event]) -> None:
+        """Keep the replies someone still waits for (the lock is held); drop the others."""
+        for ev in events:
+            if ev.request_id in self._waiting:
+                self._results[ev.request_id] = ev.message
+
+    def _no_reply(self, request_id: int, timeout: float) -> StoreTimeoutError:
+        return StoreTimeoutError(
+            f"no reply from store server {self.address} to request {request_id}"
+            f" within {timeout:g} s{self.timeout_hint}"
+        )
 
     def _read(self, timeout: float) -> list[Event]:
         """Block up to ``timeout`` (at most :data:`_READ_SLICE`) for replies; decode them."""

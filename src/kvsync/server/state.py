@@ -314,9 +314,7 @@ class StoreState:
         if len(key) * 4 > self.max_key_bytes:
             self._check_key(key)
         if not msg.block:
-            if key in self._queues:
-                raise _wrong_kind(key, "queue", "value")
-            return ValueReply(self._values.get(key) or b"")
+            return ValueReply(self._value_of(key) or b"")
         return self._block_on(conn_id, request_id, msg, (msg.key,), msg.timeout_ms, now)
 
     def _multi_get(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:

@@ -73,10 +73,13 @@ class Store(abc.ABC):
     _blocking_get: bool = False
 
     def __init__(self, timeout: Timeout = defaults.DEFAULT_TIMEOUT) -> None:
-        self._timeout = to_seconds(timeout)
         self._closed = False
-        #: (the timeout it was computed for, _deadline(None)): recomputed when it changes.
-        self._default_deadline: tuple[float, tuple[int, float]] = (-1.0, (0, 0.0))
+        self._use_timeout(to_seconds(timeout))
+
+    def _use_timeout(self, seconds: float) -> None:
+        """Make ``seconds`` the default timeout (with its :meth:`_deadline`, made once)."""
+        self._timeout = seconds
+        self._default_deadline = (to_ms(seconds), seconds + REPLY_GRACE_SECONDS)
 
     # --- the one method a concrete store implements ---------------------------------------
 
@@ -114,12 +117,7 @@ class Store(abc.ABC):
     def _deadline(self, timeout: Timeout | None) -> tuple[int, float]:
         """(server-side timeout_ms, client-side reply timeout) for a blocking request."""
         if timeout is None:
-            cached = self._default_deadline
-            if cached[0] == self._timeout:
-                return cached[1]
-            seconds = self._timeout
-            self._default_deadline = (seconds, (to_ms(seconds), seconds + REPLY_GRACE_SECONDS))
-            return self._default_deadline[1]
+            return self._default_deadline
         seconds = to_seconds(timeout)
         return to_ms(seconds), seconds + REPLY_GRACE_SECONDS
 
@@ -157,10 +155,7 @@ class Store(abc.ABC):
         """
         if type(key) is not str:
             key = check_key(key)
-        cached = self._default_deadline  # _deadline(None), inlined
-        timeout_ms, reply_timeout = (
-            cached[1] if cached[0] == self._timeout else self._deadline(None)
-        )
+        timeout_ms, reply_timeout = self._default_deadline
         msg = m.Get(key, self._blocking_get, timeout_ms)
         return bytes(self._request(msg, m.ValueReply, reply_timeout).value)
 
@@ -383,7 +378,7 @@ class Store(abc.ABC):
             >>> s = HashStore(); s.set_timeout(5); s.timeout.total_seconds()
             5.0
         """
-        self._timeout = to_seconds(timeout)
+        self._use_timeout(to_seconds(timeout))
 
     @property
     def timeout(self) -> timedelta:
