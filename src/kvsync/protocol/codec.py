@@ -174,7 +174,6 @@ def _encode_fields(
 # errors. tests/protocol/test_fast_encode.py checks the equality with hypothesis.
 
 _FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
-_HEADER = struct.Struct("<4sBBHQQ")  # the header alone (a message with no fields)
 _HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
 _HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
 _HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
@@ -318,7 +317,7 @@ def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> by
 
 def _fast_ok_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
     try:
-        frame: bytes = _HEADER.pack(MAGIC, PROTOCOL_VERSION, _OK_REPLY, 0, request_id, 0)
+        frame = pack_header(_OK_REPLY, request_id, 0)
     except struct.error:
         return None
     return frame
@@ -348,29 +347,42 @@ _FastDecode = Callable[[Payload], object | None]
 _DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | None]
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
-_KEY_LEN = struct.Struct("<I")
-_VALUE_LEN = struct.Struct("<Q")
 #: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
 _SCALAR_CODES = {"int": "q", "bool": "B", "float": "d"}
 
 
+def _scalars(
+    annotations: list[str],
+) -> tuple[int, Callable[[Payload, int], tuple[object, ...] | None]]:
+    """(byte size, unpacker) of consecutive fixed-size fields: the unpacker gives their
+    values at an offset (bools as ``bool``), or ``None`` when a bool byte is not 0 or 1."""
+    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
+    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
+
+    def unpack(payload: Payload, offset: int) -> tuple[object, ...] | None:
+        values: tuple[object, ...] = layout.unpack_from(payload, offset)
+        if bools:
+            if any(values[i] > 1 for i in bools):  # type: ignore[operator]
+                return None
+            values = tuple(v == 1 if i in bools else v for i, v in enumerate(values))
+        return values
+
+    return layout.size, unpack
+
+
 def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastDecode:
     """Fast decoder of a message made of a ``str`` then fixed-size fields (Get, Add, ...)."""
-    tail = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
-    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
-    size = tail.size
+    size, unpack = _scalars(annotations)
 
     def decode(payload: Payload) -> object | None:
         if len(payload) < 4:
             return None
-        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        end = 4 + _U32.unpack_from(payload)[0]
         if len(payload) != end + size or (key_cap and end - 4 > key_cap):
             return None
-        values = list(tail.unpack_from(payload, end))
-        for i in bools:
-            if values[i] > 1:
-                return None
-            values[i] = values[i] == 1
+        values = unpack(payload, end)
+        if values is None:
+            return None
         try:
             key = str(payload[4:end], "utf-8")
         except UnicodeDecodeError:
@@ -383,18 +395,12 @@ def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastD
 
 def _only_scalars(cls: type, annotations: list[str]) -> _FastDecode:
     """Fast decoder of a message made only of fixed-size fields (IntReply, ...)."""
-    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
-    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
-    size = layout.size
+    size, unpack = _scalars(annotations)
 
     def decode(payload: Payload) -> object | None:
-        if len(payload) != size:
+        values = unpack(payload, 0) if len(payload) == size else None
+        if values is None:
             return None
-        values = layout.unpack_from(payload)
-        if bools:
-            if any(values[i] > 1 for i in bools):
-                return None
-            values = tuple(v == 1 if i in bools else v for i, v in enumerate(values))
         msg: object = cls(*values)
         return msg
 
@@ -408,7 +414,7 @@ def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
         size = len(payload)
         if size < 8:
             return None
-        n = _VALUE_LEN.unpack_from(payload)[0]
+        n = _U64.unpack_from(payload)[0]
         if 8 + n != size or (value_cap and n > value_cap):
             return None
         msg: object = cls(memoryview(payload)[8:])
@@ -424,10 +430,10 @@ def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
         size = len(payload)
         if size < 12:
             return None
-        end = 4 + _KEY_LEN.unpack_from(payload)[0]
+        end = 4 + _U32.unpack_from(payload)[0]
         if end + 8 > size or (key_cap and end - 4 > key_cap):
             return None
-        n = _VALUE_LEN.unpack_from(payload, end)[0]
+        n = _U64.unpack_from(payload, end)[0]
         if end + 8 + n != size or (value_cap and n > value_cap):
             return None
         try:
