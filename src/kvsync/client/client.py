@@ -39,7 +39,7 @@ from kvsync.errors import (
     StoreTimeoutError,
     error_from_code,
 )
-from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
+from kvsync.protocol.connection import Connection, Event, Role
 from kvsync.protocol.messages import ErrorReply
 
 __all__ = ["Client"]
@@ -172,7 +172,8 @@ class Client:
             StoreTimeoutError: no reply within ``timeout`` (default: the client's).
             KVSyncError subclasses: the error the server answered with.
         """
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is None:
+            timeout = self.timeout
         lock = self._lock
         with lock:
             alone = not self._reading and not self._waiting and self._error is None
@@ -186,37 +187,84 @@ class Client:
                 request_id = next(self._ids)
                 parts = self._proto.send(request_id, msg)
                 try:
-                    self._send_all(parts)
+                    if len(parts) == 1 and self.timeout == self._send_timeout:
+                        self._sock.sendall(parts[0])  # the usual: _send_all's first case
+                    else:
+                        self._send_all(parts)
                 except StoreConnectionError as exc:
                     self._fail(exc)
                     raise
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise self._no_reply(request_id, timeout)
+                except OSError as exc:
+                    error = self._send_error(exc)
+                    self._fail(error)
+                    raise error from exc
+            if timeout > _READ_SLICE == self._recv_timeout:  # the usual: one receive, ours
+                proto = self._proto
                 try:
-                    events = self._read(remaining)
+                    events, n, size = proto.receive_events(self._sock.recv_into)
+                except (BlockingIOError, InterruptedError):
+                    events, n, size = [], -1, 0
                 except KVSyncError as exc:
-                    self._fail(exc)
-                    self._raise_if_failed()
-                    raise
-                reply, others = _NO_REPLY, False
-                for ev in events:
-                    if ev.request_id == request_id:
-                        reply = ev.message
-                    else:
-                        others = True
-                if others:
-                    with self._lock:
-                        self._file_locked(events)
-                        self._cond.notify_all()
-                if reply is not _NO_REPLY:
-                    return _unwrap(reply)
+                    raise self._failed_read(exc) from None
+                except OSError as exc:
+                    raise self._failed_read(self._read_error(exc)) from exc
+                if proto.error is not None:  # bad bytes after good replies: fail anyway
+                    raise self._failed_read(proto.error) from None
+                if 0 < n < size and n < 65536 and len(events) == 1:
+                    request_id_got, reply = events[0]
+                    if request_id_got == request_id:
+                        if isinstance(reply, ErrorReply):
+                            raise error_from_code(reply.code, reply.message)
+                        return reply
+                if n == 0:
+                    raise self._failed_read(self._read_error(None))
+            else:
+                events = []
+            return self._read_reply(request_id, deadline, timeout, events)
         finally:
             with lock:
                 self._reading = False
                 if self._waiting:  # requests sent meanwhile: one of them reads next
                     self._cond.notify_all()
+
+    def _read_reply(
+        self, request_id: int, deadline: float, timeout: float, events: list[Event]
+    ) -> object:
+        """The general end of :meth:`call` (the reader role held): file ``events`` and any
+        other replies read, until the reply to ``request_id`` is there or the deadline."""
+        while True:
+            reply = _NO_REPLY
+            for ev in events:
+                if ev.request_id == request_id:
+                    reply = ev.message
+            if events:
+                with self._cond:
+                    self._file_locked(events)
+                    self._cond.notify_all()
+            if reply is not _NO_REPLY:
+                return _unwrap(reply)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._no_reply(request_id, timeout)
+            try:
+                events = self._read(remaining)
+            except KVSyncError as exc:
+                raise self._failed_read(exc) from None
+
+    def _failed_read(self, exc: KVSyncError) -> KVSyncError:
+        """Fail the client after the read error ``exc``; the error to raise (the first
+        failure, when there was one already)."""
+        self._fail(exc)
+        err = self._error
+        return type(err)(str(err)) if err is not None and err is not exc else exc
+
+    def _read_error(self, exc: OSError | None) -> StoreConnectionError:
+        """The error for a failed receive (``None``: the server closed the connection)."""
+        if exc is None:
+            return StoreConnectionError(
+                f"store server {self.address} closed the connection (server gone?)"
+            )
+        return StoreConnectionError(f"lost the connection to store server {self.address}: {exc}")
 
     def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
@@ -295,29 +343,25 @@ class Client:
         if wanted != self._recv_timeout:
             _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, wanted)
             self._recv_timeout = wanted
-        proto, recv_into = self._proto, self._sock.recv_into
-        receive_from, next_event = proto.receive_from, proto.next_event
+        receive_events, recv_into = self._proto.receive_events, self._sock.recv_into
         events: list[Event] = []
         for _ in range(64):
             try:
-                n, size = receive_from(recv_into)
+                got, n, size = receive_events(recv_into)
             except (BlockingIOError, InterruptedError):  # the kernel timeout, or drained
                 break
             except OSError as exc:
-                raise StoreConnectionError(
-                    f"lost the connection to store server {self.address}: {exc}"
-                ) from exc
+                raise self._read_error(exc) from exc
+            if self._proto.error is not None:  # bad bytes after good replies: fail anyway
+                raise self._proto.error
             if n == 0:
-                raise StoreConnectionError(
-                    f"store server {self.address} closed the connection (server gone?)"
-                )
-            for _ in range(1_000_000):
-                ev = next_event()
-                if ev is NEED_DATA:
-                    break
-                events.append(ev)  # type: ignore[arg-type]
-            if n < size and n < 65536:  # else keep reading: a big payload streams in
+                raise self._read_error(None)
+            if n < size and n < 65536:  # all there is (else a big payload streams in)
+                if not events:
+                    return got  # the usual: one receive
+                events += got
                 break
+            events += got
             recv_into = partial(self._sock.recv_into, flags=_DONTWAIT)
         return events
 
@@ -338,14 +382,16 @@ class Client:
                     else:
                         buffers[0] = buffers[0][sent:]
                         sent = 0
-        except BlockingIOError:  # SO_SNDTIMEO: no progress for self.timeout seconds
-            raise StoreConnectionError(
-                f"store server {self.address} did not accept data for {self.timeout:g} s"
-            ) from None
         except OSError as exc:
-            raise StoreConnectionError(
-                f"lost the connection to store server {self.address}: {exc}"
-            ) from exc
+            raise self._send_error(exc) from exc
+
+    def _send_error(self, exc: OSError) -> StoreConnectionError:
+        """The error for a failed send (``BlockingIOError``: the kernel send timeout)."""
+        if isinstance(exc, BlockingIOError):  # SO_SNDTIMEO: no progress for self.timeout s
+            return StoreConnectionError(
+                f"store server {self.address} did not accept data for {self.timeout:g} s"
+            )
+        return StoreConnectionError(f"lost the connection to store server {self.address}: {exc}")
 
     # --- failure and lifetime -------------------------------------------------------------
 

@@ -206,12 +206,16 @@ def _plain_bytes(value: object) -> bool:
 def _fast_key_value(opcode: int) -> _FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         key, value = msg.key, msg.value  # type: ignore[attr-defined]
-        if type(key) is not str or not _plain_bytes(value) or len(value) >= _SMALL:
+        if type(key) is not str or (type(value) is not bytes and not _plain_bytes(value)):
             return None
         try:
             k = key.encode()
             size = 12 + len(k) + len(value)
-            if not _fits(limits, len(k), len(value), size):
+            if len(value) >= _SMALL or (
+                limits is not None
+                and size > limits.within
+                and not _fits(limits, len(k), len(value), size)
+            ):
                 return None
             head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
         except (UnicodeEncodeError, struct.error):
@@ -230,7 +234,7 @@ def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _FastEncod
             rest = b"" if tail is None else tail(msg)
             k = key.encode()
             size = 4 + len(k) + len(rest)
-            if not _fits(limits, len(k), 0, size):
+            if limits is not None and size > limits.within and not _fits(limits, len(k), 0, size):
                 return None
             head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
         except (UnicodeEncodeError, struct.error, TypeError):
@@ -301,9 +305,9 @@ def _fast_int_reply(request_id: int, msg: object, limits: Limits | None) -> byte
 
 def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
     value = msg.value  # type: ignore[attr-defined]
-    if not _plain_bytes(value) or len(value) >= _SMALL:
+    if (type(value) is not bytes and not _plain_bytes(value)) or len(value) >= _SMALL:
         return None
-    if not _fits(limits, 0, len(value), 8 + len(value)):
+    if limits is not None and not _fits(limits, 0, len(value), 8 + len(value)):
         return None
     try:
         head = _HEAD_U64.pack(
@@ -348,7 +352,7 @@ _DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | No
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
 #: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
-_SCALAR_CODES = {"int": "q", "bool": "B", "float": "d"}
+_SCALAR_CODES = {"int": "q", "bool": "?", "float": "d"}
 
 
 def _scalars(
@@ -356,15 +360,19 @@ def _scalars(
 ) -> tuple[int, Callable[[Payload, int], tuple[object, ...] | None]]:
     """(byte size, unpacker) of consecutive fixed-size fields: the unpacker gives their
     values at an offset (bools as ``bool``), or ``None`` when a bool byte is not 0 or 1."""
-    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
-    bools = tuple(i for i, a in enumerate(annotations) if a == "bool")
+    codes = [_SCALAR_CODES[a] for a in annotations]
+    layout = struct.Struct("<" + "".join(codes))
+    bool_at = tuple(
+        struct.calcsize("<" + "".join(codes[:i])) for i, a in enumerate(annotations) if a == "bool"
+    )
+    if not bool_at:
+        return layout.size, layout.unpack_from
 
     def unpack(payload: Payload, offset: int) -> tuple[object, ...] | None:
-        values: tuple[object, ...] = layout.unpack_from(payload, offset)
-        if bools:
-            if any(values[i] > 1 for i in bools):  # type: ignore[operator]
+        for at in bool_at:
+            if payload[offset + at] > 1:
                 return None
-            values = tuple(v == 1 if i in bools else v for i, v in enumerate(values))
+        values: tuple[object, ...] = layout.unpack_from(payload, offset)
         return values
 
     return layout.size, unpack
@@ -455,6 +463,9 @@ def _fast_decoder(cls: type, limits: Limits) -> _FastDecode | None:
     """
     fields = dataclasses.fields(cls)
     annotations = [str(f.type) for f in fields]
+    if not fields:  # OkReply, Ping, ...: one shared (immutable) instance
+        instance = cls()
+        return lambda payload: None if payload else instance
     if annotations == ["Buffer"]:
         return _only_buffer(cls, limits.max_value_bytes)
     if annotations and all(a in _SCALAR_CODES for a in annotations):

@@ -3,10 +3,11 @@
 Strategy: a :class:`~kvsync.protocol.framing.FrameBuffer` splits the byte stream into
 frames (``receive_data`` copies into it; ``receive_buffer``/``advance``, or
 ``receive_from`` in one call, let a socket ``recv_into`` it directly, big payloads straight
-into their own fresh buffer). Each header is validated (magic, version, flags, opcode,
-payload length against the frame cap) before anything is allocated: the frame buffer's
-quick test passes the good ones, and this object names what is wrong with the others; each
-payload is decoded by the codec into views of itself.
+into their own fresh buffer; ``receive_events`` also decodes what arrived, in one call).
+Each header is validated (magic, version, flags, opcode, payload length against the frame
+cap) before anything is allocated: the frame buffer's quick test passes the good ones, and
+this object names what is wrong with the others; each payload is decoded by the codec into
+views of itself.
 
 The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
 dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
@@ -148,8 +149,10 @@ class Connection:
         self._token = token
         self._frames = FrameBuffer(self._validate, _OPCODES, self.limits.max_frame_bytes)
         self._error: KVSyncError | None = None
+        self._unraised: KVSyncError | None = None  # held back behind good events
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
+        self._sendable: frozenset[type] = frozenset()  # what send() takes (set by _enter)
         self._outbox: Buffers = []
         self._nonce = b""
         self._challenge = b""
@@ -165,6 +168,7 @@ class Connection:
     def _enter(self, state: _State) -> None:
         self._state = state
         self._dispatch = _HANDLERS[(self.role, state)]
+        self._sendable = _SENDABLE[self.role] if state is _State.READY else frozenset()
 
     @property
     def last_request_id(self) -> int | None:
@@ -178,7 +182,12 @@ class Connection:
         return self._state is _State.READY and self._error is None
 
     def _check_usable(self) -> None:
+        """Raise if the connection failed: the error itself the first time it surfaces (it
+        may have been held back behind good events), a LocalProtocolError after that."""
         if self._error is not None:
+            exc, self._unraised = self._unraised, None
+            if exc is not None:
+                raise exc
             raise LocalProtocolError(f"connection unusable after an earlier error: {self._error}")
 
     def data_to_send(self) -> Buffers:
@@ -198,12 +207,12 @@ class Connection:
                 is not a message this role may send.
             LimitExceededError: a key/value is over the server's cap (client side).
         """
-        if self._error is None and self._state is _State.READY:
-            if (type(msg) in _REPLY_TYPES) is (self.role is Role.SERVER):
-                return encode_frame(request_id, msg, self.peer_limits)
-            raise LocalProtocolError(f"a {self.role.value} cannot send {type(msg).__name__}")
+        if type(msg) in self._sendable and self._error is None:  # empty until READY
+            return encode_frame(request_id, msg, self.peer_limits)
         self._check_usable()
-        raise LocalProtocolError("cannot send requests before the handshake completes")
+        if self._state is not _State.READY:
+            raise LocalProtocolError("cannot send requests before the handshake completes")
+        raise LocalProtocolError(f"a {self.role.value} cannot send {type(msg).__name__}")
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -258,6 +267,50 @@ class Connection:
         if self._error is not None:
             self._check_usable()
         return self._frames.receive_from(recv_into)
+
+    def receive_events(
+        self, recv_into: Callable[[memoryview | bytearray], int]
+    ) -> tuple[list[Event], int, int]:
+        """Call ``recv_into`` (e.g. a socket's) once, then decode every message now complete.
+
+        Returns ``(events, byte count received, size of the buffer offered)``. The events
+        are those before any bad frame: a bad frame makes the connection fail, its error
+        goes to :attr:`error` and is raised by the next receiving call, so check
+        :attr:`error` after handling the events. Whatever ``recv_into`` raises propagates,
+        nothing recorded.
+
+        Raises:
+            KVSyncError: the connection had already failed (the first time: that error).
+        """
+        if self._error is not None:
+            self._check_usable()
+        frames, error, n, size = self._frames.receive_frames(recv_into)
+        events: list[Event] = []
+        request_id, decoding = 0, True
+        try:
+            for opcode, request_id, payload in frames:
+                if isinstance(payload, Landed):
+                    msg = payload.value
+                else:
+                    msg = self._decoder.decode(opcode, payload)
+                event = self._dispatch(self, request_id, msg)
+                if event is not None:
+                    events.append(event)
+            if error is not None:
+                decoding = False
+                raise error
+        except KVSyncError as exc:
+            if decoding:  # a message failed to decode: an error reply answers it
+                self._frames.last_request_id = request_id
+            self._error = self._unraised = exc
+            if not events:
+                self._check_usable()
+        return events, n, size
+
+    @property
+    def error(self) -> KVSyncError | None:
+        """The error that made this connection unusable, ``None`` while it is usable."""
+        return self._error
 
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
@@ -416,6 +469,11 @@ _OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
 _REPLY_TYPES: frozenset[type] = frozenset(c for op, c in MESSAGE_OF.items() if op >= _REPLY_MIN)
 _HANDSHAKE_TYPES: frozenset[type] = frozenset(MESSAGE_OF[op] for op in HANDSHAKE_OPCODES)
 _NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
+#: role -> the message types it may send once the handshake is complete.
+_SENDABLE: dict[Role, frozenset[type]] = {
+    Role.SERVER: _REPLY_TYPES,
+    Role.CLIENT: frozenset(MESSAGE_OF.values()) - _REPLY_TYPES,
+}
 _Handler = Callable[[Connection, int, object], "Event | None"]
 #: (role, state) -> what to do with the next decoded message.
 _HANDLERS: dict[tuple[Role, _State], _Handler] = {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,13 @@ class Limits:
     max_value_bytes: int = defaults.MAX_VALUE_BYTES
     max_frame_bytes: int = defaults.MAX_FRAME_BYTES
     max_items: int = defaults.MAX_KEYS_PER_REQUEST
+    #: Derived: a frame whose payload is at most this many bytes is within every byte cap
+    #: (its key and value are no longer than the payload); one comparison for small frames.
+    within: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        caps = [c for c in (self.max_key_bytes, self.max_value_bytes) if c]
+        object.__setattr__(self, "within", min([self.max_frame_bytes, *caps]))
 
 
 class Writer:

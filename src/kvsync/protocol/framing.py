@@ -160,6 +160,58 @@ class FrameBuffer:
         self.advance(n)
         return n, size
 
+    def receive_frames(
+        self, recv_into: Callable[[memoryview | bytearray], int]
+    ) -> tuple[list[tuple[int, int, Payload | Landed]], Exception | None, int, int]:
+        """:meth:`receive_from`, then every frame now complete as ``(opcode, request id,
+        payload)``: returns ``(frames, error, byte count, buffer size)``, where ``error`` is
+        what ``validate`` raised for a header after those frames (``None`` if all was
+        well; :meth:`next_frame` raises it again). The usual case, one small frame received
+        whole into an empty buffer, is handled without further calls.
+
+        Raises:
+            Whatever ``recv_into`` raises (nothing recorded).
+        """
+        if (
+            self._start == self._end
+            and self._header is None
+            and self._payload is None
+            and not self._ready
+        ):  # nothing pending: receive into the empty scratch buffer
+            scratch = self._scratch
+            self._start = self._end = 0  # (if recv_into raises, the buffer stays empty)
+            self._end = n = recv_into(scratch)
+            if n >= HEADER_SIZE:
+                magic, version, opcode, flags, request_id, length = HEADER.unpack_from(scratch)
+                if (
+                    n == HEADER_SIZE + length
+                    and length <= SMALL_FRAME
+                    and magic == MAGIC
+                    and version == PROTOCOL_VERSION
+                    and not flags
+                    and opcode in self._opcodes
+                    and length <= self._max_length
+                ):  # one whole frame, and a good header: cut it out, the buffer is empty again
+                    self.last_request_id = request_id
+                    self._end = 0
+                    if self._landings:
+                        self._landings.pop(request_id, None)
+                    return [(opcode, request_id, scratch[HEADER_SIZE:n])], None, n, len(scratch)
+            size = len(scratch)
+        else:
+            n, size = self.receive_from(recv_into)
+        frames: list[tuple[int, int, Payload | Landed]] = []
+        for _ in range(1 << 40):
+            try:
+                frame = self.next_frame()
+            except Exception as exc:  # validate refused a header: the frames before it count
+                return frames, exc, n, size
+            if frame is None:
+                break
+            header, payload = frame
+            frames.append((header.opcode, header.request_id, payload))
+        return frames, None, n, size
+
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
 

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -651,3 +652,35 @@ PS_MESSAGE_OF: dict[Opcode, type] = {
 }
 MESSAGE_OF.update(PS_MESSAGE_OF)
 OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})
+
+
+def _quick_init(cls: type) -> None:
+    """Give the frozen message class ``cls`` an ``__init__`` that fills its slots through
+    their member descriptors: the same unchecked assignment the dataclass ``__init__``
+    makes through ``object.__setattr__``, minus the attribute lookup (a message is made
+    for every request and reply, so this is on the hot path). Same signature; a class
+    with defaults, a ``__post_init__`` or no fields keeps its own."""
+    fields = dataclasses.fields(cls)
+    if (
+        not fields
+        or hasattr(cls, "__post_init__")
+        or any(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in fields
+        )
+    ):
+        return
+    setters = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fields}
+    names = ", ".join(f.name for f in fields)
+    body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields)
+    scope: dict[str, Any] = {}
+    exec(f"def __init__(self, {names}):\n{body}", setters, scope)
+    init = scope["__init__"]
+    original = cls.__init__  # type: ignore[misc]
+    init.__qualname__, init.__module__ = original.__qualname__, original.__module__
+    init.__annotations__, init.__doc__ = original.__annotations__, original.__doc__
+    cls.__init__ = init  # type: ignore[misc]
+
+
+for _cls in MESSAGE_OF.values():
+    _quick_init(_cls)

@@ -35,7 +35,7 @@ from typing import Any
 from kvsync import defaults
 from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
 from kvsync.protocol.codec import Limits, encode_frame
-from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, encode_error
+from kvsync.protocol.connection import Connection, Event, Role, encode_error
 from kvsync.protocol.messages import ErrorReply
 from kvsync.server.logic import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
@@ -288,12 +288,15 @@ class StoreServer:
         if peer.closing is not None:
             self._discard_input(peer)
             return
-        receive_from = peer.proto.receive_from
+        receive_events = peer.proto.receive_events
         recv_into = peer.sock.recv_into
         for _ in range(_RECVS_PER_EVENT):
             try:
-                n, size = receive_from(recv_into)
+                events, n, size = receive_events(recv_into)
             except (BlockingIOError, InterruptedError):
+                return
+            except KVSyncError as exc:  # its bytes are not a valid frame (nothing before it)
+                self._fail(peer, exc)
                 return
             except OSError as exc:
                 self._drop(peer, f"receive failed: {exc}")
@@ -301,42 +304,39 @@ class StoreServer:
             if n == 0:
                 self._drop(peer, "client closed the connection")
                 return
-            if not self._process(peer) or (n < size and n < _STREAMING):
+            if not self._process(peer, events) or (n < size and n < _STREAMING):
                 return
 
-    def _process(self, peer: _Peer) -> bool:
-        """Handle every complete request of ``peer`` and send its replies; False once it
-        failed or was dropped."""
-        now = time.monotonic()
+    def _process(self, peer: _Peer, events: list[Event]) -> bool:
+        """Handle ``peer``'s requests and send its replies (after any handshake answer);
+        False once it failed or was dropped."""
         proto = peer.proto
         conn_id = peer.conn_id
         mine: list[_Buffer] = []  # replies to this peer, sent when its requests are done
-        while True:
-            try:
-                event = proto.next_event()
-            except KVSyncError as exc:
-                if mine:
-                    self._queue(peer, mine)
-                self._fail(peer, exc)
-                return False
-            if not peer.ready:  # a handshake frame may have been answered
-                mine += proto.data_to_send()
-                peer.ready = proto.handshake_complete
-            if event is NEED_DATA:
-                break
-            assert isinstance(event, Event)
-            request_id, msg = event
-            try:
-                out = self.logic.handle(conn_id, request_id, msg, now)
-            except Exception as exc:  # a logic bug must not stop the server for everyone
-                logger.exception("server logic failed on %s", type(msg).__name__)
-                text = f"server failed on {type(msg).__name__}: {exc!r}"
-                out = [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.SERVER, text))]
-            for o in out:  # usually just its reply
-                if o.conn_id == conn_id:
-                    mine += _encode(o)
-                else:
-                    self._deliver((o,))
+        if not peer.ready:  # handshake frames may have been answered
+            mine += proto.data_to_send()
+            peer.ready = proto.handshake_complete
+        if events:
+            now = time.monotonic()
+            handle = self.logic.handle
+            for request_id, msg in events:
+                try:
+                    out = handle(conn_id, request_id, msg, now)
+                except Exception as exc:  # a logic bug must not stop the server for everyone
+                    logger.exception("server logic failed on %s", type(msg).__name__)
+                    text = f"server failed on {type(msg).__name__}: {exc!r}"
+                    out = [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.SERVER, text))]
+                for o in out:  # usually just its reply
+                    if o.conn_id == conn_id:
+                        mine += _encode(o)
+                    else:
+                        self._deliver((o,))
+        error = proto.error
+        if error is not None:  # a bad frame after the good ones: answer them, then fail
+            if mine:
+                self._queue(peer, mine)
+            self._fail(peer, error)
+            return False
         if mine:
             self._send(peer, mine)
             return conn_id in self._peers  # False when the send failed

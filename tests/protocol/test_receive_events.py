@@ -1,0 +1,531 @@
+"""Batch receiving: ``FrameBuffer.receive_frames`` and ``Connection.receive_events``.
+
+One ``recv_into`` call, then every complete frame (or message) at once: the batch must give
+exactly what byte-wise feeding (``feed``/``receive_data`` then ``next_frame``/``next_event``)
+gives, in any split of the stream; a bad frame after good ones is held back (``error``) and
+raised once by the next call; a failing ``recv_into`` records nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_strategies import message_strategy, normalize
+
+from kvsync.errors import (
+    KVSyncError,
+    LimitExceededError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatchError,
+)
+from kvsync.protocol.codec import Limits, encode_frame
+from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event, Role
+from kvsync.protocol.frame import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
+from kvsync.protocol.framing import FrameBuffer
+from kvsync.protocol.messages import (
+    MESSAGE_OF,
+    Get,
+    Hello,
+    OkReply,
+    Opcode,
+    Ping,
+    PSValuesReply,
+    Set,
+)
+
+SMALL_LIMITS = Limits(max_key_bytes=64, max_value_bytes=1 << 16, max_frame_bytes=1 << 17)
+WIDE_LIMITS = Limits(0, 0, 1 << 30)  # strategies' keys may exceed a small key cap
+REQUESTS = sorted((c for op, c in MESSAGE_OF.items() if 0x10 <= op < 0x80), key=str)
+REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
+SET, PING = int(Opcode.SET), int(Opcode.PING)
+GARBAGE = {
+    # bytes after a good frame, and what the connection calls them
+    "not kvsync": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", VersionMismatchError),
+    "wrong version": (
+        HEADER.pack(MAGIC, PROTOCOL_VERSION + 1, PING, 0, 11, 0),
+        VersionMismatchError,
+    ),
+    "flags": (HEADER.pack(MAGIC, PROTOCOL_VERSION, PING, 1, 11, 0), RemoteProtocolError),
+    "unknown opcode": (HEADER.pack(MAGIC, PROTOCOL_VERSION, 0x7E, 0, 11, 0), RemoteProtocolError),
+    "over the frame cap": (
+        HEADER.pack(MAGIC, PROTOCOL_VERSION, SET, 0, 11, 1 << 62),
+        LimitExceededError,
+    ),
+}
+
+
+def _join(parts: list[Any]) -> bytes:
+    return b"".join(bytes(p) for p in parts)
+
+
+class _Chunks:
+    """A fake ``recv_into``: each call hands out (as much as fits of) the next chunk."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = deque(chunks)
+        self.offered: list[int] = []  # the size of each buffer offered
+        self.given: list[int] = []  # the byte count each call returned
+        self.types: list[type] = []
+
+    def __call__(self, buf: memoryview | bytearray) -> int:
+        chunk = self.chunks.popleft() if self.chunks else b""
+        n = min(len(buf), len(chunk))
+        buf[:n] = chunk[:n]
+        if n < len(chunk):
+            self.chunks.appendleft(chunk[n:])
+        self.offered.append(len(buf))
+        self.given.append(n)
+        self.types.append(type(buf))
+        return n
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+def _split(stream: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted(cuts)
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+def _raising(exc: BaseException) -> Callable[[memoryview | bytearray], int]:
+    def recv_into(buf: memoryview | bytearray) -> int:
+        raise exc
+
+    return recv_into
+
+
+# --- FrameBuffer.receive_frames ---------------------------------------------------------------
+
+
+class _RefusedError(Exception):
+    pass
+
+
+def _refuse(header: object) -> None:
+    raise _RefusedError(f"refused {header}")
+
+
+def _frame_buffer() -> FrameBuffer:
+    return FrameBuffer(_refuse, {SET, PING}, 1 << 20)
+
+
+def _frames(fb: FrameBuffer, chunks: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """Every frame ``receive_frames`` gives for these chunks (no error allowed)."""
+    feed, out = _Chunks(chunks), []
+    while feed:
+        frames, error, n, size = fb.receive_frames(feed)
+        assert error is None
+        assert n == feed.given[-1] and size == feed.offered[-1]
+        out += [(op, rid, bytes(p)) for op, rid, p in frames]
+    return out
+
+
+def test_one_whole_small_frame_into_an_empty_buffer_is_cut_from_the_scratch_buffer() -> None:
+    fb = _frame_buffer()
+    frame = pack_header(SET, 7, 5) + b"hello"
+    feed = _Chunks([frame])
+    frames, error, n, size = fb.receive_frames(feed)
+    assert feed.types == [bytearray]  # the scratch buffer itself: no view made
+    assert [(op, rid, bytes(p)) for op, rid, p in frames] == [(SET, 7, b"hello")]
+    assert (error, n, size) == (None, len(frame), feed.offered[0])
+    assert fb.last_request_id == 7
+    assert fb.next_frame() is None
+    assert _frames(fb, [pack_header(PING, 8, 0)]) == [(PING, 8, b"")]  # still in step
+
+
+def test_frames_in_any_split_come_out_whole_and_in_order() -> None:
+    payloads = [b"", b"x" * 3, b"y" * 100, b"z" * (SMALL_FRAME + 10), b"w"]
+    stream = b"".join(pack_header(SET, i, len(p)) + p for i, p in enumerate(payloads))
+    expected = [(SET, i, p) for i, p in enumerate(payloads)]
+    for chunk in (1, 7, HEADER_SIZE, 1000, len(stream)):
+        chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+        assert _frames(_frame_buffer(), chunks) == expected, chunk
+
+
+def test_a_refused_header_after_good_frames_is_returned_not_raised() -> None:
+    fb = _frame_buffer()
+    good = pack_header(SET, 1, 2) + b"ok"
+    bad = HEADER.pack(MAGIC, PROTOCOL_VERSION, SET, 3, 2, 0)  # flags: refused
+    frames, error, n, _ = fb.receive_frames(_Chunks([good + bad]))
+    assert [(op, rid, bytes(p)) for op, rid, p in frames] == [(SET, 1, b"ok")]
+    assert isinstance(error, _RefusedError) and n == len(good + bad)
+    assert fb.last_request_id == 2
+    with pytest.raises(_RefusedError, match=re.escape(str(error))):
+        fb.next_frame()  # raised again
+
+
+def test_a_refused_first_header_gives_no_frames_and_the_error() -> None:
+    fb = _frame_buffer()
+    frames, error, _, _ = fb.receive_frames(_Chunks([b"NOPE" + bytes(30)]))
+    assert frames == [] and isinstance(error, _RefusedError)
+    assert fb.last_request_id == 0
+
+
+def test_a_failing_recv_into_after_drained_frames_leaves_the_buffer_empty() -> None:
+    # Regression: two frames in one recv take the general path, which leaves the (drained)
+    # buffer's start and end offsets non-zero. A recv_into that then raises must not bring
+    # the old bytes back as frames.
+    fb = _frame_buffer()
+    two = pack_header(SET, 1, 3) + b"one" + pack_header(SET, 2, 3) + b"two"
+    assert _frames(fb, [two]) == [(SET, 1, b"one"), (SET, 2, b"two")]
+    with pytest.raises(BlockingIOError):
+        fb.receive_frames(_raising(BlockingIOError()))
+    assert fb.next_frame() is None
+    assert _frames(fb, [pack_header(SET, 3, 5) + b"three"]) == [(SET, 3, b"three")]
+    assert fb.next_frame() is None
+
+
+def test_a_failing_recv_into_mid_frame_keeps_the_partial_frame() -> None:
+    fb = _frame_buffer()
+    frame = pack_header(SET, 4, 6) + b"abcdef"
+    assert _frames(fb, [frame[:10]]) == []
+    with pytest.raises(InterruptedError):
+        fb.receive_frames(_raising(InterruptedError()))
+    assert _frames(fb, [frame[10:]]) == [(SET, 4, b"abcdef")]
+
+
+def test_a_payload_shaped_like_a_frame_after_its_header_alone_is_the_payload() -> None:
+    fb = _frame_buffer()
+    inner = pack_header(PING, 2, 0)  # the next recv brings exactly this: a whole "frame"
+    assert _frames(fb, [pack_header(SET, 1, len(inner))]) == []  # the header alone
+    assert _frames(fb, [inner]) == [(SET, 1, inner)]
+
+
+def test_a_big_frame_completed_by_receive_from_comes_before_the_next_one() -> None:
+    fb = _frame_buffer()
+    big = pack_header(SET, 1, SMALL_FRAME + 100) + bytes(SMALL_FRAME + 100)
+    assert _frames(fb, [big[:100]]) == []  # the big payload now has its own buffer
+    feed = _Chunks([big[100:]])
+    while feed:
+        fb.receive_from(feed)  # completes it, without asking for frames
+    got = _frames(fb, [pack_header(PING, 2, 0)])
+    assert [(op, rid) for op, rid, _ in got] == [(SET, 1), (PING, 2)]
+
+
+# --- Connection.receive_events: the same events as receive_data + next_event -----------------
+
+
+def _ready_client_and_hello(limits: Limits) -> tuple[Connection, bytes]:
+    """A client whose handshake completed with a server of these caps, and its Hello."""
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=limits)
+    hello = _join(client.data_to_send())
+    server.receive_data(hello)
+    assert server.next_event() is NEED_DATA
+    client.receive_data(_join(server.data_to_send()))
+    assert client.next_event() is NEED_DATA and client.handshake_complete
+    return client, hello
+
+
+def _pair(limits: Limits = SMALL_LIMITS) -> tuple[Connection, Connection]:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=limits)
+    server.receive_data(_join(client.data_to_send()))
+    assert server.next_event() is NEED_DATA
+    client.receive_data(_join(server.data_to_send()))
+    assert client.next_event() is NEED_DATA
+    return client, server
+
+
+def _via_next_event(conn: Connection, chunks: list[bytes]) -> tuple[list[Any], str | None]:
+    got: list[Any] = []
+    try:
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            for _ in range(10_000):
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                assert isinstance(ev, Event)
+                got.append((ev.request_id, normalize(ev.message)))
+    except KVSyncError as exc:
+        return got, type(exc).__name__
+    return got, None
+
+
+def _via_receive_events(conn: Connection, chunks: list[bytes]) -> tuple[list[Any], str | None]:
+    """Every event ``receive_events`` gives for these chunks, and the error it reports
+    (checking that a held-back error is raised once, as itself, then LocalProtocolError)."""
+    feed, got = _Chunks(chunks), []
+    for _ in range(100_000):
+        if not feed:
+            return got, None
+        try:
+            events, n, size = conn.receive_events(feed)
+        except KVSyncError as exc:  # a bad first frame: raised at once
+            assert conn.error is exc
+            break
+        assert n == feed.given[-1] and size == feed.offered[-1] and 0 <= n <= size
+        got += [(ev.request_id, normalize(ev.message)) for ev in events]
+        if conn.error is not None:
+            assert events, "an error with no events before it is raised, not held"
+            with pytest.raises(KVSyncError) as raised:
+                conn.receive_events(feed)
+            assert raised.value is conn.error
+            break
+    else:
+        raise AssertionError("unbounded receive loop")
+    error = conn.error
+    with pytest.raises(LocalProtocolError):
+        conn.receive_events(feed)
+    assert conn.error is error
+    return got, type(error).__name__
+
+
+def _cuts(data: st.DataObject, stream: bytes, boundaries: list[int]) -> list[int]:
+    """Arbitrary cut points, plus some frame boundaries (so whole frames land alone)."""
+    anywhere = st.integers(0, len(stream))
+    at_frames = st.sampled_from(boundaries) if boundaries else anywhere
+    cuts: list[int] = data.draw(st.lists(st.one_of(anywhere, at_frames), max_size=8))
+    return cuts
+
+
+@given(st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=5), st.data())
+def test_requests_in_any_split_give_the_events_of_next_event(
+    msgs: list[object], data: st.DataObject
+) -> None:
+    client, hello = _ready_client_and_hello(WIDE_LIMITS)
+    frames = [hello] + [_join(client.send(i, m)) for i, m in enumerate(msgs)]
+    stream = b"".join(frames)
+    boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
+    chunks = _split(stream, _cuts(data, stream, boundaries))
+    got = _via_receive_events(Connection(Role.SERVER, limits=WIDE_LIMITS), chunks)
+    assert got == _via_next_event(Connection(Role.SERVER, limits=WIDE_LIMITS), chunks)
+    assert got == ([(i, normalize(m)) for i, m in enumerate(msgs)], None)
+
+
+@given(st.lists(st.sampled_from(REPLIES).flatmap(message_strategy), max_size=5), st.data())
+def test_replies_in_any_split_give_the_events_of_next_event(
+    msgs: list[object], data: st.DataObject
+) -> None:
+    server = Connection(Role.SERVER, limits=WIDE_LIMITS)
+    server.receive_data(_join(Connection(Role.CLIENT).data_to_send()))
+    assert server.next_event() is NEED_DATA
+    frames = [_join(server.data_to_send())] + [_join(server.send(i, m)) for i, m in enumerate(msgs)]
+    stream = b"".join(frames)
+    boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
+    chunks = _split(stream, _cuts(data, stream, boundaries))
+    client = Connection(Role.CLIENT)
+    got = _via_receive_events(client, chunks)
+    assert got == _via_next_event(Connection(Role.CLIENT), chunks)
+    assert got == ([(i, normalize(m)) for i, m in enumerate(msgs)], None)
+    assert client.handshake_complete and client.error is None
+
+
+def _fuzz_stream() -> st.SearchStrategy[bytes]:
+    hello = _join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b"")))
+    valid = st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=4).map(
+        lambda ms: hello + b"".join(_join(encode_frame(i, m)) for i, m in enumerate(ms))
+    )
+
+    @st.composite
+    def mutated(draw: Any) -> bytes:
+        data = bytearray(draw(valid))
+        for _ in range(draw(st.integers(0, 3))):
+            if data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=40))
+
+    return st.one_of(st.binary(max_size=200), mutated(), valid.map(lambda s: s + b"KVSY\x01"))
+
+
+@given(_fuzz_stream(), st.data())
+def test_any_bytes_in_any_split_give_the_events_of_next_event_or_a_kvsync_error(
+    stream: bytes, data: st.DataObject
+) -> None:
+    chunks = _split(stream, data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    got = _via_receive_events(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks)
+    assert got == _via_next_event(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks)
+    assert got == _via_next_event(Connection(Role.SERVER, limits=SMALL_LIMITS), [stream])
+
+
+# --- Connection.receive_events: errors ------------------------------------------------------
+
+
+PING_FRAME = _join(encode_frame(9, Ping()))
+#: Every way to use a server connection again after receiving.
+CALLS: dict[str, Callable[[Connection], object]] = {
+    "receive_events": lambda conn: conn.receive_events(_Chunks([PING_FRAME])),
+    "next_event": lambda conn: conn.next_event(),
+    "receive_from": lambda conn: conn.receive_from(_Chunks([PING_FRAME])),
+    "receive_data": lambda conn: conn.receive_data(PING_FRAME),
+    "receive_buffer": lambda conn: conn.receive_buffer(),
+    "send": lambda conn: conn.send(9, OkReply()),
+}
+
+
+@pytest.mark.parametrize("next_call", list(CALLS))
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+def test_a_good_frame_then_garbage_in_one_chunk_gives_the_event_then_the_error(
+    garbage: str, next_call: str
+) -> None:
+    client, server = _pair()
+    bad, kind = GARBAGE[garbage]
+    good = _join(client.send(5, Set("k", b"v")))
+    events, n, _ = server.receive_events(_Chunks([good + bad]))
+    assert n == len(good + bad)
+    assert [(ev.request_id, normalize(ev.message)) for ev in events] == [(5, ("Set", "k", b"v"))]
+    error = server.error
+    assert type(error) is kind and isinstance(error, KVSyncError)
+    assert not server.handshake_complete
+    with pytest.raises(kind) as raised:
+        CALLS[next_call](server)
+    assert raised.value is error  # the very object, raised once
+    with pytest.raises(LocalProtocolError, match="earlier error"):
+        CALLS[next_call](server)
+    with pytest.raises(LocalProtocolError):
+        server.receive_events(_Chunks([b""]))
+    assert server.error is error
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+def test_a_bad_first_frame_raises_at_once(garbage: str) -> None:
+    _, server = _pair()
+    bad, kind = GARBAGE[garbage]
+    with pytest.raises(kind) as raised:
+        server.receive_events(_Chunks([bad]))
+    assert server.error is raised.value
+    with pytest.raises(LocalProtocolError, match="earlier error"):
+        server.receive_events(_Chunks([b""]))
+
+
+def _undecodable_set(client: Connection, request_id: int) -> bytes:
+    frame = bytearray(_join(client.send(request_id, Set("kk", b"v"))))
+    frame[HEADER_SIZE + 4] = 0xFF  # the key's first byte: not UTF-8
+    return bytes(frame)
+
+
+def _undecodable_get(client: Connection, request_id: int) -> bytes:
+    frame = bytearray(_join(client.send(request_id, Get("kk", False, 5))))
+    frame[HEADER_SIZE + 4 + 2] = 2  # the block byte: a bool is 0 or 1
+    return bytes(frame)
+
+
+BAD_MESSAGES = {
+    "Set key not UTF-8": (_undecodable_set, "UTF-8"),
+    "Get block byte 2": (_undecodable_get, "bool"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_MESSAGES))
+@pytest.mark.parametrize("followed", [False, True], ids=["last", "followed by a good frame"])
+def test_a_message_that_fails_to_decode_is_answered_at_its_request_id(
+    bad: str, followed: bool
+) -> None:
+    client, server = _pair()
+    make, match = BAD_MESSAGES[bad]
+    stream = _join(client.send(7, Ping())) + make(client, 42)
+    if followed:
+        stream += _join(client.send(9, Ping()))
+    events, _, _ = server.receive_events(_Chunks([stream]))
+    assert events == [Event(7, Ping())]
+    assert isinstance(server.error, RemoteProtocolError)
+    assert match in str(server.error)
+    assert server.last_request_id == 42
+    with pytest.raises(RemoteProtocolError, match=match):
+        server.receive_events(_Chunks([b""]))
+
+
+@pytest.mark.parametrize("bad", list(BAD_MESSAGES))
+def test_a_first_message_that_fails_to_decode_raises_at_its_request_id(bad: str) -> None:
+    client, server = _pair()
+    make, match = BAD_MESSAGES[bad]
+    stream = make(client, 42) + _join(client.send(9, Ping()))
+    with pytest.raises(RemoteProtocolError, match=match) as raised:
+        server.receive_events(_Chunks([stream]))
+    assert server.error is raised.value and server.last_request_id == 42
+
+
+def test_a_message_refused_by_the_role_is_answered_at_its_request_id() -> None:
+    client, server = _pair()
+    stream = _join(client.send(7, Ping())) + _join(encode_frame(13, OkReply()))
+    stream += _join(client.send(9, Ping()))
+    events, _, _ = server.receive_events(_Chunks([stream]))
+    assert events == [Event(7, Ping())]
+    assert isinstance(server.error, RemoteProtocolError) and server.last_request_id == 13
+    reference = _pair()[1]
+    assert _via_next_event(reference, [stream]) == ([(7, ("Ping",))], "RemoteProtocolError")
+    assert reference.last_request_id == 13
+
+
+def test_a_message_that_fails_to_decode_before_a_bad_header_is_answered_at_its_id() -> None:
+    client, server = _pair()
+    stream = _join(client.send(7, Ping())) + _undecodable_set(client, 42)
+    stream += HEADER.pack(MAGIC, PROTOCOL_VERSION, PING, 1, 77, 0)  # flags: a bad header
+    events, _, _ = server.receive_events(_Chunks([stream]))
+    assert events == [Event(7, Ping())]
+    assert "UTF-8" in str(server.error)
+    reference = _pair()[1]
+    assert _via_next_event(reference, [stream])[1] == "RemoteProtocolError"
+    assert reference.last_request_id == 42
+    assert server.last_request_id == 42
+
+
+def test_a_payload_after_its_header_alone_is_decoded_as_that_frame() -> None:
+    _, server = _pair()
+    inner = pack_header(PING, 2, 0)  # a Set payload that happens to look like a frame
+    chunks = [pack_header(SET, 1, len(inner)), inner]
+    expected = _via_next_event(_pair()[1], chunks)
+    assert expected == ([], "LimitExceededError")  # the Set's "key length" is b"KVSY"
+    events, _, _ = server.receive_events(_Chunks(chunks[:1]))
+    assert events == []
+    with pytest.raises(LimitExceededError):
+        server.receive_events(_Chunks(chunks[1:]))
+
+
+# --- Connection.receive_events: recv_into results ------------------------------------------
+
+
+@pytest.mark.parametrize("pending", [0, 10], ids=["empty buffer", "partial frame pending"])
+def test_a_recv_into_that_returns_0_gives_no_events(pending: int) -> None:
+    client, server = _pair()
+    frame = _join(client.send(3, Set("k", b"value")))
+    if pending:
+        assert server.receive_events(_Chunks([frame[:pending]]))[0] == []
+    feed = _Chunks([b""])
+    assert server.receive_events(feed) == ([], 0, feed.offered[0])
+    assert feed.offered[0] > 0 and server.error is None
+    events, _, _ = server.receive_events(_Chunks([frame[pending:]]))
+    assert [ev.request_id for ev in events] == [3]
+
+
+def test_recv_into_errors_propagate_and_record_nothing() -> None:
+    client, server = _pair()
+    frames = _join(client.send(1, Ping())) + _join(client.send(2, Ping()))
+    assert [ev.request_id for ev in server.receive_events(_Chunks([frames]))[0]] == [1, 2]
+    for exc in (BlockingIOError(), ConnectionResetError("reset")):
+        with pytest.raises(type(exc)):
+            server.receive_events(_raising(exc))
+    assert server.error is None and server.handshake_complete
+    events, n, _ = server.receive_events(_Chunks([_join(client.send(3, Ping()))]))
+    assert events == [Event(3, Ping())] and n == HEADER_SIZE
+
+
+def test_the_handshake_and_requests_in_one_recv_are_all_handled() -> None:
+    client, hello = _ready_client_and_hello(SMALL_LIMITS)
+    stream = hello + _join(client.send(1, Ping())) + _join(client.send(2, Set("a", b"b")))
+    server = Connection(Role.SERVER, limits=SMALL_LIMITS)
+    events, n, _ = server.receive_events(_Chunks([stream]))
+    assert [ev.request_id for ev in events] == [1, 2] and n == len(stream)
+    assert server.handshake_complete
+    assert _join(server.data_to_send())[5] == Opcode.HELLO_REPLY
+
+
+def test_a_reply_registered_with_receive_into_lands_through_receive_events() -> None:
+    client, server = _pair()
+    arr = np.arange(6000, dtype=np.float32).reshape(60, 100)
+    out = np.zeros_like(arr)
+    assert client.receive_into(4, out)
+    stream = _join(server.send(4, PSValuesReply(values=(arr,)))) + _join(server.send(5, OkReply()))
+    feed, events = _Chunks([stream[i : i + 5000] for i in range(0, len(stream), 5000)]), []
+    while feed:
+        events += client.receive_events(feed)[0]
+    assert [ev.request_id for ev in events] == [4, 5]
+    assert events[0].message.values[0] is out and np.array_equal(out, arr)
+    assert events[1].message == OkReply()
