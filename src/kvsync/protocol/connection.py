@@ -153,6 +153,7 @@ class Connection:
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
         self._sendable: frozenset[type] = frozenset()  # what send() takes (set by _enter)
+        self._receivable: frozenset[type] = frozenset()  # what needs no handler (ditto)
         self._outbox: Buffers = []
         self._nonce = b""
         self._challenge = b""
@@ -168,7 +169,9 @@ class Connection:
     def _enter(self, state: _State) -> None:
         self._state = state
         self._dispatch = _HANDLERS[(self.role, state)]
-        self._sendable = _SENDABLE[self.role] if state is _State.READY else frozenset()
+        ready = state is _State.READY
+        self._sendable = _SENDABLE[self.role] if ready else frozenset()
+        self._receivable = _RECEIVABLE[self.role] if ready else frozenset()
 
     @property
     def last_request_id(self) -> int | None:
@@ -293,7 +296,10 @@ class Connection:
                     msg = payload.value
                 else:
                     msg = self._decoder.decode(opcode, payload)
-                event = self._dispatch(self, request_id, msg)
+                if type(msg) in self._receivable:  # a request or reply: what _dispatch does
+                    events.append(tuple.__new__(Event, (request_id, msg)))
+                    continue
+                event = self._dispatch(self, request_id, msg)  # handshake, or a refusal
                 if event is not None:
                     events.append(event)
             if error is not None:
@@ -473,6 +479,11 @@ _NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
 _SENDABLE: dict[Role, frozenset[type]] = {
     Role.SERVER: _REPLY_TYPES,
     Role.CLIENT: frozenset(MESSAGE_OF.values()) - _REPLY_TYPES,
+}
+#: role -> the message types the handshake-complete handler passes on as events.
+_RECEIVABLE: dict[Role, frozenset[type]] = {
+    Role.SERVER: frozenset(MESSAGE_OF.values()) - _NOT_REQUESTS,
+    Role.CLIENT: _REPLY_TYPES,
 }
 _Handler = Callable[[Connection, int, object], "Event | None"]
 #: (role, state) -> what to do with the next decoded message.

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Final, NamedTuple
@@ -52,6 +53,8 @@ SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
 _LAZY: Final = 1 << 20  # payloads this big get memory that is not zeroed first
+_HEADER_INT: Final = struct.Struct("<IBBHQQ")  # HEADER with the magic as an int (no bytes made)
+_MAGIC_INT: Final = int.from_bytes(MAGIC, "little")
 
 
 def _fresh(size: int) -> Payload:
@@ -182,11 +185,11 @@ class FrameBuffer:
             self._start = self._end = 0  # (if recv_into raises, the buffer stays empty)
             self._end = n = recv_into(scratch)
             if n >= HEADER_SIZE:
-                magic, version, opcode, flags, request_id, length = HEADER.unpack_from(scratch)
+                magic, version, opcode, flags, request_id, length = _HEADER_INT.unpack_from(scratch)
                 if (
                     n == HEADER_SIZE + length
                     and length <= SMALL_FRAME
-                    and magic == MAGIC
+                    and magic == _MAGIC_INT
                     and version == PROTOCOL_VERSION
                     and not flags
                     and opcode in self._opcodes
