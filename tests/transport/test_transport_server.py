@@ -18,6 +18,7 @@ from kvsync.errors import ErrorCode, StoreConnectionError
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION
 from kvsync.protocol.messages import (
+    Add,
     ErrorReply,
     Get,
     Hello,
@@ -415,3 +416,30 @@ def test_a_reply_the_socket_takes_only_in_part_is_queued_and_finished_in_order(
         assert bytes(sock.sent) == first + second and not peer.outq and peer.pending == 0
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "text"),
+    [
+        (b"not a kvsync frame at all", "b'not '"),
+        (HEADER.pack(MAGIC, PROTOCOL_VERSION, Opcode.DELETE_KEY, 0, 9, 6) + struct.pack("<I", 2)
+         + b"\xff\xfe", "UTF-8"),
+    ],
+)  # fmt: skip
+def test_good_requests_before_a_bad_frame_in_one_write_are_answered_first(
+    server: StoreServer, bad: bytes, text: str
+) -> None:
+    c = RawClient(server.port)
+    good = join(encode_frame(7, Set("batch", b"1"))) + join(encode_frame(8, Add("batch_n", 5)))
+    c.sock.sendall(good + bad)
+    events = c.events(3)
+    assert [e.request_id for e in events[:2]] == [7, 8]
+    assert events[0].message == OkReply() and events[1].message == IntReply(5)
+    err = _error(events[2:])
+    assert text in err.message
+    if text == "UTF-8":  # a message that fails to decode is answered at its own id
+        assert events[2].request_id == 9
+    assert c.read_until_eof() == b""
+    c.close()
+    with Client("127.0.0.1", server.port, timeout=5) as other:  # the good ones took effect
+        assert bytes(other.call(Get("batch", False, 0)).value) == b"1"  # type: ignore[attr-defined]
