@@ -27,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from types import TracebackType
 
@@ -185,41 +186,19 @@ class Client:
             deadline = time.monotonic() + timeout
             with self._send_lock:
                 request_id = next(self._ids)
-                parts = self._proto.send(request_id, msg)
-                try:
-                    if len(parts) == 1 and self.timeout == self._send_timeout:
-                        self._sock.sendall(parts[0])  # the usual: _send_all's first case
-                    else:
-                        self._send_all(parts)
-                except StoreConnectionError as exc:
-                    self._fail(exc)
-                    raise
-                except OSError as exc:
-                    error = self._send_error(exc)
-                    self._fail(error)
-                    raise error from exc
+                self._send_all(self._proto.send(request_id, msg))
+            events: list[Event] = []
             if timeout > _READ_SLICE == self._recv_timeout:  # the usual: one receive, ours
-                proto = self._proto
                 try:
-                    events, n, size = proto.receive_events(self._sock.recv_into)
-                except (BlockingIOError, InterruptedError):
-                    events, n, size = [], -1, 0
+                    events, n, size = self._receive(self._sock.recv_into)
                 except KVSyncError as exc:
-                    raise self._failed_read(exc) from None
-                except OSError as exc:
-                    raise self._failed_read(self._read_error(exc)) from exc
-                if proto.error is not None:  # bad bytes after good replies: fail anyway
-                    raise self._failed_read(proto.error) from None
-                if 0 < n < size and n < 65536 and len(events) == 1:
+                    raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
+                if n < size and n < 65536 and len(events) == 1:
                     request_id_got, reply = events[0]
                     if request_id_got == request_id:
                         if isinstance(reply, ErrorReply):
                             raise error_from_code(reply.code, reply.message)
                         return reply
-                if n == 0:
-                    raise self._failed_read(self._read_error(None))
-            else:
-                events = []
             return self._read_reply(request_id, deadline, timeout, events)
         finally:
             with lock:
@@ -249,7 +228,7 @@ class Client:
             try:
                 events = self._read(remaining)
             except KVSyncError as exc:
-                raise self._failed_read(exc) from None
+                raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
 
     def _failed_read(self, exc: KVSyncError) -> KVSyncError:
         """Fail the client after the read error ``exc``; the error to raise (the first
@@ -285,11 +264,7 @@ class Client:
                 self._waiting.add(request_id)
                 if into is not None:
                     self._proto.receive_into(request_id, into)
-            try:
-                self._send_all(parts)
-            except StoreConnectionError as exc:
-                self._fail(exc)
-                raise
+            self._send_all(parts)
         return request_id
 
     def result(self, request_id: int, timeout: float | None = None) -> object:
@@ -343,19 +318,12 @@ class Client:
         if wanted != self._recv_timeout:
             _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, wanted)
             self._recv_timeout = wanted
-        receive_events, recv_into = self._proto.receive_events, self._sock.recv_into
+        recv_into = self._sock.recv_into
         events: list[Event] = []
         for _ in range(64):
-            try:
-                got, n, size = receive_events(recv_into)
-            except (BlockingIOError, InterruptedError):  # the kernel timeout, or drained
+            got, n, size = self._receive(recv_into)
+            if n < 0:  # the kernel timeout, or drained
                 break
-            except OSError as exc:
-                raise self._read_error(exc) from exc
-            if self._proto.error is not None:  # bad bytes after good replies: fail anyway
-                raise self._proto.error
-            if n == 0:
-                raise self._read_error(None)
             if n < size and n < 65536:  # all there is (else a big payload streams in)
                 if not events:
                     return got  # the usual: one receive
@@ -365,7 +333,32 @@ class Client:
             recv_into = partial(self._sock.recv_into, flags=_DONTWAIT)
         return events
 
+    def _receive(
+        self, recv_into: Callable[[memoryview | bytearray], int]
+    ) -> tuple[list[Event], int, int]:
+        """One ``recv_into`` and the replies it completed: ``(events, byte count, buffer
+        size)``, or ``([], -1, 0)`` when the kernel timeout expired (or nothing was there).
+
+        Raises:
+            StoreConnectionError: the connection is lost or the server closed it.
+            KVSyncError: the server sent bad bytes (even after good replies).
+        """
+        proto = self._proto
+        try:
+            events, n, size = proto.receive_events(recv_into)
+        except (BlockingIOError, InterruptedError):
+            return [], -1, 0
+        except OSError as exc:
+            raise self._read_error(exc) from exc
+        if proto.error is not None:  # bad bytes after good replies: fail anyway
+            raise proto.error
+        if n == 0:
+            raise self._read_error(None)
+        return events, n, size
+
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """Send one frame's buffers whole; a failure fails the client and is raised as
+        :class:`StoreConnectionError`."""
         if self.timeout != self._send_timeout:
             _set_kernel_timeout(self._sock, socket.SO_SNDTIMEO, self.timeout)
             self._send_timeout = self.timeout
@@ -383,15 +376,16 @@ class Client:
                         buffers[0] = buffers[0][sent:]
                         sent = 0
         except OSError as exc:
-            raise self._send_error(exc) from exc
-
-    def _send_error(self, exc: OSError) -> StoreConnectionError:
-        """The error for a failed send (``BlockingIOError``: the kernel send timeout)."""
-        if isinstance(exc, BlockingIOError):  # SO_SNDTIMEO: no progress for self.timeout s
-            return StoreConnectionError(
-                f"store server {self.address} did not accept data for {self.timeout:g} s"
-            )
-        return StoreConnectionError(f"lost the connection to store server {self.address}: {exc}")
+            if isinstance(exc, BlockingIOError):  # SO_SNDTIMEO: no progress for that long
+                error = StoreConnectionError(
+                    f"store server {self.address} did not accept data for {self.timeout:g} s"
+                )
+            else:
+                error = StoreConnectionError(
+                    f"lost the connection to store server {self.address}: {exc}"
+                )
+            self._fail(error)
+            raise error from exc
 
     # --- failure and lifetime -------------------------------------------------------------
 

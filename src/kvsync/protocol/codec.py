@@ -185,8 +185,9 @@ _SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the genera
 
 
 def _fits(limits: Limits | None, key_bytes: int, value_bytes: int, size: int) -> bool:
-    """Whether a frame with these sizes is within ``limits`` (0 caps nothing)."""
-    if limits is None:
+    """Whether a frame with these sizes is within ``limits`` (0 caps nothing); a payload
+    of at most ``limits.within`` bytes is, in one comparison."""
+    if limits is None or size <= limits.within:
         return True
     return not (
         (limits.max_key_bytes and key_bytes > limits.max_key_bytes)
@@ -211,11 +212,7 @@ def _fast_key_value(opcode: int) -> _FastEncode:
         try:
             k = key.encode()
             size = 12 + len(k) + len(value)
-            if len(value) >= _SMALL or (
-                limits is not None
-                and size > limits.within
-                and not _fits(limits, len(k), len(value), size)
-            ):
+            if len(value) >= _SMALL or not _fits(limits, len(k), len(value), size):
                 return None
             head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
         except (UnicodeEncodeError, struct.error):
@@ -234,7 +231,7 @@ def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _FastEncod
             rest = b"" if tail is None else tail(msg)
             k = key.encode()
             size = 4 + len(k) + len(rest)
-            if limits is not None and size > limits.within and not _fits(limits, len(k), 0, size):
+            if not _fits(limits, len(k), 0, size):
                 return None
             head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
         except (UnicodeEncodeError, struct.error, TypeError):
@@ -307,7 +304,7 @@ def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> by
     value = msg.value  # type: ignore[attr-defined]
     if (type(value) is not bytes and not _plain_bytes(value)) or len(value) >= _SMALL:
         return None
-    if limits is not None and not _fits(limits, 0, len(value), 8 + len(value)):
+    if not _fits(limits, 0, len(value), 8 + len(value)):
         return None
     try:
         head = _HEAD_U64.pack(
