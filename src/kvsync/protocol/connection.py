@@ -47,6 +47,7 @@ from kvsync.errors import (
 )
 from kvsync.protocol import handshake
 from kvsync.protocol.codec import Decoder, Limits, encode_frame
+from kvsync.protocol.fields import Payload
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header
 from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer, Landed, Landing
 from kvsync.protocol.messages import (
@@ -289,29 +290,36 @@ class Connection:
             self._check_usable()
         frames, error, n, size = self._frames.receive_frames(recv_into)
         events: list[Event] = []
-        request_id, decoding = 0, True
-        try:
-            for opcode, request_id, payload in frames:
-                if isinstance(payload, Landed):
-                    msg = payload.value
-                else:
-                    msg = self._decoder.decode(opcode, payload)
-                if type(msg) in self._receivable:  # a request or reply: what _dispatch does
-                    events.append(tuple.__new__(Event, (request_id, msg)))
-                    continue
-                event = self._dispatch(self, request_id, msg)  # handshake, or a refusal
-                if event is not None:
-                    events.append(event)
-            if error is not None:
-                decoding = False
-                raise error
-        except KVSyncError as exc:
-            if decoding:  # a message failed to decode: an error reply answers it
+        for opcode, request_id, payload in frames:
+            try:
+                event = self._event(opcode, request_id, payload)
+            except KVSyncError as exc:  # answered at this message's id
                 self._frames.last_request_id = request_id
-            self._error = self._unraised = exc
-            if not events:
-                self._check_usable()
+                return self._hold(exc, events), n, size
+            if event is not None:
+                events.append(event)
+        if isinstance(error, KVSyncError):
+            return self._hold(error, events), n, size
+        if error is not None:
+            raise error
         return events, n, size
+
+    def _hold(self, exc: KVSyncError, events: list[Event]) -> list[Event]:
+        """Fail the connection with ``exc``: raise it now if no event came before it,
+        else keep it for :attr:`error` and the next call and return those events."""
+        self._error = self._unraised = exc
+        if not events:
+            self._check_usable()
+        return events
+
+    def _event(self, opcode: int, request_id: int, payload: Payload | Landed) -> Event | None:
+        """Decode one frame and dispatch it: its event, or ``None`` for a handshake frame."""
+        msg = (
+            payload.value if isinstance(payload, Landed) else self._decoder.decode(opcode, payload)
+        )
+        if type(msg) in self._receivable:  # a request or reply: what _dispatch would do
+            return tuple.__new__(Event, (request_id, msg))
+        return self._dispatch(self, request_id, msg)  # handshake, or a refusal
 
     @property
     def error(self) -> KVSyncError | None:
@@ -356,11 +364,7 @@ class Connection:
                 if frame is None:
                     return NEED_DATA
                 header, payload = frame
-                if isinstance(payload, Landed):
-                    msg = payload.value
-                else:
-                    msg = self._decoder.decode(header.opcode, payload)
-                event = self._dispatch(self, header.request_id, msg)
+                event = self._event(header.opcode, header.request_id, payload)
                 if event is not None:
                     return event
         except KVSyncError as exc:
