@@ -24,11 +24,46 @@ Example:
 
 from __future__ import annotations
 
-from kvsync import errors, kv, optimizer, sparse
-from kvsync.store import HashStore, PrefixStore, Store
-from kvsync.store.tcp import TCPStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kvsync import errors
+
+if TYPE_CHECKING:
+    from kvsync import kv, optimizer, sparse
+    from kvsync.store import HashStore, PrefixStore, Store
+    from kvsync.store.tcp import TCPStore
 
 __version__ = "0.1.0"
+
+#: public name -> the module it comes from (imported on first use, PEP 562: ``import
+#: kvsync.cli`` or the launcher need neither numpy nor the KVStore layer).
+_LAZY = {
+    "HashStore": "kvsync.store",
+    "PrefixStore": "kvsync.store",
+    "Store": "kvsync.store",
+    "TCPStore": "kvsync.store.tcp",
+    "kv": "kvsync",
+    "optimizer": "kvsync",
+    "sparse": "kvsync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'kvsync' has no attribute {name!r}")
+    value = (
+        importlib.import_module(f"kvsync.{name}")
+        if where == "kvsync"
+        else getattr(importlib.import_module(where), name)
+    )
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "HashStore",
