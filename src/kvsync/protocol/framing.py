@@ -55,6 +55,7 @@ _MIN_FREE: Final = 1024
 _LAZY: Final = 1 << 20  # payloads this big get memory that is not zeroed first
 _HEADER_INT: Final = struct.Struct("<IBBHQQ")  # HEADER with the magic as an int (no bytes made)
 _MAGIC_INT: Final = int.from_bytes(MAGIC, "little")
+_MAGIC_SIZE: Final = len(MAGIC)
 
 
 def _fresh(size: int) -> Payload:
@@ -68,8 +69,6 @@ def _fresh(size: int) -> Payload:
         return bytearray(size)
     return np.empty(size, dtype=np.uint8).data
 
-
-_MAGIC_SIZE: Final = len(MAGIC)
 
 
 class Landing(NamedTuple):
