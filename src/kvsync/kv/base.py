@@ -47,6 +47,7 @@ __all__ = [
     "Updater",
     "Value",
     "check_matches",
+    "check_writable",
     "create",
     "group_pairs",
     "normalize_key",
@@ -169,6 +170,24 @@ def check_matches(
         raise ShapeMismatchError(
             f"{what} for key {key!r} has dtype {value.dtype}, stored dtype is {dtype}"
         )
+
+
+def check_writable(key: Key, out: Any) -> None:
+    """Refuse a read-only numpy array as a pull's ``out`` (the pull writes into it).
+
+    Raises:
+        InvalidArgumentError: naming the key.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.zeros(2); a.flags.writeable = False
+        >>> check_writable("w", a)
+        Traceback (most recent call last):
+        ...
+        kvsync.errors.InvalidArgumentError: out for key 'w' is a read-only array
+    """
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise InvalidArgumentError(f"out for key {key!r} is a read-only array")
 
 
 @dataclass(slots=True)

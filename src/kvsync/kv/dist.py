@@ -38,6 +38,7 @@ from kvsync.kv.base import (
     KeyGroup,
     KVStoreBase,
     check_matches,
+    check_writable,
     group_pairs,
     normalize_key,
     pair_row_ids,
@@ -348,8 +349,7 @@ class DistKVStore(ServerControl, KVStoreBase):
             dense = [o for o in g.values if isinstance(o, np.ndarray)]
             sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
             for o in dense:
-                if not o.flags.writeable:
-                    raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
+                check_writable(g.key, o)
             direct = dense[0] if dense and dense[0].flags.c_contiguous else None
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
             for server, lo, view in self._pieces(plan, target):
@@ -381,8 +381,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         target = value if out is None else out
         for _, g in self._checked(key, target, "out"):
             for o in g.values:
-                if isinstance(o, np.ndarray) and not o.flags.writeable:
-                    raise InvalidArgumentError(f"out for key {g.key!r} is a read-only array")
+                check_writable(g.key, o)
         self.push(key, value, priority)
         return self.pull(key, out=target, priority=priority)
 

@@ -46,6 +46,7 @@ from kvsync.kv.base import (
     Updater,
     Value,
     check_matches,
+    check_writable,
     group_pairs,
     normalize_key,
     pair_row_ids,
@@ -451,5 +452,4 @@ def _copy(value: Value) -> Value:
 
 def _check_out(key: Key, out: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
     check_matches(key, out, shape, dtype, what="out")
-    if isinstance(out, np.ndarray) and not out.flags.writeable:
-        raise InvalidArgumentError(f"out for key {key!r} is a read-only array")
+    check_writable(key, out)
