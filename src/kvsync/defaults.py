@@ -23,6 +23,8 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "PS_CHUNK_BYTES",
+    "PS_PACK_MAX_BYTES",
+    "PS_PACK_MIN_KEYS",
     "PS_SHM_MIN_BYTES",
     "PS_STALL_SECONDS",
     "PS_WAITING_NOTICE_SECONDS",
@@ -66,3 +68,8 @@ PS_CHUNK_BYTES: int = 4 << 20
 #: Slices of at least this many bytes are kept in shared memory by parameter servers, and
 #: workers on the same host push and pull them through it instead of the socket.
 PS_SHM_MIN_BYTES: int = 1 << 20
+#: A push or pull of at least this many arrays of one dtype, of at most PS_PACK_MAX_BYTES
+#: in all, travels as one concatenated array: for small arrays the per-array framing is
+#: the cost.
+PS_PACK_MIN_KEYS: int = 8
+PS_PACK_MAX_BYTES: int = 1 << 20

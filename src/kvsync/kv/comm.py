@@ -55,7 +55,7 @@ from kvsync.protocol.messages import (
     PSShmReply,
     PSValuesReply,
 )
-from kvsync.server.ps_wait import PACK_MAX_BYTES, PACK_MIN_KEYS
+from kvsync.server.ps_keys import packable
 
 __all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 
@@ -281,7 +281,7 @@ class Comm:
         first = batch[0]
         timeout_ms = int(self._timeout * 1000)
         msg: object
-        if first.kind == "push" and _packable([op.value for op in batch]):
+        if first.kind == "push" and packable([op.value for op in batch]):
             data = np.concatenate([op.value.reshape(-1) for op in batch])  # type: ignore[union-attr]
             msg = PSPushPacked(keys=tuple(op.wire for op in batch), data=data,
                                offsets=tuple(op.lo for op in batch),
@@ -384,19 +384,6 @@ class Comm:
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()
-
-
-def _packable(values: list[np.ndarray | None]) -> bool:
-    """Whether a push batch travels as one concatenated array (many small, one dtype)."""
-    if len(values) < PACK_MIN_KEYS or values[0] is None:
-        return False
-    dtype = values[0].dtype
-    total = 0
-    for v in values:
-        if v is None or v.dtype != dtype:
-            return False
-        total += v.nbytes
-    return total <= PACK_MAX_BYTES
 
 
 def _batches(ops: list[Op]) -> list[list[Op]]:

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "check_pairs",
     "json_object",
     "key_of_wire",
+    "packable",
     "wire_key",
 ]
 
@@ -107,6 +108,26 @@ def key_of_wire(wire: str) -> Key:
         except ValueError:
             pass
     raise PSRequestError(ErrorCode.KEY_TYPE, f"{wire!r} is not a wire key ('i<int>' or 's<str>')")
+
+
+def packable(values: Sequence[np.ndarray | None]) -> bool:
+    """Whether arrays travel as one concatenated array (PSPushPacked / PSPackedReply):
+    at least :data:`~kvsync.defaults.PS_PACK_MIN_KEYS` of one dtype, at most
+    :data:`~kvsync.defaults.PS_PACK_MAX_BYTES` in all.
+
+    Example:
+        >>> packable([np.zeros(2)] * 8), packable([np.zeros(2)] * 7)
+        (True, False)
+    """
+    if len(values) < defaults.PS_PACK_MIN_KEYS or values[0] is None:
+        return False
+    dtype = values[0].dtype
+    total = 0
+    for v in values:
+        if v is None or v.dtype != dtype:
+            return False
+        total += v.nbytes
+    return total <= defaults.PS_PACK_MAX_BYTES
 
 
 def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:

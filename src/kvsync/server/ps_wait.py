@@ -23,14 +23,9 @@ from kvsync.protocol.messages import (
     PSValuesReply,
 )
 from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, key_of_wire, rows_of
+from kvsync.server.ps_keys import KeyState, key_of_wire, packable, rows_of
 
-__all__ = ["PACK_MAX_BYTES", "PACK_MIN_KEYS", "Counters", "JobState", "Parked", "ParkedRequests"]
-
-#: Pull replies of at least this many arrays of one dtype, and at most PACK_MAX_BYTES,
-#: travel as one concatenated array (PSPackedReply): the per-array framing is the cost.
-PACK_MIN_KEYS = 8
-PACK_MAX_BYTES = 1 << 20
+__all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 
 
 @dataclass(slots=True)
@@ -158,10 +153,8 @@ class ParkedRequests:
             values = tuple(rows_of(ks.value, int(lo), int(n))
                            for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True))
         self._counters.pulls += 1
-        nbytes = sum(v.nbytes for v in values)
-        self._counters.bytes_out += nbytes
-        if len(values) >= PACK_MIN_KEYS and nbytes <= PACK_MAX_BYTES and len(
-                {v.dtype for v in values}) == 1:  # many small arrays: one on the wire
+        self._counters.bytes_out += sum(v.nbytes for v in values)
+        if packable(values):  # many small arrays: one on the wire
             return PSPackedReply(data=np.concatenate([v.reshape(-1) for v in values]))
         return PSValuesReply(values=values)
 
