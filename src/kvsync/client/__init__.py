@@ -12,6 +12,6 @@ Example:
 from __future__ import annotations
 
 from kvsync.client.client import Client
-from kvsync.client.connect import Backoff, connect, resolve
+from kvsync.client.connect import Backoff, connect, is_loopback, resolve
 
-__all__ = ["Backoff", "Client", "connect", "resolve"]
+__all__ = ["Backoff", "Client", "connect", "is_loopback", "resolve"]

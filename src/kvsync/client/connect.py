@@ -9,6 +9,7 @@ hosts are never sent to DNS: ``getaddrinfo`` is tried with ``AI_NUMERICHOST`` fi
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 from kvsync import defaults
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 
-__all__ = ["RETRYABLE", "Backoff", "connect", "resolve"]
+__all__ = ["RETRYABLE", "Backoff", "connect", "is_loopback", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,22 @@ class Backoff:
         cap = min(self.hi, self.lo * (2 ** min(self.attempt, 32)))
         self.attempt += 1
         return self.rng.uniform(0.0, cap)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (``localhost``, ``127.x``, ``::1``),
+    decided from the text alone (no lookup).
+
+    Example:
+        >>> is_loopback("127.0.0.2"), is_loopback("::1"), is_loopback("10.0.0.1")
+        (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolve(host: str, port: int) -> list[_AddrInfo]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvsync import defaults, env
+from kvsync.client.connect import is_loopback
 from kvsync.errors import InvalidArgumentError, StoreConnectionError
 from kvsync.kv.dist import DistKVStore
 from kvsync.store.tcp import TCPStore
@@ -26,7 +27,6 @@ __all__ = ["SERVER_COUNT_KEY", "SERVER_KEY", "connect", "job_store", "server_add
 
 #: Store key under which server ``i`` publishes ``host:port``.
 SERVER_KEY = "kvsync/ps/server/{}"
-_LOOPBACK = frozenset({"localhost", "::1"})
 #: Store counter from which each server takes its index.
 SERVER_COUNT_KEY = "kvsync/ps/servers"
 
@@ -86,7 +86,7 @@ def connect(name: str, *, environ: Mapping[str, str] | None = None,
     try:
         for host, port in addresses:
             links.append(Client(host, port, timeout=timeout, secret=e.secret))
-        local = all(host in _LOOPBACK or host.startswith("127.") for host, _ in addresses)
+        local = all(is_loopback(host) for host, _ in addresses)
         return DistKVStore(name, rank=e.rank, num_workers=num_workers, links=links,
                            bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, timeout=timeout,
                            shm=local and e.ps_shm)

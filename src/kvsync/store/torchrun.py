@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime
 import importlib
-import ipaddress
 import itertools
 import logging
 import socket
@@ -46,6 +45,7 @@ import threading
 from typing import Any, NamedTuple
 
 from kvsync import defaults, env
+from kvsync.client.connect import is_loopback
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 
 __all__ = ["KEY_PREFIX", "StoreAddress", "agent_store_key", "resolve_store_address"]
@@ -132,7 +132,7 @@ def _through_agent_store(e: env.Environment, timeout: float) -> StoreAddress:
     key = agent_store_key(restart, n)
     agent = _agent_store(e.master_addr, e.master_port, timeout)
     if e.rank == 0:
-        loopback = _is_loopback(e.master_addr)
+        loopback = is_loopback(e.master_addr)
         sock = socket.create_server(
             (defaults.DEFAULT_HOST if loopback else "", 0), backlog=defaults.LISTEN_BACKLOG
         )
@@ -169,12 +169,3 @@ def _agent_store(host: str, port: int, timeout: float) -> Any:
         raise StoreConnectionError(
             f"cannot reach torch's agent store at {host}:{port}: {exc}"
         ) from exc
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
