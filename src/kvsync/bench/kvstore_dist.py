@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -23,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from kvsync import env
 from kvsync.bench.report import format_table, human_bytes, human_seconds
+from kvsync.launcher.run import SERVER_MODULE
 
 __all__ = ["MXNET_PS_REFERENCE", "run_dist", "worker_main"]
 
@@ -137,15 +138,22 @@ def _dist(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
     from kvsync.server import StoreServer
 
     with StoreServer().start() as store:
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
-               "DMLC_NUM_SERVER": str(args.servers), "WORLD_SIZE": str(args.workers)}
-        servers = [subprocess.Popen([sys.executable, "-m", "kvsync.kv.server"],
-                                    env={**env, "DMLC_ROLE": "server"})
-                   for _ in range(args.servers)]
+
+        def environment(role: str, rank: int, count: int) -> dict[str, str]:
+            """What kvsync-run would export to this child (one node, job store here)."""
+            return env.child_environment(env.worker_environment(
+                master_addr="127.0.0.1", master_port=store.port, rank=rank,
+                world_size=args.workers, local_rank=rank, local_world_size=count,
+                group_rank=0, role=role, num_servers=args.servers,
+            ))  # fmt: skip
+
+        servers = [subprocess.Popen([sys.executable, "-m", SERVER_MODULE],
+                                    env=environment("server", s, args.servers))
+                   for s in range(args.servers)]
         try:
             cmd = [sys.executable, "-m", _MODULE, args.type, ",".join(map(str, sizes)),
                    str(args.repeat), str(args.small_keys)]
-            return _run_children([(cmd, {**env, "RANK": str(r)})
+            return _run_children([(cmd, environment("worker", r, args.workers))
                                   for r in range(args.workers)], timeout=600)
         finally:
             for p in servers:
@@ -159,10 +167,11 @@ def _gloo_results(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, 
     except ImportError:
         print("--vs gloo: torch is not importable; gloo columns skipped")
         return None
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "WORLD_SIZE": str(args.workers)}
+    common = {env.MASTER_ADDR: "127.0.0.1", env.MASTER_PORT: str(_free_port()),
+              env.WORLD_SIZE: str(args.workers)}
     cmd = [sys.executable, "-m", _MODULE, "gloo", ",".join(map(str, sizes)), str(args.repeat)]
-    return _run_children([(cmd, {**env, "RANK": str(r)}) for r in range(args.workers)], 600)
+    return _run_children([(cmd, env.child_environment({**common, env.RANK: str(r)}))
+                          for r in range(args.workers)], 600)
 
 
 def _round(results: list[dict[str, Any]], n: int) -> float:
