@@ -18,6 +18,7 @@ from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.messages import (
     Add,
     Append,
+    Barrier,
     Check,
     DeleteKey,
     Get,
@@ -66,6 +67,7 @@ messages = st.one_of(
     st.builds(QueuePush, keys, values),
     st.builds(Get, keys, st.one_of(st.booleans(), st.integers(0, 1)), ints),
     st.builds(Add, keys, ints),
+    st.builds(Barrier, keys, ints, ints),
     st.builds(DeleteKey, keys),
     st.builds(Wait, key_tuples, ints),
     st.builds(Check, key_tuples),
@@ -103,6 +105,7 @@ def test_the_plain_cases_take_the_fast_path():
         Set("k", b"v" * 16),
         Get("k", False, 0),
         Add("n", -3),
+        Barrier("b", 512, 300_000),
         Wait(("a", "b"), 1000),
         Check(("a",)),
         DeleteKey("k"),

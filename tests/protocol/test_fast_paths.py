@@ -23,6 +23,7 @@ from kvsync.protocol.frame import HEADER_SIZE
 from kvsync.protocol.messages import (
     Add,
     Append,
+    Barrier,
     DeleteKey,
     Get,
     IntReply,
@@ -116,6 +117,7 @@ messages = st.one_of(
     st.builds(Get, keys, st.booleans(), ints),
     st.builds(Add, keys, ints),
     st.builds(DeleteKey, keys),
+    st.builds(Barrier, keys, ints, ints),
 )
 
 
@@ -151,7 +153,13 @@ def test_fast_encoders_build_what_the_general_encoder_does_under_any_caps(
 def test_a_frame_over_within_but_within_every_cap_still_takes_the_fast_path() -> None:
     lim = Limits(max_key_bytes=4, max_value_bytes=8, max_frame_bytes=64)
     assert lim.within == 4
-    for msg in (Set("abcd", b"12345678"), Get("abcd", False, 0), Add("ab", 2), DeleteKey("k")):
+    for msg in (
+        Set("abcd", b"12345678"),
+        Get("abcd", False, 0),
+        Add("ab", 2),
+        DeleteKey("k"),
+        Barrier("abcd", 8, 1000),
+    ):
         frame = codec._FAST[type(msg)](3, msg, lim)
         assert frame is not None, msg
         assert frame == b"".join(bytes(p) for p in codec._encode_fields(3, msg, lim))
@@ -213,7 +221,7 @@ def _decoded(decode: Any) -> tuple[Any, ...] | type[Exception]:
         return type(exc)
 
 
-_SCALAR_CLASSES = {Opcode.GET: Get, Opcode.ADD: Add, Opcode.INT: IntReply}
+_SCALAR_CLASSES = {Opcode.GET: Get, Opcode.ADD: Add, Opcode.INT: IntReply, Opcode.BARRIER: Barrier}
 _SCALAR_CLASSES |= {Opcode.PS_HELLO: PSHello, Opcode.PS_WAITING: PSWaiting}
 
 
@@ -225,6 +233,7 @@ def _scalar_payloads(draw: Any) -> tuple[Opcode, bytearray]:
     valid = {
         Get: st.builds(Get, keys, st.booleans(), ints),
         Add: st.builds(Add, keys, ints),
+        Barrier: st.builds(Barrier, keys, ints, ints),
         IntReply: st.builds(IntReply, ints),
         PSHello: st.builds(PSHello, ints, ints, st.booleans()),
         PSWaiting: st.builds(PSWaiting, st.booleans()),

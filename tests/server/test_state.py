@@ -242,3 +242,113 @@ def test_add_to_a_huge_value_is_refused_without_parsing_it() -> None:
     (out,) = st.handle(1, 2, m.Add("k", 1), now=0.0)
     assert isinstance(out.reply, m.ErrorReply) and out.reply.code == ErrorCode.INVALID_ARGUMENT
     assert "'k'" in out.reply.message and out.reply.message.endswith("is not a decimal integer")
+
+
+# --- Barrier: one request per arrival -------------------------------------------------------
+
+
+def test_barrier_parks_arrivals_until_the_last_then_answers_all(st: StoreState) -> None:
+    assert st.handle(1, 1, m.Barrier("b", 3, 1000), now=0.0) == []
+    assert st.handle(2, 1, m.Barrier("b", 3, 1000), now=0.1) == []
+    assert st.parked == 2
+    out = st.handle(3, 1, m.Barrier("b", 3, 1000), now=0.2)
+    assert [(o.conn_id, o.reply) for o in out] == [  # its own reply first, then the others
+        (3, m.OkReply()),
+        (1, m.OkReply()),
+        (2, m.OkReply()),
+    ]
+    assert st.parked == 0 and st.next_deadline() is None
+    # the keys of kvsync.store.sync.barrier
+    assert bytes(st.handle(9, 1, m.Get("b/arrived", False, 0), now=0.3)[0].reply.value) == b"3"
+    assert st.handle(9, 2, m.Check(("b/done/0",)), now=0.3)[0].reply == m.IntReply(1)
+
+
+def test_barrier_is_reusable_each_generation_waits_for_its_own_flag(st: StoreState) -> None:
+    st.handle(1, 1, m.Barrier("b", 2, 1000), now=0.0)
+    st.handle(2, 1, m.Barrier("b", 2, 1000), now=0.0)  # generation 0 done
+    assert st.handle(1, 2, m.Barrier("b", 2, 1000), now=0.0) == []  # generation 1: parked
+    out = st.handle(2, 2, m.Barrier("b", 2, 1000), now=0.0)
+    assert replies(out) == {(2, 2): m.OkReply(), (1, 2): m.OkReply()}
+    assert st.handle(9, 1, m.Check(("b/done/1",)), now=0.0)[0].reply == m.IntReply(1)
+
+
+def test_barrier_of_one_returns_at_once(st: StoreState) -> None:
+    assert replies(st.handle(1, 1, m.Barrier("b", 1, 0), now=0.0)) == {(1, 1): m.OkReply()}
+
+
+def test_barrier_meets_arrivals_made_of_add_set_wait(st: StoreState) -> None:
+    # a rank running kvsync.store.sync.barrier (add, then wait for the flag) ...
+    assert st.handle(1, 1, m.Add("b/arrived", 1), now=0.0)[0].reply == m.IntReply(1)
+    assert st.handle(1, 2, m.Wait(("b/done/0",), 1000), now=0.0) == []
+    # ... is released by the server-side barrier that completes the generation
+    out = st.handle(2, 1, m.Barrier("b", 2, 1000), now=0.0)
+    assert replies(out) == {(2, 1): m.OkReply(), (1, 2): m.OkReply()}
+
+
+def test_barrier_timeout_says_how_many_arrived_and_how_long(st: StoreState) -> None:
+    st.handle(1, 1, m.Barrier("b", 4, 500), now=0.0)
+    st.handle(2, 1, m.Barrier("b", 4, 2000), now=0.1)
+    (out,) = st.expire(0.75)
+    assert out.conn_id == 1 and out.reply.code == ErrorCode.TIMEOUT
+    assert out.reply.message == "2/4 ranks reached barrier 'b' after 0.75 s"
+    assert st.parked == 1  # the other arrival waits on
+
+
+def test_barrier_with_timeout_zero_counts_the_arrival_and_times_out(st: StoreState) -> None:
+    (out,) = st.handle(1, 1, m.Barrier("b", 2, 0), now=0.0)
+    assert out.reply == m.ErrorReply(
+        ErrorCode.TIMEOUT, "1/2 ranks reached barrier 'b' after 0.00 s"
+    )
+    assert st.parked == 0
+    assert st.handle(1, 2, m.Add("b/arrived", 0), now=0.0)[0].reply == m.IntReply(1)
+
+
+@pytest.mark.parametrize(
+    ("msg", "code", "text"),
+    [
+        (m.Barrier("b", 0, 100), ErrorCode.INVALID_ARGUMENT, "world_size is 0, must be >= 1"),
+        (m.Barrier("b", -3, 100), ErrorCode.INVALID_ARGUMENT, "world_size is -3"),
+        (m.Barrier("b", 2, -1), ErrorCode.INVALID_ARGUMENT, "timeout_ms is -1"),
+        (m.Barrier("x" * 9, 2, 100), ErrorCode.LIMIT_EXCEEDED, "xxxxxxxxx/arrived"),
+    ],
+)
+def test_a_refused_barrier_changes_nothing(
+    st: StoreState, msg: m.Barrier, code: ErrorCode, text: str
+) -> None:
+    (out,) = st.handle(1, 1, msg, now=0.0)
+    assert out.reply.code == code and text in out.reply.message
+    assert st.handle(1, 2, m.NumKeys(), now=0.0)[0].reply == m.IntReply(0)
+    assert st.parked == 0
+
+
+def test_a_done_flag_over_the_key_cap_is_refused_before_the_count_changes(
+    st: StoreState,
+) -> None:
+    st.handle(1, 1, m.Set("xxxxxxxx/arrived", b"200"), now=0.0)  # 16 bytes: at the cap
+    (out,) = st.handle(1, 2, m.Barrier("x" * 8, 2, 100), now=0.0)  # flag .../done/100
+    assert out.reply.code == ErrorCode.LIMIT_EXCEEDED and "xxxxxxxx/done/100" in out.reply.message
+    assert bytes(st.handle(1, 3, m.Get("xxxxxxxx/arrived", False, 0), now=0.0)[0].reply.value) == (
+        b"200"
+    )
+
+
+def test_barrier_on_a_counter_that_is_not_a_number_is_refused(st: StoreState) -> None:
+    st.handle(1, 1, m.Set("b/arrived", b"zz"), now=0.0)
+    (out,) = st.handle(1, 2, m.Barrier("b", 2, 100), now=0.0)
+    assert out.reply.code == ErrorCode.INVALID_ARGUMENT and "'b/arrived'" in out.reply.message
+
+
+def test_barrier_timeout_survives_a_counter_overwritten_meanwhile(st: StoreState) -> None:
+    st.handle(1, 1, m.Barrier("b", 2, 100), now=0.0)
+    st.handle(2, 1, m.Set("b/arrived", b"junk"), now=0.0)
+    (out,) = st.expire(1.0)
+    assert out.reply.message == "?/2 ranks reached barrier 'b' after 1.00 s"
+
+
+def test_a_dropped_connection_leaves_its_arrival_counted_but_nothing_parked(
+    st: StoreState,
+) -> None:
+    st.handle(1, 1, m.Barrier("b", 2, 1000), now=0.0)
+    st.drop_connection(1)
+    assert st.parked == 0 and st.next_deadline() is None
+    assert replies(st.handle(2, 1, m.Barrier("b", 2, 1000), now=0.0)) == {(2, 1): m.OkReply()}

@@ -10,7 +10,7 @@ from kvsync.errors import ErrorCode
 from kvsync.protocol import messages as m
 from kvsync.server.state import Outgoing, StoreState
 
-KEYS = st.sampled_from(["a", "b", "c"])
+KEYS = st.sampled_from(["a", "b", "c", "a/arrived"])  # the last: barrier "a"'s counter
 VALUES = st.one_of(st.binary(max_size=6), st.integers(-50, 50).map(lambda i: str(i).encode()))
 
 
@@ -203,6 +203,34 @@ class StoreModel(RuleBasedStateMachine):
         else:
             assert reply is None
             self.parked[self.last_id] = (tuple(keys), self.now + timeout_ms / 1000)
+
+    @rule(key=KEYS, world_size=st.integers(1, 3), timeout_ms=st.integers(0, 3000))
+    def barrier(self, key: str, world_size: int, timeout_ms: int) -> None:
+        reply, others = self.send(m.Barrier(key, world_size, timeout_ms))
+        arrived = f"{key}/arrived"
+        if arrived in self.queues:
+            assert isinstance(reply, m.ErrorReply) and reply.code == ErrorCode.INVALID_ARGUMENT
+            return
+        try:
+            count = int(self.values.get(arrived, b"0")) + 1
+        except ValueError:
+            assert isinstance(reply, m.ErrorReply) and reply.code == ErrorCode.INVALID_ARGUMENT
+            assert repr(arrived) in reply.message
+            return
+        done = f"{key}/done/{(count - 1) // world_size}"
+        self.values[arrived] = str(count).encode()
+        if count % world_size == 0:  # the last of its generation
+            assert reply == m.OkReply()
+            self.store_value(done, b"1")
+        elif self.exists(done):
+            assert reply == m.OkReply()
+        elif timeout_ms == 0:
+            assert isinstance(reply, m.ErrorReply) and reply.code == ErrorCode.TIMEOUT
+            assert f"/{world_size} ranks reached barrier {key!r}" in reply.message
+        else:
+            assert reply is None
+            self.parked[self.last_id] = ((done,), self.now + timeout_ms / 1000)
+        self.expect_woken(others)
 
     @rule(seconds=st.floats(0, 2))
     def advance_time(self, seconds: float) -> None:

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from kvsync.errors import KVSyncError, LimitExceededError, StoreTimeoutError
-from kvsync.store import Store
+from kvsync.store import Store, sync
 
 #: The ``connect`` fixture: a new client of the same store on each call.
 Connect = Callable[[], Store]
@@ -364,9 +364,28 @@ def test_barrier_of_64_ranks(connect: Connect) -> None:
     assert stores[0].add("b64/arrived", 0) == 64
 
 
+def test_barrier_meets_ranks_using_the_add_set_wait_barrier(connect: Connect) -> None:
+    stores = [connect() for _ in range(4)]
+
+    def rank(i: int) -> None:
+        for _ in range(2):
+            if i % 2:
+                stores[i].barrier("mixed", 4, timeout=10)
+            else:
+                sync.barrier(stores[i], "mixed", 4, timeout=10)
+
+    run_threads(4, rank)
+    assert stores[0].add("mixed/arrived", 0) == 8
+
+
 def test_barrier_timeout_says_how_many_ranks_arrived(any_store: Store) -> None:
-    with pytest.raises(StoreTimeoutError, match=r"1/3 ranks reached barrier 'lonely' after"):
+    # the server names the key it holds (a PrefixStore's, with its prefix, as for wait)
+    with pytest.raises(
+        StoreTimeoutError, match=r"1/3 ranks reached barrier '(pfx/)?lonely' after \d+\.\d\d s"
+    ):
         any_store.barrier("lonely", 3, timeout=0.1)
+    any_store.add("lonely/arrived", 1)  # the same client works on, and the count went on
+    assert any_store.add("lonely/arrived", 0) == 2
 
 
 # --- timeout, lifetime, repr --------------------------------------------------------------

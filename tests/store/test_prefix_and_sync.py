@@ -61,10 +61,21 @@ def test_prefix_store_checks_its_arguments() -> None:
         PrefixStore("p", {})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("world_size", "exc"), [(0, ValueError), (1.5, TypeError)])
+@pytest.mark.parametrize(
+    ("world_size", "exc"), [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)]
+)
 def test_barrier_checks_world_size(world_size: object, exc: type[Exception]) -> None:
+    store = HashStore()
     with pytest.raises(exc, match="world_size"):
-        barrier(HashStore(), "b", world_size)  # type: ignore[arg-type]
+        barrier(store, "b", world_size)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="world_size"):
+        store.barrier("b", world_size)  # type: ignore[arg-type]
+    assert store.num_keys() == 0  # refused before anything was sent
+
+
+def test_store_barrier_refuses_a_key_that_is_not_str() -> None:
+    with pytest.raises(TypeError, match="key must be str"):
+        HashStore().barrier(7, 2)  # type: ignore[arg-type]
 
 
 def test_rendezvous_returns_every_ranks_value_in_rank_order() -> None:
@@ -126,3 +137,41 @@ def test_barrier_last_arrival_returns_after_its_set_without_touching_the_store_a
     first.join(timeout=10)
     assert not first.is_alive()
     assert store.sent[threading.get_ident()] == ["Add", "Set"]
+
+
+def test_store_barrier_is_one_request_per_caller() -> None:
+    store = _RecordingStore()
+    threads = [threading.Thread(target=store.barrier, args=("b", 3, 10)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(store.sent.values()) == [["Barrier"]] * 3
+
+
+def test_store_barrier_through_a_prefix_store_counts_under_the_prefix() -> None:
+    base = HashStore()
+    PrefixStore("job", base).barrier("b", 1)
+    assert sorted(base.list_keys()) == ["job/b/arrived", "job/b/done/0"]
+
+
+def test_store_barrier_and_the_add_set_wait_barrier_meet_on_one_key() -> None:
+    store = HashStore(timeout=10)
+    passed: list[int] = []
+
+    def rank(i: int) -> None:
+        for _ in range(3):  # three generations, half the ranks on each implementation
+            if i % 2:
+                store.barrier("mixed", 4, timeout=10)
+            else:
+                barrier(store, "mixed", 4, timeout=10)
+        passed.append(i)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert sorted(passed) == [0, 1, 2, 3]
+    assert store.get("mixed/arrived") == b"12"

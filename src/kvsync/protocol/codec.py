@@ -43,6 +43,7 @@ from kvsync.protocol.messages import (
     OPCODE_OF,
     Add,
     Append,
+    Barrier,
     Check,
     DeleteKey,
     Get,
@@ -181,6 +182,7 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 _TAIL_BQ = struct.Struct("<?q")  # a bool and an int field
+_TAIL_QQ = struct.Struct("<qq")  # two int fields
 _SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the general path
 
 
@@ -253,6 +255,13 @@ def _add_tail(msg: object) -> bytes:
     if type(amount) is not int:
         raise TypeError
     return _I64.pack(amount)
+
+
+def _barrier_tail(msg: object) -> bytes:
+    world_size, timeout_ms = msg.world_size, msg.timeout_ms  # type: ignore[attr-defined]
+    if type(world_size) is not int or type(timeout_ms) is not int:
+        raise TypeError
+    return _TAIL_QQ.pack(world_size, timeout_ms)
 
 
 def _fast_keys(opcode: int, with_timeout: bool) -> _FastEncode:
@@ -334,6 +343,7 @@ _FAST: dict[type, _FastEncode] = {
     QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
     Get: _fast_key(int(Opcode.GET), _get_tail),
     Add: _fast_key(int(Opcode.ADD), _add_tail),
+    Barrier: _fast_key(int(Opcode.BARRIER), _barrier_tail),
     DeleteKey: _fast_key(int(Opcode.DELETE_KEY), None),
     Wait: _fast_keys(int(Opcode.WAIT), with_timeout=True),
     Check: _fast_keys(int(Opcode.CHECK), with_timeout=False),

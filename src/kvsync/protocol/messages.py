@@ -39,6 +39,7 @@ __all__ = [
     "Add",
     "Append",
     "Auth",
+    "Barrier",
     "Buffer",
     "Check",
     "CompareSet",
@@ -102,6 +103,7 @@ class Opcode(IntEnum):
     QUEUE_POP = 0x1D
     QUEUE_LEN = 0x1E
     PING = 0x1F
+    BARRIER = 0x20
     # Parameter-server requests (owner: dist; classes at the end of this file)
     PS_HELLO = 0x40
     PS_INIT = 0x41
@@ -305,6 +307,20 @@ class Ping:
     """Liveness check. Reply: :class:`OkReply`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Enter the barrier ``key`` of ``world_size`` callers, in one request: the server
+    adds 1 to the counter ``<key>/arrived``; the call that completes a group of
+    ``world_size`` (generation ``(count - 1) // world_size``) sets ``<key>/done/<gen>`` and
+    is answered at once, the others are parked until that flag exists. The keys are those
+    of :func:`kvsync.store.sync.barrier`, so callers of either meet. Reply:
+    :class:`OkReply`, or an :class:`ErrorReply` (TIMEOUT) saying how many arrived."""
+
+    key: str
+    world_size: int
+    timeout_ms: int
+
+
 # --- Replies ------------------------------------------------------------------------------
 
 
@@ -353,7 +369,7 @@ class ErrorReply:
 Message: TypeAlias = (
     "Hello | HelloReply | Auth | Set | Get | Add | CompareSet | Wait | Check | DeleteKey"
     " | NumKeys | MultiGet | MultiSet | Append | ListKeys | QueuePush | QueuePop | QueueLen"
-    " | Ping | OkReply | ValueReply"
+    " | Ping | Barrier | OkReply | ValueReply"
     " | ValuesReply | IntReply | KeysReply | ErrorReply"
 )
 
@@ -378,6 +394,7 @@ MESSAGE_OF: dict[Opcode, type] = {
     Opcode.QUEUE_POP: QueuePop,
     Opcode.QUEUE_LEN: QueueLen,
     Opcode.PING: Ping,
+    Opcode.BARRIER: Barrier,
     Opcode.OK: OkReply,
     Opcode.VALUE: ValueReply,
     Opcode.VALUES: ValuesReply,

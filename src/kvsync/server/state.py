@@ -32,12 +32,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import (
     Add,
     Append,
+    Barrier,
     Buffer,
     Check,
     CompareSet,
@@ -94,6 +96,15 @@ def _check_timeout(timeout_ms: int) -> None:
         raise _RejectError(ErrorCode.INVALID_ARGUMENT, f"timeout_ms is {timeout_ms}, must be >= 0")
 
 
+@dataclass(frozen=True, slots=True)
+class _BarrierWait:
+    """A parked :class:`Barrier`: waits, like a ``Wait``, for its generation's done flag."""
+
+    barrier: Barrier
+    keys: tuple[str]  # the done flag, ``<key>/done/<generation>``
+    generation: int
+
+
 def _preview(value: Buffer, limit: int = 32) -> str:
     head = bytes(value[:limit]) if _nbytes(value) > limit else bytes(value)
     return repr(head) + ("..." if _nbytes(value) > limit else "")
@@ -118,7 +129,7 @@ class StoreState:
     #: The request types this logic answers (for building a :class:`Router`).
     MESSAGE_TYPES: tuple[type, ...] = (
         Set, Get, Add, CompareSet, Wait, Check, DeleteKey, NumKeys, MultiGet, MultiSet,
-        Append, ListKeys, QueuePush, QueuePop, QueueLen, Ping,
+        Append, ListKeys, QueuePush, QueuePop, QueueLen, Ping, Barrier,
     )  # fmt: skip
 
     def __init__(
@@ -151,6 +162,7 @@ class StoreState:
             QueuePop: self._queue_pop,
             QueueLen: self._queue_len,
             Ping: self._ping,
+            Barrier: self._barrier,
         }
 
     # --- ServerLogic ------------------------------------------------------------------
@@ -277,6 +289,14 @@ class StoreState:
             text = f"queue_pop of {msg.key!r} timed out after {waited}; the queue is still empty"
         elif isinstance(msg, Get):
             text = f"get of key {msg.key!r} timed out after {waited}; the key is still missing"
+        elif isinstance(msg, _BarrierWait):
+            b = msg.barrier
+            try:
+                count = self._counter(f"{b.key}/arrived") - msg.generation * b.world_size
+                arrived = str(min(count, b.world_size))
+            except _RejectError:  # the counter was overwritten meanwhile
+                arrived = "?"
+            text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {waited}"
         else:
             keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
             missing = [k for k in keys if not self._exists(k)]
@@ -329,23 +349,26 @@ class StoreState:
         self._check_keys(msg.keys)
         return self._block_on(conn_id, request_id, msg, msg.keys, msg.timeout_ms, now)
 
+    def _counter(self, key: str) -> int:
+        """The integer stored under ``key`` as decimal text (0 when missing)."""
+        current = self._value_of(key)
+        if current is None:
+            return 0
+        try:
+            if _nbytes(current) > _MAX_INT_TEXT:
+                raise ValueError("too long to be a counter")
+            return int(bytes(current))
+        except ValueError:
+            raise _RejectError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"cannot add to key {key!r}: its value {_preview(current)} "
+                "is not a decimal integer",
+            ) from None
+
     def _add(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, Add)
         self._check_key(msg.key)
-        current = self._value_of(msg.key)
-        base = 0
-        if current is not None:
-            try:
-                if _nbytes(current) > _MAX_INT_TEXT:
-                    raise ValueError("too long to be a counter")
-                base = int(bytes(current))
-            except ValueError:
-                raise _RejectError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"cannot add to key {msg.key!r}: its value {_preview(current)} "
-                    "is not a decimal integer",
-                ) from None
-        result = base + msg.amount
+        result = self._counter(msg.key) + msg.amount
         self._store(msg.key, str(result).encode())
         return IntReply(result)
 
@@ -449,3 +472,27 @@ class StoreState:
 
     def _ping(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         return _OK
+
+    def _barrier(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
+        """Count this arrival; the one completing its generation sets the done flag (and
+        so answers the parked others), everyone else waits for that flag."""
+        assert isinstance(msg, Barrier)
+        size = msg.world_size
+        if size < 1:
+            raise _RejectError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"barrier {msg.key!r}: world_size is {size}, must be >= 1",
+            )
+        _check_timeout(msg.timeout_ms)
+        arrived = f"{msg.key}/arrived"
+        self._check_key(arrived)
+        count = self._counter(arrived) + 1
+        generation = (count - 1) // size
+        done = f"{msg.key}/done/{generation}"
+        self._check_key(done)  # every check before the first change
+        self._store(arrived, str(count).encode())
+        if count % size == 0:  # the last of its generation: release the others
+            self._store(done, b"1")
+            return _OK
+        wait = _BarrierWait(msg, (done,), generation)
+        return self._block_on(conn_id, request_id, wait, wait.keys, msg.timeout_ms, now)

@@ -20,6 +20,7 @@ __all__ = [
     "Value",
     "check_key",
     "check_keys",
+    "check_world_size",
     "to_buffer",
     "to_ms",
     "to_seconds",
@@ -87,6 +88,25 @@ def check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be str, got {type(key).__name__}: {key!r:.80}")
     return key
+
+
+def check_world_size(world_size: object) -> None:
+    """Refuse a barrier's ``world_size`` that is not an ``int`` >= 1.
+
+    Raises:
+        TypeError: not an ``int`` (``bool`` included).
+        ValueError: below 1.
+
+    Example:
+        >>> check_world_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: world_size must be >= 1, got 0
+    """
+    if not isinstance(world_size, int) or isinstance(world_size, bool):
+        raise TypeError(f"world_size must be int, got {type(world_size).__name__}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
 
 
 def check_keys(keys: object, what: str) -> tuple[str, ...]:

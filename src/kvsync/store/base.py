@@ -31,13 +31,13 @@ from typing import TypeVar
 from kvsync import defaults
 from kvsync.errors import RemoteProtocolError, StoreConnectionError, error_from_code
 from kvsync.protocol import messages as m
-from kvsync.store import sync
 from kvsync.store.arguments import (
     REPLY_GRACE_SECONDS,
     Timeout,
     Value,
     check_key,
     check_keys,
+    check_world_size,
     to_buffer,
     to_ms,
     to_seconds,
@@ -356,17 +356,27 @@ class Store(abc.ABC):
     def barrier(self, key: str, world_size: int, timeout: Timeout | None = None) -> None:
         """Block until ``world_size`` callers reached the barrier ``key``; reusable.
 
-        Built only from ``add``/``set``/``wait`` (see :func:`kvsync.store.sync.barrier`).
+        One request: the server counts the arrival and answers every caller of a
+        generation when its last one arrives. The keys it leaves (``<key>/arrived`` and
+        ``<key>/done/<generation>``) are those of :func:`kvsync.store.sync.barrier`, which
+        builds the same barrier from ``add``/``set``/``wait``, so callers of either meet.
 
         Raises:
+            TypeError: ``key`` is not ``str`` or ``world_size`` not an ``int``.
+            ValueError: ``world_size`` < 1.
             StoreTimeoutError: naming how many ranks arrived, e.g. "3/8 ranks reached
                 barrier 'b' after 2.00 s".
 
         Example:
             >>> from kvsync.store import HashStore
-            >>> HashStore().barrier("start", world_size=1)
+            >>> s = HashStore()
+            >>> s.barrier("start", world_size=1); s.get("start/arrived")
+            b'1'
         """
-        sync.barrier(self, key, world_size, timeout)
+        key = check_key(key)
+        check_world_size(world_size)
+        timeout_ms, reply_timeout = self._deadline(timeout)
+        self._request(m.Barrier(key, world_size, timeout_ms), m.OkReply, reply_timeout)
 
     # --- timeouts and lifetime ------------------------------------------------------------
 

@@ -38,6 +38,7 @@ _KEY_FIELD: dict[type, str] = {
     m.QueuePush: "key",
     m.QueuePop: "key",
     m.QueueLen: "key",
+    m.Barrier: "key",
 }
 _KEYS_FIELD: dict[type, str] = {
     m.Wait: "keys",

@@ -7,6 +7,8 @@ arrive, in which case it ``set``\\ s ``<key>/done/<generation>`` and returns; ev
 ``wait``\\ s for that flag. Because generations have their own flags, the same barrier key
 can be reused any number of times (it leaves one small flag key per generation in the
 store). After a barrier timed out its counter is out of step: use a new key.
+:meth:`Store.barrier <kvsync.store.Store.barrier>` is the same barrier done by the server in
+one request per caller (the ``Barrier`` message); callers of either meet on one key.
 
 Example:
     >>> import threading
@@ -25,6 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kvsync.errors import StoreTimeoutError
+from kvsync.store.arguments import check_world_size
 
 if TYPE_CHECKING:
     from kvsync.store.base import Store, Timeout
@@ -58,10 +61,7 @@ def barrier(store: Store, key: str, world_size: int, timeout: Timeout | None = N
     """
     if not isinstance(key, str):
         raise TypeError(f"barrier key must be str, got {type(key).__name__}")
-    if not isinstance(world_size, int) or isinstance(world_size, bool):
-        raise TypeError(f"world_size must be int, got {type(world_size).__name__}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    check_world_size(world_size)
     start = time.monotonic()
     count = store.add(f"{key}/arrived", 1)
     generation = (count - 1) // world_size
