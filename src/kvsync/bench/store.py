@@ -254,7 +254,13 @@ def bench_bandwidth(backend: Backend, p: Params) -> list[Row]:
 
 
 def _barrier(client: Any, key: str, world_size: int) -> None:
-    """The add/set/wait barrier of kvsync.store.sync, spelled with calls torch has too."""
+    """The store's own ``barrier(key, world_size, timeout)`` (one request on kvsync and on
+    torch 2.13); for a torch without ``Store.barrier``, the add/set/wait barrier spelled
+    out."""
+    barrier = getattr(client, "barrier", None)
+    if barrier is not None:
+        barrier(key, world_size, _timedelta(OP_TIMEOUT))
+        return
     count = int(client.add(f"{key}/arrived", 1))
     done = f"{key}/done/{(count - 1) // world_size}"
     if count % world_size == 0:
@@ -370,8 +376,9 @@ NOTES = {
     " wait for a reply (its latency is the time to write the request); its get is a wait"
     " plus a get (two round trips); kvsync's set and get wait for their reply (one round"
     " trip each).",
-    "common": "Barrier and connect rows run their clients as threads of the bench process;"
-    " throughput rows use separate client processes.",
+    "common": "Barrier rows call each store's own barrier(key, world_size, timeout): one"
+    " request per rank on both (torch 2.13). Barrier and connect rows run their clients as"
+    " threads of the bench process; throughput rows use separate client processes.",
 }
 
 
