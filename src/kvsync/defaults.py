@@ -25,6 +25,7 @@ __all__ = [
     "PS_CHUNK_BYTES",
     "PS_PACK_MAX_BYTES",
     "PS_PACK_MIN_KEYS",
+    "PS_REPLY_GRACE_SECONDS",
     "PS_SHM_MIN_BYTES",
     "PS_STALL_SECONDS",
     "PS_WAITING_NOTICE_SECONDS",
@@ -59,6 +60,10 @@ BIGARRAY_BOUND: int = 1_000_000
 #: A parameter server on which every worker has been waiting this long, with no message
 #: arriving, declares the job's pushes uneven (dist_sync) and fails the waiting requests.
 PS_STALL_SECONDS: float = 5.0
+#: How much longer than its own timeout a worker waits for a parameter server's reply: a
+#: server answers a request it parked with a timeout error itself, so this only bounds a
+#: reply that never comes (a stuck or lost server).
+PS_REPLY_GRACE_SECONDS: float = 15.0
 #: A worker blocked this long on a pull from some servers tells the other servers, so a
 #: server can see every worker stuck even when they wait on different servers.
 PS_WAITING_NOTICE_SECONDS: float = 1.0

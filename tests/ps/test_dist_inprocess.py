@@ -3,16 +3,18 @@ codec, no sockets): fast checks of the semantics the multi-process tests repeat 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from dist_fakes import FakeServer, run_workers
+from dist_fakes import FakeLink, FakeServer, run_workers
 
-from kvsync import errors
+from kvsync import defaults, errors
 from kvsync.kv.dist import DistKVStore
 from kvsync.kv.shm import shm_supported
 from kvsync.optimizer import SGD
+from kvsync.protocol.messages import PSPullRows
 from kvsync.sparse import RowSparseArray
 
 
@@ -244,3 +246,33 @@ def test_big_slices_through_shared_memory_or_socket_parts(
         np.testing.assert_array_equal(got[1], -4 * ramp - 2)
     if shm_supported():  # big slices live in shared memory on the servers
         assert all(s.logic._keys["sbig"].value_path for s in servers)
+
+
+class _NoRowReplies(FakeLink):
+    """A link whose server never answers a PSPullRows (a stuck server)."""
+
+    def submit(self, msg: object, into: object = None) -> int:
+        if isinstance(msg, PSPullRows):
+            return next(self.rids)  # swallowed: no reply will ever come
+        return super().submit(msg, into)
+
+
+def test_row_sparse_pull_from_a_stuck_server_fails_after_timeout_plus_grace(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One deadline for the whole call, PSWaiting notice included (and the same grace as
+    # the link's own wait, so neither outlasts the other).
+    monkeypatch.setattr(defaults, "PS_REPLY_GRACE_SECONDS", 0.5)
+    kv = DistKVStore("dist_sync", rank=0, num_workers=1, timeout=1.0,
+                     links=[_NoRowReplies(s) for s in servers])  # fmt: skip
+    try:
+        kv.init("emb", np.zeros((4, 2)))  # small: on one server, so the other is told
+        out = RowSparseArray.zeros((4, 2), np.float64)
+        start = time.monotonic()
+        # (the link's own wait, timeout + grace as well, may be the one that gives up)
+        with pytest.raises(errors.StoreTimeoutError, match=r"(unanswered after|within) 1\.5 s"):
+            kv.row_sparse_pull("emb", out=out, row_ids=np.array([1]))
+        elapsed = time.monotonic() - start
+    finally:
+        kv.close()
+    assert 1.4 <= elapsed < 2.5  # timeout + grace: 1.5 s

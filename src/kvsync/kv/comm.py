@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kvsync import defaults
 from kvsync.errors import (
     ErrorCode,
     KVSyncError,
@@ -323,7 +324,7 @@ class Comm:
         while (item := q.get()) is not None:
             rid, batch = item
             try:
-                reply = link.result(rid, timeout=self._timeout + 10.0)
+                reply = link.result(rid, timeout=self._timeout + defaults.PS_REPLY_GRACE_SECONDS)
                 if isinstance(reply, ErrorReply):
                     raise error_from_code(reply.code, reply.message)
                 self._deliver(batch, reply)

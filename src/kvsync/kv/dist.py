@@ -30,6 +30,7 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import (
     InvalidArgumentError,
+    StoreTimeoutError,
     UninitializedKeyError,
     UnknownNameError,
 )
@@ -298,7 +299,7 @@ class DistKVStore(ServerControl, KVStoreBase):
             path, buf = self._segments.create(part.nbytes)
             seg = self._segments_of[(plan.wire, server)] = [path, buf, None]
         if seg[2] is not None:
-            seg[2].wait(self.timeout + 15.0)
+            seg[2].wait(self._reply_wait)
         np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
         seg[2] = Latch(1)
         return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2],
@@ -414,10 +415,15 @@ class DistKVStore(ServerControl, KVStoreBase):
                 jobs.append((o, plan, rows, parts))
         futures = [f for *_, parts in jobs for f in parts]
         servers = {s.server for _, plan, _, _ in jobs for s in plan.slices}
-        self._blocked_on(servers, lambda t: not wait_futures(futures, timeout=t).not_done,
-                         self.timeout + 15.0)
+        total = self._reply_wait
+        left = self._blocked_on(servers, lambda t: not wait_futures(futures, timeout=t).not_done,
+                                total)
+        unanswered = wait_futures(futures, timeout=left).not_done  # one deadline for all
+        if unanswered:
+            raise StoreTimeoutError(f"row_sparse_pull: {len(unanswered)} of {len(futures)}"
+                                    f" row pulls unanswered after {total:g} s")
         for o, plan, rows, parts in jobs:
-            chunks = [f.result(timeout=self.timeout + 15.0) for f in parts]
+            chunks = [f.result() for f in parts]  # all done: raises what an op failed with
             data = (np.concatenate(chunks) if chunks
                     else np.empty((0, *plan.shape[1:]), plan.dtype))
             o.assign(RowSparseArray(data, rows, plan.shape))
@@ -428,7 +434,7 @@ class DistKVStore(ServerControl, KVStoreBase):
     def _await(self, latch: Latch, servers: set[int]) -> None:
         """Wait for a pull from ``servers``; once blocked for a while, tell the other servers
         (PSWaiting) so that they can see every worker stuck and report uneven pushes."""
-        latch.wait(self._blocked_on(servers, latch.done, self.timeout + 15.0))
+        latch.wait(self._blocked_on(servers, latch.done, self._reply_wait))
 
     def _blocked_on(self, servers: set[int], done: Callable[[float], bool],
                     total: float) -> float:
@@ -460,7 +466,7 @@ class DistKVStore(ServerControl, KVStoreBase):
     # --- synchronisation, stats, lifetime ---------------------------------------------------
     def wait(self) -> None:
         """Wait until every push of this worker has been acknowledged; raise its errors."""
-        self._comm.flush(self.timeout + 15.0)
+        self._comm.flush(self._reply_wait)
 
     def _barrier(self) -> None:
         self.wait()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from kvsync import defaults
 from kvsync.errors import InvalidArgumentError, KVStoreError, error_from_code
 from kvsync.kv.comm import Link
 from kvsync.kv.compression import GradientCompression, create_compression
@@ -134,6 +135,12 @@ class ServerControl:
     def _timeout_ms(self) -> int:
         return int(self.timeout * 1000)
 
+    @property
+    def _reply_wait(self) -> float:
+        """Seconds to wait for a server's reply: the timeout the server enforces itself,
+        plus :data:`kvsync.defaults.PS_REPLY_GRACE_SECONDS` for a reply that never comes."""
+        return self.timeout + defaults.PS_REPLY_GRACE_SECONDS
+
     def _call_all(self, msgs: Sequence[object | None]) -> list[Any]:
         """Send one message per server (None: skip), all at once; return the replies."""
         rids = [None if m is None else link.submit(m) for link, m in zip(self._links, msgs,
@@ -145,7 +152,7 @@ class ServerControl:
                 replies.append(None)
                 continue
             try:
-                reply = link.result(rid, timeout=self.timeout + 15.0)
+                reply = link.result(rid, timeout=self._reply_wait)
                 if isinstance(reply, ErrorReply):
                     raise error_from_code(reply.code, reply.message)
                 replies.append(reply)
