@@ -34,3 +34,28 @@ def test_env_read_rejects_non_integer_rank_naming_the_variable() -> None:
 
 def test_env_read_ignores_blank_values() -> None:
     assert env.read({"MASTER_PORT": "  "}).master_port is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True), ("true", True), ("True", True), ("YES", True), ("on", True),
+        ("0", False), ("false", False), ("False", False), ("no", False), (" off ", False),
+    ],
+)  # fmt: skip
+def test_env_booleans_take_one_set_of_words_for_every_variable(raw: str, expected: bool) -> None:
+    got = env.read({"TORCHELASTIC_USE_AGENT_STORE": raw, "KVSYNC_PS_SHM": raw})
+    assert (got.use_agent_store, got.ps_shm) == (expected, expected)
+
+
+def test_env_booleans_default_when_unset_or_blank() -> None:
+    for environ in ({}, {"TORCHELASTIC_USE_AGENT_STORE": " ", "KVSYNC_PS_SHM": ""}):
+        got = env.read(environ)
+        assert (got.use_agent_store, got.ps_shm) == (False, True)
+
+
+@pytest.mark.parametrize("name", ["TORCHELASTIC_USE_AGENT_STORE", "KVSYNC_PS_SHM"])
+def test_env_boolean_that_is_no_word_we_know_is_refused_naming_it(name: str) -> None:
+    # Regression: KVSYNC_PS_SHM=off silently meant "on", and "yes" under torchrun "no".
+    with pytest.raises(ValueError, match=rf"{name}='maybe' is not a boolean"):
+        env.read({name: "maybe"})

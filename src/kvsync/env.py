@@ -104,6 +104,22 @@ def _str(environ: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _str(environ, name)
+    if raw is None:
+        return default
+    word = raw.lower()
+    if word in _TRUE_WORDS or word in _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    raise ValueError(
+        f"environment variable {name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)"
+    )
+
+
 @dataclass(frozen=True)
 class Environment:
     """A snapshot of the variables kvsync understands; ``None`` where unset.
@@ -138,7 +154,8 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
     """Read kvsync's variables from ``environ`` (default: the process environment).
 
     Raises:
-        ValueError: a variable that must be a number is not one; the message names it.
+        ValueError: a variable that must be a number or a boolean is not one; the message
+            names it.
 
     Example:
         >>> read({"MS_RECEIVE_MSG_TIMEOUT": "30"}).receive_timeout
@@ -154,15 +171,14 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         local_world_size=_int(src, LOCAL_WORLD_SIZE),
         group_rank=_int(src, GROUP_RANK),
         receive_timeout=_float(src, MS_RECEIVE_MSG_TIMEOUT),
-        use_agent_store=(_str(src, TORCHELASTIC_USE_AGENT_STORE) or "").lower()
-        in ("1", "true"),
+        use_agent_store=_bool(src, TORCHELASTIC_USE_AGENT_STORE, False),
         restart_count=_int(src, TORCHELASTIC_RESTART_COUNT),
         store_addr=_str(src, KVSYNC_STORE_ADDR),
         store_port=_int(src, KVSYNC_STORE_PORT),
         secret=_str(src, KVSYNC_SECRET),
         server_setup=_str(src, KVSYNC_SERVER_SETUP),
         bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),
-        ps_shm=(_str(src, KVSYNC_PS_SHM) or "1").lower() not in ("0", "false", "no"),
+        ps_shm=_bool(src, KVSYNC_PS_SHM, True),
         dmlc_role=_str(src, DMLC_ROLE),
         dmlc_num_worker=_int(src, DMLC_NUM_WORKER),
         dmlc_num_server=_int(src, DMLC_NUM_SERVER),

@@ -206,7 +206,8 @@ class Comm:
         """Queue several ops of one call at ``priority`` (one lock round trip).
 
         Raises:
-            KVSyncError: as :meth:`enqueue`.
+            KVSyncError: the KVStore is closed, or the first error a background push met
+                (raised once, before anything is queued).
         """
         self.raise_errors()
         with self._cv:
