@@ -55,3 +55,27 @@ def test_torch_process_groups_meet_through_a_kvsync_store(
                 p.join(5)
     assert got == [(0, 3.0), (1, 3.0)]
     assert all(p.exitcode == 0 for p in procs)
+
+
+@pytest.mark.torch
+def test_as_torch_store_forwards_the_whole_store_api() -> None:
+    pytest.importorskip("torch.distributed")
+    import datetime
+
+    from kvsync.compat.torch import as_torch_store
+    from kvsync.store import HashStore
+
+    inner = HashStore(timeout=10)
+    t = as_torch_store(inner)
+    t.set("a", "1")
+    t.set("b", b"2")
+    t.multi_set(["c", "d"], ["3", "4"])
+    assert t.multi_get(["a", "b", "c", "d"]) == [b"1", b"2", b"3", b"4"]
+    t.append("a", "x")
+    assert t.get("a") == b"1x" and t.add("n", 5) == 5
+    t.queue_push("q", "i1")
+    t.queue_push("q", b"i2")
+    assert t.queue_len("q") == 2 and t.queue_pop("q") == b"i1" and t.queue_pop("q", False) == b"i2"
+    t.barrier("bar", 1, datetime.timedelta(seconds=5))
+    assert sorted(t.list_keys()) == sorted(inner.list_keys())
+    assert "bar/arrived" in inner.list_keys()  # kvsync's own one-request barrier, not torch's

@@ -70,6 +70,11 @@ class TCPStore(_TCPStore, *_EXTRA_BASES, metaclass=_META):  # type: ignore[misc,
         return False
 
 
+def _value(value: Any) -> str | bytes:
+    """A value as torch hands it over (``str``, bytes-like or a list of byte values)."""
+    return value if isinstance(value, str) else bytes(value)
+
+
 def as_torch_store(store: Store) -> Any:
     """A ``torch.distributed.Store`` forwarding every call to ``store``.
 
@@ -96,7 +101,7 @@ def as_torch_store(store: Store) -> Any:
             self.inner = inner
 
         def set(self, key: str, value: Any) -> None:
-            self.inner.set(key, value if isinstance(value, str) else bytes(value))
+            self.inner.set(key, _value(value))
 
         def get(self, key: str) -> bytes:
             return self.inner.get(key)
@@ -121,5 +126,29 @@ def as_torch_store(store: Store) -> Any:
 
         def set_timeout(self, timeout: timedelta) -> None:
             self.inner.set_timeout(timeout)
+
+        def multi_get(self, keys: list[str]) -> list[bytes]:
+            return self.inner.multi_get(keys)
+
+        def multi_set(self, keys: list[str], values: list[Any]) -> None:
+            self.inner.multi_set(keys, [_value(v) for v in values])
+
+        def append(self, key: str, value: Any) -> None:
+            self.inner.append(key, _value(value))
+
+        def list_keys(self) -> list[str]:
+            return self.inner.list_keys()
+
+        def queue_push(self, key: str, value: Any) -> None:
+            self.inner.queue_push(key, _value(value))
+
+        def queue_pop(self, key: str, block: bool = True) -> bytes:
+            return self.inner.queue_pop(key, block)
+
+        def queue_len(self, key: str) -> int:
+            return self.inner.queue_len(key)
+
+        def barrier(self, key: str, world_size: int, timeout: timedelta | None = None) -> None:
+            self.inner.barrier(key, world_size, timeout)
 
     return KVSyncTorchStore(store)
