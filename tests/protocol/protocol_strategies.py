@@ -9,8 +9,9 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kvsync.protocol.codec import BIG_BUFFER
-from kvsync.protocol.messages import MESSAGE_OF
+from kvsync.protocol.codec import BIG_BUFFER, encode_frame
+from kvsync.protocol.frame import PROTOCOL_VERSION
+from kvsync.protocol.messages import MESSAGE_OF, Hello
 
 _DTYPES = [
     np.dtype(code)
@@ -68,3 +69,32 @@ def normalize(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return tuple(normalize(v) for v in value)
     return value
+
+
+#: Every request class, and every reply class (by opcode range).
+REQUESTS = sorted((c for op, c in MESSAGE_OF.items() if 0x10 <= op < 0x80), key=str)
+REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
+
+
+def join_buffers(parts: list[Any]) -> bytes:
+    """The bytes of an encoder's buffer list."""
+    return b"".join(bytes(p) for p in parts)
+
+
+def fuzz_stream() -> st.SearchStrategy[bytes]:
+    """Client byte streams: random bytes, or a Hello and valid requests, randomly mutated and
+    cut then followed by random bytes, or valid and then the start of a header."""
+    hello = join_buffers(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b"")))
+    valid = st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=4).map(
+        lambda ms: hello + b"".join(join_buffers(encode_frame(i, m)) for i, m in enumerate(ms))
+    )
+
+    @st.composite
+    def mutated(draw: Any) -> bytes:
+        data = bytearray(draw(valid))
+        for _ in range(draw(st.integers(0, 3))):
+            if data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=40))
+
+    return st.one_of(st.binary(max_size=200), mutated(), valid.map(lambda s: s + b"KVSY\x01"))

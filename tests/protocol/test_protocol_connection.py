@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import message_strategy, normalize
+from protocol_strategies import (
+    REPLIES,
+    REQUESTS,
+    fuzz_stream,
+    join_buffers,
+    message_strategy,
+    normalize,
+)
 
 from kvsync.errors import (
     AuthenticationError,
@@ -23,7 +30,6 @@ from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event, Role
 from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.messages import (
-    MESSAGE_OF,
     Get,
     Hello,
     MultiSet,
@@ -35,16 +41,10 @@ from kvsync.protocol.messages import (
 )
 
 SMALL_LIMITS = Limits(max_key_bytes=64, max_value_bytes=1 << 16, max_frame_bytes=1 << 17)
-REQUESTS = sorted((c for op, c in MESSAGE_OF.items() if 0x10 <= op < 0x80), key=str)
-REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
-
-
-def _join(parts: list[Any]) -> bytes:
-    return b"".join(bytes(p) for p in parts)
 
 
 def _pump(src: Connection, dst: Connection) -> object:
-    dst.receive_data(_join(src.data_to_send()))
+    dst.receive_data(join_buffers(src.data_to_send()))
     return dst.next_event()
 
 
@@ -81,7 +81,7 @@ def test_handshake_without_secret_completes_and_learns_the_server_caps() -> None
 
 def test_handshake_with_matching_secrets_authenticates_both_ways() -> None:
     client, server = _pair("s3cret", "s3cret")
-    server.receive_data(_join(client.send(9, Ping())))
+    server.receive_data(join_buffers(client.send(9, Ping())))
     assert server.next_event() == Event(9, Ping())
 
 
@@ -100,7 +100,7 @@ def test_a_server_rejects_a_client_proof_that_does_not_match() -> None:
     server.data_to_send()
     from kvsync.protocol.messages import Auth
 
-    server.receive_data(_join(encode_frame(0, Auth(proof=b"x" * 32))))
+    server.receive_data(join_buffers(encode_frame(0, Auth(proof=b"x" * 32))))
     with pytest.raises(AuthenticationError, match="proof does not match"):
         server.next_event()
 
@@ -123,7 +123,7 @@ def test_a_client_with_a_secret_refuses_a_server_without_one() -> None:
 
 def test_wrong_version_in_the_header_names_both_versions() -> None:
     server = Connection(Role.SERVER)
-    frame = bytearray(_join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b""))))
+    frame = bytearray(join_buffers(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b""))))
     frame[4] = PROTOCOL_VERSION + 1
     server.receive_data(frame)
     with pytest.raises(
@@ -134,7 +134,7 @@ def test_wrong_version_in_the_header_names_both_versions() -> None:
 
 def test_wrong_version_in_the_hello_names_both_versions() -> None:
     server = Connection(Role.SERVER)
-    server.receive_data(_join(encode_frame(0, Hello(version=7, nonce=b""))))
+    server.receive_data(join_buffers(encode_frame(0, Hello(version=7, nonce=b""))))
     with pytest.raises(VersionMismatchError, match=rf"version 7.*version {PROTOCOL_VERSION}"):
         server.next_event()
 
@@ -148,7 +148,7 @@ def test_wrong_magic_says_the_peer_is_not_kvsync() -> None:
 
 def test_a_request_before_the_hello_is_refused() -> None:
     server = Connection(Role.SERVER)
-    server.receive_data(_join(encode_frame(1, Ping())))
+    server.receive_data(join_buffers(encode_frame(1, Ping())))
     with pytest.raises(RemoteProtocolError, match="expected Hello"):
         server.next_event()
 
@@ -198,10 +198,10 @@ def test_roles_are_enforced_in_both_directions() -> None:
         client.send(1, OkReply())
     with pytest.raises(LocalProtocolError):
         server.send(1, Ping())
-    server.receive_data(_join(encode_frame(1, OkReply())))
+    server.receive_data(join_buffers(encode_frame(1, OkReply())))
     with pytest.raises(RemoteProtocolError, match="may not send OkReply"):
         server.next_event()
-    client.receive_data(_join(encode_frame(1, Ping())))
+    client.receive_data(join_buffers(encode_frame(1, Ping())))
     with pytest.raises(RemoteProtocolError, match="may not send Ping"):
         client.next_event()
 
@@ -225,7 +225,7 @@ def test_requests_round_trip_through_connections_in_any_chunking(
     client.peer_limits = None  # strategies may exceed the small server key cap
     server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
     server._decoder._caps.clear()
-    stream = b"".join(_join(client.send(i, m)) for i, m in enumerate(msgs))
+    stream = b"".join(join_buffers(client.send(i, m)) for i, m in enumerate(msgs))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     got: list[Event] = []
     for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
@@ -239,7 +239,7 @@ def test_requests_round_trip_through_connections_in_any_chunking(
 @given(st.sampled_from(REPLIES).flatmap(message_strategy))
 def test_replies_round_trip_to_the_client(msg: object) -> None:
     client, server = _pair()
-    client.receive_data(_join(server.send(3, msg)))
+    client.receive_data(join_buffers(server.send(3, msg)))
     (ev,) = _events(client)
     assert ev.request_id == 3 and normalize(ev.message) == normalize(msg)
 
@@ -247,7 +247,9 @@ def test_replies_round_trip_to_the_client(msg: object) -> None:
 def test_large_payloads_are_received_zero_copy_into_fresh_buffers() -> None:
     client, server = _pair()
     value = bytes(range(256)) * 200  # 51200 bytes > SMALL_FRAME
-    stream = _join(client.send(1, Set(key="k", value=value))) + _join(client.send(2, Ping()))
+    stream = join_buffers(client.send(1, Set(key="k", value=value))) + join_buffers(
+        client.send(2, Ping())
+    )
     pos, views = 0, []
     for _ in range(1000):
         buf = server.receive_buffer()
@@ -292,7 +294,7 @@ def test_megabyte_payloads_land_in_unzeroed_buffers_and_decode_alike() -> None:
     client, server = _default_pair()
     big = bytes(range(256)) * (5 << 12)  # 5 MiB
     keys = ("é" * 100, "k2")
-    stream = _join(client.send(1, Set(key="clé", value=big))) + _join(
+    stream = join_buffers(client.send(1, Set(key="clé", value=big))) + join_buffers(
         client.send(2, MultiSet(keys=keys, values=(big[:3], big)))
     )
     first, second = _feed_in_chunks(server, stream, 1 << 16)
@@ -306,7 +308,7 @@ def test_megabyte_payloads_land_in_unzeroed_buffers_and_decode_alike() -> None:
 
 def test_a_bad_key_in_a_megabyte_payload_is_a_remote_error() -> None:
     client, server = _default_pair()
-    frame = bytearray(_join(client.send(1, Set(key="kk", value=bytes(2 << 20)))))
+    frame = bytearray(join_buffers(client.send(1, Set(key="kk", value=bytes(2 << 20)))))
     frame[24 + 4] = 0xFF  # the key's first byte: not UTF-8
     with pytest.raises(RemoteProtocolError, match="UTF-8"):
         _feed_in_chunks(server, bytes(frame), 1 << 16)
@@ -316,22 +318,6 @@ def test_advance_past_the_buffer_is_a_local_error() -> None:
     conn = Connection(Role.SERVER)
     with pytest.raises(LocalProtocolError):
         conn.advance(len(conn.receive_buffer()) + 1)
-
-
-def _fuzz_stream() -> st.SearchStrategy[bytes]:
-    hello = _join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b"")))
-    valid = st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=3).map(
-        lambda ms: hello + b"".join(_join(encode_frame(i, m)) for i, m in enumerate(ms))
-    )
-
-    def mutate(draw: Any) -> bytes:
-        data = bytearray(draw(valid))
-        for _ in range(draw(st.integers(0, 3))):
-            if data:
-                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=30))
-
-    return st.one_of(st.binary(max_size=200), st.composite(mutate)())
 
 
 def _receive_from(conn: Connection, data: bytes) -> None:
@@ -364,7 +350,7 @@ def _outcome(
     return got, None
 
 
-@given(_fuzz_stream(), st.data())
+@given(fuzz_stream(), st.data())
 def test_any_bytes_in_any_split_give_the_same_messages_or_a_protocol_error(
     stream: bytes, data: st.DataObject
 ) -> None:
@@ -390,8 +376,8 @@ def test_big_frames_fed_in_chunks_that_straddle_their_end_are_all_delivered(
     server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
     server._decoder._caps.clear()
     value = bytes(range(256)) * 64  # 16 KiB > SMALL_FRAME
-    stream = b"".join(_join(client.send(i, Set("k", value))) for i in range(3))
-    stream += _join(client.send(3, Ping()))
+    stream = b"".join(join_buffers(client.send(i, Set("k", value))) for i in range(3))
+    stream += join_buffers(client.send(3, Ping()))
     server.receive_data(stream[:first_chunk])
     got = _events(server)
     server.receive_data(stream[first_chunk:])  # finishes a big payload and carries on
@@ -428,8 +414,8 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
     assert client.receive_into(5, np.zeros_like(arr))
     assert not client.receive_into(6, np.zeros(10, np.float32))  # small: scratch buffer path
     data = b"".join(
-        [_join(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
-        + [_join(server.send(5, ErrorReply(code=1, message="no")))]
+        [join_buffers(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
+        + [join_buffers(server.send(5, ErrorReply(code=1, message="no")))]
     )
     events = _recv_in_chunks(client, data, chunk)
     assert [ev.request_id for ev in events] == [3, 4, 5]
@@ -444,7 +430,7 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
 
 def test_receive_from_fills_an_empty_scratch_buffer_in_place_and_reports_its_size() -> None:
     client, server = _pair()
-    frame = _join(client.send(4, Set("k", b"v" * 16))) * 2
+    frame = join_buffers(client.send(4, Set("k", b"v" * 16))) * 2
     calls: list[type] = []
 
     def recv_into(buf: memoryview | bytearray) -> int:
@@ -479,7 +465,7 @@ def test_receive_from_lets_recv_errors_through_and_records_nothing() -> None:
 
     with pytest.raises(BlockingIOError):
         server.receive_from(broken)
-    server.receive_data(_join(client.send(2, Ping())))
+    server.receive_data(join_buffers(client.send(2, Ping())))
     with pytest.raises(BlockingIOError):
         server.receive_from(broken)
     assert [e.request_id for e in _events(server)] == [2]

@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import message_strategy, normalize
+from protocol_strategies import (
+    REPLIES,
+    REQUESTS,
+    fuzz_stream,
+    join_buffers,
+    message_strategy,
+    normalize,
+)
 
 from kvsync.errors import (
     KVSyncError,
@@ -31,9 +38,7 @@ from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event
 from kvsync.protocol.frame import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.framing import FrameBuffer
 from kvsync.protocol.messages import (
-    MESSAGE_OF,
     Get,
-    Hello,
     OkReply,
     Opcode,
     Ping,
@@ -43,8 +48,6 @@ from kvsync.protocol.messages import (
 
 SMALL_LIMITS = Limits(max_key_bytes=64, max_value_bytes=1 << 16, max_frame_bytes=1 << 17)
 WIDE_LIMITS = Limits(0, 0, 1 << 30)  # strategies' keys may exceed a small key cap
-REQUESTS = sorted((c for op, c in MESSAGE_OF.items() if 0x10 <= op < 0x80), key=str)
-REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
 SET, PING = int(Opcode.SET), int(Opcode.PING)
 GARBAGE = {
     # bytes after a good frame, and what the connection calls them
@@ -60,10 +63,6 @@ GARBAGE = {
         LimitExceededError,
     ),
 }
-
-
-def _join(parts: list[Any]) -> bytes:
-    return b"".join(bytes(p) for p in parts)
 
 
 class _Chunks:
@@ -216,19 +215,19 @@ def test_a_big_frame_completed_by_receive_from_comes_before_the_next_one() -> No
 def _ready_client_and_hello(limits: Limits) -> tuple[Connection, bytes]:
     """A client whose handshake completed with a server of these caps, and its Hello."""
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=limits)
-    hello = _join(client.data_to_send())
+    hello = join_buffers(client.data_to_send())
     server.receive_data(hello)
     assert server.next_event() is NEED_DATA
-    client.receive_data(_join(server.data_to_send()))
+    client.receive_data(join_buffers(server.data_to_send()))
     assert client.next_event() is NEED_DATA and client.handshake_complete
     return client, hello
 
 
 def _pair(limits: Limits = SMALL_LIMITS) -> tuple[Connection, Connection]:
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=limits)
-    server.receive_data(_join(client.data_to_send()))
+    server.receive_data(join_buffers(client.data_to_send()))
     assert server.next_event() is NEED_DATA
-    client.receive_data(_join(server.data_to_send()))
+    client.receive_data(join_buffers(server.data_to_send()))
     assert client.next_event() is NEED_DATA
     return client, server
 
@@ -291,7 +290,7 @@ def test_requests_in_any_split_give_the_events_of_next_event(
     msgs: list[object], data: st.DataObject
 ) -> None:
     client, hello = _ready_client_and_hello(WIDE_LIMITS)
-    frames = [hello] + [_join(client.send(i, m)) for i, m in enumerate(msgs)]
+    frames = [hello] + [join_buffers(client.send(i, m)) for i, m in enumerate(msgs)]
     stream = b"".join(frames)
     boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
     chunks = _split(stream, _cuts(data, stream, boundaries))
@@ -305,9 +304,11 @@ def test_replies_in_any_split_give_the_events_of_next_event(
     msgs: list[object], data: st.DataObject
 ) -> None:
     server = Connection(Role.SERVER, limits=WIDE_LIMITS)
-    server.receive_data(_join(Connection(Role.CLIENT).data_to_send()))
+    server.receive_data(join_buffers(Connection(Role.CLIENT).data_to_send()))
     assert server.next_event() is NEED_DATA
-    frames = [_join(server.data_to_send())] + [_join(server.send(i, m)) for i, m in enumerate(msgs)]
+    frames = [join_buffers(server.data_to_send())] + [
+        join_buffers(server.send(i, m)) for i, m in enumerate(msgs)
+    ]
     stream = b"".join(frames)
     boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
     chunks = _split(stream, _cuts(data, stream, boundaries))
@@ -318,24 +319,7 @@ def test_replies_in_any_split_give_the_events_of_next_event(
     assert client.handshake_complete and client.error is None
 
 
-def _fuzz_stream() -> st.SearchStrategy[bytes]:
-    hello = _join(encode_frame(0, Hello(version=PROTOCOL_VERSION, nonce=b"")))
-    valid = st.lists(st.sampled_from(REQUESTS).flatmap(message_strategy), max_size=4).map(
-        lambda ms: hello + b"".join(_join(encode_frame(i, m)) for i, m in enumerate(ms))
-    )
-
-    @st.composite
-    def mutated(draw: Any) -> bytes:
-        data = bytearray(draw(valid))
-        for _ in range(draw(st.integers(0, 3))):
-            if data:
-                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=40))
-
-    return st.one_of(st.binary(max_size=200), mutated(), valid.map(lambda s: s + b"KVSY\x01"))
-
-
-@given(_fuzz_stream(), st.data())
+@given(fuzz_stream(), st.data())
 def test_any_bytes_in_any_split_give_the_events_of_next_event_or_a_kvsync_error(
     stream: bytes, data: st.DataObject
 ) -> None:
@@ -348,7 +332,7 @@ def test_any_bytes_in_any_split_give_the_events_of_next_event_or_a_kvsync_error(
 # --- Connection.receive_events: errors ------------------------------------------------------
 
 
-PING_FRAME = _join(encode_frame(9, Ping()))
+PING_FRAME = join_buffers(encode_frame(9, Ping()))
 #: Every way to use a server connection again after receiving.
 CALLS: dict[str, Callable[[Connection], object]] = {
     "receive_events": lambda conn: conn.receive_events(_Chunks([PING_FRAME])),
@@ -367,7 +351,7 @@ def test_a_good_frame_then_garbage_in_one_chunk_gives_the_event_then_the_error(
 ) -> None:
     client, server = _pair()
     bad, kind = GARBAGE[garbage]
-    good = _join(client.send(5, Set("k", b"v")))
+    good = join_buffers(client.send(5, Set("k", b"v")))
     events, n, _ = server.receive_events(_Chunks([good + bad]))
     assert n == len(good + bad)
     assert [(ev.request_id, normalize(ev.message)) for ev in events] == [(5, ("Set", "k", b"v"))]
@@ -396,13 +380,13 @@ def test_a_bad_first_frame_raises_at_once(garbage: str) -> None:
 
 
 def _undecodable_set(client: Connection, request_id: int) -> bytes:
-    frame = bytearray(_join(client.send(request_id, Set("kk", b"v"))))
+    frame = bytearray(join_buffers(client.send(request_id, Set("kk", b"v"))))
     frame[HEADER_SIZE + 4] = 0xFF  # the key's first byte: not UTF-8
     return bytes(frame)
 
 
 def _undecodable_get(client: Connection, request_id: int) -> bytes:
-    frame = bytearray(_join(client.send(request_id, Get("kk", False, 5))))
+    frame = bytearray(join_buffers(client.send(request_id, Get("kk", False, 5))))
     frame[HEADER_SIZE + 4 + 2] = 2  # the block byte: a bool is 0 or 1
     return bytes(frame)
 
@@ -420,9 +404,9 @@ def test_a_message_that_fails_to_decode_is_answered_at_its_request_id(
 ) -> None:
     client, server = _pair()
     make, match = BAD_MESSAGES[bad]
-    stream = _join(client.send(7, Ping())) + make(client, 42)
+    stream = join_buffers(client.send(7, Ping())) + make(client, 42)
     if followed:
-        stream += _join(client.send(9, Ping()))
+        stream += join_buffers(client.send(9, Ping()))
     events, _, _ = server.receive_events(_Chunks([stream]))
     assert events == [Event(7, Ping())]
     assert isinstance(server.error, RemoteProtocolError)
@@ -436,7 +420,7 @@ def test_a_message_that_fails_to_decode_is_answered_at_its_request_id(
 def test_a_first_message_that_fails_to_decode_raises_at_its_request_id(bad: str) -> None:
     client, server = _pair()
     make, match = BAD_MESSAGES[bad]
-    stream = make(client, 42) + _join(client.send(9, Ping()))
+    stream = make(client, 42) + join_buffers(client.send(9, Ping()))
     with pytest.raises(RemoteProtocolError, match=match) as raised:
         server.receive_events(_Chunks([stream]))
     assert server.error is raised.value and server.last_request_id == 42
@@ -444,8 +428,8 @@ def test_a_first_message_that_fails_to_decode_raises_at_its_request_id(bad: str)
 
 def test_a_message_refused_by_the_role_is_answered_at_its_request_id() -> None:
     client, server = _pair()
-    stream = _join(client.send(7, Ping())) + _join(encode_frame(13, OkReply()))
-    stream += _join(client.send(9, Ping()))
+    stream = join_buffers(client.send(7, Ping())) + join_buffers(encode_frame(13, OkReply()))
+    stream += join_buffers(client.send(9, Ping()))
     events, _, _ = server.receive_events(_Chunks([stream]))
     assert events == [Event(7, Ping())]
     assert isinstance(server.error, RemoteProtocolError) and server.last_request_id == 13
@@ -456,7 +440,7 @@ def test_a_message_refused_by_the_role_is_answered_at_its_request_id() -> None:
 
 def test_a_message_that_fails_to_decode_before_a_bad_header_is_answered_at_its_id() -> None:
     client, server = _pair()
-    stream = _join(client.send(7, Ping())) + _undecodable_set(client, 42)
+    stream = join_buffers(client.send(7, Ping())) + _undecodable_set(client, 42)
     stream += HEADER.pack(MAGIC, PROTOCOL_VERSION, PING, 1, 77, 0)  # flags: a bad header
     events, _, _ = server.receive_events(_Chunks([stream]))
     assert events == [Event(7, Ping())]
@@ -485,7 +469,7 @@ def test_a_payload_after_its_header_alone_is_decoded_as_that_frame() -> None:
 @pytest.mark.parametrize("pending", [0, 10], ids=["empty buffer", "partial frame pending"])
 def test_a_recv_into_that_returns_0_gives_no_events(pending: int) -> None:
     client, server = _pair()
-    frame = _join(client.send(3, Set("k", b"value")))
+    frame = join_buffers(client.send(3, Set("k", b"value")))
     if pending:
         assert server.receive_events(_Chunks([frame[:pending]]))[0] == []
     feed = _Chunks([b""])
@@ -497,24 +481,26 @@ def test_a_recv_into_that_returns_0_gives_no_events(pending: int) -> None:
 
 def test_recv_into_errors_propagate_and_record_nothing() -> None:
     client, server = _pair()
-    frames = _join(client.send(1, Ping())) + _join(client.send(2, Ping()))
+    frames = join_buffers(client.send(1, Ping())) + join_buffers(client.send(2, Ping()))
     assert [ev.request_id for ev in server.receive_events(_Chunks([frames]))[0]] == [1, 2]
     for exc in (BlockingIOError(), ConnectionResetError("reset")):
         with pytest.raises(type(exc)):
             server.receive_events(_raising(exc))
     assert server.error is None and server.handshake_complete
-    events, n, _ = server.receive_events(_Chunks([_join(client.send(3, Ping()))]))
+    events, n, _ = server.receive_events(_Chunks([join_buffers(client.send(3, Ping()))]))
     assert events == [Event(3, Ping())] and n == HEADER_SIZE
 
 
 def test_the_handshake_and_requests_in_one_recv_are_all_handled() -> None:
     client, hello = _ready_client_and_hello(SMALL_LIMITS)
-    stream = hello + _join(client.send(1, Ping())) + _join(client.send(2, Set("a", b"b")))
+    stream = (
+        hello + join_buffers(client.send(1, Ping())) + join_buffers(client.send(2, Set("a", b"b")))
+    )
     server = Connection(Role.SERVER, limits=SMALL_LIMITS)
     events, n, _ = server.receive_events(_Chunks([stream]))
     assert [ev.request_id for ev in events] == [1, 2] and n == len(stream)
     assert server.handshake_complete
-    assert _join(server.data_to_send())[5] == Opcode.HELLO_REPLY
+    assert join_buffers(server.data_to_send())[5] == Opcode.HELLO_REPLY
 
 
 def test_a_reply_registered_with_receive_into_lands_through_receive_events() -> None:
@@ -522,7 +508,9 @@ def test_a_reply_registered_with_receive_into_lands_through_receive_events() -> 
     arr = np.arange(6000, dtype=np.float32).reshape(60, 100)
     out = np.zeros_like(arr)
     assert client.receive_into(4, out)
-    stream = _join(server.send(4, PSValuesReply(values=(arr,)))) + _join(server.send(5, OkReply()))
+    stream = join_buffers(server.send(4, PSValuesReply(values=(arr,)))) + join_buffers(
+        server.send(5, OkReply())
+    )
     feed, events = _Chunks([stream[i : i + 5000] for i in range(0, len(stream), 5000)]), []
     while feed:
         events += client.receive_events(feed)[0]

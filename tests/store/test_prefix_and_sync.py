@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 from kvsync.store import HashStore, PrefixStore
 from kvsync.store.sync import barrier, rendezvous
+
+
+def _run_threads(n: int, target: Callable[[int], object]) -> None:
+    """Run ``target(i)`` in ``n`` threads; all must finish within 10 s."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_prefix_store_keys_live_under_the_prefix_of_the_underlying_store() -> None:
@@ -85,11 +96,7 @@ def test_rendezvous_returns_every_ranks_value_in_rank_order() -> None:
     def rank(r: int) -> None:
         results[r] = rendezvous(store, "addrs", r, 3, f"host{r}", timeout=10)
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
+    _run_threads(3, rank)
     assert results == [[b"host0", b"host1", b"host2"]] * 3
 
 
@@ -141,12 +148,7 @@ def test_barrier_last_arrival_returns_after_its_set_without_touching_the_store_a
 
 def test_store_barrier_is_one_request_per_caller() -> None:
     store = _RecordingStore()
-    threads = [threading.Thread(target=store.barrier, args=("b", 3, 10)) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
+    _run_threads(3, lambda _: store.barrier("b", 3, 10))
     assert sorted(store.sent.values()) == [["Barrier"]] * 3
 
 
@@ -154,24 +156,3 @@ def test_store_barrier_through_a_prefix_store_counts_under_the_prefix() -> None:
     base = HashStore()
     PrefixStore("job", base).barrier("b", 1)
     assert sorted(base.list_keys()) == ["job/b/arrived", "job/b/done/0"]
-
-
-def test_store_barrier_and_the_add_set_wait_barrier_meet_on_one_key() -> None:
-    store = HashStore(timeout=10)
-    passed: list[int] = []
-
-    def rank(i: int) -> None:
-        for _ in range(3):  # three generations, half the ranks on each implementation
-            if i % 2:
-                store.barrier("mixed", 4, timeout=10)
-            else:
-                barrier(store, "mixed", 4, timeout=10)
-        passed.append(i)
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    assert sorted(passed) == [0, 1, 2, 3]
-    assert store.get("mixed/arrived") == b"12"

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,8 +182,6 @@ _HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
-_TAIL_BQ = struct.Struct("<?q")  # a bool and an int field
-_TAIL_QQ = struct.Struct("<qq")  # two int fields
 _SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the general path
 
 
@@ -243,25 +242,41 @@ def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _FastEncod
     return encode
 
 
-def _get_tail(msg: object) -> bytes:
-    block, timeout_ms = msg.block, msg.timeout_ms  # type: ignore[attr-defined]
-    if type(block) is not bool or type(timeout_ms) is not int:
-        raise TypeError
-    return _TAIL_BQ.pack(block, timeout_ms)
+#: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
+_SCALAR_CODES = {"int": "q", "bool": "?", "float": "d"}
+_SCALAR_TYPES = {"int": int, "bool": bool, "float": float}
 
 
-def _add_tail(msg: object) -> bytes:
-    amount = msg.amount  # type: ignore[attr-defined]
-    if type(amount) is not int:
-        raise TypeError
-    return _I64.pack(amount)
+def _scalar_tail(cls: type) -> Callable[[object], bytes]:
+    """The bytes of the one or two fixed-size fields after ``cls``'s leading key, laid out
+    from their annotations (as :func:`_scalars` reads them); raises ``TypeError`` for a
+    value not of its annotation's exact type (the general path then names it)."""
+    fields = dataclasses.fields(cls)[1:]
+    annotations = [str(f.type) for f in fields]
+    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
+    kinds = [_SCALAR_TYPES[a] for a in annotations]
+    get = operator.attrgetter(*(f.name for f in fields))
+    if len(fields) == 1:
+        (kind,) = kinds
 
+        def one(msg: object) -> bytes:
+            value = get(msg)
+            if type(value) is not kind:
+                raise TypeError
+            return layout.pack(value)
 
-def _barrier_tail(msg: object) -> bytes:
-    world_size, timeout_ms = msg.world_size, msg.timeout_ms  # type: ignore[attr-defined]
-    if type(world_size) is not int or type(timeout_ms) is not int:
-        raise TypeError
-    return _TAIL_QQ.pack(world_size, timeout_ms)
+        return one
+    if len(fields) != 2:
+        raise ValueError(f"{cls.__name__}: a fast tail takes one or two fields")
+    first, second = kinds
+
+    def two(msg: object) -> bytes:
+        x, y = get(msg)
+        if type(x) is not first or type(y) is not second:
+            raise TypeError
+        return layout.pack(x, y)
+
+    return two
 
 
 def _fast_keys(opcode: int, with_timeout: bool) -> _FastEncode:
@@ -341,9 +356,9 @@ _FAST: dict[type, _FastEncode] = {
     Set: _fast_key_value(int(Opcode.SET)),
     Append: _fast_key_value(int(Opcode.APPEND)),
     QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
-    Get: _fast_key(int(Opcode.GET), _get_tail),
-    Add: _fast_key(int(Opcode.ADD), _add_tail),
-    Barrier: _fast_key(int(Opcode.BARRIER), _barrier_tail),
+    Get: _fast_key(int(Opcode.GET), _scalar_tail(Get)),
+    Add: _fast_key(int(Opcode.ADD), _scalar_tail(Add)),
+    Barrier: _fast_key(int(Opcode.BARRIER), _scalar_tail(Barrier)),
     DeleteKey: _fast_key(int(Opcode.DELETE_KEY), None),
     Wait: _fast_keys(int(Opcode.WAIT), with_timeout=True),
     Check: _fast_keys(int(Opcode.CHECK), with_timeout=False),
@@ -358,8 +373,6 @@ _FastDecode = Callable[[Payload], object | None]
 _DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | None]
 #: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
 _DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
-#: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
-_SCALAR_CODES = {"int": "q", "bool": "?", "float": "d"}
 
 
 def _scalars(
