@@ -1,9 +1,11 @@
-"""Batch receiving: ``FrameBuffer.receive_frames`` and ``Connection.receive_events``.
+"""Batch receiving: ``FrameBuffer.receive_frames``, ``Connection.receive_events`` and
+``Connection.receive_reply``.
 
 One ``recv_into`` call, then every complete frame (or message) at once: the batch must give
 exactly what byte-wise feeding (``feed``/``receive_data`` then ``next_frame``/``next_event``)
 gives, in any split of the stream; a bad frame after good ones is held back (``error``) and
-raised once by the next call; a failing ``recv_into`` records nothing.
+raised once by the next call; a failing ``recv_into`` records nothing. ``receive_reply``
+gives the same messages, the awaited reply apart when it came alone.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event
 from kvsync.protocol.frame import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.framing import FrameBuffer
 from kvsync.protocol.messages import (
+    ErrorReply,
     Get,
+    IntReply,
     OkReply,
     Opcode,
     Ping,
@@ -517,3 +521,104 @@ def test_a_reply_registered_with_receive_into_lands_through_receive_events() -> 
     assert [ev.request_id for ev in events] == [4, 5]
     assert events[0].message.values[0] is out and np.array_equal(out, arr)
     assert events[1].message == OkReply()
+
+
+# --- Connection.receive_reply -----------------------------------------------------------------
+
+
+def _via_receive_reply(
+    conn: Connection, chunks: list[bytes], request_id: int
+) -> tuple[list[Any], str | None]:
+    """What :func:`_via_receive_events` gives, received with ``receive_reply(request_id)``
+    (a reply it hands out apart is put back in its place among the events)."""
+    feed, got = _Chunks(chunks), []
+    for _ in range(100_000):
+        if not feed:
+            return got, None
+        try:
+            reply, events, n, size = conn.receive_reply(feed, request_id)
+        except KVSyncError as exc:
+            assert conn.error is exc
+            return got, type(exc).__name__
+        assert n == feed.given[-1] and size == feed.offered[-1]
+        if reply is not None:
+            assert events == [] and conn.error is None
+            got.append((request_id, normalize(reply)))
+        got += [(ev.request_id, normalize(ev.message)) for ev in events]
+        if conn.error is not None:
+            with pytest.raises(KVSyncError):
+                conn.receive_reply(feed, request_id)
+            return got, type(conn.error).__name__
+    raise AssertionError("unbounded receive loop")
+
+
+def _ready_client() -> tuple[Connection, Connection]:
+    """A client and its server with the handshake done (the server's answer received)."""
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=WIDE_LIMITS)
+    server.receive_data(join_buffers(client.data_to_send()))
+    assert server.next_event() is NEED_DATA
+    client.receive_data(join_buffers(server.data_to_send()))
+    assert client.next_event() is NEED_DATA and client.handshake_complete
+    return client, server
+
+
+@given(
+    st.lists(st.sampled_from(REPLIES).flatmap(message_strategy), max_size=5),
+    st.integers(0, 5),
+    st.data(),
+)
+def test_replies_in_any_split_give_the_events_of_receive_events(
+    msgs: list[object], awaited: int, data: st.DataObject
+) -> None:
+    _, server = _ready_client()
+    frames = [join_buffers(server.send(i, m)) for i, m in enumerate(msgs)]
+    stream = b"".join(frames)
+    boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
+    chunks = _split(stream, _cuts(data, stream, boundaries))
+    got = _via_receive_reply(_ready_client()[0], chunks, awaited)
+    assert got == _via_receive_events(_ready_client()[0], chunks)
+    assert got == ([(i, normalize(m)) for i, m in enumerate(msgs)], None)
+
+
+@given(fuzz_stream(), st.integers(0, 5), st.data())
+def test_any_bytes_in_any_split_give_what_receive_events_gives(
+    stream: bytes, awaited: int, data: st.DataObject
+) -> None:
+    chunks = _split(stream, data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    got = _via_receive_reply(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks, awaited)
+    assert got == _via_receive_events(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks)
+
+
+@pytest.mark.parametrize(
+    "reply", [IntReply(7), OkReply(), ErrorReply(code=3, message="no")], ids=type
+)
+def test_the_awaited_reply_alone_comes_apart_with_no_events(reply: object) -> None:
+    client, server = _ready_client()
+    frame = join_buffers(server.send(9, reply))
+    feed = _Chunks([frame])
+    assert client.receive_reply(feed, 9) == (reply, [], len(frame), feed.offered[0])
+    assert client.receive_reply(_Chunks([frame]), 8)[:2] == (None, [Event(9, reply)])
+
+
+def test_the_awaited_reply_with_another_one_comes_as_events() -> None:
+    client, server = _ready_client()
+    stream = join_buffers(server.send(9, IntReply(1))) + join_buffers(server.send(10, OkReply()))
+    reply, events, n, _ = client.receive_reply(_Chunks([stream]), 9)
+    assert reply is None and n == len(stream)
+    assert events == [Event(9, IntReply(1)), Event(10, OkReply())]
+
+
+def test_an_awaited_reply_that_fails_to_decode_fails_the_connection() -> None:
+    client, _ = _ready_client()
+    bad = pack_header(int(Opcode.INT), 9, 3) + b"abc"  # an IntReply is 8 bytes
+    with pytest.raises(RemoteProtocolError):
+        client.receive_reply(_Chunks([bad]), 9)
+    assert client.error is not None and not client.handshake_complete
+    with pytest.raises(LocalProtocolError):
+        client.receive_reply(_Chunks([join_buffers(encode_frame(9, OkReply()))]), 9)
+
+
+def test_a_request_sent_to_a_client_is_refused_even_with_the_awaited_id() -> None:
+    client, _ = _ready_client()
+    with pytest.raises(RemoteProtocolError, match="may not send Ping"):
+        client.receive_reply(_Chunks([join_buffers(encode_frame(9, Ping()))]), 9)

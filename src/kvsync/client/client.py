@@ -175,36 +175,43 @@ class Client:
         """
         if timeout is None:
             timeout = self.timeout
+        # (the locks are taken with acquire/release: in this hot path ``with`` costs more)
         lock = self._lock
-        with lock:
-            alone = not self._reading and not self._waiting and self._error is None
-            if alone:  # nothing else in flight: this call reads its own reply directly
-                self._reading = True
+        lock.acquire()
+        alone = not self._reading and not self._waiting and self._error is None
+        if alone:  # nothing else in flight: this call reads its own reply directly
+            self._reading = True
+        lock.release()
         if not alone:
             return self.result(self.submit(msg), timeout)
         try:  # holding the reader role with nothing else in flight: send, read until ours
             deadline = time.monotonic() + timeout
-            with self._send_lock:
+            send_lock = self._send_lock
+            send_lock.acquire()
+            try:
                 request_id = next(self._ids)
                 self._send_all(self._proto.send(request_id, msg))
+            finally:
+                send_lock.release()
             events: list[Event] = []
             if timeout > _READ_SLICE == self._recv_timeout:  # the usual: one receive, ours
                 try:
-                    events, n, size = self._receive(self._sock.recv_into)
+                    reply, events, _, _ = self._receive(self._sock.recv_into, request_id)
                 except KVSyncError as exc:
                     raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
-                if n < size and n < 65536 and len(events) == 1:
-                    request_id_got, reply = events[0]
-                    if request_id_got == request_id:
-                        if isinstance(reply, ErrorReply):
-                            raise error_from_code(reply.code, reply.message)
-                        return reply
+                if reply is not None:
+                    if type(reply) is ErrorReply:
+                        raise error_from_code(reply.code, reply.message)
+                    return reply
             return self._read_reply(request_id, deadline, timeout, events)
         finally:
-            with lock:
+            lock.acquire()
+            try:
                 self._reading = False
                 if self._waiting:  # requests sent meanwhile: one of them reads next
                     self._cond.notify_all()
+            finally:
+                lock.release()
 
     def _read_reply(
         self, request_id: int, deadline: float, timeout: float, events: list[Event]
@@ -321,7 +328,7 @@ class Client:
         recv_into = self._sock.recv_into
         events: list[Event] = []
         for _ in range(64):
-            got, n, size = self._receive(recv_into)
+            _, got, n, size = self._receive(recv_into)
             if n < 0:  # the kernel timeout, or drained
                 break
             if n < size and n < 65536:  # all there is (else a big payload streams in)
@@ -334,10 +341,13 @@ class Client:
         return events
 
     def _receive(
-        self, recv_into: Callable[[memoryview | bytearray], int]
-    ) -> tuple[list[Event], int, int]:
-        """One ``recv_into`` and the replies it completed: ``(events, byte count, buffer
-        size)``, or ``([], -1, 0)`` when the kernel timeout expired (or nothing was there).
+        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int = 0
+    ) -> tuple[object, list[Event], int, int]:
+        """One ``recv_into`` and the replies it completed: ``(reply, events, byte count,
+        buffer size)`` as :meth:`Connection.receive_reply` gives them (``reply`` is the
+        reply to ``request_id`` when it came alone, else ``None``; ids start at 1, so the
+        default never matches), or ``(None, [], -1, 0)`` when the kernel timeout expired
+        (or nothing was there).
 
         Raises:
             StoreConnectionError: the connection is lost or the server closed it.
@@ -345,16 +355,18 @@ class Client:
         """
         proto = self._proto
         try:
-            events, n, size = proto.receive_events(recv_into)
+            got = proto.receive_reply(recv_into, request_id)
         except (BlockingIOError, InterruptedError):
-            return [], -1, 0
+            return None, [], -1, 0
         except OSError as exc:
             raise self._read_error(exc) from exc
+        if got[0] is not None:  # the reply, alone: no error, no end of stream
+            return got
         if proto.error is not None:  # bad bytes after good replies: fail anyway
             raise proto.error
-        if n == 0:
+        if got[2] == 0:
             raise self._read_error(None)
-        return events, n, size
+        return got
 
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """Send one frame's buffers whole; a failure fails the client and is raised as

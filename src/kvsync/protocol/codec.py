@@ -57,7 +57,7 @@ from kvsync.protocol.messages import (
     Wait,
 )
 
-__all__ = ["BIG_BUFFER", "FIELD_CODECS", "Decoder", "Limits", "encode_frame"]
+__all__ = ["BIG_BUFFER", "FIELD_CODECS", "Decoder", "Limits", "encode_frame", "fast_encoder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +366,22 @@ _FAST: dict[type, _FastEncode] = {
     IntReply: _fast_int_reply,
     ValueReply: _fast_value_reply,
 }
+
+
+def fast_encoder(cls: type) -> _FastEncode | None:
+    """The fast encoder of ``cls`` (``None`` if it has none): ``(request_id, msg, limits)``
+    -> the whole frame as one ``bytes``, as :func:`encode_frame` would build it, or
+    ``None`` when :func:`encode_frame` must decide (and raise any error). A caller that
+    sends many frames looks it up once instead of on every :func:`encode_frame`.
+
+    Example:
+        >>> from kvsync.protocol.messages import Add, Ping
+        >>> fast_encoder(Add)(7, Add("n", 1), None) == bytes(encode_frame(7, Add("n", 1))[0])
+        True
+        >>> fast_encoder(Ping) is None
+        True
+    """
+    return _FAST.get(cls)
 
 
 #: A decoder for the common case: the message, or ``None`` when the general path must decide.

@@ -46,7 +46,7 @@ from kvsync.errors import (
     error_from_code,
 )
 from kvsync.protocol import handshake
-from kvsync.protocol.codec import Decoder, Limits, encode_frame
+from kvsync.protocol.codec import Decoder, Limits, encode_frame, fast_encoder
 from kvsync.protocol.fields import Payload
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header
 from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer, Landed, Landing
@@ -74,6 +74,8 @@ __all__ = [
 
 _REPLY_MIN: Final = 0x80
 Buffers = list[bytes | bytearray | memoryview]
+#: A fast encoder (see :func:`kvsync.protocol.codec.fast_encoder`).
+_FastEncode = Callable[[int, object, Limits | None], bytes | None]
 
 
 class NeedData:
@@ -154,6 +156,7 @@ class Connection:
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
         self._sendable: frozenset[type] = frozenset()  # what send() takes (set by _enter)
+        self._fast_send: dict[type, _FastEncode] = {}  # their fast encoders (ditto)
         self._receivable: frozenset[type] = frozenset()  # what needs no handler (ditto)
         self._outbox: Buffers = []
         self._nonce = b""
@@ -172,6 +175,7 @@ class Connection:
         self._dispatch = _HANDLERS[(self.role, state)]
         ready = state is _State.READY
         self._sendable = _SENDABLE[self.role] if ready else frozenset()
+        self._fast_send = _FAST_SEND[self.role] if ready else {}
         self._receivable = _RECEIVABLE[self.role] if ready else frozenset()
 
     @property
@@ -211,6 +215,11 @@ class Connection:
                 is not a message this role may send.
             LimitExceededError: a key/value is over the server's cap (client side).
         """
+        fast = self._fast_send.get(type(msg))  # empty until READY, as _sendable
+        if fast is not None and self._error is None:
+            frame = fast(request_id, msg, self.peer_limits)
+            if frame is not None:
+                return [frame]
         if type(msg) in self._sendable and self._error is None:  # empty until READY
             return encode_frame(request_id, msg, self.peer_limits)
         self._check_usable()
@@ -289,20 +298,53 @@ class Connection:
         if self._error is not None:
             self._check_usable()
         frames, error, n, size = self._frames.receive_frames(recv_into)
+        return self._events(frames, error), n, size
+
+    def receive_reply(
+        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int
+    ) -> tuple[object, list[Event], int, int]:
+        """:meth:`receive_events`, waiting for the reply to ``request_id``: returns
+        ``(reply, events, byte count, buffer size)``. When that reply alone arrived, it is
+        ``reply`` (a request or reply message, an :class:`ErrorReply` included) and
+        ``events`` is empty, with no event built; otherwise ``reply`` is ``None`` and
+        ``events`` holds what :meth:`receive_events` would return.
+
+        Raises:
+            KVSyncError: the connection had already failed (the first time: that error).
+        """
+        if self._error is not None:
+            self._check_usable()
+        frames, error, n, size = self._frames.receive_frames(recv_into)
+        if len(frames) == 1 and error is None:
+            opcode, got, payload = frames[0]
+            if got == request_id and not isinstance(payload, Landed):
+                try:
+                    msg = self._decoder.decode(opcode, payload)
+                except KVSyncError:  # the general path below fails the connection
+                    msg = None
+                if type(msg) in self._receivable:
+                    return msg, [], n, size
+        return None, self._events(frames, error), n, size
+
+    def _events(
+        self, frames: list[tuple[int, int, Payload | Landed]], error: Exception | None
+    ) -> list[Event]:
+        """The events of ``frames`` (see :meth:`receive_events`); ``error`` is what the frame
+        buffer refused after them."""
         events: list[Event] = []
         for opcode, request_id, payload in frames:
             try:
                 event = self._event(opcode, request_id, payload)
             except KVSyncError as exc:  # answered at this message's id
                 self._frames.last_request_id = request_id
-                return self._hold(exc, events), n, size
+                return self._hold(exc, events)
             if event is not None:
                 events.append(event)
         if isinstance(error, KVSyncError):
-            return self._hold(error, events), n, size
+            return self._hold(error, events)
         if error is not None:
             raise error
-        return events, n, size
+        return events
 
     def _hold(self, exc: KVSyncError, events: list[Event]) -> list[Event]:
         """Fail the connection with ``exc``: raise it now if no event came before it,
@@ -483,6 +525,11 @@ _NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
 _SENDABLE: dict[Role, frozenset[type]] = {
     Role.SERVER: _REPLY_TYPES,
     Role.CLIENT: frozenset(MESSAGE_OF.values()) - _REPLY_TYPES,
+}
+#: role -> the fast encoders of the message types it may send (see codec.fast_encoder).
+_FAST_SEND: dict[Role, dict[type, _FastEncode]] = {
+    role: {cls: f for cls in types if (f := fast_encoder(cls)) is not None}
+    for role, types in _SENDABLE.items()
 }
 #: role -> the message types the handshake-complete handler passes on as events.
 _RECEIVABLE: dict[Role, frozenset[type]] = {

@@ -373,8 +373,10 @@ class Store(abc.ABC):
             >>> s.barrier("start", world_size=1); s.get("start/arrived")
             b'1'
         """
-        key = check_key(key)
-        check_world_size(world_size)
+        if type(key) is not str:
+            key = check_key(key)
+        if type(world_size) is not int or world_size < 1:
+            check_world_size(world_size)
         timeout_ms, reply_timeout = self._deadline(timeout)
         self._request(m.Barrier(key, world_size, timeout_ms), m.OkReply, reply_timeout)
 
