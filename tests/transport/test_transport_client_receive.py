@@ -18,10 +18,18 @@ from transport_helpers import join
 
 import kvsync.client.client as client_module
 from kvsync.client import Client
-from kvsync.errors import KVSyncError, StoreConnectionError, StoreTimeoutError
+from kvsync.errors import (
+    ErrorCode,
+    KVSyncError,
+    LimitExceededError,
+    RemoteProtocolError,
+    StoreConnectionError,
+    StoreTimeoutError,
+)
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
-from kvsync.protocol.messages import IntReply, OkReply, Ping, Set, ValueReply
+from kvsync.protocol.frame import pack_header
+from kvsync.protocol.messages import ErrorReply, IntReply, OkReply, Opcode, Ping, Set, ValueReply
 
 Script = Callable[[socket.socket, Event], None]
 
@@ -98,6 +106,37 @@ def test_a_stray_reply_before_ours_in_one_segment_is_dropped() -> None:
     with scripted_server(script) as port, Client("127.0.0.1", port, timeout=5) as c:
         assert c.call(Ping()) == IntReply(42)
         assert not c.closed
+
+
+def test_a_stray_reply_alone_then_ours_in_a_later_segment_gives_ours() -> None:
+    def script(sock: socket.socket, request: Event) -> None:
+        sock.sendall(join(encode_frame(request.request_id + 1000, IntReply(7))))
+        time.sleep(0.05)  # so the stray reply is received alone
+        sock.sendall(_reply(request, IntReply(42)))
+
+    with scripted_server(script) as port, Client("127.0.0.1", port, timeout=5) as c:
+        assert c.call(Ping()) == IntReply(42)
+        assert not c.closed
+
+
+def test_an_error_reply_alone_is_raised_as_its_class_and_the_client_keeps_working() -> None:
+    def script(sock: socket.socket, request: Event) -> None:
+        sock.sendall(_reply(request, ErrorReply(int(ErrorCode.LIMIT_EXCEEDED), "too big")))
+
+    with scripted_server(script) as port, Client("127.0.0.1", port, timeout=5) as c:
+        with pytest.raises(LimitExceededError, match="too big"):
+            c.call(Ping())
+        assert not c.closed
+
+
+def test_a_reply_that_does_not_decode_fails_the_connection() -> None:
+    def script(sock: socket.socket, request: Event) -> None:
+        sock.sendall(pack_header(int(Opcode.INT), request.request_id, 3) + b"abc")
+
+    with scripted_server(script) as port, Client("127.0.0.1", port, timeout=5) as c:
+        with pytest.raises(RemoteProtocolError):
+            c.call(Ping())
+        assert c.closed
 
 
 def test_bad_bytes_after_a_good_reply_fail_the_connection() -> None:
