@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from kvsync.protocol import messages
-from kvsync.protocol.codec import Decoder, Limits, encode_frame
+from kvsync.protocol.codec import Decoder, Limits, encode_frame, fast_encoder
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, NeedData, Role, encode_error
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION
 
@@ -31,5 +31,6 @@ __all__ = [
     "Role",
     "encode_error",
     "encode_frame",
+    "fast_encoder",
     "messages",
 ]
