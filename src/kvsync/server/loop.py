@@ -313,6 +313,7 @@ class StoreServer:
         proto = peer.proto
         conn_id = peer.conn_id
         mine: list[_Buffer] = []  # replies to this peer, sent when its requests are done
+        others: list[Outgoing] = []
         if not peer.ready:  # handshake frames may have been answered
             mine += proto.data_to_send()
             peer.ready = proto.handshake_complete
@@ -330,7 +331,9 @@ class StoreServer:
                     if o.conn_id == conn_id:
                         mine += _encode(o)
                     else:
-                        self._deliver((o,))
+                        others.append(o)
+            if others:  # wake-ups of other connections, queued in one go
+                self._deliver(others)
         error = proto.error
         if error is not None:  # a bad frame after the good ones: answer them, then fail
             if mine:

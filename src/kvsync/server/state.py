@@ -258,7 +258,11 @@ class StoreState:
         for w in self._waiters.take(key):
             msg = w.msg
             keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
-            missing = next((k for k in keys if not self._exists(k)), None)
+            missing = None
+            for k in keys:  # (a loop, not a generator: this runs once per woken waiter)
+                if not self._exists(k):
+                    missing = k
+                    break
             if missing is not None:
                 self._waiters.reindex(w, missing)
                 continue
