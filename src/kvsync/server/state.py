@@ -254,15 +254,19 @@ class StoreState:
         if self._waiters.has_waiters(key):
             self._wake_keys(key)
 
+    def _first_missing(self, keys: tuple[str, ...]) -> str | None:
+        """The first of ``keys`` that does not exist, ``None`` if all do (a loop, not a
+        generator: this runs for every parked or woken request)."""
+        for k in keys:
+            if not self._exists(k):
+                return k
+        return None
+
     def _wake_keys(self, key: str) -> None:
         for w in self._waiters.take(key):
             msg = w.msg
             keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
-            missing = None
-            for k in keys:  # (a loop, not a generator: this runs once per woken waiter)
-                if not self._exists(k):
-                    missing = k
-                    break
+            missing = self._first_missing(keys)
             if missing is not None:
                 self._waiters.reindex(w, missing)
                 continue
@@ -311,7 +315,7 @@ class StoreState:
     def _block_on(self, conn_id: int, request_id: int, msg: object, keys: tuple[str, ...],
                   timeout_ms: int, now: float) -> object | None:  # fmt: skip
         """Answer now if every key exists, else park (or time out at once if timeout 0)."""
-        missing = next((k for k in keys if not self._exists(k)), None)
+        missing = self._first_missing(keys)
         if missing is None:
             return self._answer(msg)
         _check_timeout(timeout_ms)
