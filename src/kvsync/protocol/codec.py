@@ -30,7 +30,10 @@ from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocol
 from kvsync.protocol.fields import (
     BIG_BUFFER,
     FIELD_CODECS,
+    I64,
     KEY_FIELDS,
+    U32,
+    U64,
     Decode,
     Encode,
     Limits,
@@ -179,9 +182,6 @@ _FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
 _HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
 _HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
 _HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
-_U64 = struct.Struct("<Q")
-_I64 = struct.Struct("<q")
-_U32 = struct.Struct("<I")
 _SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the general path
 
 
@@ -218,7 +218,7 @@ def _fast_key_value(opcode: int) -> _FastEncode:
             head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
         except (UnicodeEncodeError, struct.error):
             return None
-        return b"".join((head, k, _U64.pack(len(value)), value))
+        return b"".join((head, k, U64.pack(len(value)), value))
 
     return encode
 
@@ -292,12 +292,12 @@ def _fast_keys(opcode: int, with_timeout: bool) -> _FastEncode:
                     return None
                 k = key.encode()
                 longest = max(longest, len(k))
-                parts += (_U32.pack(len(k)), k)
+                parts += (U32.pack(len(k)), k)
             if with_timeout:
                 timeout_ms = msg.timeout_ms  # type: ignore[attr-defined]
                 if type(timeout_ms) is not int:
                     return None
-                parts.append(_I64.pack(timeout_ms))
+                parts.append(I64.pack(timeout_ms))
             body = b"".join(parts)
             if not _fits(limits, longest, 0, 4 + len(body)) or (
                 limits is not None and len(keys) > limits.max_items
@@ -421,7 +421,7 @@ def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastD
     def decode(payload: Payload) -> object | None:
         if len(payload) < 4:
             return None
-        end = 4 + _U32.unpack_from(payload)[0]
+        end = 4 + U32.unpack_from(payload)[0]
         if len(payload) != end + size or (key_cap and end - 4 > key_cap):
             return None
         values = unpack(payload, end)
@@ -458,7 +458,7 @@ def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
         size = len(payload)
         if size < 8:
             return None
-        n = _U64.unpack_from(payload)[0]
+        n = U64.unpack_from(payload)[0]
         if 8 + n != size or (value_cap and n > value_cap):
             return None
         msg: object = cls(memoryview(payload)[8:])
@@ -474,10 +474,10 @@ def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
         size = len(payload)
         if size < 12:
             return None
-        end = 4 + _U32.unpack_from(payload)[0]
+        end = 4 + U32.unpack_from(payload)[0]
         if end + 8 > size or (key_cap and end - 4 > key_cap):
             return None
-        n = _U64.unpack_from(payload, end)[0]
+        n = U64.unpack_from(payload, end)[0]
         if end + 8 + n != size or (value_cap and n > value_cap):
             return None
         try:

@@ -33,9 +33,14 @@ from kvsync.protocol.frame import HEADER_SIZE
 __all__ = [
     "ARRAY_ALIGN",
     "BIG_BUFFER",
+    "F64",
     "FIELD_CODECS",
+    "I64",
     "KEY_FIELDS",
     "MAX_NDIM",
+    "U8",
+    "U32",
+    "U64",
     "Decode",
     "Encode",
     "Limits",
@@ -44,11 +49,12 @@ __all__ = [
     "Writer",
 ]
 
-_U8 = struct.Struct("<B")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_I64 = struct.Struct("<q")
-_F64 = struct.Struct("<d")
+#: The little-endian layouts of the fixed-size fields and length prefixes.
+U8 = struct.Struct("<B")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+I64 = struct.Struct("<q")
+F64 = struct.Struct("<d")
 #: Buffers at least this long are sent as their own uncopied memoryview.
 BIG_BUFFER: int = 16 * 1024
 #: Array data starts at a payload offset that is a multiple of this (padding is zero).
@@ -155,7 +161,7 @@ class Reader:
         return st.unpack_from(self.buf, start)[0]
 
     def count(self, what: str) -> int:
-        n: int = self.unpack(_U32, what)
+        n: int = self.unpack(U32, what)
         if n > self.limits.max_items:
             raise LimitExceededError(
                 f"{what} holds {n} items, over the limit of {self.limits.max_items}"
@@ -185,14 +191,14 @@ def _enc_str(w: Writer, value: Any, what: str, cap: int) -> None:
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"{what} {value!r:.80} is not valid UTF-8: {exc}") from None
     w.cap(len(data), cap, f"{what} {value!r:.80}")
-    w.small(_U32.pack(len(data)))
+    w.small(U32.pack(len(data)))
     w.small(data)
 
 
 def _enc_buffer(w: Writer, value: Any, what: str, cap: int) -> None:
     mv = _as_bytes_view(value, what)
     w.cap(mv.nbytes, cap, what)
-    w.small(_U64.pack(mv.nbytes))
+    w.small(U64.pack(mv.nbytes))
     w.buffer(mv)
 
 
@@ -201,7 +207,7 @@ def _enc_int(w: Writer, value: Any, what: str, cap: int) -> None:
         raise LocalProtocolError(f"{what} must be int, not {type(value).__name__}")
     if not -(1 << 63) <= value < (1 << 63):
         raise LocalProtocolError(f"{what}={value} does not fit in a signed 64-bit integer")
-    w.small(_I64.pack(value))
+    w.small(I64.pack(value))
 
 
 def _enc_bool(w: Writer, value: Any, what: str, cap: int) -> None:
@@ -213,7 +219,7 @@ def _enc_bool(w: Writer, value: Any, what: str, cap: int) -> None:
 def _enc_float(w: Writer, value: Any, what: str, cap: int) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise LocalProtocolError(f"{what} must be float, not {type(value).__name__}")
-    w.small(_F64.pack(value))
+    w.small(F64.pack(value))
 
 
 def _enc_array(w: Writer, value: Any, what: str, cap: int) -> None:
@@ -227,9 +233,9 @@ def _enc_array(w: Writer, value: Any, what: str, cap: int) -> None:
     arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
     w.cap(arr.nbytes, cap, what)
     code = dt.str.encode("ascii")
-    w.small(_U8.pack(len(code)) + code + _U8.pack(arr.ndim))
+    w.small(U8.pack(len(code)) + code + U8.pack(arr.ndim))
     w.small(struct.pack(f"<{arr.ndim}Q", *arr.shape))
-    w.small(_U64.pack(arr.nbytes))
+    w.small(U64.pack(arr.nbytes))
     w.small(bytes(-w.size % ARRAY_ALIGN))
     w.buffer(arr.reshape(-1).view(np.uint8).data)
 
@@ -242,7 +248,7 @@ def _enc_optional_array(w: Writer, value: Any, what: str, cap: int) -> None:
 
 def _enc_tuple(item: Callable[[Writer, Any, str, int], None]) -> Any:
     def encode(w: Writer, value: Any, what: str, cap: int) -> None:
-        w.small(_U32.pack(w.count(value, what)))
+        w.small(U32.pack(w.count(value, what)))
         for i, v in enumerate(value):
             item(w, v, f"{what}[{i}]", cap)
 
@@ -254,14 +260,14 @@ def _enc_ints(w: Writer, value: Any, what: str, cap: int) -> None:
     for i, v in enumerate(value):
         if not isinstance(v, int) or isinstance(v, bool) or not -(1 << 63) <= v < (1 << 63):
             raise LocalProtocolError(f"{what}[{i}]={v!r} is not a signed 64-bit integer")
-    w.small(_U32.pack(len(value)) + struct.pack(f"<{len(value)}q", *value))
+    w.small(U32.pack(len(value)) + struct.pack(f"<{len(value)}q", *value))
 
 
 # --- field decoders: (reader, what, cap) -> value ---------------------------------------------
 
 
 def _dec_str(r: Reader, what: str, cap: int) -> str:
-    n: int = r.unpack(_U32, what)
+    n: int = r.unpack(U32, what)
     if cap and n > cap:
         raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
     start = r.take(n, what)
@@ -272,7 +278,7 @@ def _dec_str(r: Reader, what: str, cap: int) -> str:
 
 
 def _dec_buffer(r: Reader, what: str, cap: int) -> memoryview:
-    n: int = r.unpack(_U64, what)
+    n: int = r.unpack(U64, what)
     if cap and n > cap:
         raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
     start = r.take(n, what)
@@ -280,19 +286,19 @@ def _dec_buffer(r: Reader, what: str, cap: int) -> memoryview:
 
 
 def _dec_int(r: Reader, what: str, cap: int) -> int:
-    value: int = r.unpack(_I64, what)
+    value: int = r.unpack(I64, what)
     return value
 
 
 def _dec_bool(r: Reader, what: str, cap: int) -> bool:
-    raw: int = r.unpack(_U8, what)
+    raw: int = r.unpack(U8, what)
     if raw > 1:
         raise RemoteProtocolError(f"{what} is a bool encoded as {raw}, not 0 or 1")
     return raw == 1
 
 
 def _dec_float(r: Reader, what: str, cap: int) -> float:
-    value: float = r.unpack(_F64, what)
+    value: float = r.unpack(F64, what)
     return value
 
 
@@ -309,18 +315,18 @@ def _dtype(code: str, what: str) -> np.dtype[Any]:
 
 
 def _dec_array(r: Reader, what: str, cap: int) -> np.ndarray[Any, Any]:
-    code_len: int = r.unpack(_U8, what)
+    code_len: int = r.unpack(U8, what)
     start = r.take(code_len, what)
     try:
         code = str(r.buf[start : start + code_len], "ascii")
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"{what} has a non-ASCII dtype") from None
     dt = _dtype(code, what)
-    ndim: int = r.unpack(_U8, what)
+    ndim: int = r.unpack(U8, what)
     if ndim > MAX_NDIM:
         raise RemoteProtocolError(f"{what} has {ndim} dimensions, over {MAX_NDIM}")
     shape = struct.unpack_from(f"<{ndim}Q", r.buf, r.take(8 * ndim, what))
-    nbytes: int = r.unpack(_U64, what)
+    nbytes: int = r.unpack(U64, what)
     if cap and nbytes > cap:
         raise LimitExceededError(f"{what} is {nbytes} bytes, over the limit of {cap} bytes")
     count = 1
