@@ -341,13 +341,13 @@ class Client:
         return events
 
     def _receive(
-        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int = 0
+        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int = -1
     ) -> tuple[object, list[Event], int, int]:
         """One ``recv_into`` and the replies it completed: ``(reply, events, byte count,
         buffer size)`` as :meth:`Connection.receive_reply` gives them (``reply`` is the
-        reply to ``request_id`` when it came alone, else ``None``; ids start at 1, so the
-        default never matches), or ``(None, [], -1, 0)`` when the kernel timeout expired
-        (or nothing was there).
+        reply to ``request_id`` when it came alone, else ``None``; the default, -1, is no
+        request id, so every reply comes as an event), or ``(None, [], -1, 0)`` when the
+        kernel timeout expired (or nothing was there).
 
         Raises:
             StoreConnectionError: the connection is lost or the server closed it.
