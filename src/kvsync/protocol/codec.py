@@ -60,7 +60,15 @@ from kvsync.protocol.messages import (
     Wait,
 )
 
-__all__ = ["BIG_BUFFER", "FIELD_CODECS", "Decoder", "Limits", "encode_frame", "fast_encoder"]
+__all__ = [
+    "BIG_BUFFER",
+    "FIELD_CODECS",
+    "Decoder",
+    "FastEncode",
+    "Limits",
+    "encode_frame",
+    "fast_encoder",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +186,9 @@ def _encode_fields(
 # a cap or range exceeded) returns ``None`` and takes the general path, which raises the
 # errors. tests/protocol/test_fast_encode.py checks the equality with hypothesis.
 
-_FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
+#: A fast encoder: ``(request_id, msg, limits)`` -> the whole frame, or ``None`` (see
+#: :func:`fast_encoder`).
+FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
 _HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
 _HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
 _HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
@@ -205,7 +215,7 @@ def _plain_bytes(value: object) -> bool:
     return t is memoryview and value.format == "B" and value.ndim == 1 and value.contiguous  # type: ignore[attr-defined]
 
 
-def _fast_key_value(opcode: int) -> _FastEncode:
+def _fast_key_value(opcode: int) -> FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         key, value = msg.key, msg.value  # type: ignore[attr-defined]
         if type(key) is not str or (type(value) is not bytes and not _plain_bytes(value)):
@@ -223,7 +233,7 @@ def _fast_key_value(opcode: int) -> _FastEncode:
     return encode
 
 
-def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> _FastEncode:
+def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         key = msg.key  # type: ignore[attr-defined]
         if type(key) is not str:
@@ -279,7 +289,7 @@ def _scalar_tail(cls: type) -> Callable[[object], bytes]:
     return two
 
 
-def _fast_keys(opcode: int, with_timeout: bool) -> _FastEncode:
+def _fast_keys(opcode: int, with_timeout: bool) -> FastEncode:
     def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
         keys = msg.keys  # type: ignore[attr-defined]
         if type(keys) is not tuple or len(keys) > 64:
@@ -352,7 +362,7 @@ _OK_REPLY = int(Opcode.OK)
 _INT_REPLY = int(Opcode.INT)
 _VALUE_REPLY = int(Opcode.VALUE)
 #: message class -> its fast encoder (see above); every other class takes the general path.
-_FAST: dict[type, _FastEncode] = {
+_FAST: dict[type, FastEncode] = {
     Set: _fast_key_value(int(Opcode.SET)),
     Append: _fast_key_value(int(Opcode.APPEND)),
     QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
@@ -368,7 +378,7 @@ _FAST: dict[type, _FastEncode] = {
 }
 
 
-def fast_encoder(cls: type) -> _FastEncode | None:
+def fast_encoder(cls: type) -> FastEncode | None:
     """The fast encoder of ``cls`` (``None`` if it has none): ``(request_id, msg, limits)``
     -> the whole frame as one ``bytes``, as :func:`encode_frame` would build it, or
     ``None`` when :func:`encode_frame` must decide (and raise any error). A caller that

@@ -46,7 +46,7 @@ from kvsync.errors import (
     error_from_code,
 )
 from kvsync.protocol import handshake
-from kvsync.protocol.codec import Decoder, Limits, encode_frame, fast_encoder
+from kvsync.protocol.codec import Decoder, FastEncode, Limits, encode_frame, fast_encoder
 from kvsync.protocol.fields import Payload
 from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header
 from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer, Landed, Landing
@@ -74,8 +74,6 @@ __all__ = [
 
 _REPLY_MIN: Final = 0x80
 Buffers = list[bytes | bytearray | memoryview]
-#: A fast encoder (see :func:`kvsync.protocol.codec.fast_encoder`).
-_FastEncode = Callable[[int, object, Limits | None], bytes | None]
 
 
 class NeedData:
@@ -156,7 +154,7 @@ class Connection:
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
         self._sendable: frozenset[type] = frozenset()  # what send() takes (set by _enter)
-        self._fast_send: dict[type, _FastEncode] = {}  # their fast encoders (ditto)
+        self._fast_send: dict[type, FastEncode] = {}  # their fast encoders (ditto)
         self._receivable: frozenset[type] = frozenset()  # what needs no handler (ditto)
         self._outbox: Buffers = []
         self._nonce = b""
@@ -527,7 +525,7 @@ _SENDABLE: dict[Role, frozenset[type]] = {
     Role.CLIENT: frozenset(MESSAGE_OF.values()) - _REPLY_TYPES,
 }
 #: role -> the fast encoders of the message types it may send (see codec.fast_encoder).
-_FAST_SEND: dict[Role, dict[type, _FastEncode]] = {
+_FAST_SEND: dict[Role, dict[type, FastEncode]] = {
     role: {cls: f for cls in types if (f := fast_encoder(cls)) is not None}
     for role, types in _SENDABLE.items()
 }
