@@ -27,6 +27,8 @@ def test_bench_store_quick_prints_one_row_per_measurement() -> None:
     metrics = [line.split(None, 1)[1] for line in lines[2:]]
     assert any(m.startswith("get 16 B median") for m in metrics)
     assert any(m.startswith("set+get ops/s, 2 client processes") for m in metrics)
+    cpu = [m for m in metrics if m.startswith("client user CPU per op, 2 clients")]
+    assert len(cpu) == 1 and cpu[0].split()[-1] in ("us", "ms", "ns")
     assert any(m.startswith("set+get 1 MiB") for m in metrics)
     assert any(m.startswith("16 ranks pass a barrier") for m in metrics)
     assert any(m.startswith("open 50 connections") for m in metrics)

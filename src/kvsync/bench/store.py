@@ -154,22 +154,32 @@ def bench_latency(backend: Backend, p: Params) -> list[Row]:
 
 
 def bench_throughput(backend: Backend, p: Params) -> list[Row]:
-    """ops/s (each set and each get counts) of set+get pairs from N client processes."""
+    """ops/s (each set and each get counts) of set+get pairs from N client processes, and
+    for the most clients the user CPU the client processes spent per operation."""
     rows = []
     with backend.serve(False) as (host, port):
         control = backend.connect(host, port, OP_TIMEOUT)
         try:
+            user_per_op: dict[int, float] = {}
             for n in p.clients:
-                ops_per_s = _run_workers(backend, control, host, port, n, p.pairs_per_client)
+                ops_per_s, user_per_op[n] = _run_workers(
+                    backend, control, host, port, n, p.pairs_per_client
+                )
                 rows.append(
                     Row("throughput", f"set+get ops/s, {n} client processes", ops_per_s, "rate")
                 )
+            most = max(p.clients)
+            metric = f"client user CPU per op, {most} clients"
+            rows.append(Row("throughput", metric, user_per_op[most], "time"))
         finally:
             close_client(control)
     return rows
 
 
-def _run_workers(backend: Backend, control: Any, host: str, port: int, n: int, pairs: int) -> float:
+def _run_workers(
+    backend: Backend, control: Any, host: str, port: int, n: int, pairs: int
+) -> tuple[float, float]:
+    """(ops/s of all ``n`` workers, their user CPU seconds per operation)."""
     tag = f"tp{n}"
     cmd = [sys.executable, "-m", "kvsync.bench.store", "worker", backend.name, host, str(port)]
     procs = [
@@ -185,15 +195,16 @@ def _run_workers(backend: Backend, control: Any, host: str, port: int, n: int, p
     try:
         control.wait([f"{tag}/ready/{i}" for i in range(n)], _timedelta(60))
         control.set(f"{tag}/go", b"1")
-        elapsed, total = 0.0, 0
+        elapsed, total, user = 0.0, 0, 0.0
         for proc in procs:
             out, err = proc.communicate(timeout=OP_TIMEOUT)
             if proc.returncode != 0:
                 raise RuntimeError(f"bench worker pid {proc.pid} failed: {err.strip()[-500:]}")
-            ops, seconds = out.split()
+            ops, seconds, user_seconds = out.split()
             total += int(ops)
             elapsed = max(elapsed, float(seconds))
-        return total / elapsed
+            user += float(user_seconds)
+        return total / elapsed, user / total
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -215,13 +226,14 @@ def worker_main(argv: Sequence[str]) -> int:
     client.set(key, value)
     client.set(f"{tag}/ready/{index}", b"1")
     client.wait([f"{tag}/go"], _timedelta(OP_TIMEOUT))
-    t0 = time.perf_counter()
+    user0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime, time.perf_counter()
     for _ in range(int(pairs)):
         client.set(key, value)
         client.get(key)
     elapsed = time.perf_counter() - t0
+    user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - user0
     close_client(client)
-    sys.stdout.write(f"{2 * int(pairs)} {elapsed}\n")
+    sys.stdout.write(f"{2 * int(pairs)} {elapsed} {user}\n")
     return 0
 
 
@@ -378,7 +390,9 @@ NOTES = {
     " trip each).",
     "common": "Barrier rows call each store's own barrier(key, world_size, timeout): one"
     " request per rank on both (torch 2.13). Barrier and connect rows run their clients as"
-    " threads of the bench process; throughput rows use separate client processes.",
+    " threads of the bench process; throughput rows use separate client processes, and"
+    " 'client user CPU per op' is their user-mode CPU time (kernel time excluded) over the"
+    " operations they made.",
 }
 
 
