@@ -552,16 +552,6 @@ def _via_receive_reply(
     raise AssertionError("unbounded receive loop")
 
 
-def _ready_client() -> tuple[Connection, Connection]:
-    """A client and its server with the handshake done (the server's answer received)."""
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, limits=WIDE_LIMITS)
-    server.receive_data(join_buffers(client.data_to_send()))
-    assert server.next_event() is NEED_DATA
-    client.receive_data(join_buffers(server.data_to_send()))
-    assert client.next_event() is NEED_DATA and client.handshake_complete
-    return client, server
-
-
 @given(
     st.lists(st.sampled_from(REPLIES).flatmap(message_strategy), max_size=5),
     st.integers(0, 5),
@@ -570,13 +560,13 @@ def _ready_client() -> tuple[Connection, Connection]:
 def test_replies_in_any_split_give_the_events_of_receive_events(
     msgs: list[object], awaited: int, data: st.DataObject
 ) -> None:
-    _, server = _ready_client()
+    _, server = _pair(WIDE_LIMITS)
     frames = [join_buffers(server.send(i, m)) for i, m in enumerate(msgs)]
     stream = b"".join(frames)
     boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
     chunks = _split(stream, _cuts(data, stream, boundaries))
-    got = _via_receive_reply(_ready_client()[0], chunks, awaited)
-    assert got == _via_receive_events(_ready_client()[0], chunks)
+    got = _via_receive_reply(_pair(WIDE_LIMITS)[0], chunks, awaited)
+    assert got == _via_receive_events(_pair(WIDE_LIMITS)[0], chunks)
     assert got == ([(i, normalize(m)) for i, m in enumerate(msgs)], None)
 
 
@@ -593,7 +583,7 @@ def test_any_bytes_in_any_split_give_what_receive_events_gives(
     "reply", [IntReply(7), OkReply(), ErrorReply(code=3, message="no")], ids=type
 )
 def test_the_awaited_reply_alone_comes_apart_with_no_events(reply: object) -> None:
-    client, server = _ready_client()
+    client, server = _pair(WIDE_LIMITS)
     frame = join_buffers(server.send(9, reply))
     feed = _Chunks([frame])
     assert client.receive_reply(feed, 9) == (reply, [], len(frame), feed.offered[0])
@@ -601,7 +591,7 @@ def test_the_awaited_reply_alone_comes_apart_with_no_events(reply: object) -> No
 
 
 def test_the_awaited_reply_with_another_one_comes_as_events() -> None:
-    client, server = _ready_client()
+    client, server = _pair(WIDE_LIMITS)
     stream = join_buffers(server.send(9, IntReply(1))) + join_buffers(server.send(10, OkReply()))
     reply, events, n, _ = client.receive_reply(_Chunks([stream]), 9)
     assert reply is None and n == len(stream)
@@ -609,7 +599,7 @@ def test_the_awaited_reply_with_another_one_comes_as_events() -> None:
 
 
 def test_an_awaited_reply_that_fails_to_decode_fails_the_connection() -> None:
-    client, _ = _ready_client()
+    client, _ = _pair(WIDE_LIMITS)
     bad = pack_header(int(Opcode.INT), 9, 3) + b"abc"  # an IntReply is 8 bytes
     with pytest.raises(RemoteProtocolError):
         client.receive_reply(_Chunks([bad]), 9)
@@ -619,6 +609,6 @@ def test_an_awaited_reply_that_fails_to_decode_fails_the_connection() -> None:
 
 
 def test_a_request_sent_to_a_client_is_refused_even_with_the_awaited_id() -> None:
-    client, _ = _ready_client()
+    client, _ = _pair(WIDE_LIMITS)
     with pytest.raises(RemoteProtocolError, match="may not send Ping"):
         client.receive_reply(_Chunks([join_buffers(encode_frame(9, Ping()))]), 9)
