@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from kvsync.protocol.codec import BIG_BUFFER, encode_frame
+from kvsync.protocol.connection import NEED_DATA, Connection, Event
 from kvsync.protocol.frame import PROTOCOL_VERSION
 from kvsync.protocol.messages import MESSAGE_OF, Hello
 
@@ -79,6 +80,17 @@ REPLIES = sorted((c for op, c in MESSAGE_OF.items() if op >= 0x80), key=str)
 def join_buffers(parts: list[Any]) -> bytes:
     """The bytes of an encoder's buffer list."""
     return b"".join(bytes(p) for p in parts)
+
+
+def drain_events(conn: Connection, got: list[Any]) -> None:
+    """Append ``(request_id, normalized message)`` of every event ``conn`` has ready."""
+    for _ in range(10_000):
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return
+        assert isinstance(ev, Event)
+        got.append((ev.request_id, normalize(ev.message)))
+    raise AssertionError("unbounded event loop")
 
 
 def fuzz_stream() -> st.SearchStrategy[bytes]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from protocol_strategies import (
     REPLIES,
     REQUESTS,
+    drain_events,
     fuzz_stream,
     join_buffers,
     message_strategy,
@@ -339,12 +340,7 @@ def _outcome(
                 _receive_from(conn, stream[a:b])
             else:
                 conn.receive_data(stream[a:b])
-            for _ in range(10_000):
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                assert isinstance(ev, Event)
-                got.append((ev.request_id, normalize(ev.message)))
+            drain_events(conn, got)
     except (RemoteProtocolError, LimitExceededError) as exc:
         return got, type(exc).__name__
     return got, None

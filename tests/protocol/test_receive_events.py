@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from protocol_strategies import (
     REPLIES,
     REQUESTS,
+    drain_events,
     fuzz_stream,
     join_buffers,
     message_strategy,
@@ -241,12 +242,7 @@ def _via_next_event(conn: Connection, chunks: list[bytes]) -> tuple[list[Any], s
     try:
         for chunk in chunks:
             conn.receive_data(chunk)
-            for _ in range(10_000):
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                assert isinstance(ev, Event)
-                got.append((ev.request_id, normalize(ev.message)))
+            drain_events(conn, got)
     except KVSyncError as exc:
         return got, type(exc).__name__
     return got, None
