@@ -173,7 +173,7 @@ def _uneven_across(store: DistKVStore, *, rows: bool) -> dict[str, object]:
 
 def _home(store: DistKVStore, key: int) -> int:
     from kvsync.kv.sharding import home_server
-    from kvsync.server.ps_keys import wire_key
+    from kvsync.protocol.wire_keys import wire_key
 
     return home_server(wire_key(key), store.num_servers)
 

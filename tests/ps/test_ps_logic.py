@@ -149,6 +149,13 @@ def test_bad_push_gets_a_typed_error_and_changes_nothing() -> None:
     assert job.ps.stats()["updates"] == 0
 
 
+def test_a_key_that_is_not_a_wire_key_gets_a_key_type_error_naming_it() -> None:
+    job = Job(1)
+    text = error(job.reply(0, PSInit(keys=("x3",), values=(np.zeros(2),))), ErrorCode.KEY_TYPE)
+    assert "'x3'" in text and "wire key" in text
+    assert job.ps.stats()["keys"] == 0
+
+
 def test_requests_before_hello_are_refused() -> None:
     ps = ParameterServerLogic()
     [out] = ps.handle(7, 1, pull_msg(("i1",), T), 0.0)

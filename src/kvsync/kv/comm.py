@@ -56,7 +56,7 @@ from kvsync.protocol.messages import (
     PSShmReply,
     PSValuesReply,
 )
-from kvsync.server.ps_keys import packable
+from kvsync.protocol.wire_keys import packable
 
 __all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 

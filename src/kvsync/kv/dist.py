@@ -57,7 +57,7 @@ from kvsync.protocol.messages import (
     PSWaiting,
     PSWaitInit,
 )
-from kvsync.server.ps_keys import Key
+from kvsync.protocol.wire_keys import Key
 from kvsync.sparse import RowSparseArray, as_row_ids
 
 __all__ = ["DistKVStore"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from kvsync import defaults
 from kvsync.errors import InvalidArgumentError
-from kvsync.server.ps_keys import Key, wire_key
+from kvsync.protocol.wire_keys import Key, wire_key
 
 __all__ = ["KeyPlan", "Slice", "chunks", "home_server", "plan_key"]
 

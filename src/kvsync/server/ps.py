@@ -69,6 +69,7 @@ from kvsync.protocol.messages import (
     PSWaitInit,
     ValueReply,
 )
+from kvsync.protocol.wire_keys import key_of_wire
 from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import (
     Compression,
@@ -78,8 +79,6 @@ from kvsync.server.ps_keys import (
     Updater,
     check_pairs,
     json_object,
-    key_of_wire,
-    wire_key,
 )
 from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
 
@@ -90,8 +89,6 @@ __all__ = [
     "ParameterServerLogic",
     "SharedMemory",
     "Updater",
-    "key_of_wire",
-    "wire_key",
 ]
 
 logger = logging.getLogger(__name__)

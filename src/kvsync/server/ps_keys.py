@@ -1,43 +1,36 @@
-"""Per-key state of the parameter server, the wire form of KVStore keys, and what the
-server logic is given (updater, compression, shared memory).
-
-KVStore keys are ``int`` or ``str``; on the wire they are one ``str``: ``"i<n>"`` or
-``"s<name>"``, so the two kinds never collide and the server hands the updater the
-original key.
+"""Per-key state of the parameter server, and what the server logic is given (updater,
+compression, shared memory). Keys arrive as wire keys (:mod:`kvsync.protocol.wire_keys`).
 
 Example:
-    >>> wire_key(3), wire_key("w"), key_of_wire("i3"), key_of_wire("sw")
-    ('i3', 'sw', 3, 'w')
+    >>> import numpy as np
+    >>> ks = KeyState(3, np.zeros((4, 2)))
+    >>> ks.rows, ks.missing(2)
+    (4, [0, 1])
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode
+from kvsync.protocol.wire_keys import Key
 
 __all__ = [
     "Allocate",
     "Compression",
-    "Key",
     "KeyState",
     "PSRequestError",
     "SharedMemory",
     "Updater",
     "check_pairs",
     "json_object",
-    "key_of_wire",
-    "packable",
-    "wire_key",
 ]
 
-#: A KVStore key as users write it.
-Key: TypeAlias = "int | str"
 #: ``nbytes -> (path, uint8 view)``: memory other processes of the host can map.
 Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
 
@@ -73,61 +66,6 @@ class PSRequestError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def wire_key(key: Key) -> str:
-    """The wire form of a KVStore key.
-
-    Raises:
-        TypeError: ``key`` is neither int nor str (bool is refused too).
-
-    Example:
-        >>> wire_key(-1)
-        'i-1'
-    """
-    if isinstance(key, bool) or not isinstance(key, (int, str)):
-        raise TypeError(f"KVStore keys are int or str, not {type(key).__name__}")
-    return f"i{key}" if isinstance(key, int) else f"s{key}"
-
-
-def key_of_wire(wire: str) -> Key:
-    """The KVStore key of a wire key (the inverse of :func:`wire_key`).
-
-    Raises:
-        PSRequestError: ``wire`` is not a wire key (KEY_TYPE).
-
-    Example:
-        >>> key_of_wire("s")
-        ''
-    """
-    if wire[:1] == "s":
-        return wire[1:]
-    if wire[:1] == "i":
-        try:
-            return int(wire[1:])
-        except ValueError:
-            pass
-    raise PSRequestError(ErrorCode.KEY_TYPE, f"{wire!r} is not a wire key ('i<int>' or 's<str>')")
-
-
-def packable(values: Sequence[np.ndarray | None]) -> bool:
-    """Whether arrays travel as one concatenated array (PSPushPacked / PSPackedReply):
-    at least :data:`~kvsync.defaults.PS_PACK_MIN_KEYS` of one dtype, at most
-    :data:`~kvsync.defaults.PS_PACK_MAX_BYTES` in all.
-
-    Example:
-        >>> packable([np.zeros(2)] * 8), packable([np.zeros(2)] * 7)
-        (True, False)
-    """
-    if len(values) < defaults.PS_PACK_MIN_KEYS or values[0] is None:
-        return False
-    dtype = values[0].dtype
-    total = 0
-    for v in values:
-        if v is None or v.dtype != dtype:
-            return False
-        total += v.nbytes
-    return total <= defaults.PS_PACK_MAX_BYTES
 
 
 def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:

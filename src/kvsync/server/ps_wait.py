@@ -22,8 +22,9 @@ from kvsync.protocol.messages import (
     PSShmReply,
     PSValuesReply,
 )
+from kvsync.protocol.wire_keys import key_of_wire, packable
 from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, key_of_wire, packable, rows_of
+from kvsync.server.ps_keys import KeyState, rows_of
 
 __all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 
