@@ -31,6 +31,8 @@ __all__ = [
     "PS_WAITING_NOTICE_SECONDS",
     "SERVER_DEATH_DETECT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
+    "STORE_EXIT_GRACE_SECONDS",
+    "STORE_SERVER",
 ]
 
 #: Seconds a store operation may take before it fails (torch and the reference use 300).
@@ -47,6 +49,13 @@ MAX_FRAME_BYTES: int = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 4096
 MAX_KEYS_PER_REQUEST: int = 1 << 20
 #: listen() backlog of the server socket; sized for thousands of ranks connecting at once.
 LISTEN_BACKLOG: int = 4096
+#: Where ``TCPStore(is_master=True)`` runs its server: "thread" (a thread of the master
+#: process, as torch's store does) or "process" (a child process: no GIL shared with the
+#: master's own Python work, about half a second more to construct).
+STORE_SERVER: str = "thread"
+#: A master process that exits (without closing its store) while clients of other
+#: processes are connected keeps its server up until they disconnect, at most this long.
+STORE_EXIT_GRACE_SECONDS: float = 30.0
 #: Connect retries back off exponentially with full jitter between these bounds (seconds).
 CONNECT_BACKOFF_MIN: float = 0.01
 CONNECT_BACKOFF_MAX: float = 1.0

@@ -32,13 +32,16 @@ __all__ = [
     "KVSYNC_SECRET",
     "KVSYNC_SERVER_SETUP",
     "KVSYNC_STORE_ADDR",
+    "KVSYNC_STORE_EXIT_GRACE",
     "KVSYNC_STORE_PORT",
+    "KVSYNC_STORE_SERVER",
     "LOCAL_RANK",
     "LOCAL_WORLD_SIZE",
     "MASTER_ADDR",
     "MASTER_PORT",
     "MS_RECEIVE_MSG_TIMEOUT",
     "RANK",
+    "STORE_SERVER_CHOICES",
     "TORCHELASTIC_RESTART_COUNT",
     "TORCHELASTIC_USE_AGENT_STORE",
     "WORLD_SIZE",
@@ -64,6 +67,12 @@ TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
 #: Where kvsync's own store server listens when it is not MASTER_ADDR:MASTER_PORT.
 KVSYNC_STORE_ADDR = "KVSYNC_STORE_ADDR"
 KVSYNC_STORE_PORT = "KVSYNC_STORE_PORT"
+#: Where ``TCPStore(is_master=True)`` runs its server: ``thread`` or ``process``.
+KVSYNC_STORE_SERVER = "KVSYNC_STORE_SERVER"
+#: The values :data:`KVSYNC_STORE_SERVER` takes (any case).
+STORE_SERVER_CHOICES = ("thread", "process")
+#: Seconds a master's server keeps serving connected clients after its process exits.
+KVSYNC_STORE_EXIT_GRACE = "KVSYNC_STORE_EXIT_GRACE"
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"
 #: A module a parameter-server process imports before serving (``kvsync-run --server-setup``).
@@ -108,6 +117,20 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = _str(environ, name)
+    if raw is None or raw.lower() in choices:
+        return None if raw is None else raw.lower()
+    raise ValueError(f"environment variable {name}={raw!r} is not one of {', '.join(choices)}")
+
+
+def _seconds(environ: Mapping[str, str], name: str) -> float | None:
+    value = _float(environ, name)
+    if value is not None and not 0 <= value < float("inf"):  # also refuses nan
+        raise ValueError(f"environment variable {name}={value!r} must be finite and >= 0 seconds")
+    return value
+
+
 def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = _str(environ, name)
     if raw is None:
@@ -139,6 +162,8 @@ class Environment:
     restart_count: int | None = None
     store_addr: str | None = None
     store_port: int | None = None
+    store_server: str | None = None
+    store_exit_grace: float | None = None
     secret: str | None = None
     server_setup: str | None = None
     bigarray_bound: int | None = None
@@ -175,6 +200,8 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         restart_count=_int(src, TORCHELASTIC_RESTART_COUNT),
         store_addr=_str(src, KVSYNC_STORE_ADDR),
         store_port=_int(src, KVSYNC_STORE_PORT),
+        store_server=_choice(src, KVSYNC_STORE_SERVER, STORE_SERVER_CHOICES),
+        store_exit_grace=_seconds(src, KVSYNC_STORE_EXIT_GRACE),
         secret=_str(src, KVSYNC_SECRET),
         server_setup=_str(src, KVSYNC_SERVER_SETUP),
         bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),

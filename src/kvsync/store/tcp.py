@@ -1,8 +1,13 @@
 """``TCPStore``: the Store API over a socket to a kvsync store server.
 
-The master process hosts a :class:`~kvsync.server.StoreServer` on a background thread and
-talks to it through a normal client connection like every other rank, so all ranks share
-one code path. Where the address comes from when none is given (first match wins):
+The master process hosts a :class:`~kvsync.server.StoreServer` on a background thread (or,
+with ``server="process"``, in a child process: :mod:`kvsync.server.host`) and talks to it
+through a normal client connection like every other rank, so all ranks share one code
+path. A master process that exits without closing its store keeps the server up for the
+clients of other processes until they disconnect, at most ``KVSYNC_STORE_EXIT_GRACE``
+seconds (an exit hook closes this process's stores and drains their servers).
+
+Where the address comes from when none is given (first match wins):
 
 1. ``KVSYNC_STORE_ADDR``/``KVSYNC_STORE_PORT`` (``kvsync-run`` hosts the store there):
    every rank is a client.
@@ -20,15 +25,18 @@ fixed ``world_size`` leave no keys behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from kvsync import defaults, env
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
-from kvsync.server import StoreServer
+from kvsync.server.host import ChildHost, ThreadHost, host_server
 from kvsync.store.base import Store, Timeout, to_seconds
 from kvsync.store.torchrun import resolve_store_address
 
@@ -43,22 +51,32 @@ _JOIN_POLL = 0.25  # seconds between counter checks when clients do not know wor
 _registry_lock = threading.Lock()
 #: (host, port) -> [server, reference count] for ``multi_tenant`` stores.
 _registry: dict[tuple[str, int], list[Any]] = {}
+#: Every open TCPStore of this process, closed (servers drained) at exit.
+_open_stores: weakref.WeakSet[TCPStore] = weakref.WeakSet()
+_exit_hook_pid: int | None = None  # the process whose exit hook is registered
 
 
-def _acquire_server(host: str, port: int, listen_fd: int | None, multi: bool, secret: Any) -> Any:
+def _acquire_server(
+    host: str, port: int, listen_fd: int | None, multi: bool, e: env.Environment, placement: str
+) -> ThreadHost | ChildHost:
     with _registry_lock:
         entry = _registry.get((host, port)) if multi and port else None
         if entry is not None:
             entry[1] += 1
-            server: StoreServer = entry[0]
-            return server
-        server = StoreServer(host, port, listen_fd=listen_fd, secret=secret).start()
+            shared: ThreadHost | ChildHost = entry[0]
+            return shared
+        grace = defaults.STORE_EXIT_GRACE_SECONDS
+        if e.store_exit_grace is not None:
+            grace = e.store_exit_grace
+        server = host_server(host, port, placement=placement, grace=grace,
+                             listen_fd=listen_fd, secret=e.secret)  # fmt: skip
         if multi:
             _registry[(host, server.port)] = [server, 1]
+        _register_exit_hook()
         return server
 
 
-def _release_server(server: StoreServer, multi: bool) -> None:
+def _release_server(server: ThreadHost | ChildHost, multi: bool, at_exit: bool = False) -> None:
     with _registry_lock:
         key = (server.host, server.port)
         entry = _registry.get(key)
@@ -67,7 +85,28 @@ def _release_server(server: StoreServer, multi: bool) -> None:
             if entry[1] > 0:
                 return
             del _registry[key]
-    server.close()
+    server.close(at_exit=at_exit)
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_pid
+    if _exit_hook_pid != os.getpid():  # once per process (a fork registers its own)
+        _exit_hook_pid = os.getpid()
+        atexit.register(_close_at_exit)
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit: close every store's connection first (this process's own
+    clients do not hold a server up), then let each hosted server drain (see
+    :mod:`kvsync.server.host`)."""
+    if _exit_hook_pid != os.getpid():
+        return
+    stores = list(_open_stores)
+    for store in stores:
+        store._close_connection()
+    for store in stores:
+        store._release(at_exit=True)
+        store.close()
 
 
 def _from_environment(
@@ -100,13 +139,19 @@ class TCPStore(Store):
         multi_tenant: stores of this process on the same host:port share one server.
         master_listen_fd: an already bound socket's fd for the master's server to use.
         use_libuv: accepted for compatibility with PyTorch; has no effect.
+        server: where a master's server runs: ``"thread"`` (a thread of this process) or
+            ``"process"`` (a child process that serves the socket bound here: its event
+            loop does not wait for this process's GIL, at about half a second more to
+            construct). ``None``: ``KVSYNC_STORE_SERVER``, else ``"thread"``.
 
     ``MS_RECEIVE_MSG_TIMEOUT`` (seconds), when set, is the reply timeout of each request
     (requests that wait on the server get at least their own timeout); the timeout error
     then says to raise it. ``KVSYNC_SECRET`` enables the HMAC handshake.
 
     Raises:
-        StoreConnectionError: the address cannot be resolved or bound (names host:port).
+        StoreConnectionError: the address cannot be resolved or bound (names host:port),
+            or a child-process server did not start.
+        ValueError: an unknown ``server``.
         StoreTimeoutError: the master was not reachable, or (master) not every client
             joined in time ("k/n clients joined").
 
@@ -128,8 +173,11 @@ class TCPStore(Store):
         multi_tenant: bool = False,
         master_listen_fd: int | None = None,
         use_libuv: bool = True,
+        server: str | None = None,
     ) -> None:
         super().__init__(timeout)
+        if server is not None and server not in env.STORE_SERVER_CHOICES:
+            raise ValueError(f"server must be one of {env.STORE_SERVER_CHOICES}, got {server!r}")
         e = env.read()
         from_env = host_name is None and port is None
         if from_env and world_size is None:
@@ -142,10 +190,12 @@ class TCPStore(Store):
         listen_fd = master_listen_fd if master_listen_fd is not None else fd
         self._world_size, self._is_master, self._multi = world_size, is_master, multi_tenant
         self._recv_timeout = e.receive_timeout
-        self._server: StoreServer | None = None
+        self._server: ThreadHost | ChildHost | None = None
         if is_master:
-            self._server = _acquire_server(host, port, listen_fd, multi_tenant, e.secret)
+            placement = server or e.store_server or defaults.STORE_SERVER
+            self._server = _acquire_server(host, port, listen_fd, multi_tenant, e, placement)
             port = self._server.port
+        _open_stores.add(self)
         self._host, self._port = host, port
         hint = ""
         if self._recv_timeout is not None:
@@ -225,19 +275,30 @@ class TCPStore(Store):
         super().set_timeout(timeout)
         self._client.timeout = to_seconds(timeout)
 
-    def _release(self) -> None:
-        server, self._server = self._server, None
+    @property
+    def server_placement(self) -> str | None:
+        """Where this master's server runs, ``"thread"`` or ``"process"``; ``None`` on a
+        client (or once closed)."""
+        return None if self._server is None else self._server.placement
+
+    def _close_connection(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+    def _release(self, at_exit: bool = False) -> None:
+        server, self._server = getattr(self, "_server", None), None
         if server is not None:
-            _release_server(server, self._multi)
+            _release_server(server, self._multi, at_exit)
 
     def close(self) -> None:
-        """Close the connection and, on the master, the server (once its last tenant closes).
-        Idempotent."""
+        """Close the connection and, on the master, stop the server (once its last tenant
+        closes) at once. Idempotent. (A master process that exits without closing its
+        store serves its other processes' clients for a grace period first.)"""
         if not self._closed:
-            client = getattr(self, "_client", None)
-            if client is not None:
-                client.close()
+            self._close_connection()
             self._release()
+            _open_stores.discard(self)
         super().close()
 
     def __del__(self) -> None:  # an unclosed store releases its connection and server
