@@ -32,6 +32,9 @@ def test_bench_store_quick_prints_one_row_per_measurement() -> None:
     assert any(m.startswith("set+get 1 MiB") for m in metrics)
     assert any(m.startswith("16 ranks pass a barrier") for m in metrics)
     assert any(m.startswith("open 50 connections") for m in metrics)
+    for where in ("server on a thread", "server in a child process"):
+        assert any(m.startswith(f"get 16 B p99, {where}") for m in metrics)
+    assert any("busy-master rows: the master is a separate process" in n for n in notes)
 
 
 def test_bench_vs_torch_without_torch_says_so_and_still_measures(tmp_path: object) -> None:

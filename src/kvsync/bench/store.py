@@ -6,7 +6,9 @@ a separate ``kvsync serve`` process (how ``kvsync-run`` deploys it), with
 hosts it). With ``--vs torch`` the same scenarios, with the same sizes, counts and client
 processes, run against ``torch.distributed.TCPStore`` (its legacy server for the bandwidth
 rows, as its default server refuses values over 8 MiB) and a ``kvsync/torch`` ratio column
-is added; notes under the table say how each side's numbers come about. ``--quick``
+is added; notes under the table say how each side's numbers come about. The busy-master
+rows (:mod:`kvsync.bench.store_busy`) time a get while the master process runs Python
+work, with kvsync's server on a thread and in a child process. ``--quick``
 shrinks every size so a test can run the whole bench in seconds.
 Multi-client throughput uses child PROCESSES (``python -m kvsync.bench.store worker ...``),
 each ended by PID if it overruns its deadline.
@@ -35,10 +37,11 @@ from typing import Any
 
 from kvsync.bench.report import format_table, human_bytes, human_seconds
 from kvsync.bench.store_backends import BACKENDS, Backend, close_client, torch_missing_reason
+from kvsync.bench.store_busy import busy_master_rows
 
 __all__ = ["SCENARIO_NAMES", "Params", "add_arguments", "run"]
 
-SCENARIO_NAMES = ("latency", "throughput", "bandwidth", "barrier", "connect")
+SCENARIO_NAMES = ("latency", "busy-master", "throughput", "bandwidth", "barrier", "connect")
 #: Every client operation of the bench has this deadline (seconds).
 OP_TIMEOUT = 120.0
 
@@ -48,6 +51,7 @@ class Params:
     """Sizes of one bench run (``--quick`` or the issue's full sizes)."""
 
     latency_iterations: int = 2000
+    busy_iterations: int = 500
     clients: tuple[int, ...] = (1, 2, 4, 8)
     pairs_per_client: int = 5000
     sizes_mib: tuple[float, ...] = (1, 16, 64, 256)
@@ -57,6 +61,7 @@ class Params:
 
 QUICK = Params(
     latency_iterations=100,
+    busy_iterations=30,
     clients=(1, 2),
     pairs_per_client=100,
     sizes_mib=(1,),
@@ -101,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " thread of the bench process",
     )
     parser.add_argument("--iterations", type=int, help="latency samples per operation")
+    parser.add_argument("--busy-iterations", type=int, help="get samples per busy master")
     parser.add_argument("--clients", type=_ints, help="client processes, e.g. 1,2,4,8")
     parser.add_argument("--pairs", type=int, help="set+get pairs per client process")
     parser.add_argument("--sizes-mib", type=_floats, help="value sizes in MiB, e.g. 1,64")
@@ -112,6 +118,7 @@ def _params(args: argparse.Namespace) -> Params:
     base = QUICK if args.quick else Params()
     return Params(
         latency_iterations=args.iterations or base.latency_iterations,
+        busy_iterations=args.busy_iterations or base.busy_iterations,
         clients=args.clients or base.clients,
         pairs_per_client=args.pairs or base.pairs_per_client,
         sizes_mib=args.sizes_mib or base.sizes_mib,
@@ -151,6 +158,15 @@ def bench_latency(backend: Backend, p: Params) -> list[Row]:
             return rows
         finally:
             close_client(client)
+
+
+def bench_busy_master(backend: Backend, p: Params) -> list[Row]:
+    """Median and p99 latency of another rank's get while the master process spins a
+    pure-Python loop, for each place the master's server runs (see store_busy)."""
+    return [
+        Row("busy-master", metric, seconds, "time")
+        for metric, seconds in busy_master_rows(backend, p.busy_iterations, OP_TIMEOUT)
+    ]
 
 
 def bench_throughput(backend: Backend, p: Params) -> list[Row]:
@@ -349,6 +365,7 @@ def _raise_fd_limit(needed: int) -> None:
 
 SCENARIOS: dict[str, Callable[[Backend, Params], list[Row]]] = {
     "latency": bench_latency,
+    "busy-master": bench_busy_master,
     "throughput": bench_throughput,
     "bandwidth": bench_bandwidth,
     "barrier": bench_barrier,
@@ -388,6 +405,11 @@ NOTES = {
     " wait for a reply (its latency is the time to write the request); its get is a wait"
     " plus a get (two round trips); kvsync's set and get wait for their reply (one round"
     " trip each).",
+    "busy-master": "busy-master rows: the master is a separate process spinning a"
+    " pure-Python loop while the bench process, as another rank, times a get every 2 ms;"
+    " kvsync's"
+    " master serves from a thread or a child process (TCPStore(server=...)) whatever"
+    " --kvsync-server says, torch's from its C++ thread (measured once per row pair).",
     "common": "Barrier rows call each store's own barrier(key, world_size, timeout): one"
     " request per rank on both (torch 2.13). Barrier and connect rows run their clients as"
     " threads of the bench process; throughput rows use separate client processes, and"
@@ -416,6 +438,8 @@ def run(args: argparse.Namespace) -> int:
             theirs += SCENARIOS[name](BACKENDS["torch"], params)
     print(_table(ours, theirs if compare else None))
     notes = [NOTES[placement], *([NOTES["torch"]] if compare else []), NOTES["common"]]
+    if "busy-master" in names:
+        notes.append(NOTES["busy-master"])
     print("\n".join(f"note: {n}" for n in notes))
     return 0
 
