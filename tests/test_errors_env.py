@@ -59,3 +59,18 @@ def test_env_boolean_that_is_no_word_we_know_is_refused_naming_it(name: str) -> 
     # Regression: KVSYNC_PS_SHM=off silently meant "on", and "yes" under torchrun "no".
     with pytest.raises(ValueError, match=rf"{name}='maybe' is not a boolean"):
         env.read({name: "maybe"})
+
+
+def test_env_store_server_takes_thread_or_process_in_any_case() -> None:
+    assert env.read({"KVSYNC_STORE_SERVER": " Process "}).store_server == "process"
+    assert env.read({"KVSYNC_STORE_SERVER": "THREAD"}).store_server == "thread"
+    assert env.read({"KVSYNC_STORE_SERVER": ""}).store_server is None
+    with pytest.raises(ValueError, match="KVSYNC_STORE_SERVER='fork' is not one of thread"):
+        env.read({"KVSYNC_STORE_SERVER": "fork"})
+
+
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf", "soon"])
+def test_env_store_exit_grace_must_be_finite_seconds_naming_the_variable(raw: str) -> None:
+    assert env.read({"KVSYNC_STORE_EXIT_GRACE": "2.5"}).store_exit_grace == 2.5
+    with pytest.raises(ValueError, match="KVSYNC_STORE_EXIT_GRACE"):
+        env.read({"KVSYNC_STORE_EXIT_GRACE": raw})
