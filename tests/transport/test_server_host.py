@@ -22,7 +22,7 @@ from transport_helpers import child_env, wait_until
 
 from kvsync import env
 from kvsync.errors import StoreConnectionError
-from kvsync.server.host import host_server
+from kvsync.server.host import ChildHost, host_server
 from kvsync.store.tcp import TCPStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -123,6 +123,16 @@ def test_a_bind_error_is_raised_in_the_parent_and_starts_no_child(
         with pytest.raises(StoreConnectionError, match=f"127.0.0.1:{port}"):
             TCPStore("127.0.0.1", port, is_master=True, server="process", timeout=5)
         assert children() == before
+
+
+def test_a_child_that_cannot_serve_is_reported_naming_it_and_its_exit_code(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    read_end, write_end = os.pipe()  # not a socket: the child's server fails to start
+    os.close(write_end)
+    with pytest.raises(StoreConnectionError, match=r"127.0.0.1:1 exited with code 1 before"):
+        ChildHost(read_end, "127.0.0.1", 1, grace=1.0)
+    assert "Socket operation on non-socket" in capfd.readouterr().err
 
 
 def test_close_stops_the_child_server_and_its_clients_lose_it(

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -172,11 +173,17 @@ class ChildHost:
         line = stdout.readline() if ready else b""
         stdout.close()
         if line.strip() != b"ready":
+            if ready:  # its stdout closed: it is exiting
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(_STOP_TIMEOUT)
             code = self._proc.poll()
-            state = "is not serving" if code is None else f"exited with code {code}"
+            state = (
+                f"did not start serving within {_READY_TIMEOUT:g} s"
+                if code is None
+                else f"exited with code {code} before serving (its stderr says why)"
+            )
             raise StoreConnectionError(
                 f"store server process {self.pid} for {self.host}:{self.port} {state}"
-                f" after {_READY_TIMEOUT:g} s at most (its stderr says why)"
             )
 
     def close(self, at_exit: bool = False) -> None:
