@@ -53,8 +53,8 @@ LISTEN_BACKLOG: int = 4096
 #: process, as torch's store does) or "process" (a child process: no GIL shared with the
 #: master's own Python work, about half a second more to construct).
 STORE_SERVER: str = "thread"
-#: A master process that exits (without closing its store) while clients of other
-#: processes are connected keeps its server up until they disconnect, at most this long.
+#: A master store dropped without close(), or open when its process exits, keeps its
+#: server up for the clients still connected until they disconnect, at most this long.
 STORE_EXIT_GRACE_SECONDS: float = 30.0
 #: Connect retries back off exponentially with full jitter between these bounds (seconds).
 CONNECT_BACKOFF_MIN: float = 0.01

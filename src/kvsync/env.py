@@ -71,7 +71,7 @@ KVSYNC_STORE_PORT = "KVSYNC_STORE_PORT"
 KVSYNC_STORE_SERVER = "KVSYNC_STORE_SERVER"
 #: The values :data:`KVSYNC_STORE_SERVER` takes (any case).
 STORE_SERVER_CHOICES = ("thread", "process")
-#: Seconds a master's server keeps serving connected clients after its process exits.
+#: Seconds a master's server keeps serving connected clients once its store is left.
 KVSYNC_STORE_EXIT_GRACE = "KVSYNC_STORE_EXIT_GRACE"
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"

@@ -28,7 +28,9 @@ from kvsync.store.tcp import TCPStore
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 #: A master rank: hosts the store, says where, waits for the test's client, then ends by
-#: ``ENDING``: "kill" (sleeps until SIGKILLed) or "exit" (returns without closing the store).
+#: ``ENDING``: "kill" (sleeps until SIGKILLed), "exit" (returns without closing the store)
+#: or "drop" (drops the store without closing it, as a ``main()`` that returns does, and
+#: then exits).
 #: With "fork-kill" it first forks a sleeper (which holds every descriptor it has, the
 #: child server's control pipe too) and prints its PID on a second line.
 MASTER = """
@@ -48,6 +50,9 @@ store.wait(["go"])
 store.set("master/exiting", "1")
 if ending.endswith("kill"):
     time.sleep(60)
+if ending == "drop":
+    del store
+    print("dropped", flush=True)
 """
 
 
@@ -212,14 +217,17 @@ def test_a_forked_copy_of_a_hosted_server_closing_does_not_stop_it(placement: st
         server.close()
 
 
+@pytest.mark.parametrize("ending", ["exit", "drop"])
 def test_a_thread_master_that_exits_serves_a_client_mid_work_then_exits(
-    tmp_path: Path,
+    tmp_path: Path, ending: str
 ) -> None:
-    with master_process(tmp_path, "thread", "exit") as (proc, port, child, where, log):
+    with master_process(tmp_path, "thread", ending) as (proc, port, child, where, log):
         assert (where, child) == ("thread", 0)
         client = TCPStore("127.0.0.1", port, timeout=10)
         client.set("go", "1")
         client.wait(["master/exiting"])  # the master's script ends right after this
+        if ending == "drop":
+            assert proc.stdout is not None and proc.stdout.readline() == "dropped\n"
         assert do_work(client, 25) == 25
         assert proc.poll() is None  # still serving us: it waits for this client
         client.close()

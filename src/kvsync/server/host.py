@@ -12,9 +12,10 @@ pipe is held open by a process the parent forked), the parent is gone: the child
 the clients still connected until the last one disconnects, at most ``grace`` seconds,
 logs what it did, and exits. So it is never left running on its own.
 
-At exit, both kinds drain: :meth:`ThreadHost.close` with ``at_exit=True`` keeps the loop
-up until its clients disconnect (at most ``grace`` seconds, logged) and a
-:class:`ChildHost` detaches, leaving the draining to the child.
+``close()`` stops either kind at once. ``leave()`` (a store dropped without ``close()``, or
+left open at exit) lets it serve the clients still connected until they disconnect, at
+most ``grace`` seconds, logged: a :class:`ThreadHost` from a background thread that the
+exit hook joins (:func:`join_leaving`), a :class:`ChildHost` by detaching from the child.
 
 Example:
     >>> from kvsync.client import Client
@@ -37,6 +38,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -44,7 +46,9 @@ from kvsync import defaults, env
 from kvsync.errors import StoreConnectionError
 from kvsync.server.loop import StoreServer, _listen
 
-__all__ = ["ChildHost", "ThreadHost", "child_main", "host_server", "serve_remaining"]
+__all__ = [
+    "ChildHost", "ThreadHost", "child_main", "host_server", "join_leaving", "serve_remaining",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +56,22 @@ _READY_TIMEOUT = 60.0  # seconds a child may take to start serving
 _STOP_TIMEOUT = 10.0  # seconds a stopped child may take to exit before it is killed
 _PARENT_POLL = 0.5  # seconds between two looks at the parent (bounds death detection)
 _DRAIN_POLL = 0.05  # seconds between two counts of the connections while draining
+_SETTLE = 0.2  # seconds connections closed by a leaving process may take to be noticed
 _STOP = b"stop"
 _CHILD_CODE = (
     "import sys; from kvsync.server.host import child_main; sys.exit(child_main(sys.argv[1:]))"
 )
+
+
+def _settle(connections: Callable[[], int], seconds: float) -> int:
+    """``connections()`` once it is 0, or after ``seconds`` (connections that were just
+    closed by this process take the server a moment to notice)."""
+    deadline = time.monotonic() + seconds
+    n = connections()
+    while n and time.monotonic() < deadline:
+        time.sleep(_DRAIN_POLL)
+        n = connections()
+    return n
 
 
 def serve_remaining(connections: Callable[[], int], grace: float, what: str) -> int:
@@ -73,14 +89,14 @@ def serve_remaining(connections: Callable[[], int], grace: float, what: str) -> 
         >>> serve_remaining(lambda: 0, 5.0, "a store server")
         0
     """
-    n = connections()
+    start = time.monotonic()
+    n = _settle(connections, min(_SETTLE, grace))
     if n == 0:
         return 0
     logger.warning(
         "%s: %d client(s) still connected; serving them until they disconnect, at most %g s",
         what, n, grace,
     )  # fmt: skip
-    start = time.monotonic()
     deadline = start + grace
     while n and time.monotonic() < deadline:
         time.sleep(min(_DRAIN_POLL, max(0.0, deadline - time.monotonic())))
@@ -94,12 +110,28 @@ def serve_remaining(connections: Callable[[], int], grace: float, what: str) -> 
     return n
 
 
+#: Threads serving the clients of servers left by their stores (joined at exit).
+_leaving: list[threading.Thread] = []
+
+
+def join_leaving(timeout: float) -> None:
+    """Wait for the servers left by their stores to finish serving (at most ``timeout``
+    seconds in all); called at exit.
+
+    Example:
+        >>> join_leaving(1.0)
+    """
+    deadline = time.monotonic() + timeout
+    for thread in _leaving[:]:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class ThreadHost:
     """A :class:`StoreServer` on a thread of this process.
 
     Args:
         server: the (not yet started) server.
-        grace: seconds :meth:`close` with ``at_exit`` keeps serving connected clients.
+        grace: seconds :meth:`leave` keeps serving connected clients.
     """
 
     placement = "thread"
@@ -107,18 +139,34 @@ class ThreadHost:
     def __init__(self, server: StoreServer, grace: float) -> None:
         self.server = server.start()
         self.host, self.port = server.host, server.port
-        self._grace = grace
+        self.grace = grace
         self._pid = os.getpid()
 
-    def close(self, at_exit: bool = False) -> None:
-        """Stop the server; with ``at_exit``, first serve the connected clients until they
-        leave or the grace period is over. Idempotent; does nothing in a forked child."""
-        if os.getpid() != self._pid:  # a fork's copy: the server belongs to the parent
+    def close(self) -> None:
+        """Stop the server now. Idempotent; does nothing in a forked child."""
+        if os.getpid() == self._pid:  # a fork's copy: the server belongs to the parent
+            self.server.close()
+
+    def leave(self) -> None:
+        """Stop the server once its clients disconnected, at most ``grace`` seconds from
+        now (logged): at once when none is connected, else from a background thread (see
+        :func:`join_leaving`). Does nothing in a forked child."""
+        if os.getpid() != self._pid:
             return
-        if at_exit:
-            what = f"store server {self.server.address} of exiting process {self._pid}"
-            serve_remaining(lambda: self.server.connections, self._grace, what)
-        self.server.close()
+        connections = lambda: self.server.connections  # noqa: E731
+        if _settle(connections, min(_SETTLE, self.grace)) == 0:
+            self.server.close()
+            return
+        what = f"store server {self.server.address} left by its store in process {self._pid}"
+
+        def serve_then_close() -> None:
+            serve_remaining(connections, self.grace, what)
+            self.server.close()
+
+        thread = threading.Thread(target=serve_then_close, name="kvsync-leave", daemon=True)
+        _leaving[:] = [t for t in _leaving if t.is_alive()]
+        _leaving.append(thread)
+        thread.start()
 
     def __repr__(self) -> str:
         return f"ThreadHost({self.server!r})"
@@ -139,7 +187,7 @@ class ChildHost:
     placement = "process"
 
     def __init__(self, sock_fd: int, host: str, port: int, grace: float) -> None:
-        self.host, self.port = host, port
+        self.host, self.port, self.grace = host, port, grace
         self._pid = os.getpid()
         read_end, self._control = os.pipe()
         argv = [str(sock_fd), str(read_end), repr(grace), str(self._pid)]
@@ -186,21 +234,11 @@ class ChildHost:
                 f"store server process {self.pid} for {self.host}:{self.port} {state}"
             )
 
-    def close(self, at_exit: bool = False) -> None:
-        """Stop the child (``at_exit``: leave it to serve its clients, then exit on its
-        own) and reap it. Idempotent; a forked child's copy only closes its pipe end."""
-        control, self._control = self._control, -1
-        if control < 0:
-            return
+    def close(self) -> None:
+        """Stop the child now and reap it. Idempotent; a forked child's copy only closes
+        its end of the control pipe."""
         mine = os.getpid() == self._pid
-        try:
-            if mine and not at_exit:
-                os.write(control, _STOP)
-        except OSError:  # the child is gone already
-            pass
-        finally:
-            os.close(control)
-        if not mine or at_exit:
+        if not self._close_control(_STOP if mine else b"") or not mine:
             return
         try:
             self._proc.wait(_STOP_TIMEOUT)
@@ -208,6 +246,25 @@ class ChildHost:
             logger.warning("store server process %d did not stop; killing it", self.pid)
             self._proc.kill()  # by PID: our own child
             self._proc.wait(_STOP_TIMEOUT)
+
+    def leave(self) -> None:
+        """Leave the child to serve its clients until they disconnect (at most ``grace``
+        seconds) and exit on its own."""
+        self._close_control(b"")
+
+    def _close_control(self, say: bytes) -> bool:
+        """Write ``say`` and close the control pipe; False if it was closed already."""
+        control, self._control = self._control, -1
+        if control < 0:
+            return False
+        try:
+            if say:
+                os.write(control, say)
+        except OSError:  # the child is gone already
+            pass
+        finally:
+            os.close(control)
+        return True
 
     def __repr__(self) -> str:
         state = "running" if self._proc.poll() is None else f"exited {self._proc.returncode}"
@@ -280,7 +337,6 @@ def child_main(argv: list[str]) -> int:
     sys.stdout.close()
     try:
         if _parent_gone(control, parent):
-            time.sleep(_DRAIN_POLL)  # the parent's own connection closes with it
             what = f"store server {server.address} of exited process {parent}"
             serve_remaining(lambda: server.connections, grace, what)
     finally:

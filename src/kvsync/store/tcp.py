@@ -3,9 +3,10 @@
 The master process hosts a :class:`~kvsync.server.StoreServer` on a background thread (or,
 with ``server="process"``, in a child process: :mod:`kvsync.server.host`) and talks to it
 through a normal client connection like every other rank, so all ranks share one code
-path. A master process that exits without closing its store keeps the server up for the
-clients of other processes until they disconnect, at most ``KVSYNC_STORE_EXIT_GRACE``
-seconds (an exit hook closes this process's stores and drains their servers).
+path. A master store that is dropped without ``close()``, or still open when its process
+exits, keeps the server up for the clients of other processes until they disconnect, at
+most ``KVSYNC_STORE_EXIT_GRACE`` seconds (an exit hook closes this process's stores and
+waits for their servers).
 
 Where the address comes from when none is given (first match wins):
 
@@ -36,7 +37,7 @@ from typing import Any
 from kvsync import defaults, env
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
-from kvsync.server.host import ChildHost, ThreadHost, host_server
+from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
 from kvsync.store.base import Store, Timeout, to_seconds
 from kvsync.store.torchrun import resolve_store_address
 
@@ -54,6 +55,7 @@ _registry: dict[tuple[str, int], list[Any]] = {}
 #: Every open TCPStore of this process, closed (servers drained) at exit.
 _open_stores: weakref.WeakSet[TCPStore] = weakref.WeakSet()
 _exit_hook_pid: int | None = None  # the process whose exit hook is registered
+_EXIT_SLACK = 5.0  # seconds the exit hook waits for draining servers beyond their grace
 
 
 def _acquire_server(
@@ -76,7 +78,7 @@ def _acquire_server(
         return server
 
 
-def _release_server(server: ThreadHost | ChildHost, multi: bool, at_exit: bool = False) -> None:
+def _release_server(server: ThreadHost | ChildHost, multi: bool, leave: bool = False) -> None:
     with _registry_lock:
         key = (server.host, server.port)
         entry = _registry.get(key)
@@ -85,7 +87,10 @@ def _release_server(server: ThreadHost | ChildHost, multi: bool, at_exit: bool =
             if entry[1] > 0:
                 return
             del _registry[key]
-    server.close(at_exit=at_exit)
+    if leave:
+        server.leave()
+    else:
+        server.close()
 
 
 def _register_exit_hook() -> None:
@@ -97,16 +102,19 @@ def _register_exit_hook() -> None:
 
 def _close_at_exit() -> None:
     """At interpreter exit: close every store's connection first (this process's own
-    clients do not hold a server up), then let each hosted server drain (see
-    :mod:`kvsync.server.host`)."""
+    clients do not hold a server up), then leave each hosted server to its clients and
+    wait for them (see :mod:`kvsync.server.host`)."""
     if _exit_hook_pid != os.getpid():
         return
     stores = list(_open_stores)
     for store in stores:
         store._close_connection()
+    grace = 0.0
     for store in stores:
-        store._release(at_exit=True)
-        store.close()
+        if store._server is not None:
+            grace = max(grace, store._server.grace)
+        store._leave()
+    join_leaving(grace + _EXIT_SLACK)
 
 
 def _from_environment(
@@ -286,24 +294,32 @@ class TCPStore(Store):
         if client is not None:
             client.close()
 
-    def _release(self, at_exit: bool = False) -> None:
+    def _release(self, leave: bool = False) -> None:
         server, self._server = getattr(self, "_server", None), None
         if server is not None:
-            _release_server(server, self._multi, at_exit)
+            _release_server(server, self._multi, leave)
 
     def close(self) -> None:
         """Close the connection and, on the master, stop the server (once its last tenant
-        closes) at once. Idempotent. (A master process that exits without closing its
-        store serves its other processes' clients for a grace period first.)"""
+        closes) at once. Idempotent. (A master store dropped without ``close()``, or open
+        when its process exits, serves other processes' clients for a grace period.)"""
         if not self._closed:
             self._close_connection()
             self._release()
             _open_stores.discard(self)
         super().close()
 
+    def _leave(self) -> None:
+        """Close like :meth:`close`, but leave the server to its connected clients."""
+        if not self._closed:
+            self._close_connection()
+            self._release(leave=True)
+            _open_stores.discard(self)
+        super().close()
+
     def __del__(self) -> None:  # an unclosed store releases its connection and server
         with contextlib.suppress(Exception):
-            self.close()
+            self._leave()
 
     def _repr_fields(self) -> str:
         return (
