@@ -102,6 +102,14 @@ def master_process(
             os.kill(child, signal.SIGKILL)  # its server, started by our master
 
 
+def master_ending(port: int) -> TCPStore:
+    """A client of the master's store, once the master reached its ``ENDING``."""
+    client = TCPStore("127.0.0.1", port, timeout=10)
+    client.set("go", "1")
+    client.wait(["master/exiting"])
+    return client
+
+
 def do_work(store: TCPStore, n: int, key: str = "work") -> int:
     count = 0
     for _ in range(n):
@@ -162,10 +170,8 @@ def test_a_child_server_serves_its_clients_after_the_master_dies_then_exits(
 ) -> None:
     with master_process(tmp_path, "process", ending) as (proc, port, child, where, log):
         assert where == "process" and running(child)
-        first = TCPStore("127.0.0.1", port, timeout=10)
         last = TCPStore("127.0.0.1", port, timeout=10)
-        first.set("go", "1")
-        first.wait(["master/exiting"])
+        first = master_ending(port)
         if ending == "kill":
             os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=10) == (-signal.SIGKILL if ending == "kill" else 0)
@@ -187,9 +193,7 @@ def test_a_child_server_notices_its_master_died_when_a_fork_holds_its_control_pi
         assert proc.stdout is not None
         sleeper = int(proc.stdout.readline())
         try:
-            with TCPStore("127.0.0.1", port, timeout=10) as client:
-                client.set("go", "1")
-                client.wait(["master/exiting"])
+            with master_ending(port) as client:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
                 assert do_work(client, 5) == 5 and running(child)
@@ -223,9 +227,7 @@ def test_a_thread_master_that_exits_serves_a_client_mid_work_then_exits(
 ) -> None:
     with master_process(tmp_path, "thread", ending) as (proc, port, child, where, log):
         assert (where, child) == ("thread", 0)
-        client = TCPStore("127.0.0.1", port, timeout=10)
-        client.set("go", "1")
-        client.wait(["master/exiting"])  # the master's script ends right after this
+        client = master_ending(port)  # the master's script ends right after this
         if ending == "drop":
             assert proc.stdout is not None and proc.stdout.readline() == "dropped\n"
         assert do_work(client, 25) == 25
@@ -242,9 +244,7 @@ def test_the_grace_period_is_bounded_when_a_client_never_leaves(
 ) -> None:
     grace = {env.KVSYNC_STORE_EXIT_GRACE: "1"}
     with master_process(tmp_path, placement, ending, **grace) as (proc, port, child, _, log):
-        client = TCPStore("127.0.0.1", port, timeout=10)
-        client.set("go", "1")
-        client.wait(["master/exiting"])
+        client = master_ending(port)
         start = time.monotonic()
         if ending == "kill":
             os.kill(proc.pid, signal.SIGKILL)
@@ -283,7 +283,6 @@ def test_the_environment_variable_chooses_in_a_master_process_too(tmp_path: Path
     setting = {env.KVSYNC_STORE_SERVER: "process"}
     with master_process(tmp_path, "env", "exit", **setting) as (proc, port, child, where, _):
         assert where == "process" and child not in (0, proc.pid) and running(child)
-        with TCPStore("127.0.0.1", port, timeout=10) as client:
-            client.set("go", "1")
+        master_ending(port).close()
         assert proc.wait(timeout=10) == 0
         assert wait_until(lambda: not running(child), timeout=10)
