@@ -9,10 +9,11 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kvsync.protocol.codec import BIG_BUFFER, encode_frame
+from kvsync.protocol.codec import MESSAGE_OF, encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event
-from kvsync.protocol.frame import PROTOCOL_VERSION
-from kvsync.protocol.messages import MESSAGE_OF, Hello
+from kvsync.protocol.fields import BIG_BUFFER
+from kvsync.protocol.framing import PROTOCOL_VERSION
+from kvsync.protocol.messages import Hello
 
 _DTYPES = [
     np.dtype(code)

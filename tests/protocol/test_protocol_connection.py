@@ -29,7 +29,7 @@ from kvsync.errors import (
 )
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event, Role
-from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
+from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION, pack_header
 from kvsync.protocol.messages import (
     Get,
     Hello,
@@ -224,8 +224,7 @@ def test_requests_round_trip_through_connections_in_any_chunking(
 ) -> None:
     client, server = _pair()
     client.peer_limits = None  # strategies may exceed the small server key cap
-    server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
-    server._decoder._caps.clear()
+    server.limits = Limits(0, 0, 1 << 30)
     stream = b"".join(join_buffers(client.send(i, m)) for i, m in enumerate(msgs))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     got: list[Event] = []
@@ -280,7 +279,7 @@ def _feed_in_chunks(conn: Connection, stream: bytes, chunk: int) -> list[Event]:
         buf = conn.receive_buffer()
         n = min(len(buf), chunk, len(stream) - pos)
         buf[:n] = stream[pos : pos + n]
-        buf.release()
+        del buf
         conn.advance(n)
         pos += n
         events += _events(conn)
@@ -322,10 +321,11 @@ def test_advance_past_the_buffer_is_a_local_error() -> None:
 
 
 def _receive_from(conn: Connection, data: bytes) -> None:
-    """Feed ``data`` through ``receive_from`` the way a socket's recv_into would."""
+    """Feed ``data`` into ``receive_buffer`` and ``advance`` the way a socket's recv_into
+    would."""
     while data:
-        n, size = conn.receive_from(lambda buf, rest=data: _fill(buf, rest[: len(buf)]))
-        assert 0 < n <= size
+        n = _fill(conn.receive_buffer(), data)
+        conn.advance(n)
         data = data[n:]
 
 
@@ -369,8 +369,7 @@ def test_big_frames_fed_in_chunks_that_straddle_their_end_are_all_delivered(
     first_chunk: int,
 ) -> None:
     client, server = _pair()
-    server.limits = server._decoder.limits = Limits(0, 0, 1 << 30)
-    server._decoder._caps.clear()
+    server.limits = Limits(0, 0, 1 << 30)
     value = bytes(range(256)) * 64  # 16 KiB > SMALL_FRAME
     stream = b"".join(join_buffers(client.send(i, Set("k", value))) for i in range(3))
     stream += join_buffers(client.send(3, Ping()))
@@ -386,9 +385,9 @@ def _recv_in_chunks(conn: Connection, data: bytes, chunk: int) -> list[Event]:
     """Feed ``data`` the way a socket's recv_into would: into receive_buffer, then advance."""
     events, at = [], 0
     while at < len(data):
-        with conn.receive_buffer() as buf:
-            n = min(buf.nbytes, chunk, len(data) - at)
-            buf[:n] = data[at : at + n]
+        buf = conn.receive_buffer()
+        n = min(len(buf), chunk, len(data) - at)
+        buf[:n] = data[at : at + n]
         conn.advance(n)
         at += n
         events += _events(conn)
@@ -401,14 +400,18 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
 ) -> None:
     import numpy as np
 
-    from kvsync.protocol.messages import ErrorReply, PSValuesReply
+    from kvsync.client.client import array_landing
+    from kvsync.protocol.messages import ErrorReply
+    from kvsync.protocol.ps_messages import PSValuesReply
 
     client, server = _pair()
     arr = np.arange(5000, dtype=np.float32).reshape(50, 100)
     out, other = np.zeros_like(arr), np.zeros((100, 50), np.float32)  # same bytes, other shape
-    assert client.receive_into(3, out) and client.receive_into(4, other)
-    assert client.receive_into(5, np.zeros_like(arr))
-    assert not client.receive_into(6, np.zeros(10, np.float32))  # small: scratch buffer path
+    assert array_landing(np.zeros(10, np.float32)) is None  # small: scratch buffer path
+    for rid, target in [(3, out), (4, other), (5, np.zeros_like(arr))]:
+        landing = array_landing(target)
+        assert landing is not None
+        client.register_landing(rid, landing)
     data = b"".join(
         [join_buffers(server.send(rid, PSValuesReply(values=(arr,)))) for rid in (3, 4)]
         + [join_buffers(server.send(5, ErrorReply(code=1, message="no")))]
@@ -424,44 +427,30 @@ def test_a_reply_of_one_array_is_received_straight_into_the_registered_buffer(
     assert isinstance(events[2].message, ErrorReply)
 
 
-def test_receive_from_fills_an_empty_scratch_buffer_in_place_and_reports_its_size() -> None:
+def test_the_receive_buffer_is_the_empty_scratch_buffer_itself_then_a_view_after_a_part() -> None:
     client, server = _pair()
     frame = join_buffers(client.send(4, Set("k", b"v" * 16))) * 2
-    calls: list[type] = []
-
-    def recv_into(buf: memoryview | bytearray) -> int:
-        calls.append(type(buf))
-        buf[: len(frame)] = frame
-        return len(frame)
-
-    n, size = server.receive_from(recv_into)
-    assert (n, calls) == (len(frame), [bytearray]) and size >= n
+    buf = server.receive_buffer()
+    assert type(buf) is bytearray and len(buf) >= len(frame)
+    server.advance(_fill(buf, frame))
     assert [e.request_id for e in _events(server)] == [4, 4]
-    half = len(frame) // 3  # now a partial frame stays: the next call gets a view after it
+    half = len(frame) // 3  # now a partial frame stays: the next buffer is a view after it
     server.receive_data(frame[:half])
-    n, _ = server.receive_from(lambda buf: _fill_view(buf, frame[half:]))
-    assert n == len(frame) - half and [e.request_id for e in _events(server)] == [4, 4]
+    view = server.receive_buffer()
+    assert isinstance(view, memoryview)
+    server.advance(_fill(view, frame[half:]))
+    assert [e.request_id for e in _events(server)] == [4, 4]
 
 
 def _fill(buf: memoryview | bytearray, data: bytes) -> int:
-    buf[: len(data)] = data
-    return len(data)
+    n = min(len(buf), len(data))
+    buf[:n] = data[:n]
+    return n
 
 
-def _fill_view(buf: memoryview | bytearray, data: bytes) -> int:
-    assert isinstance(buf, memoryview)
-    return _fill(buf, data)
-
-
-def test_receive_from_lets_recv_errors_through_and_records_nothing() -> None:
+def test_a_receive_buffer_never_advanced_records_nothing() -> None:
     client, server = _pair()
-
-    def broken(buf: memoryview | bytearray) -> int:
-        raise BlockingIOError
-
-    with pytest.raises(BlockingIOError):
-        server.receive_from(broken)
+    server.receive_buffer()  # (a recv_into that raised: no advance)
     server.receive_data(join_buffers(client.send(2, Ping())))
-    with pytest.raises(BlockingIOError):
-        server.receive_from(broken)
-    assert [e.request_id for e in _events(server)] == [2]
+    server.receive_buffer()
+    assert _events(server) == [Event(2, Ping())]

@@ -1,16 +1,14 @@
-"""Batch receiving: ``FrameBuffer.receive_frames``, ``Connection.receive_events`` and
-``Connection.receive_reply``.
+"""Receiving the way a socket does: ``receive_buffer``, one ``recv_into``, ``advance``,
+then every complete message at once with ``drain_events``.
 
-One ``recv_into`` call, then every complete frame (or message) at once: the batch must give
-exactly what byte-wise feeding (``feed``/``receive_data`` then ``next_frame``/``next_event``)
-gives, in any split of the stream; a bad frame after good ones is held back (``error``) and
-raised once by the next call; a failing ``recv_into`` records nothing. ``receive_reply``
-gives the same messages, the awaited reply apart when it came alone.
+This must give exactly what byte-wise feeding (``receive_data`` then ``next_event``) gives,
+in any split of the stream; the events before a bad frame still come out, with the bad
+frame's error beside them, and the connection then refuses further use; a failing
+``recv_into`` records nothing.
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,19 +35,11 @@ from kvsync.errors import (
     VersionMismatchError,
 )
 from kvsync.protocol.codec import Limits, encode_frame
-from kvsync.protocol.connection import NEED_DATA, SMALL_FRAME, Connection, Event, Role
-from kvsync.protocol.frame import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
-from kvsync.protocol.framing import FrameBuffer
-from kvsync.protocol.messages import (
-    ErrorReply,
-    Get,
-    IntReply,
-    OkReply,
-    Opcode,
-    Ping,
-    PSValuesReply,
-    Set,
-)
+from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
+from kvsync.protocol.connection import drain_events as drain
+from kvsync.protocol.framing import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
+from kvsync.protocol.messages import Get, OkReply, Opcode, Ping, Set
+from kvsync.protocol.ps_messages import PSValuesReply
 
 SMALL_LIMITS = Limits(max_key_bytes=64, max_value_bytes=1 << 16, max_frame_bytes=1 << 17)
 WIDE_LIMITS = Limits(0, 0, 1 << 30)  # strategies' keys may exceed a small key cap
@@ -106,115 +96,25 @@ def _raising(exc: BaseException) -> Callable[[memoryview | bytearray], int]:
     return recv_into
 
 
-# --- FrameBuffer.receive_frames ---------------------------------------------------------------
+def _receive(
+    conn: Connection, recv_into: Callable[[memoryview | bytearray], int]
+) -> tuple[list[Event], int, int]:
+    """One receive as the server loop makes it: ``(events, byte count, buffer size)``; the
+    error after the events is in ``conn.error``, raised here when no event came before it."""
+    buf = conn.receive_buffer()
+    n = recv_into(buf)
+    size = len(buf)
+    del buf
+    conn.advance(n)
+    events, error = drain(conn)
+    if error is not None:
+        assert conn.error is error
+        if not events:
+            raise error
+    return events, n, size
 
 
-class _RefusedError(Exception):
-    pass
-
-
-def _refuse(header: object) -> None:
-    raise _RefusedError(f"refused {header}")
-
-
-def _frame_buffer() -> FrameBuffer:
-    return FrameBuffer(_refuse, {SET, PING}, 1 << 20)
-
-
-def _frames(fb: FrameBuffer, chunks: list[bytes]) -> list[tuple[int, int, bytes]]:
-    """Every frame ``receive_frames`` gives for these chunks (no error allowed)."""
-    feed, out = _Chunks(chunks), []
-    while feed:
-        frames, error, n, size = fb.receive_frames(feed)
-        assert error is None
-        assert n == feed.given[-1] and size == feed.offered[-1]
-        out += [(op, rid, bytes(p)) for op, rid, p in frames]
-    return out
-
-
-def test_one_whole_small_frame_into_an_empty_buffer_is_cut_from_the_scratch_buffer() -> None:
-    fb = _frame_buffer()
-    frame = pack_header(SET, 7, 5) + b"hello"
-    feed = _Chunks([frame])
-    frames, error, n, size = fb.receive_frames(feed)
-    assert feed.types == [bytearray]  # the scratch buffer itself: no view made
-    assert [(op, rid, bytes(p)) for op, rid, p in frames] == [(SET, 7, b"hello")]
-    assert (error, n, size) == (None, len(frame), feed.offered[0])
-    assert fb.last_request_id == 7
-    assert fb.next_frame() is None
-    assert _frames(fb, [pack_header(PING, 8, 0)]) == [(PING, 8, b"")]  # still in step
-
-
-def test_frames_in_any_split_come_out_whole_and_in_order() -> None:
-    payloads = [b"", b"x" * 3, b"y" * 100, b"z" * (SMALL_FRAME + 10), b"w"]
-    stream = b"".join(pack_header(SET, i, len(p)) + p for i, p in enumerate(payloads))
-    expected = [(SET, i, p) for i, p in enumerate(payloads)]
-    for chunk in (1, 7, HEADER_SIZE, 1000, len(stream)):
-        chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
-        assert _frames(_frame_buffer(), chunks) == expected, chunk
-
-
-def test_a_refused_header_after_good_frames_is_returned_not_raised() -> None:
-    fb = _frame_buffer()
-    good = pack_header(SET, 1, 2) + b"ok"
-    bad = HEADER.pack(MAGIC, PROTOCOL_VERSION, SET, 3, 2, 0)  # flags: refused
-    frames, error, n, _ = fb.receive_frames(_Chunks([good + bad]))
-    assert [(op, rid, bytes(p)) for op, rid, p in frames] == [(SET, 1, b"ok")]
-    assert isinstance(error, _RefusedError) and n == len(good + bad)
-    assert fb.last_request_id == 2
-    with pytest.raises(_RefusedError, match=re.escape(str(error))):
-        fb.next_frame()  # raised again
-
-
-def test_a_refused_first_header_gives_no_frames_and_the_error() -> None:
-    fb = _frame_buffer()
-    frames, error, _, _ = fb.receive_frames(_Chunks([b"NOPE" + bytes(30)]))
-    assert frames == [] and isinstance(error, _RefusedError)
-    assert fb.last_request_id == 0
-
-
-def test_a_failing_recv_into_after_drained_frames_leaves_the_buffer_empty() -> None:
-    # Regression: two frames in one recv take the general path, which leaves the (drained)
-    # buffer's start and end offsets non-zero. A recv_into that then raises must not bring
-    # the old bytes back as frames.
-    fb = _frame_buffer()
-    two = pack_header(SET, 1, 3) + b"one" + pack_header(SET, 2, 3) + b"two"
-    assert _frames(fb, [two]) == [(SET, 1, b"one"), (SET, 2, b"two")]
-    with pytest.raises(BlockingIOError):
-        fb.receive_frames(_raising(BlockingIOError()))
-    assert fb.next_frame() is None
-    assert _frames(fb, [pack_header(SET, 3, 5) + b"three"]) == [(SET, 3, b"three")]
-    assert fb.next_frame() is None
-
-
-def test_a_failing_recv_into_mid_frame_keeps_the_partial_frame() -> None:
-    fb = _frame_buffer()
-    frame = pack_header(SET, 4, 6) + b"abcdef"
-    assert _frames(fb, [frame[:10]]) == []
-    with pytest.raises(InterruptedError):
-        fb.receive_frames(_raising(InterruptedError()))
-    assert _frames(fb, [frame[10:]]) == [(SET, 4, b"abcdef")]
-
-
-def test_a_payload_shaped_like_a_frame_after_its_header_alone_is_the_payload() -> None:
-    fb = _frame_buffer()
-    inner = pack_header(PING, 2, 0)  # the next recv brings exactly this: a whole "frame"
-    assert _frames(fb, [pack_header(SET, 1, len(inner))]) == []  # the header alone
-    assert _frames(fb, [inner]) == [(SET, 1, inner)]
-
-
-def test_a_big_frame_completed_by_receive_from_comes_before_the_next_one() -> None:
-    fb = _frame_buffer()
-    big = pack_header(SET, 1, SMALL_FRAME + 100) + bytes(SMALL_FRAME + 100)
-    assert _frames(fb, [big[:100]]) == []  # the big payload now has its own buffer
-    feed = _Chunks([big[100:]])
-    while feed:
-        fb.receive_from(feed)  # completes it, without asking for frames
-    got = _frames(fb, [pack_header(PING, 2, 0)])
-    assert [(op, rid) for op, rid, _ in got] == [(SET, 1), (PING, 2)]
-
-
-# --- Connection.receive_events: the same events as receive_data + next_event -----------------
+# --- the same events as receive_data + next_event -------------------------------------------
 
 
 def _ready_client_and_hello(limits: Limits) -> tuple[Connection, bytes]:
@@ -249,30 +149,27 @@ def _via_next_event(conn: Connection, chunks: list[bytes]) -> tuple[list[Any], s
 
 
 def _via_receive_events(conn: Connection, chunks: list[bytes]) -> tuple[list[Any], str | None]:
-    """Every event ``receive_events`` gives for these chunks, and the error it reports
-    (checking that a held-back error is raised once, as itself, then LocalProtocolError)."""
+    """Every event :func:`_receive` gives for these chunks, and the error it reports
+    (checking that the connection then refuses further use)."""
     feed, got = _Chunks(chunks), []
     for _ in range(100_000):
         if not feed:
             return got, None
         try:
-            events, n, size = conn.receive_events(feed)
+            events, n, size = _receive(conn, feed)
         except KVSyncError as exc:  # a bad first frame: raised at once
             assert conn.error is exc
             break
         assert n == feed.given[-1] and size == feed.offered[-1] and 0 <= n <= size
         got += [(ev.request_id, normalize(ev.message)) for ev in events]
         if conn.error is not None:
-            assert events, "an error with no events before it is raised, not held"
-            with pytest.raises(KVSyncError) as raised:
-                conn.receive_events(feed)
-            assert raised.value is conn.error
+            assert events, "an error with no events before it is raised"
             break
     else:
         raise AssertionError("unbounded receive loop")
     error = conn.error
     with pytest.raises(LocalProtocolError):
-        conn.receive_events(feed)
+        _receive(conn, feed)
     assert conn.error is error
     return got, type(error).__name__
 
@@ -329,15 +226,13 @@ def test_any_bytes_in_any_split_give_the_events_of_next_event_or_a_kvsync_error(
     assert got == _via_next_event(Connection(Role.SERVER, limits=SMALL_LIMITS), [stream])
 
 
-# --- Connection.receive_events: errors ------------------------------------------------------
+# --- errors ----------------------------------------------------------------------------------
 
 
 PING_FRAME = join_buffers(encode_frame(9, Ping()))
 #: Every way to use a server connection again after receiving.
 CALLS: dict[str, Callable[[Connection], object]] = {
-    "receive_events": lambda conn: conn.receive_events(_Chunks([PING_FRAME])),
     "next_event": lambda conn: conn.next_event(),
-    "receive_from": lambda conn: conn.receive_from(_Chunks([PING_FRAME])),
     "receive_data": lambda conn: conn.receive_data(PING_FRAME),
     "receive_buffer": lambda conn: conn.receive_buffer(),
     "send": lambda conn: conn.send(9, OkReply()),
@@ -352,19 +247,16 @@ def test_a_good_frame_then_garbage_in_one_chunk_gives_the_event_then_the_error(
     client, server = _pair()
     bad, kind = GARBAGE[garbage]
     good = join_buffers(client.send(5, Set("k", b"v")))
-    events, n, _ = server.receive_events(_Chunks([good + bad]))
+    events, n, _ = _receive(server, _Chunks([good + bad]))
     assert n == len(good + bad)
     assert [(ev.request_id, normalize(ev.message)) for ev in events] == [(5, ("Set", "k", b"v"))]
     error = server.error
     assert type(error) is kind and isinstance(error, KVSyncError)
     assert not server.handshake_complete
-    with pytest.raises(kind) as raised:
-        CALLS[next_call](server)
-    assert raised.value is error  # the very object, raised once
     with pytest.raises(LocalProtocolError, match="earlier error"):
         CALLS[next_call](server)
     with pytest.raises(LocalProtocolError):
-        server.receive_events(_Chunks([b""]))
+        _receive(server, _Chunks([b""]))
     assert server.error is error
 
 
@@ -373,10 +265,10 @@ def test_a_bad_first_frame_raises_at_once(garbage: str) -> None:
     _, server = _pair()
     bad, kind = GARBAGE[garbage]
     with pytest.raises(kind) as raised:
-        server.receive_events(_Chunks([bad]))
+        _receive(server, _Chunks([bad]))
     assert server.error is raised.value
     with pytest.raises(LocalProtocolError, match="earlier error"):
-        server.receive_events(_Chunks([b""]))
+        _receive(server, _Chunks([b""]))
 
 
 def _undecodable_set(client: Connection, request_id: int) -> bytes:
@@ -407,13 +299,13 @@ def test_a_message_that_fails_to_decode_is_answered_at_its_request_id(
     stream = join_buffers(client.send(7, Ping())) + make(client, 42)
     if followed:
         stream += join_buffers(client.send(9, Ping()))
-    events, _, _ = server.receive_events(_Chunks([stream]))
+    events, _, _ = _receive(server, _Chunks([stream]))
     assert events == [Event(7, Ping())]
     assert isinstance(server.error, RemoteProtocolError)
     assert match in str(server.error)
     assert server.last_request_id == 42
-    with pytest.raises(RemoteProtocolError, match=match):
-        server.receive_events(_Chunks([b""]))
+    with pytest.raises(LocalProtocolError, match=match):
+        _receive(server, _Chunks([b""]))
 
 
 @pytest.mark.parametrize("bad", list(BAD_MESSAGES))
@@ -422,7 +314,7 @@ def test_a_first_message_that_fails_to_decode_raises_at_its_request_id(bad: str)
     make, match = BAD_MESSAGES[bad]
     stream = make(client, 42) + join_buffers(client.send(9, Ping()))
     with pytest.raises(RemoteProtocolError, match=match) as raised:
-        server.receive_events(_Chunks([stream]))
+        _receive(server, _Chunks([stream]))
     assert server.error is raised.value and server.last_request_id == 42
 
 
@@ -430,7 +322,7 @@ def test_a_message_refused_by_the_role_is_answered_at_its_request_id() -> None:
     client, server = _pair()
     stream = join_buffers(client.send(7, Ping())) + join_buffers(encode_frame(13, OkReply()))
     stream += join_buffers(client.send(9, Ping()))
-    events, _, _ = server.receive_events(_Chunks([stream]))
+    events, _, _ = _receive(server, _Chunks([stream]))
     assert events == [Event(7, Ping())]
     assert isinstance(server.error, RemoteProtocolError) and server.last_request_id == 13
     reference = _pair()[1]
@@ -442,7 +334,7 @@ def test_a_message_that_fails_to_decode_before_a_bad_header_is_answered_at_its_i
     client, server = _pair()
     stream = join_buffers(client.send(7, Ping())) + _undecodable_set(client, 42)
     stream += HEADER.pack(MAGIC, PROTOCOL_VERSION, PING, 1, 77, 0)  # flags: a bad header
-    events, _, _ = server.receive_events(_Chunks([stream]))
+    events, _, _ = _receive(server, _Chunks([stream]))
     assert events == [Event(7, Ping())]
     assert "UTF-8" in str(server.error)
     reference = _pair()[1]
@@ -457,13 +349,13 @@ def test_a_payload_after_its_header_alone_is_decoded_as_that_frame() -> None:
     chunks = [pack_header(SET, 1, len(inner)), inner]
     expected = _via_next_event(_pair()[1], chunks)
     assert expected == ([], "LimitExceededError")  # the Set's "key length" is b"KVSY"
-    events, _, _ = server.receive_events(_Chunks(chunks[:1]))
+    events, _, _ = _receive(server, _Chunks(chunks[:1]))
     assert events == []
     with pytest.raises(LimitExceededError):
-        server.receive_events(_Chunks(chunks[1:]))
+        _receive(server, _Chunks(chunks[1:]))
 
 
-# --- Connection.receive_events: recv_into results ------------------------------------------
+# --- recv_into results ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pending", [0, 10], ids=["empty buffer", "partial frame pending"])
@@ -471,23 +363,23 @@ def test_a_recv_into_that_returns_0_gives_no_events(pending: int) -> None:
     client, server = _pair()
     frame = join_buffers(client.send(3, Set("k", b"value")))
     if pending:
-        assert server.receive_events(_Chunks([frame[:pending]]))[0] == []
+        assert _receive(server, _Chunks([frame[:pending]]))[0] == []
     feed = _Chunks([b""])
-    assert server.receive_events(feed) == ([], 0, feed.offered[0])
+    assert _receive(server, feed) == ([], 0, feed.offered[0])
     assert feed.offered[0] > 0 and server.error is None
-    events, _, _ = server.receive_events(_Chunks([frame[pending:]]))
+    events, _, _ = _receive(server, _Chunks([frame[pending:]]))
     assert [ev.request_id for ev in events] == [3]
 
 
 def test_recv_into_errors_propagate_and_record_nothing() -> None:
     client, server = _pair()
     frames = join_buffers(client.send(1, Ping())) + join_buffers(client.send(2, Ping()))
-    assert [ev.request_id for ev in server.receive_events(_Chunks([frames]))[0]] == [1, 2]
+    assert [ev.request_id for ev in _receive(server, _Chunks([frames]))[0]] == [1, 2]
     for exc in (BlockingIOError(), ConnectionResetError("reset")):
         with pytest.raises(type(exc)):
-            server.receive_events(_raising(exc))
+            _receive(server, _raising(exc))  # (no advance: nothing recorded)
     assert server.error is None and server.handshake_complete
-    events, n, _ = server.receive_events(_Chunks([join_buffers(client.send(3, Ping()))]))
+    events, n, _ = _receive(server, _Chunks([join_buffers(client.send(3, Ping()))]))
     assert events == [Event(3, Ping())] and n == HEADER_SIZE
 
 
@@ -497,114 +389,33 @@ def test_the_handshake_and_requests_in_one_recv_are_all_handled() -> None:
         hello + join_buffers(client.send(1, Ping())) + join_buffers(client.send(2, Set("a", b"b")))
     )
     server = Connection(Role.SERVER, limits=SMALL_LIMITS)
-    events, n, _ = server.receive_events(_Chunks([stream]))
+    events, n, _ = _receive(server, _Chunks([stream]))
     assert [ev.request_id for ev in events] == [1, 2] and n == len(stream)
     assert server.handshake_complete
     assert join_buffers(server.data_to_send())[5] == Opcode.HELLO_REPLY
 
 
-def test_a_reply_registered_with_receive_into_lands_through_receive_events() -> None:
+def test_a_reply_registered_with_register_landing_lands_through_recv_into() -> None:
+    from kvsync.client.client import array_landing
+
     client, server = _pair()
     arr = np.arange(6000, dtype=np.float32).reshape(60, 100)
     out = np.zeros_like(arr)
-    assert client.receive_into(4, out)
+    landing = array_landing(out)
+    assert landing is not None
+    client.register_landing(4, landing)
     stream = join_buffers(server.send(4, PSValuesReply(values=(arr,)))) + join_buffers(
         server.send(5, OkReply())
     )
     feed, events = _Chunks([stream[i : i + 5000] for i in range(0, len(stream), 5000)]), []
     while feed:
-        events += client.receive_events(feed)[0]
+        events += _receive(client, feed)[0]
     assert [ev.request_id for ev in events] == [4, 5]
     assert events[0].message.values[0] is out and np.array_equal(out, arr)
     assert events[1].message == OkReply()
 
 
-# --- Connection.receive_reply -----------------------------------------------------------------
-
-
-def _via_receive_reply(
-    conn: Connection, chunks: list[bytes], request_id: int
-) -> tuple[list[Any], str | None]:
-    """What :func:`_via_receive_events` gives, received with ``receive_reply(request_id)``
-    (a reply it hands out apart is put back in its place among the events)."""
-    feed, got = _Chunks(chunks), []
-    for _ in range(100_000):
-        if not feed:
-            return got, None
-        try:
-            reply, events, n, size = conn.receive_reply(feed, request_id)
-        except KVSyncError as exc:
-            assert conn.error is exc
-            return got, type(exc).__name__
-        assert n == feed.given[-1] and size == feed.offered[-1]
-        if reply is not None:
-            assert events == [] and conn.error is None
-            got.append((request_id, normalize(reply)))
-        got += [(ev.request_id, normalize(ev.message)) for ev in events]
-        if conn.error is not None:
-            with pytest.raises(KVSyncError):
-                conn.receive_reply(feed, request_id)
-            return got, type(conn.error).__name__
-    raise AssertionError("unbounded receive loop")
-
-
-@given(
-    st.lists(st.sampled_from(REPLIES).flatmap(message_strategy), max_size=5),
-    st.integers(0, 5),
-    st.data(),
-)
-def test_replies_in_any_split_give_the_events_of_receive_events(
-    msgs: list[object], awaited: int, data: st.DataObject
-) -> None:
-    _, server = _pair(WIDE_LIMITS)
-    frames = [join_buffers(server.send(i, m)) for i, m in enumerate(msgs)]
-    stream = b"".join(frames)
-    boundaries = [sum(map(len, frames[:i])) for i in range(1, len(frames))]
-    chunks = _split(stream, _cuts(data, stream, boundaries))
-    got = _via_receive_reply(_pair(WIDE_LIMITS)[0], chunks, awaited)
-    assert got == _via_receive_events(_pair(WIDE_LIMITS)[0], chunks)
-    assert got == ([(i, normalize(m)) for i, m in enumerate(msgs)], None)
-
-
-@given(fuzz_stream(), st.integers(0, 5), st.data())
-def test_any_bytes_in_any_split_give_what_receive_events_gives(
-    stream: bytes, awaited: int, data: st.DataObject
-) -> None:
-    chunks = _split(stream, data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    got = _via_receive_reply(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks, awaited)
-    assert got == _via_receive_events(Connection(Role.SERVER, limits=SMALL_LIMITS), chunks)
-
-
-@pytest.mark.parametrize(
-    "reply", [IntReply(7), OkReply(), ErrorReply(code=3, message="no")], ids=type
-)
-def test_the_awaited_reply_alone_comes_apart_with_no_events(reply: object) -> None:
-    client, server = _pair(WIDE_LIMITS)
-    frame = join_buffers(server.send(9, reply))
-    feed = _Chunks([frame])
-    assert client.receive_reply(feed, 9) == (reply, [], len(frame), feed.offered[0])
-    assert client.receive_reply(_Chunks([frame]), 8)[:2] == (None, [Event(9, reply)])
-
-
-def test_the_awaited_reply_with_another_one_comes_as_events() -> None:
-    client, server = _pair(WIDE_LIMITS)
-    stream = join_buffers(server.send(9, IntReply(1))) + join_buffers(server.send(10, OkReply()))
-    reply, events, n, _ = client.receive_reply(_Chunks([stream]), 9)
-    assert reply is None and n == len(stream)
-    assert events == [Event(9, IntReply(1)), Event(10, OkReply())]
-
-
-def test_an_awaited_reply_that_fails_to_decode_fails_the_connection() -> None:
-    client, _ = _pair(WIDE_LIMITS)
-    bad = pack_header(int(Opcode.INT), 9, 3) + b"abc"  # an IntReply is 8 bytes
-    with pytest.raises(RemoteProtocolError):
-        client.receive_reply(_Chunks([bad]), 9)
-    assert client.error is not None and not client.handshake_complete
-    with pytest.raises(LocalProtocolError):
-        client.receive_reply(_Chunks([join_buffers(encode_frame(9, OkReply()))]), 9)
-
-
-def test_a_request_sent_to_a_client_is_refused_even_with_the_awaited_id() -> None:
+def test_a_request_sent_to_a_client_is_refused_even_with_an_awaited_id() -> None:
     client, _ = _pair(WIDE_LIMITS)
     with pytest.raises(RemoteProtocolError, match="may not send Ping"):
-        client.receive_reply(_Chunks([join_buffers(encode_frame(9, Ping()))]), 9)
+        _receive(client, _Chunks([join_buffers(encode_frame(9, Ping()))]))

@@ -13,13 +13,14 @@ from typing import Any
 from kvsync.errors import StoreConnectionError, StoreTimeoutError, error_from_code
 from kvsync.kv.dist import DistKVStore
 from kvsync.kv.server import make_logic
-from kvsync.protocol.codec import HEADER_SIZE, Decoder, Limits, encode_frame
-from kvsync.protocol.messages import OPCODE_OF, ErrorReply
+from kvsync.protocol.codec import OPCODE_OF, Limits, decode, encode_frame
+from kvsync.protocol.framing import HEADER_SIZE
+from kvsync.protocol.messages import ErrorReply
 
 
 def wire(msg: object) -> object:
     payload = bytearray(b"".join(bytes(p) for p in encode_frame(0, msg))[HEADER_SIZE:])
-    return Decoder(Limits()).decode(OPCODE_OF[type(msg)], payload)
+    return decode(OPCODE_OF[type(msg)], payload, Limits())
 
 
 class FakeServer:
@@ -94,18 +95,30 @@ class FakeLink:
             s.deliver(s.logic.expire(time.monotonic()))
 
 
-def run_workers(n: int, servers: list[FakeServer], fn: Callable[[DistKVStore], Any],
-                kind: str = "dist_sync", bound: int = 1000, timeout: float = 20.0,
-                shm: bool = False) -> list[Any]:
+def run_workers(
+    n: int,
+    servers: list[FakeServer],
+    fn: Callable[[DistKVStore], Any],
+    kind: str = "dist_sync",
+    bound: int = 1000,
+    timeout: float = 20.0,
+    shm: bool = False,
+) -> list[Any]:
     """Run ``fn(kv)`` in ``n`` worker threads; return their results (re-raise the first
     failure)."""
     results: list[Any] = [None] * n
     errors: list[BaseException | None] = [None] * n
 
     def work(rank: int) -> None:
-        kv = DistKVStore(kind, rank=rank, num_workers=n,
-                         links=[FakeLink(s) for s in servers], bound=bound, timeout=timeout,
-                         shm=shm)
+        kv = DistKVStore(
+            kind,
+            rank=rank,
+            num_workers=n,
+            links=[FakeLink(s) for s in servers],
+            bound=bound,
+            timeout=timeout,
+            shm=shm,
+        )
         try:
             results[rank] = fn(kv)
         except BaseException as exc:

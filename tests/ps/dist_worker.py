@@ -17,7 +17,7 @@ import numpy as np
 from kvsync import errors, kv
 from kvsync.kv.dist import DistKVStore
 from kvsync.optimizer import SGD
-from kvsync.protocol.messages import PSPush
+from kvsync.protocol.ps_messages import PSPush
 from kvsync.sparse import RowSparseArray
 
 SCENARIOS: dict[str, Callable[[DistKVStore], dict[str, object]]] = {}

@@ -14,7 +14,7 @@ from kvsync import defaults, errors
 from kvsync.kv.dist import DistKVStore
 from kvsync.kv.shm import shm_supported
 from kvsync.optimizer import SGD
-from kvsync.protocol.messages import PSPullRows
+from kvsync.protocol.ps_messages import PSPullRows
 from kvsync.sparse import RowSparseArray
 
 

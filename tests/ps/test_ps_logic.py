@@ -10,9 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsync.errors import ErrorCode
-from kvsync.protocol.messages import (
-    ErrorReply,
-    OkReply,
+from kvsync.protocol.messages import ErrorReply, OkReply, ValueReply
+from kvsync.protocol.ps_messages import (
     PSBarrier,
     PSHello,
     PSInit,
@@ -35,23 +34,32 @@ from kvsync.protocol.messages import (
     PSValuesReply,
     PSWaiting,
     PSWaitInit,
-    ValueReply,
 )
 from kvsync.server.ps import Outgoing, ParameterServerLogic
 
 T = 10_000  # timeout_ms of parked requests in these tests
 
 
-def push_msg(keys: tuple[str, ...], values: tuple[Any, ...], compressed: bool = False,
-             counts: tuple[int, ...] | None = None) -> PSPush:
+def push_msg(
+    keys: tuple[str, ...],
+    values: tuple[Any, ...],
+    compressed: bool = False,
+    counts: tuple[int, ...] | None = None,
+) -> PSPush:
     rows = tuple(v.shape[0] if v.ndim else 1 for v in values)
-    return PSPush(keys=keys, values=values, offsets=(0,) * len(keys),
-                  counts=counts or rows, compressed=compressed)
+    return PSPush(
+        keys=keys,
+        values=values,
+        offsets=(0,) * len(keys),
+        counts=counts or rows,
+        compressed=compressed,
+    )
 
 
 def pull_msg(keys: tuple[str, ...], timeout_ms: int, rows: tuple[int, ...] = ()) -> PSPull:
-    return PSPull(keys=keys, offsets=(0,) * len(keys), counts=rows or (1,) * len(keys),
-                  timeout_ms=timeout_ms)
+    return PSPull(
+        keys=keys, offsets=(0,) * len(keys), counts=rows or (1,) * len(keys), timeout_ms=timeout_ms
+    )
 
 
 class Job:
@@ -102,16 +110,16 @@ def test_sync_pull_after_push_is_parked_until_every_worker_pushed_then_gets_the_
     _, out = job.send(1, push_msg(("i3",), (np.full(4, 2, np.float32),), False))
     woken = {(o.conn_id, o.request_id): o.reply for o in out}
     np.testing.assert_array_equal(values(woken[(1, rid)])[0], np.full(4, 3, np.float32))
-    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i3",), T)))[0],
-                                  np.full(4, 3, np.float32))
+    np.testing.assert_array_equal(
+        values(job.reply(1, job.pull_msg(("i3",), T)))[0], np.full(4, 3, np.float32)
+    )
 
 
 def test_pull_of_a_worker_that_has_not_pushed_is_answered_at_once() -> None:
     job = Job(2)
     job.reply(0, PSInit(keys=("sw",), values=(np.arange(3.0),)))
     job.push(0, "sw", np.ones(3))
-    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("sw",), T)))[0],
-                                  np.arange(3.0))
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("sw",), T)))[0], np.arange(3.0))
 
 
 def test_async_applies_every_push_when_it_arrives() -> None:
@@ -120,8 +128,7 @@ def test_async_applies_every_push_when_it_arrives() -> None:
     job.reply(0, PSInit(keys=("i0",), values=(np.zeros(2),)))
     job.push(0, "i0", np.ones(2))
     job.push(0, "i0", np.ones(2))
-    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i0",), T)))[0],
-                                  [-1.0, -1.0])
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i0",), T)))[0], [-1.0, -1.0])
 
 
 def test_other_ranks_init_waits_for_rank_zero_and_reinit_is_refused() -> None:
@@ -131,8 +138,7 @@ def test_other_ranks_init_waits_for_rank_zero_and_reinit_is_refused() -> None:
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
     _, out = job.send(0, PSInit(keys=("i2",), values=(np.zeros(1),)))
     assert Outgoing(2, rid, OkReply()) in out
-    msg = error(job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),))),
-                ErrorCode.KVSTORE_USAGE)
+    msg = error(job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),))), ErrorCode.KVSTORE_USAGE)
     assert "1" in msg and "already" in msg
 
 
@@ -241,14 +247,14 @@ def test_a_worker_blocked_on_another_server_counts_as_waiting_for_the_stall() ->
 
 def test_optimizer_runs_on_the_server_and_its_states_save_and_load() -> None:
     job = Job(2, updater_from_config=lambda cfg: SGD(cfg["lr"]))
-    assert "no optimizer" in error(job.reply(0, PSSaveStates(dump_optimizer=False)),
-                                   ErrorCode.KVSTORE_USAGE)
+    assert "no optimizer" in error(
+        job.reply(0, PSSaveStates(dump_optimizer=False)), ErrorCode.KVSTORE_USAGE
+    )
     job.reply(0, PSSetOptimizer(config=json.dumps({"lr": 0.1})))
     job.reply(0, PSInit(keys=("sw",), values=(np.ones(2),)))
     job.push(0, "sw", np.ones(2))
     job.push(1, "sw", np.ones(2))
-    np.testing.assert_allclose(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
-                               [0.8, 0.8])
+    np.testing.assert_allclose(values(job.reply(0, job.pull_msg(("sw",), T)))[0], [0.8, 0.8])
     saved = job.reply(0, PSSaveStates(dump_optimizer=False))
     assert isinstance(saved, ValueReply) and bytes(saved.value) == b"steps=1"
     assert job.reply(1, PSLoadStates(data=b"steps=7")) == OkReply()
@@ -272,16 +278,18 @@ def test_named_updater_and_compression_are_built_by_the_injected_factories() -> 
         def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> Any:
             return np.repeat(packed, 2).astype(dtype).reshape(shape)
 
-    job = Job(1, updater_by_name=lambda name, p: SGD(p["lr"]),
-              compression_from_params=lambda p: Halves())
+    job = Job(
+        1, updater_by_name=lambda name, p: SGD(p["lr"]), compression_from_params=lambda p: Halves()
+    )
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
     push = push_msg(("i1",), (np.array([1.0, 2.0]),), True, counts=(4,))
     assert "no compression" in error(job.reply(0, push), ErrorCode.KVSTORE_USAGE)
     job.reply(0, PSSetCompression(params='{"type": "halves"}'))
     job.reply(0, PSSetUpdater(name="sgd", params='{"lr": 1.0}'))
     job.reply(0, push)
-    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0],
-                                  [-1, -1, -2, -2])
+    np.testing.assert_array_equal(
+        values(job.reply(0, job.pull_msg(("i1",), T)))[0], [-1, -1, -2, -2]
+    )
 
 
 def test_row_sparse_push_and_pull_move_only_the_given_rows() -> None:
@@ -311,11 +319,11 @@ def test_stats_count_the_bytes_each_way_and_shutdown_sets_the_flag() -> None:
 
 def test_hello_with_another_job_shape_is_refused() -> None:
     job = Job(2)
-    msg = error(job.reply(0, PSHello(rank=0, num_workers=3, sync=True)),
-                ErrorCode.KVSTORE_USAGE)
+    msg = error(job.reply(0, PSHello(rank=0, num_workers=3, sync=True)), ErrorCode.KVSTORE_USAGE)
     assert "2 workers" in msg
-    assert "not in" in error(job.reply(0, PSHello(rank=2, num_workers=2, sync=True)),
-                             ErrorCode.KVSTORE_USAGE)
+    assert "not in" in error(
+        job.reply(0, PSHello(rank=2, num_workers=2, sync=True)), ErrorCode.KVSTORE_USAGE
+    )
 
 
 @settings(max_examples=40)
@@ -371,28 +379,39 @@ class SGD:
 
 
 def test_every_ps_message_round_trips_through_the_codec_with_arrays_as_views() -> None:
-    from kvsync.protocol.codec import HEADER_SIZE, Decoder, Limits, encode_frame
-    from kvsync.protocol.messages import OPCODE_OF, PS_MESSAGE_OF
+    from kvsync.protocol.codec import OPCODE_OF, Limits, decode, encode_frame
+    from kvsync.protocol.framing import HEADER_SIZE
+    from kvsync.protocol.ps_messages import PS_MESSAGE_OF
 
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     samples = [
-        PSHello(rank=1, num_workers=2, sync=True), PSInit(keys=("i1",), values=(a,)),
+        PSHello(rank=1, num_workers=2, sync=True),
+        PSInit(keys=("i1",), values=(a,)),
         PSWaitInit(keys=("i1", "sx"), timeout_ms=5),
         push_msg(("i1",), (a,), True),
-        PSPushRows(key="i1", rows=np.array([1]), data=a[:1]), pull_msg(("i1",), 0),
+        PSPushRows(key="i1", rows=np.array([1]), data=a[:1]),
+        pull_msg(("i1",), 0),
         PSPullRows(key="i1", rows=np.array([0, 1]), timeout_ms=3),
-        PSSetOptimizer(config="{}"), PSSetUpdater(name="u", params="{}"),
-        PSSetCompression(params="{}"), PSSaveStates(dump_optimizer=True),
-        PSLoadStates(data=b"xy"), PSBarrier(timeout_ms=1), PSStats(), PSShutdown(),
-        PSValuesReply(values=(a, a[:, :1].copy())), PSPushShm(key="i1", path="/proc/1/fd/3"),
-        PSPullShm(key="i1", timeout_ms=7), PSShmReply(path="/proc/1/fd/4"),
+        PSSetOptimizer(config="{}"),
+        PSSetUpdater(name="u", params="{}"),
+        PSSetCompression(params="{}"),
+        PSSaveStates(dump_optimizer=True),
+        PSLoadStates(data=b"xy"),
+        PSBarrier(timeout_ms=1),
+        PSStats(),
+        PSShutdown(),
+        PSValuesReply(values=(a, a[:, :1].copy())),
+        PSPushShm(key="i1", path="/proc/1/fd/3"),
+        PSPullShm(key="i1", timeout_ms=7),
+        PSShmReply(path="/proc/1/fd/4"),
         PSPushPacked(keys=("i1", "i2"), data=a.reshape(-1), offsets=(0, 0), counts=(1, 1)),
-        PSPackedReply(data=a.reshape(-1)), PSWaiting(waiting=True),
+        PSPackedReply(data=a.reshape(-1)),
+        PSWaiting(waiting=True),
     ]
     assert {type(m) for m in samples} == set(PS_MESSAGE_OF.values())
     for msg in samples:
         payload = bytearray(b"".join(bytes(p) for p in encode_frame(1, msg))[HEADER_SIZE:])
-        back = Decoder(Limits()).decode(OPCODE_OF[type(msg)], payload)
+        back = decode(OPCODE_OF[type(msg)], payload, Limits())
         assert type(back) is type(msg)
         for name in msg.__dataclass_fields__:
             x, y = getattr(msg, name), getattr(back, name)
@@ -411,8 +430,13 @@ def test_a_push_in_parts_from_interleaved_ranks_sums_every_row_once() -> None:
     job.reply(0, PSInit(keys=("sw",), values=(np.zeros((4, 2)),)))
 
     def part(rank: int, lo: int, rows: int, v: float) -> object:
-        msg = PSPush(keys=("sw",), values=(np.full((rows, 2), v),), offsets=(lo,),
-                     counts=(rows,), compressed=False)
+        msg = PSPush(
+            keys=("sw",),
+            values=(np.full((rows, 2), v),),
+            offsets=(lo,),
+            counts=(rows,),
+            compressed=False,
+        )
         return job.reply(rank, msg)
 
     assert part(0, 0, 3, 1.0) == OkReply()
@@ -421,8 +445,16 @@ def test_a_push_in_parts_from_interleaved_ranks_sums_every_row_once() -> None:
     assert out == []  # rank 1 is part-way through its push: its pull waits
     assert "expected row 1" in error(part(1, 2, 1, 5.0), ErrorCode.KVSTORE_USAGE)
     assert part(1, 1, 3, 10.0) == OkReply()
-    _, out = job.send(0, PSPush(keys=("sw",), values=(np.full((1, 2), 1.0),), offsets=(3,),
-                                counts=(1,), compressed=False))
+    _, out = job.send(
+        0,
+        PSPush(
+            keys=("sw",),
+            values=(np.full((1, 2), 1.0),),
+            offsets=(3,),
+            counts=(1,),
+            compressed=False,
+        ),
+    )
     [o] = [o for o in out if o.request_id == rid]
     np.testing.assert_array_equal(values(o.reply)[0], np.full((4, 2), 11.0))
 
@@ -431,8 +463,12 @@ def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
     job = Job(1, sync=False)
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(4),)))
     for lo in (0, 2):
-        job.reply(0, PSPush(keys=("i1",), values=(np.ones(2),), offsets=(lo,), counts=(2,),
-                            compressed=False))
+        job.reply(
+            0,
+            PSPush(
+                keys=("i1",), values=(np.ones(2),), offsets=(lo,), counts=(2,), compressed=False
+            ),
+        )
         assert job.ps.stats()["updates"] == lo // 2
     np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("i1",), T)))[0], np.ones(4))
 
@@ -440,14 +476,21 @@ def test_async_applies_a_push_only_when_all_its_parts_arrived() -> None:
 def test_a_whole_push_after_another_ranks_partial_push_adds_only_where_it_wrote() -> None:
     job = Job(2)
     job.reply(0, PSInit(keys=("sw",), values=(np.zeros(4),)))
-    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(0,), counts=(2,),
-                        compressed=False))
-    job.reply(1, PSPush(keys=("sw",), values=(np.full(4, 5.0),), offsets=(0,), counts=(4,),
-                        compressed=False))
-    job.reply(0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(2,), counts=(2,),
-                        compressed=False))
-    np.testing.assert_array_equal(values(job.reply(0, job.pull_msg(("sw",), T)))[0],
-                                  np.full(4, 6.0))
+    job.reply(
+        0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(0,), counts=(2,), compressed=False)
+    )
+    job.reply(
+        1,
+        PSPush(
+            keys=("sw",), values=(np.full(4, 5.0),), offsets=(0,), counts=(4,), compressed=False
+        ),
+    )
+    job.reply(
+        0, PSPush(keys=("sw",), values=(np.ones(2),), offsets=(2,), counts=(2,), compressed=False)
+    )
+    np.testing.assert_array_equal(
+        values(job.reply(0, job.pull_msg(("sw",), T)))[0], np.full(4, 6.0)
+    )
 
 
 def test_many_small_keys_travel_packed_both_ways() -> None:
@@ -462,8 +505,9 @@ def test_many_small_keys_travel_packed_both_ways() -> None:
     np.testing.assert_array_equal(reply.data, data)
     short = PSPushPacked(keys=keys, data=np.arange(39.0), offsets=(0,) * 10, counts=(2,) * 10)
     assert "does not hold" in error(job.reply(0, short), ErrorCode.SHAPE_MISMATCH)
-    other = PSPushPacked(keys=keys, data=np.arange(40, dtype=np.float32), offsets=(0,) * 10,
-                         counts=(2,) * 10)
+    other = PSPushPacked(
+        keys=keys, data=np.arange(40, dtype=np.float32), offsets=(0,) * 10, counts=(2,) * 10
+    )
     assert "float32" in error(job.reply(0, other), ErrorCode.SHAPE_MISMATCH)
     assert job.ps.stats()["updates"] == 10  # the bad pushes changed nothing
 

@@ -28,7 +28,7 @@ from kvsync.errors import (
 )
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
-from kvsync.protocol.frame import pack_header
+from kvsync.protocol.framing import pack_header
 from kvsync.protocol.messages import ErrorReply, IntReply, OkReply, Opcode, Ping, Set, ValueReply
 
 Script = Callable[[socket.socket, Event], None]

@@ -16,7 +16,7 @@ from transport_helpers import RawClient, join, wait_until
 from kvsync.client import Client
 from kvsync.errors import ErrorCode, StoreConnectionError
 from kvsync.protocol.codec import encode_frame
-from kvsync.protocol.frame import HEADER, MAGIC, PROTOCOL_VERSION
+from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION
 from kvsync.protocol.messages import (
     Add,
     ErrorReply,

@@ -40,8 +40,11 @@ from kvsync.errors import (
     StoreTimeoutError,
     error_from_code,
 )
-from kvsync.protocol.connection import Connection, Event, Role
-from kvsync.protocol.messages import ErrorReply
+from kvsync.protocol.codec import encode_frame
+from kvsync.protocol.connection import Connection, Event, Role, drain_events
+from kvsync.protocol.framing import HEADER_SIZE, SMALL_FRAME, Landing
+from kvsync.protocol.messages import ErrorReply, Opcode
+from kvsync.protocol.ps_messages import PSValuesReply
 
 __all__ = ["Client"]
 
@@ -59,6 +62,21 @@ def _unwrap(reply: object) -> object:
     if isinstance(reply, ErrorReply):
         raise error_from_code(reply.code, reply.message)
     return reply
+
+
+def array_landing(out: np.ndarray) -> Landing | None:
+    """Where a :class:`PSValuesReply` of one array of ``out``'s dtype and shape lands:
+    straight in ``out`` (the reply's array is then ``out`` itself). ``None`` when ``out`` is
+    not a C-contiguous, writable array bigger than :data:`SMALL_FRAME` (smaller replies
+    are cut from the scratch buffer anyway)."""
+    if not (out.flags.c_contiguous and out.flags.writeable) or out.nbytes <= SMALL_FRAME:
+        return None
+    value = PSValuesReply(values=(out,))
+    parts = encode_frame(0, value)  # the reply's bytes: its leading ones, then out's data
+    if len(parts) < 2 or memoryview(parts[-1]).nbytes != out.nbytes:
+        return None
+    prefix = b"".join(bytes(p) for p in parts[:-1])[HEADER_SIZE:]
+    return Landing(int(Opcode.PS_VALUES), prefix, out.reshape(-1).view(np.uint8).data, value)
 
 
 def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
@@ -145,8 +163,7 @@ class Client:
                 return
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
-                with proto.receive_buffer() as buf:
-                    n = sock.recv_into(buf)
+                n = sock.recv_into(proto.receive_buffer())
             except TimeoutError as exc:
                 raise StoreTimeoutError(
                     f"store server {self.address} did not complete the handshake in time"
@@ -196,13 +213,11 @@ class Client:
             events: list[Event] = []
             if timeout > _READ_SLICE == self._recv_timeout:  # the usual: one receive, ours
                 try:
-                    reply, events, _, _ = self._receive(self._sock.recv_into, request_id)
+                    events, _, _ = self._receive(self._sock.recv_into)
                 except KVSyncError as exc:
                     raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
-                if reply is not None:
-                    if type(reply) is ErrorReply:
-                        raise error_from_code(reply.code, reply.message)
-                    return reply
+                if len(events) == 1 and events[0].request_id == request_id:  # ours, alone
+                    return _unwrap(events[0].message)
             return self._read_reply(request_id, deadline, timeout, events)
         finally:
             lock.acquire()
@@ -270,7 +285,7 @@ class Client:
             with self._cond:
                 self._waiting.add(request_id)
                 if into is not None:
-                    self._proto.receive_into(request_id, into)
+                    self._proto.register_landing(request_id, array_landing(into))
             self._send_all(parts)
         return request_id
 
@@ -287,7 +302,7 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._waiting.discard(request_id)
-                    self._proto.receive_into(request_id, None)
+                    self._proto.register_landing(request_id, None)
                     raise self._no_reply(request_id, timeout)
                 if self._reading:
                     self._cond.wait(remaining)
@@ -328,7 +343,7 @@ class Client:
         recv_into = self._sock.recv_into
         events: list[Event] = []
         for _ in range(64):
-            _, got, n, size = self._receive(recv_into)
+            got, n, size = self._receive(recv_into)
             if n < 0:  # the kernel timeout, or drained
                 break
             if n < size and n < 65536:  # all there is (else a big payload streams in)
@@ -341,32 +356,32 @@ class Client:
         return events
 
     def _receive(
-        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int = -1
-    ) -> tuple[object, list[Event], int, int]:
-        """One ``recv_into`` and the replies it completed: ``(reply, events, byte count,
-        buffer size)`` as :meth:`Connection.receive_reply` gives them (``reply`` is the
-        reply to ``request_id`` when it came alone, else ``None``; the default, -1, is no
-        request id, so every reply comes as an event), or ``(None, [], -1, 0)`` when the
-        kernel timeout expired (or nothing was there).
+        self, recv_into: Callable[[memoryview | bytearray], int]
+    ) -> tuple[list[Event], int, int]:
+        """One ``recv_into`` and the replies it completed: ``(events, byte count, buffer
+        size)``, or ``([], -1, 0)`` when the kernel timeout expired (or nothing was there).
 
         Raises:
             StoreConnectionError: the connection is lost or the server closed it.
             KVSyncError: the server sent bad bytes (even after good replies).
         """
         proto = self._proto
+        buf = proto.receive_buffer()
         try:
-            got = proto.receive_reply(recv_into, request_id)
+            n = recv_into(buf)
         except (BlockingIOError, InterruptedError):
-            return None, [], -1, 0
+            return [], -1, 0
         except OSError as exc:
             raise self._read_error(exc) from exc
-        if got[0] is not None:  # the reply, alone: no error, no end of stream
-            return got
-        if proto.error is not None:  # bad bytes after good replies: fail anyway
-            raise proto.error
-        if got[2] == 0:
+        size = len(buf)  # (a byte buffer: its length is its byte count)
+        del buf  # no view into the connection's buffer outlives the receive
+        if n == 0:
             raise self._read_error(None)
-        return got
+        proto.advance(n)
+        events, error = drain_events(proto)
+        if error is not None:  # bad bytes, even after good replies: fail anyway
+            raise error
+        return events, n, size
 
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """Send one frame's buffers whole; a failure fails the client and is raised as

@@ -43,8 +43,8 @@ from kvsync.errors import (
     error_from_code,
 )
 from kvsync.kv.shm import SharedSegments
-from kvsync.protocol.messages import (
-    ErrorReply,
+from kvsync.protocol.messages import ErrorReply
+from kvsync.protocol.ps_messages import (
     PSPackedReply,
     PSPull,
     PSPullRows,
@@ -84,8 +84,10 @@ class Link(Protocol):
 def _better(new: BaseException, old: BaseException) -> bool:
     """Whether ``new`` explains a failure better than ``old``: a lost link to a server (the
     cause) beats a server's report that some other rank disconnected (often the effect)."""
-    return isinstance(old, PeerLostError) and isinstance(new, ConnectionError) and not (
-        isinstance(new, PeerLostError)
+    return (
+        isinstance(old, PeerLostError)
+        and isinstance(new, ConnectionError)
+        and not (isinstance(new, PeerLostError))
     )
 
 
@@ -176,8 +178,9 @@ class Comm:
         timeout: seconds a parked pull may wait on the server (sent as ``timeout_ms``).
     """
 
-    def __init__(self, links: Sequence[Link], *, timeout: float,
-                 shared: SharedSegments | None = None) -> None:
+    def __init__(
+        self, links: Sequence[Link], *, timeout: float, shared: SharedSegments | None = None
+    ) -> None:
         self._links = list(links)
         self._shared = shared or SharedSegments()
         self._timeout = timeout
@@ -191,11 +194,12 @@ class Comm:
         self._inflight: list[queue.SimpleQueue[tuple[int, list[Op]] | None]] = [
             queue.SimpleQueue() for _ in self._links
         ]
-        self._threads = [threading.Thread(target=self._send_loop, name="kvsync-comm",
-                                          daemon=True)]
+        self._threads = [threading.Thread(target=self._send_loop, name="kvsync-comm", daemon=True)]
         self._threads += [
-            threading.Thread(target=self._reap_loop, args=(s,), name=f"kvsync-reap-{s}",
-                             daemon=True) for s in range(len(self._links))
+            threading.Thread(
+                target=self._reap_loop, args=(s,), name=f"kvsync-reap-{s}", daemon=True
+            )
+            for s in range(len(self._links))
         ]
         for t in self._threads:
             t.start()
@@ -231,7 +235,8 @@ class Comm:
         with self._cv:
             if not self._cv.wait_for(lambda: self._outstanding == 0, timeout):
                 raise StoreTimeoutError(
-                    f"{self._outstanding} pushes/pulls still unanswered after {timeout} s")
+                    f"{self._outstanding} pushes/pulls still unanswered after {timeout} s"
+                )
         self.raise_errors()
 
     def raise_errors(self) -> None:
@@ -285,17 +290,28 @@ class Comm:
         msg: object
         if first.kind == "push" and packable([op.value for op in batch]):
             data = np.concatenate([op.value.reshape(-1) for op in batch])  # type: ignore[union-attr]
-            msg = PSPushPacked(keys=tuple(op.wire for op in batch), data=data,
-                               offsets=tuple(op.lo for op in batch),
-                               counts=tuple(op.count for op in batch))
+            msg = PSPushPacked(
+                keys=tuple(op.wire for op in batch),
+                data=data,
+                offsets=tuple(op.lo for op in batch),
+                counts=tuple(op.count for op in batch),
+            )
         elif first.kind in ("push", "cpush"):
             values = tuple(op.value for op in batch)
-            msg = PSPush(keys=tuple(op.wire for op in batch), values=values,  # type: ignore[arg-type]
-                         offsets=tuple(op.lo for op in batch),
-                         counts=tuple(op.count for op in batch), compressed=first.kind == "cpush")
+            msg = PSPush(
+                keys=tuple(op.wire for op in batch),
+                values=values,  # type: ignore[arg-type]
+                offsets=tuple(op.lo for op in batch),
+                counts=tuple(op.count for op in batch),
+                compressed=first.kind == "cpush",
+            )
         elif first.kind == "pull":
-            msg = PSPull(keys=tuple(op.wire for op in batch), offsets=tuple(op.lo for op in batch),
-                         counts=tuple(op.count for op in batch), timeout_ms=timeout_ms)
+            msg = PSPull(
+                keys=tuple(op.wire for op in batch),
+                offsets=tuple(op.lo for op in batch),
+                counts=tuple(op.count for op in batch),
+                timeout_ms=timeout_ms,
+            )
         elif first.kind == "push_shm":
             msg = PSPushShm(key=first.wire, path=first.path)
         elif first.kind == "pull_shm":

@@ -50,13 +50,7 @@ from kvsync.kv.dist_control import ServerControl
 from kvsync.kv.reduce import copy_to_all, sum_into
 from kvsync.kv.sharding import KeyPlan, chunks, plan_key
 from kvsync.kv.shm import SharedSegments, shm_supported
-from kvsync.protocol.messages import (
-    PSBarrier,
-    PSHello,
-    PSInit,
-    PSWaiting,
-    PSWaitInit,
-)
+from kvsync.protocol.ps_messages import PSBarrier, PSHello, PSInit, PSWaiting, PSWaitInit
 from kvsync.protocol.wire_keys import Key
 from kvsync.sparse import RowSparseArray, as_row_ids
 
@@ -101,15 +95,24 @@ class DistKVStore(ServerControl, KVStoreBase):
 
     NAMES: ClassVar[tuple[str, ...]] = ("dist_sync", "dist_device_sync", "dist_async")
 
-    def __init__(self, name: str, *, rank: int, num_workers: int, links: Sequence[Link],
-                 bound: int = defaults.BIGARRAY_BOUND,
-                 timeout: float = defaults.DEFAULT_TIMEOUT, shm: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        rank: int,
+        num_workers: int,
+        links: Sequence[Link],
+        bound: int = defaults.BIGARRAY_BOUND,
+        timeout: float = defaults.DEFAULT_TIMEOUT,
+        shm: bool = False,
+    ) -> None:
         if name not in self.NAMES:
             raise UnknownNameError(f"DistKVStore types are {list(self.NAMES)}, got {name!r}")
         if not links or not 0 <= rank < num_workers:
             raise InvalidArgumentError(
                 f"need at least one server and 0 <= rank < num_workers, got {len(links)} "
-                f"servers, rank {rank}, {num_workers} workers")
+                f"servers, rank {rank}, {num_workers} workers"
+            )
         self._type, self._rank, self._num_workers = name, rank, num_workers
         self._links = list(links)
         self._bound = bound
@@ -176,12 +179,19 @@ class DistKVStore(ServerControl, KVStoreBase):
         for g in group_pairs(key, value):
             if len(g.values) != 1 or g.key in self._plans:
                 raise InvalidArgumentError(
-                    f"key {g.key!r} is already initialised or given {len(g.values)} values")
+                    f"key {g.key!r} is already initialised or given {len(g.values)} values"
+                )
             v = np.ascontiguousarray(rowsparse.densify(g.values[0]))
             if v.dtype.kind not in "biufc":
                 raise InvalidArgumentError(f"value for key {g.key!r} has dtype {v.dtype}")
-            plans.append((plan_key(g.key, v.shape, v.dtype, num_servers=self.num_servers,
-                                   bound=self._bound), v))
+            plans.append(
+                (
+                    plan_key(
+                        g.key, v.shape, v.dtype, num_servers=self.num_servers, bound=self._bound
+                    ),
+                    v,
+                )
+            )
         per_server: list[tuple[list[str], list[np.ndarray]]] = [([], []) for _ in self._links]
         for plan, v in plans:
             for s, part in plan.parts(v):
@@ -209,7 +219,8 @@ class DistKVStore(ServerControl, KVStoreBase):
         plan = self._plans.get(key)
         if plan is None:
             raise UninitializedKeyError(
-                f"key {key!r} was never initialised; call init({key!r}, value) first")
+                f"key {key!r} was never initialised; call init({key!r}, value) first"
+            )
         return plan
 
     def _checked(self, key: Any, value: Any, what: str) -> list[tuple[KeyPlan, KeyGroup]]:
@@ -227,14 +238,23 @@ class DistKVStore(ServerControl, KVStoreBase):
     def _checked_fast(self, key: Any, value: Any) -> list[tuple[KeyPlan, KeyGroup]] | None:
         """The common case without the general argument walk: a list of distinct known
         keys of one type, each with one array of the stored shape and dtype (else None)."""
-        if not (isinstance(key, list | tuple) and isinstance(value, list | tuple)
-                and len(key) == len(value) and key and type(key[0]) in (int, str)):
+        if not (
+            isinstance(key, list | tuple)
+            and isinstance(value, list | tuple)
+            and len(key) == len(value)
+            and key
+            and type(key[0]) in (int, str)
+        ):
             return None
         kind, plans, out = type(key[0]), self._plans, []
         for k, v in zip(key, value, strict=True):
             plan = plans.get(k) if type(k) is kind else None
-            if (plan is None or type(v) is not np.ndarray or v.shape != plan.shape
-                    or v.dtype != plan.dtype):
+            if (
+                plan is None
+                or type(v) is not np.ndarray
+                or v.shape != plan.shape
+                or v.dtype != plan.dtype
+            ):
                 return None
             out.append((plan, KeyGroup(k, [v])))
         return out if len(set(key)) == len(key) else None
@@ -255,10 +275,24 @@ class DistKVStore(ServerControl, KVStoreBase):
         small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, value, "value"):
             v0 = g.values[0]
-            if (len(g.values) == 1 and type(v0) is np.ndarray and v0.nbytes < small
-                    and self._gc is None and len(plan.slices) == 1 and v0.flags.c_contiguous):
-                ops.append(Op("push", plan.slices[0].server, plan.wire, value=v0,  # fast path
-                              count=v0.shape[0] if v0.ndim else 1, nbytes=v0.nbytes))
+            if (
+                len(g.values) == 1
+                and type(v0) is np.ndarray
+                and v0.nbytes < small
+                and self._gc is None
+                and len(plan.slices) == 1
+                and v0.flags.c_contiguous
+            ):
+                ops.append(
+                    Op(
+                        "push",
+                        plan.slices[0].server,
+                        plan.wire,
+                        value=v0,  # fast path
+                        count=v0.shape[0] if v0.ndim else 1,
+                        nbytes=v0.nbytes,
+                    )
+                )
                 continue
             if all(isinstance(v, RowSparseArray) for v in g.values):
                 ops += self._row_ops(plan, rowsparse.sum_rows(g.values))
@@ -271,11 +305,29 @@ class DistKVStore(ServerControl, KVStoreBase):
                     ops.append(self._shm_push(plan, server, part))
                 elif self._gc is not None:
                     packed = self._gc.compress((plan.wire, server, lo), part)
-                    ops.append(Op("cpush", server, plan.wire, value=packed, lo=lo, count=n,
-                                  nbytes=packed.nbytes))
+                    ops.append(
+                        Op(
+                            "cpush",
+                            server,
+                            plan.wire,
+                            value=packed,
+                            lo=lo,
+                            count=n,
+                            nbytes=packed.nbytes,
+                        )
+                    )
                 else:
-                    ops.append(Op("push", server, plan.wire, value=part, lo=lo, count=n,
-                                  nbytes=part.nbytes))
+                    ops.append(
+                        Op(
+                            "push",
+                            server,
+                            plan.wire,
+                            value=part,
+                            lo=lo,
+                            count=n,
+                            nbytes=part.nbytes,
+                        )
+                    )
         self._comm.enqueue_many(ops, priority)
 
     def _pieces(self, plan: KeyPlan, array: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -302,8 +354,7 @@ class DistKVStore(ServerControl, KVStoreBase):
             seg[2].wait(self._reply_wait)
         np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
         seg[2] = Latch(1)
-        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2],
-                  nbytes=part.nbytes)
+        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2], nbytes=part.nbytes)
 
     def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
         ops = []
@@ -313,8 +364,16 @@ class DistKVStore(ServerControl, KVStoreBase):
                 continue
             rows = rs.indices[mask] - s.lo
             data = np.ascontiguousarray(rs.data[mask])
-            ops.append(Op("push_rows", s.server, plan.wire, value=data, rows=rows,
-                          nbytes=data.nbytes + rows.nbytes))
+            ops.append(
+                Op(
+                    "push_rows",
+                    s.server,
+                    plan.wire,
+                    value=data,
+                    rows=rows,
+                    nbytes=data.nbytes + rows.nbytes,
+                )
+            )
         return ops
 
     # --- pull -------------------------------------------------------------------------------
@@ -342,10 +401,24 @@ class DistKVStore(ServerControl, KVStoreBase):
         small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
         for plan, g in self._checked(key, out, "out"):
             o0 = g.values[0]
-            if (len(g.values) == 1 and type(o0) is np.ndarray and o0.nbytes < small
-                    and len(plan.slices) == 1 and o0.flags.c_contiguous and o0.flags.writeable):
-                ops.append(Op("pull", plan.slices[0].server, plan.wire, out=o0,  # fast path
-                              count=o0.shape[0] if o0.ndim else 1, nbytes=o0.nbytes))
+            if (
+                len(g.values) == 1
+                and type(o0) is np.ndarray
+                and o0.nbytes < small
+                and len(plan.slices) == 1
+                and o0.flags.c_contiguous
+                and o0.flags.writeable
+            ):
+                ops.append(
+                    Op(
+                        "pull",
+                        plan.slices[0].server,
+                        plan.wire,
+                        out=o0,  # fast path
+                        count=o0.shape[0] if o0.ndim else 1,
+                        nbytes=o0.nbytes,
+                    )
+                )
                 continue
             dense = [o for o in g.values if isinstance(o, np.ndarray)]
             sparse = [o for o in g.values if isinstance(o, RowSparseArray)]
@@ -355,8 +428,17 @@ class DistKVStore(ServerControl, KVStoreBase):
             target = direct if direct is not None else np.empty(plan.shape, plan.dtype)
             for server, lo, view in self._pieces(plan, target):
                 kind = "pull_shm" if lo < 0 else "pull"
-                ops.append(Op(kind, server, plan.wire, out=view, lo=max(lo, 0),
-                              count=view.shape[0] if view.ndim else 1, nbytes=view.nbytes))
+                ops.append(
+                    Op(
+                        kind,
+                        server,
+                        plan.wire,
+                        out=view,
+                        lo=max(lo, 0),
+                        count=view.shape[0] if view.ndim else 1,
+                        nbytes=view.nbytes,
+                    )
+                )
             rest = [o for o in dense if o is not target]
             if rest or (sparse and not ignore_sparse):
                 jobs.append((target, rest + ([] if ignore_sparse else sparse)))
@@ -386,8 +468,9 @@ class DistKVStore(ServerControl, KVStoreBase):
         self.push(key, value, priority)
         return self.pull(key, out=target, priority=priority)
 
-    def row_sparse_pull(self, key: Any, out: Any = None, priority: int = 0,
-                        row_ids: Any = None) -> Any:
+    def row_sparse_pull(
+        self, key: Any, out: Any = None, priority: int = 0, row_ids: Any = None
+    ) -> Any:
         """Pull only the rows ``row_ids`` (any order, repeats allowed) into RowSparseArrays.
 
         Only the requested rows travel; each output holds the sorted unique rows.
@@ -409,23 +492,27 @@ class DistKVStore(ServerControl, KVStoreBase):
                     sel = rows[(rows >= s.lo) & (rows < s.hi)]
                     if sel.size:
                         fut: Future[Any] = Future()
-                        self._comm.enqueue_many([Op("pull_rows", s.server, plan.wire,
-                                                    rows=sel - s.lo, future=fut)], priority)
+                        self._comm.enqueue_many(
+                            [Op("pull_rows", s.server, plan.wire, rows=sel - s.lo, future=fut)],
+                            priority,
+                        )
                         parts.append(fut)
                 jobs.append((o, plan, rows, parts))
         futures = [f for *_, parts in jobs for f in parts]
         servers = {s.server for _, plan, _, _ in jobs for s in plan.slices}
         total = self._reply_wait
-        left = self._blocked_on(servers, lambda t: not wait_futures(futures, timeout=t).not_done,
-                                total)
+        left = self._blocked_on(
+            servers, lambda t: not wait_futures(futures, timeout=t).not_done, total
+        )
         unanswered = wait_futures(futures, timeout=left).not_done  # one deadline for all
         if unanswered:
-            raise StoreTimeoutError(f"row_sparse_pull: {len(unanswered)} of {len(futures)}"
-                                    f" row pulls unanswered after {total:g} s")
+            raise StoreTimeoutError(
+                f"row_sparse_pull: {len(unanswered)} of {len(futures)}"
+                f" row pulls unanswered after {total:g} s"
+            )
         for o, plan, rows, parts in jobs:
             chunks = [f.result() for f in parts]  # all done: raises what an op failed with
-            data = (np.concatenate(chunks) if chunks
-                    else np.empty((0, *plan.shape[1:]), plan.dtype))
+            data = np.concatenate(chunks) if chunks else np.empty((0, *plan.shape[1:]), plan.dtype)
             o.assign(RowSparseArray(data, rows, plan.shape))
         for o in pairs.copies:
             o.assign(pairs.groups[0].values[0])
@@ -436,8 +523,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         (PSWaiting) so that they can see every worker stuck and report uneven pushes."""
         latch.wait(self._blocked_on(servers, latch.done, self._reply_wait))
 
-    def _blocked_on(self, servers: set[int], done: Callable[[float], bool],
-                    total: float) -> float:
+    def _blocked_on(self, servers: set[int], done: Callable[[float], bool], total: float) -> float:
         """Return when ``done(timeout)`` says the wait is over or ``total`` seconds passed,
         telling the servers not in ``servers`` while this worker is blocked; returns what
         is left of ``total`` (the caller's final wait, which raises the ops' errors)."""
@@ -455,13 +541,15 @@ class DistKVStore(ServerControl, KVStoreBase):
         return 0.0
 
     def _tell(self, servers: list[int], waiting: bool) -> None:
-        msgs = [PSWaiting(waiting=waiting) if s in servers else None
-                for s in range(self.num_servers)]
+        msgs = [
+            PSWaiting(waiting=waiting) if s in servers else None for s in range(self.num_servers)
+        ]
         try:
             self._call_all(msgs)
         except Exception:  # a lost server surfaces in the pull itself
-            logger.debug("could not tell servers %s that rank %d waits", servers, self._rank,
-                         exc_info=True)
+            logger.debug(
+                "could not tell servers %s that rank %d waits", servers, self._rank, exc_info=True
+            )
 
     # --- synchronisation, stats, lifetime ---------------------------------------------------
     def wait(self) -> None:
@@ -495,5 +583,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<DistKVStore type={self._type!r} rank={self._rank}/{self._num_workers} "
-                f"servers={self.num_servers} keys={len(self._plans)}>")
+        return (
+            f"<DistKVStore type={self._type!r} rank={self._rank}/{self._num_workers} "
+            f"servers={self.num_servers} keys={len(self._plans)}>"
+        )

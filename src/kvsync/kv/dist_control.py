@@ -19,8 +19,8 @@ from kvsync import defaults
 from kvsync.errors import InvalidArgumentError, KVStoreError, error_from_code
 from kvsync.kv.comm import Link
 from kvsync.kv.compression import GradientCompression, create_compression
-from kvsync.protocol.messages import (
-    ErrorReply,
+from kvsync.protocol.messages import ErrorReply
+from kvsync.protocol.ps_messages import (
     PSLoadStates,
     PSSaveStates,
     PSSetCompression,
@@ -70,7 +70,8 @@ class ServerControl:
         raise InvalidArgumentError(
             "dist KVStores run the update on the servers and never ship code: use "
             "set_optimizer(), or register an updater in the server process "
-            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()")
+            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()"
+        )
 
     def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:
         """Compress pushed gradients on this worker; the servers decompress.
@@ -93,8 +94,9 @@ class ServerControl:
         """
         self.wait()
         replies = self._call_all([PSSaveStates(dump_optimizer=dump_optimizer)] * len(self._links))
-        blobs = {f"server_{i}": np.frombuffer(bytes(r.value), np.uint8)
-                 for i, r in enumerate(replies)}
+        blobs = {
+            f"server_{i}": np.frombuffer(bytes(r.value), np.uint8) for i, r in enumerate(replies)
+        }
         meta = json.dumps({"format": "kvsync-ps-states", "num_servers": len(self._links)})
         buf = io.BytesIO()
         savez: Any = np.savez  # numpy's stub types **kwds as its allow_pickle flag
@@ -116,8 +118,9 @@ class ServerControl:
             except (KeyError, ValueError) as exc:
                 raise KVStoreError(f"{fname} is not a kvsync states file: {exc}") from None
         if len(blobs) != len(self._links):
-            raise KVStoreError(f"{fname} holds states of {len(blobs)} servers, the job has "
-                               f"{len(self._links)}")
+            raise KVStoreError(
+                f"{fname} holds states of {len(blobs)} servers, the job has {len(self._links)}"
+            )
         self._call_all([PSLoadStates(data=b) for b in blobs])
 
     def server_stats(self) -> list[dict[str, Any]]:
@@ -143,8 +146,9 @@ class ServerControl:
 
     def _call_all(self, msgs: Sequence[object | None]) -> list[Any]:
         """Send one message per server (None: skip), all at once; return the replies."""
-        rids = [None if m is None else link.submit(m) for link, m in zip(self._links, msgs,
-                                                                         strict=True)]
+        rids = [
+            None if m is None else link.submit(m) for link, m in zip(self._links, msgs, strict=True)
+        ]
         replies: list[Any] = []
         first: BaseException | None = None
         for link, rid in zip(self._links, rids, strict=True):
@@ -162,4 +166,3 @@ class ServerControl:
         if first is not None:
             raise first
         return replies
-

@@ -1,9 +1,11 @@
 """kvsync's wire protocol, sans-IO: bytes in, messages out, and messages back to buffers.
 
 Nothing in this package opens a socket, starts a thread or reads a clock (a test checks its
-imports). ``messages`` holds the message dataclasses, ``frame`` the fixed header, ``codec``
-the field layouts derived from the message annotations, ``handshake`` the HMAC helpers and
-``connection`` the h11-style :class:`Connection`. The byte layout is in ``docs/protocol.md``.
+imports). ``messages`` holds the store's message dataclasses and ``ps_messages`` the
+parameter server's, ``framing`` the fixed header and the frame splitter, ``fields`` the
+field layouts, ``codec`` the encoder and decoder compiled per message class from its
+annotations, ``handshake`` the HMAC helpers and ``connection`` the h11-style
+:class:`Connection`. The byte layout is in ``docs/protocol.md``.
 
 Example:
     >>> from kvsync.protocol import Connection, Role, NEED_DATA
@@ -13,10 +15,18 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.protocol import messages
-from kvsync.protocol.codec import Decoder, Limits, encode_frame, fast_encoder
-from kvsync.protocol.connection import NEED_DATA, Connection, Event, NeedData, Role, encode_error
-from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION
+from kvsync.protocol import messages, ps_messages
+from kvsync.protocol.codec import Limits, decode, encode_frame
+from kvsync.protocol.connection import (
+    NEED_DATA,
+    Connection,
+    Event,
+    NeedData,
+    Role,
+    drain_events,
+    encode_error,
+)
+from kvsync.protocol.framing import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Landing
 
 __all__ = [
     "HEADER_SIZE",
@@ -24,13 +34,15 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connection",
-    "Decoder",
     "Event",
+    "Landing",
     "Limits",
     "NeedData",
     "Role",
+    "decode",
+    "drain_events",
     "encode_error",
     "encode_frame",
-    "fast_encoder",
     "messages",
+    "ps_messages",
 ]

@@ -1,19 +1,22 @@
-"""Message <-> payload bytes, laid out from the dataclass field annotations.
+"""Message <-> frame bytes, compiled once per message class from its field annotations.
 
-Strategy: every message class in :data:`~kvsync.protocol.messages.MESSAGE_OF` is compiled
-once into a tuple of per-field codecs looked up in :data:`FIELD_CODECS` by the field's
-annotation string; adding a message needs no code here. Small fields are packed into one
-``bytearray`` that also holds the frame header; large buffers and arrays are appended to
-the output list as uncopied ``memoryview`` objects, ready for ``socket.sendmsg``. Decoding
-slices the frame's own buffer, so ``Buffer`` fields come back as ``memoryview`` slices and
-arrays as ``np.frombuffer`` views: no copy. Every length is checked against what is left of
-the payload and against the caps in :class:`Limits` before it is used.
+Strategy: at import every class of :data:`MESSAGE_OF` is compiled into one encoder and one
+decoder; adding a message needs no code here. Its fields are cut into steps: a run of
+fixed-size fields (``int``, ``bool``, ``float``) is one fused ``struct.Struct``; any other
+field is one entry of :data:`~kvsync.protocol.fields.FIELD_CODECS`. Encoding gathers the
+pieces, packs the header in front and joins the small pieces into one ``bytes``; values of
+at least :data:`~kvsync.protocol.fields.BIG_BUFFER` bytes stay separate, uncopied, ready
+for ``socket.sendmsg``. Decoding reads the frame's own buffer, so ``Buffer`` fields come
+back as ``memoryview`` slices and arrays as ``np.frombuffer`` views (no copy), and fills the
+message's slots directly (a frozen dataclass's ``__init__`` costs several times more).
+Every length is checked against what is left of the payload and against the caps in
+:class:`~kvsync.protocol.fields.Limits` before it is used.
 
 Example:
     >>> from kvsync.protocol.messages import Set, Opcode
     >>> parts = encode_frame(5, Set(key="k", value=b"v"))
     >>> payload = bytearray(b"".join(parts)[24:])
-    >>> msg = Decoder(Limits()).decode(Opcode.SET, payload)
+    >>> msg = decode(Opcode.SET, payload, Limits())
     >>> msg.key, bytes(msg.value)
     ('k', b'v')
 """
@@ -24,112 +27,210 @@ import dataclasses
 import operator
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.fields import (
     BIG_BUFFER,
     FIELD_CODECS,
-    I64,
     KEY_FIELDS,
-    U32,
-    U64,
-    Decode,
-    Encode,
+    SCALAR_CODES,
     Limits,
-    Payload,
-    Reader,
-    Writer,
 )
-from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, pack_header
-from kvsync.protocol.messages import (
-    MESSAGE_OF,
-    OPCODE_OF,
-    Add,
-    Append,
-    Barrier,
-    Check,
-    DeleteKey,
-    Get,
-    IntReply,
-    OkReply,
-    Opcode,
-    QueuePush,
-    Set,
-    ValueReply,
-    Wait,
-)
+from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION, Payload
+from kvsync.protocol.messages import STORE_MESSAGE_OF, Opcode
+from kvsync.protocol.ps_messages import PS_MESSAGE_OF
 
-__all__ = [
-    "BIG_BUFFER",
-    "FIELD_CODECS",
-    "Decoder",
-    "FastEncode",
-    "Limits",
-    "encode_frame",
-    "fast_encoder",
-]
+__all__ = ["MESSAGE_OF", "OPCODE_OF", "Limits", "decode", "encode_frame"]
+
+#: opcode -> message class: every message the wire knows (store and parameter server).
+MESSAGE_OF: dict[Opcode, type] = {**STORE_MESSAGE_OF, **PS_MESSAGE_OF}
+#: message class -> opcode.
+OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}
+
+Buffers = list[bytes | bytearray | memoryview]
+_SCALAR_TYPES: dict[str, type] = {"int": int, "bool": bool, "float": float}
+_CAP_INDEX = {"": 0, "max_key_bytes": 1, "max_value_bytes": 2}
+_NO_CAPS = (0, 0, 0, (1 << 32) - 1)  # encoding without limits: only the u32 item count
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
+def _caps(limits: Limits) -> tuple[int, int, int, int]:
+    """``(no cap, key cap, value cap, item cap)``, indexed by :data:`_CAP_INDEX`."""
+    return 0, limits.max_key_bytes, limits.max_value_bytes, limits.max_items
+
+
+class _Scalars:
+    """A run of consecutive fixed-size fields, packed and unpacked by one ``struct``."""
+
+    def __init__(self, cls: type, fields: list[dataclasses.Field[Any]]) -> None:
+        annotations = [str(f.type) for f in fields]
+        self.layout = struct.Struct("<" + "".join(SCALAR_CODES[a] for a in annotations))
+        self.kinds = tuple(_SCALAR_TYPES[a] for a in annotations)
+        self.whats = tuple(f"{cls.__name__}.{f.name}" for f in fields)
+        self.get = operator.attrgetter(*(f.name for f in fields))
+        self.setters = tuple(getattr(cls, f.name).__set__ for f in fields)
+        self.one = len(fields) == 1
+        codes = [SCALAR_CODES[a] for a in annotations]
+        self.bools = tuple(  # (offset, field) of each bool: its byte must be 0 or 1
+            (struct.calcsize("<" + "".join(codes[:i])), self.whats[i])
+            for i, a in enumerate(annotations)
+            if a == "bool"
+        )
+
+    def encode(self, msg: object) -> bytes:
+        values = (self.get(msg),) if self.one else self.get(msg)
+        for value, kind, what in zip(values, self.kinds, self.whats, strict=True):
+            if type(value) is not kind:
+                _check_scalar(value, kind, what)
+        try:
+            return self.layout.pack(*values)
+        except struct.error:  # an int out of range (the types were checked)
+            for value, what in zip(values, self.whats, strict=True):
+                if type(value) is not float and not -(1 << 63) <= value < (1 << 63):
+                    raise LocalProtocolError(
+                        f"{what}={value} does not fit in a signed 64-bit integer"
+                    ) from None
+            raise
+
+    def decode(self, buf: Payload, pos: int, end: int, msg: object) -> int:
+        size = self.layout.size
+        if size > end - pos:
+            raise RemoteProtocolError(
+                f"{self.whats[0]} claims {size} bytes but only {end - pos} remain in the payload"
+            )
+        for at, what in self.bools:
+            if buf[pos + at] > 1:
+                raise RemoteProtocolError(
+                    f"{what} is a bool encoded as {buf[pos + at]}, not 0 or 1"
+                )
+        values = self.layout.unpack_from(buf, pos)
+        for set_, value in zip(self.setters, values, strict=True):
+            set_(msg, value)
+        return pos + size
+
+
+def _check_scalar(value: object, kind: type, what: str) -> None:
+    """Refuse a value that is not of its fixed-size field's type (an ``int`` subclass other
+    than ``bool`` passes as an ``int``; an ``int`` passes as a ``float``)."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float if kind is float else int) and not isinstance(
+            value, bool
+        )
+    if not ok:
+        raise LocalProtocolError(f"{what} must be {kind.__name__}, not {type(value).__name__}")
+
+
+class _Field(NamedTuple):
+    """One variable-size field of a message class."""
+
     name: str
     what: str
-    encode: Encode
-    decode: Decode
-    cap_attr: str
+    encode: Callable[..., int]
+    decode: Callable[..., tuple[Any, int]]
+    cap: int  # index into the caps tuple (see _caps)
+    set: Callable[[object, Any], None]
 
 
-def _compile(cls: type) -> tuple[_Field, ...]:
-    out = []
-    for f in dataclasses.fields(cls):
-        annotation = str(f.type)
+class _Compiled:
+    """One message class, compiled: its opcode and its steps (_Scalars or _Field)."""
+
+    def __init__(self, cls: type, opcode: int) -> None:
+        self.cls, self.opcode, self.name = cls, opcode, cls.__name__
+        self.steps: list[_Scalars | _Field] = []
+        run: list[dataclasses.Field[Any]] = []
+        for f in [*dataclasses.fields(cls), None]:
+            if f is not None and str(f.type) in SCALAR_CODES:
+                run.append(f)
+                continue
+            if run:
+                self.steps.append(_Scalars(cls, run))
+                run = []
+            if f is None:
+                break
+            annotation = str(f.type)
+            try:
+                enc, dec, cap_attr = FIELD_CODECS[annotation]
+            except KeyError:
+                raise LocalProtocolError(
+                    f"{cls.__name__}.{f.name}: no codec for annotation {annotation!r}"
+                ) from None
+            if f.name in KEY_FIELDS:
+                cap_attr = "max_key_bytes"
+            what = f"{cls.__name__}.{f.name}"
+            setter = getattr(cls, f.name).__set__
+            self.steps.append(_Field(f.name, what, enc, dec, _CAP_INDEX[cap_attr], setter))
+
+    def encode(self, request_id: int, msg: object, limits: Limits | None) -> Buffers:
+        caps = _NO_CAPS if limits is None else _caps(limits)
+        parts: list[Any] = [b""]  # the header's place
+        size = 0
+        for step in self.steps:
+            if isinstance(step, _Scalars):
+                data = step.encode(msg)
+                parts.append(data)
+                size += len(data)
+            else:
+                value = getattr(msg, step.name)
+                size = step.encode(value, step.what, caps[step.cap], caps[3], parts, size)
+        if limits is not None and size > limits.max_frame_bytes:
+            raise LimitExceededError(
+                f"{self.name} frame is {size} bytes, over the limit of"
+                f" {limits.max_frame_bytes} bytes"
+            )
         try:
-            enc, dec, cap_attr = FIELD_CODECS[annotation]
-        except KeyError:
-            raise LocalProtocolError(
-                f"{cls.__name__}.{f.name}: no codec for annotation {annotation!r}"
-            ) from None
-        if f.name in KEY_FIELDS:
-            cap_attr = "max_key_bytes"
-        out.append(_Field(f.name, f"{cls.__name__}.{f.name}", enc, dec, cap_attr))
-    return tuple(out)
+            parts[0] = HEADER.pack(MAGIC, PROTOCOL_VERSION, self.opcode, 0, request_id, size)
+        except struct.error:
+            raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits") from None
+        if size < BIG_BUFFER:  # no piece is big: one buffer
+            return [b"".join(parts)]
+        return _group(parts)
+
+    def decode(self, payload: Payload, limits: Limits) -> object:
+        msg: object = object.__new__(self.cls)
+        pos, end = 0, len(payload)
+        caps = _caps(limits)
+        for step in self.steps:
+            if isinstance(step, _Scalars):
+                pos = step.decode(payload, pos, end, msg)
+            else:
+                value, pos = step.decode(payload, pos, end, step.what, caps[step.cap], caps[3])
+                step.set(msg, value)
+        if pos != end:
+            raise RemoteProtocolError(f"{self.name} payload has {end - pos} trailing bytes")
+        return msg
 
 
-_LAYOUT: dict[type, tuple[_Field, ...]] = {}
+def _group(parts: list[Any]) -> Buffers:
+    """The small pieces between big ones joined; each big one kept as it is (uncopied)."""
+    out: Buffers = []
+    small: list[Any] = []
+    for p in parts:
+        if len(p) < BIG_BUFFER:
+            small.append(p)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(p)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
-def _layout(cls: type) -> tuple[_Field, ...]:
-    layout = _LAYOUT.get(cls)
-    if layout is None:
-        layout = _LAYOUT[cls] = _compile(cls)
-    return layout
+#: message class -> its compiled codec; opcode -> the same, for decoding.
+_BY_CLASS: dict[type, _Compiled] = {cls: _Compiled(cls, int(op)) for op, cls in MESSAGE_OF.items()}
+_BY_OPCODE: dict[int, _Compiled] = {c.opcode: c for c in _BY_CLASS.values()}
 
 
-#: message class -> (opcode, its fields as (name, encoder, what, cap attribute)).
-_ENCODE: dict[type, tuple[int, tuple[tuple[str, Encode, str, str], ...]]] = {}
-
-
-def _encode_layout(cls: type) -> tuple[int, tuple[tuple[str, Encode, str, str], ...]]:
-    try:
-        opcode = int(OPCODE_OF[cls])
-    except KeyError:
-        raise LocalProtocolError(f"{cls.__name__} is not a protocol message") from None
-    entry = _ENCODE[cls] = (
-        opcode,
-        tuple((f.name, f.encode, f.what, f.cap_attr) for f in _layout(cls)),
-    )
-    return entry
-
-
-def encode_frame(
-    request_id: int, msg: object, limits: Limits | None = None
-) -> list[bytes | bytearray | memoryview]:
+def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> Buffers:
     """Header and payload of ``msg`` as a list of buffers for ``socket.sendmsg``.
 
     The first buffer holds the header and the small fields; values of at least
-    :data:`BIG_BUFFER` bytes follow as uncopied memoryviews. With ``limits``, keys and
-    values are checked against its caps (a client checks the server's caps this way).
+    :data:`~kvsync.protocol.fields.BIG_BUFFER` bytes follow as uncopied buffers. With
+    ``limits``, keys and values are checked against its caps (a client checks the server's
+    caps this way).
 
     Raises:
         LocalProtocolError: ``msg`` is not a registered message or a field has the wrong type.
@@ -137,457 +238,29 @@ def encode_frame(
 
     Example:
         >>> from kvsync.protocol.messages import Ping
-        >>> [bytes(b) for b in encode_frame(1, Ping())][0][:6]
+        >>> encode_frame(1, Ping())[0][:6]
         b'KVSY\\x01\\x1f'
     """
-    cls = type(msg)
-    fast = _FAST.get(cls)
-    if fast is not None:
-        frame = fast(request_id, msg, limits)
-        if frame is not None:
-            return [frame]
-    return _encode_fields(request_id, msg, limits)
-
-
-def _encode_fields(
-    request_id: int, msg: object, limits: Limits | None
-) -> list[bytes | bytearray | memoryview]:
-    """The general encoder: every message, every field type, every error."""
-    cls = type(msg)
-    enc = _ENCODE.get(cls)
-    if enc is None:
-        enc = _encode_layout(cls)
-    opcode, fields = enc
-    if not fields:  # OkReply, Ping, ...: the header is the whole frame
-        if not 0 <= request_id < (1 << 64):
-            raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
-        return [pack_header(opcode, request_id, 0)]
-    w = Writer(limits)
-    for name, encode, what, cap_attr in fields:
-        cap = getattr(limits, cap_attr) if limits is not None and cap_attr else 0
-        encode(w, getattr(msg, name), what, cap)
-    if limits is not None and w.size > limits.max_frame_bytes:
-        raise LimitExceededError(
-            f"{cls.__name__} frame is {w.size} bytes, over the limit of"
-            f" {limits.max_frame_bytes} bytes"
-        )
-    if not 0 <= request_id < (1 << 64):
-        raise LocalProtocolError(f"request id {request_id} does not fit in 64 bits")
-    w.first[:HEADER_SIZE] = pack_header(opcode, request_id, w.size)
-    if len(w.parts) == 1:
-        return w.parts
-    return [p for p in w.parts if len(p)]
-
-
-# --- fast encoders for the small messages of the hot path ------------------------------------
-# Each builds the whole frame as one ``bytes`` in a couple of calls, byte for byte what
-# ``_encode_fields`` builds, but only for the plain case: exact types, small values, within
-# the caps. Anything else (a subclass, a surrogate in a key, a value worth sending uncopied,
-# a cap or range exceeded) returns ``None`` and takes the general path, which raises the
-# errors. tests/protocol/test_fast_encode.py checks the equality with hypothesis.
-
-#: A fast encoder: ``(request_id, msg, limits)`` -> the whole frame, or ``None`` (see
-#: :func:`fast_encoder`).
-FastEncode = Callable[[int, object, "Limits | None"], "bytes | None"]
-_HEAD_U32 = struct.Struct("<4sBBHQQI")  # header + the first str field's length
-_HEAD_I64 = struct.Struct("<4sBBHQQq")  # header + one int field
-_HEAD_U64 = struct.Struct("<4sBBHQQQ")  # header + a Buffer field's length
-_SMALL = BIG_BUFFER  # values at least this long are sent uncopied by the general path
-
-
-def _fits(limits: Limits | None, key_bytes: int, value_bytes: int, size: int) -> bool:
-    """Whether a frame with these sizes is within ``limits`` (0 caps nothing); a payload
-    of at most ``limits.within`` bytes is, in one comparison."""
-    if limits is None or size <= limits.within:
-        return True
-    return not (
-        (limits.max_key_bytes and key_bytes > limits.max_key_bytes)
-        or (limits.max_value_bytes and value_bytes > limits.max_value_bytes)
-        or size > limits.max_frame_bytes
-    )
-
-
-def _plain_bytes(value: object) -> bool:
-    """``value`` is bytes-like with one-byte items in one piece (no cast or copy needed)."""
-    t = type(value)
-    if t is bytes or t is bytearray:
-        return True
-    return t is memoryview and value.format == "B" and value.ndim == 1 and value.contiguous  # type: ignore[attr-defined]
-
-
-def _fast_key_value(opcode: int) -> FastEncode:
-    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-        key, value = msg.key, msg.value  # type: ignore[attr-defined]
-        if type(key) is not str or (type(value) is not bytes and not _plain_bytes(value)):
-            return None
-        try:
-            k = key.encode()
-            size = 12 + len(k) + len(value)
-            if len(value) >= _SMALL or not _fits(limits, len(k), len(value), size):
-                return None
-            head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
-        except (UnicodeEncodeError, struct.error):
-            return None
-        return b"".join((head, k, U64.pack(len(value)), value))
-
-    return encode
-
-
-def _fast_key(opcode: int, tail: Callable[[object], bytes] | None) -> FastEncode:
-    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-        key = msg.key  # type: ignore[attr-defined]
-        if type(key) is not str:
-            return None
-        try:
-            rest = b"" if tail is None else tail(msg)
-            k = key.encode()
-            size = 4 + len(k) + len(rest)
-            if not _fits(limits, len(k), 0, size):
-                return None
-            head = _HEAD_U32.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, size, len(k))
-        except (UnicodeEncodeError, struct.error, TypeError):
-            return None
-        return b"".join((head, k, rest))
-
-    return encode
-
-
-#: fixed-size field annotation -> its struct code (a bool is one byte, 0 or 1).
-_SCALAR_CODES = {"int": "q", "bool": "?", "float": "d"}
-_SCALAR_TYPES = {"int": int, "bool": bool, "float": float}
-
-
-def _scalar_tail(cls: type) -> Callable[[object], bytes]:
-    """The bytes of the one or two fixed-size fields after ``cls``'s leading key, laid out
-    from their annotations (as :func:`_scalars` reads them); raises ``TypeError`` for a
-    value not of its annotation's exact type (the general path then names it)."""
-    fields = dataclasses.fields(cls)[1:]
-    annotations = [str(f.type) for f in fields]
-    layout = struct.Struct("<" + "".join(_SCALAR_CODES[a] for a in annotations))
-    kinds = [_SCALAR_TYPES[a] for a in annotations]
-    get = operator.attrgetter(*(f.name for f in fields))
-    if len(fields) == 1:
-        (kind,) = kinds
-
-        def one(msg: object) -> bytes:
-            value = get(msg)
-            if type(value) is not kind:
-                raise TypeError
-            return layout.pack(value)
-
-        return one
-    if len(fields) != 2:
-        raise ValueError(f"{cls.__name__}: a fast tail takes one or two fields")
-    first, second = kinds
-
-    def two(msg: object) -> bytes:
-        x, y = get(msg)
-        if type(x) is not first or type(y) is not second:
-            raise TypeError
-        return layout.pack(x, y)
-
-    return two
-
-
-def _fast_keys(opcode: int, with_timeout: bool) -> FastEncode:
-    def encode(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-        keys = msg.keys  # type: ignore[attr-defined]
-        if type(keys) is not tuple or len(keys) > 64:
-            return None
-        try:
-            parts: list[bytes] = []
-            longest = 0
-            for key in keys:
-                if type(key) is not str:
-                    return None
-                k = key.encode()
-                longest = max(longest, len(k))
-                parts += (U32.pack(len(k)), k)
-            if with_timeout:
-                timeout_ms = msg.timeout_ms  # type: ignore[attr-defined]
-                if type(timeout_ms) is not int:
-                    return None
-                parts.append(I64.pack(timeout_ms))
-            body = b"".join(parts)
-            if not _fits(limits, longest, 0, 4 + len(body)) or (
-                limits is not None and len(keys) > limits.max_items
-            ):
-                return None
-            head = _HEAD_U32.pack(
-                MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, 4 + len(body), len(keys)
-            )
-        except (UnicodeEncodeError, struct.error):
-            return None
-        return head + body
-
-    return encode
-
-
-def _fast_int_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-    value = msg.value  # type: ignore[attr-defined]
-    if type(value) is not int or not _fits(limits, 0, 0, 8):
-        return None
-    try:
-        frame: bytes = _HEAD_I64.pack(MAGIC, PROTOCOL_VERSION, _INT_REPLY, 0, request_id, 8, value)
-    except struct.error:
-        return None
-    return frame
-
-
-def _fast_value_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-    value = msg.value  # type: ignore[attr-defined]
-    if (type(value) is not bytes and not _plain_bytes(value)) or len(value) >= _SMALL:
-        return None
-    if not _fits(limits, 0, len(value), 8 + len(value)):
-        return None
-    try:
-        head = _HEAD_U64.pack(
-            MAGIC, PROTOCOL_VERSION, _VALUE_REPLY, 0, request_id, 8 + len(value), len(value)
-        )
-    except struct.error:
-        return None
-    frame: bytes = head + value
-    return frame
-
-
-def _fast_ok_reply(request_id: int, msg: object, limits: Limits | None) -> bytes | None:
-    try:
-        frame = pack_header(_OK_REPLY, request_id, 0)
-    except struct.error:
-        return None
-    return frame
-
-
-_OK_REPLY = int(Opcode.OK)
-_INT_REPLY = int(Opcode.INT)
-_VALUE_REPLY = int(Opcode.VALUE)
-#: message class -> its fast encoder (see above); every other class takes the general path.
-_FAST: dict[type, FastEncode] = {
-    Set: _fast_key_value(int(Opcode.SET)),
-    Append: _fast_key_value(int(Opcode.APPEND)),
-    QueuePush: _fast_key_value(int(Opcode.QUEUE_PUSH)),
-    Get: _fast_key(int(Opcode.GET), _scalar_tail(Get)),
-    Add: _fast_key(int(Opcode.ADD), _scalar_tail(Add)),
-    Barrier: _fast_key(int(Opcode.BARRIER), _scalar_tail(Barrier)),
-    DeleteKey: _fast_key(int(Opcode.DELETE_KEY), None),
-    Wait: _fast_keys(int(Opcode.WAIT), with_timeout=True),
-    Check: _fast_keys(int(Opcode.CHECK), with_timeout=False),
-    OkReply: _fast_ok_reply,
-    IntReply: _fast_int_reply,
-    ValueReply: _fast_value_reply,
-}
-
-
-def fast_encoder(cls: type) -> FastEncode | None:
-    """The fast encoder of ``cls`` (``None`` if it has none): ``(request_id, msg, limits)``
-    -> the whole frame as one ``bytes``, as :func:`encode_frame` would build it, or
-    ``None`` when :func:`encode_frame` must decide (and raise any error). A caller that
-    sends many frames looks it up once instead of on every :func:`encode_frame`.
-
-    Example:
-        >>> from kvsync.protocol.messages import Add, Ping
-        >>> fast_encoder(Add)(7, Add("n", 1), None) == bytes(encode_frame(7, Add("n", 1))[0])
-        True
-        >>> fast_encoder(Ping) is None
-        True
-    """
-    return _FAST.get(cls)
-
-
-#: A decoder for the common case: the message, or ``None`` when the general path must decide.
-_FastDecode = Callable[[Payload], object | None]
-_DecodeEntry = tuple[type, tuple[tuple[Decode, str, int], ...], _FastDecode | None]
-#: (caps, opcode) -> the decoding entry, shared by every Decoder with those caps.
-_DECODE: dict[tuple[Limits, int], _DecodeEntry] = {}
-
-
-def _scalars(
-    annotations: list[str],
-) -> tuple[int, Callable[[Payload, int], tuple[object, ...] | None]]:
-    """(byte size, unpacker) of consecutive fixed-size fields: the unpacker gives their
-    values at an offset (bools as ``bool``), or ``None`` when a bool byte is not 0 or 1."""
-    codes = [_SCALAR_CODES[a] for a in annotations]
-    layout = struct.Struct("<" + "".join(codes))
-    bool_at = tuple(
-        struct.calcsize("<" + "".join(codes[:i])) for i, a in enumerate(annotations) if a == "bool"
-    )
-    if not bool_at:
-        return layout.size, layout.unpack_from
-
-    def unpack(payload: Payload, offset: int) -> tuple[object, ...] | None:
-        for at in bool_at:
-            if payload[offset + at] > 1:
-                return None
-        values: tuple[object, ...] = layout.unpack_from(payload, offset)
-        return values
-
-    return layout.size, unpack
-
-
-def _key_then_scalars(cls: type, key_cap: int, annotations: list[str]) -> _FastDecode:
-    """Fast decoder of a message made of a ``str`` then fixed-size fields (Get, Add, ...)."""
-    size, unpack = _scalars(annotations)
-
-    def decode(payload: Payload) -> object | None:
-        if len(payload) < 4:
-            return None
-        end = 4 + U32.unpack_from(payload)[0]
-        if len(payload) != end + size or (key_cap and end - 4 > key_cap):
-            return None
-        values = unpack(payload, end)
-        if values is None:
-            return None
-        try:
-            key = str(payload[4:end], "utf-8")
-        except UnicodeDecodeError:
-            return None
-        msg: object = cls(key, *values)
-        return msg
-
-    return decode
-
-
-def _only_scalars(cls: type, annotations: list[str]) -> _FastDecode:
-    """Fast decoder of a message made only of fixed-size fields (IntReply, ...)."""
-    size, unpack = _scalars(annotations)
-
-    def decode(payload: Payload) -> object | None:
-        values = unpack(payload, 0) if len(payload) == size else None
-        if values is None:
-            return None
-        msg: object = cls(*values)
-        return msg
-
-    return decode
-
-
-def _only_buffer(cls: type, value_cap: int) -> _FastDecode:
-    """Fast decoder of a message made of one ``Buffer`` (ValueReply)."""
-
-    def decode(payload: Payload) -> object | None:
-        size = len(payload)
-        if size < 8:
-            return None
-        n = U64.unpack_from(payload)[0]
-        if 8 + n != size or (value_cap and n > value_cap):
-            return None
-        msg: object = cls(memoryview(payload)[8:])
-        return msg
-
-    return decode
-
-
-def _key_then_buffer(cls: type, key_cap: int, value_cap: int) -> _FastDecode:
-    """Fast decoder of a message made of a ``str`` then a ``Buffer`` (Set, QueuePush, ...)."""
-
-    def decode(payload: Payload) -> object | None:
-        size = len(payload)
-        if size < 12:
-            return None
-        end = 4 + U32.unpack_from(payload)[0]
-        if end + 8 > size or (key_cap and end - 4 > key_cap):
-            return None
-        n = U64.unpack_from(payload, end)[0]
-        if end + 8 + n != size or (value_cap and n > value_cap):
-            return None
-        try:
-            key = str(payload[4:end], "utf-8")
-        except UnicodeDecodeError:
-            return None
-        msg: object = cls(key, memoryview(payload)[end + 8 :])
-        return msg
-
-    return decode
-
-
-def _fast_decoder(cls: type, limits: Limits) -> _FastDecode | None:
-    """A fast decoder for ``cls`` when its layout is scalars, one buffer, or a key then
-    scalars or one buffer.
-
-    It returns the very message the general path would, or ``None`` for any payload it
-    does not fully accept (the general path then decodes it or names what is wrong).
-    """
-    fields = dataclasses.fields(cls)
-    annotations = [str(f.type) for f in fields]
-    if not fields:  # OkReply, Ping, ...: one shared (immutable) instance
-        instance = cls()
-        return lambda payload: None if payload else instance
-    if annotations == ["Buffer"]:
-        return _only_buffer(cls, limits.max_value_bytes)
-    if annotations and all(a in _SCALAR_CODES for a in annotations):
-        return _only_scalars(cls, annotations)
-    if not annotations or annotations[0] != "str":
-        return None
-    key_cap = limits.max_key_bytes if fields[0].name in KEY_FIELDS else 0
-    if annotations[1:] == ["Buffer"]:
-        return _key_then_buffer(cls, key_cap, limits.max_value_bytes)
-    if all(a in _SCALAR_CODES for a in annotations[1:]):
-        return _key_then_scalars(cls, key_cap, annotations[1:])
-    return None
-
-
-class Decoder:
-    """Decodes payloads into messages under fixed :class:`Limits`.
+    compiled = _BY_CLASS.get(type(msg))
+    if compiled is None:
+        raise LocalProtocolError(f"{type(msg).__name__} is not a protocol message")
+    return compiled.encode(request_id, msg, limits)
+
+
+def decode(opcode: int, payload: Payload, limits: Limits) -> object:
+    """The message of ``opcode`` held in ``payload`` (views into it, no copy).
+
+    Raises:
+        RemoteProtocolError: unknown opcode, truncated or trailing bytes, bad UTF-8,
+            bad dtype or an array whose shape does not match its byte length.
+        LimitExceededError: a key, value or item count is over a cap.
 
     Example:
         >>> from kvsync.protocol.messages import Opcode
-        >>> Decoder(Limits()).decode(Opcode.NUM_KEYS, bytearray())
+        >>> decode(Opcode.NUM_KEYS, bytearray(), Limits())
         NumKeys()
     """
-
-    __slots__ = ("_caps", "limits")
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        #: opcode -> (message class, its fields with the cap of each, its fast decoder or
-        #: None), filled on first use.
-        self._caps: dict[int, _DecodeEntry] = {}
-
-    def _entry(self, opcode: int) -> _DecodeEntry:
-        entry = _DECODE.get((self.limits, opcode))  # shared: a server makes a Decoder per client
-        if entry is None:
-            try:
-                cls = MESSAGE_OF[Opcode(opcode)]
-            except (ValueError, KeyError):
-                raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}") from None
-            fields = tuple(
-                (f.decode, f.what, getattr(self.limits, f.cap_attr) if f.cap_attr else 0)
-                for f in _layout(cls)
-            )
-            entry = (cls, fields, _fast_decoder(cls, self.limits))
-            if len(_DECODE) < 4096:  # bounded: one entry per (caps, opcode) in use
-                _DECODE[(self.limits, opcode)] = entry
-        self._caps[opcode] = entry
-        return entry
-
-    def decode(self, opcode: int, payload: Payload) -> object:
-        """The message of ``opcode`` held in ``payload`` (views into it, no copy).
-
-        Raises:
-            RemoteProtocolError: unknown opcode, truncated or trailing bytes, bad UTF-8,
-                bad dtype or an array whose shape does not match its byte length.
-            LimitExceededError: a key, value or item count is over a cap.
-        """
-        entry = self._caps.get(opcode)
-        if entry is None:
-            entry = self._entry(opcode)
-        fast = entry[2]
-        if fast is not None:
-            msg = fast(payload)
-            if msg is not None:
-                return msg
-        return _decode_fields(entry, payload, self.limits)
-
-
-def _decode_fields(entry: _DecodeEntry, payload: Payload, limits: Limits) -> object:
-    """The general path of :meth:`Decoder.decode`: field by field, naming any fault."""
-    cls, fields, _ = entry
-    if not fields:
-        if payload:
-            raise RemoteProtocolError(f"{cls.__name__} payload has {len(payload)} trailing bytes")
-        return cls()
-    r = Reader(payload, limits)
-    values = [decode(r, what, cap) for decode, what, cap in fields]
-    if r.pos != r.end:
-        raise RemoteProtocolError(f"{cls.__name__} payload has {r.end - r.pos} trailing bytes")
-    return cls(*values)
+    compiled = _BY_OPCODE.get(opcode)
+    if compiled is None:
+        raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}")
+    return compiled.decode(payload, limits)

@@ -1,13 +1,11 @@
 """A sans-IO kvsync connection (the h11 model): bytes in, events out, messages to buffers.
 
 Strategy: a :class:`~kvsync.protocol.framing.FrameBuffer` splits the byte stream into
-frames (``receive_data`` copies into it; ``receive_buffer``/``advance``, or
-``receive_from`` in one call, let a socket ``recv_into`` it directly, big payloads straight
-into their own fresh buffer; ``receive_events`` also decodes what arrived, in one call).
-Each header is validated (magic, version, flags, opcode, payload length against the frame
-cap) before anything is allocated: the frame buffer's quick test passes the good ones, and
-this object names what is wrong with the others; each payload is decoded by the codec into
-views of itself.
+frames (``receive_data`` copies into it; ``receive_buffer`` and ``advance`` let a socket
+``recv_into`` it directly, big payloads straight into their own fresh buffer, or into a
+caller's buffer registered with :meth:`Connection.register_landing`). Each header is
+checked (magic, version, flags, opcode, payload length against the frame cap) before
+anything is allocated; each payload is decoded by the codec into views of itself.
 
 The handshake is handled inside: frames it produces are queued for :meth:`data_to_send`;
 dispatch is the ``(role, state) -> handler`` table :data:`_HANDLERS`. Any error while
@@ -33,12 +31,9 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Final, NamedTuple
 
-import numpy as np
-
 from kvsync.errors import (
     AuthenticationError,
     KVSyncError,
-    LimitExceededError,
     LocalProtocolError,
     RemoteProtocolError,
     VersionMismatchError,
@@ -46,20 +41,15 @@ from kvsync.errors import (
     error_from_code,
 )
 from kvsync.protocol import handshake
-from kvsync.protocol.codec import Decoder, FastEncode, Limits, encode_frame, fast_encoder
-from kvsync.protocol.fields import Payload
-from kvsync.protocol.frame import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Header
-from kvsync.protocol.framing import SMALL_FRAME, FrameBuffer, Landed, Landing
+from kvsync.protocol.codec import MESSAGE_OF, Limits, decode, encode_frame
+from kvsync.protocol.framing import PROTOCOL_VERSION, SMALL_FRAME, FrameBuffer, Landed, Landing
 from kvsync.protocol.messages import (
     HANDSHAKE_OPCODES,
-    MESSAGE_OF,
     Auth,
     ErrorReply,
     Hello,
     HelloReply,
     OkReply,
-    Opcode,
-    PSValuesReply,
 )
 
 __all__ = [
@@ -69,6 +59,7 @@ __all__ = [
     "Event",
     "NeedData",
     "Role",
+    "drain_events",
     "encode_error",
 ]
 
@@ -114,6 +105,7 @@ def encode_error(request_id: int, exc: BaseException) -> Buffers:
     """An :class:`ErrorReply` frame for ``exc``, usable even on a failed connection.
 
     Example:
+        >>> from kvsync.errors import LimitExceededError
         >>> bytes(encode_error(3, LimitExceededError("too big"))[0])[5]
         255
     """
@@ -145,16 +137,13 @@ class Connection:
             Limits() if role is Role.SERVER else Limits(0, 0, 1 << 40, 1 << 32)
         )
         self.peer_limits: Limits | None = None
-        self._decoder = Decoder(self.limits)
         self._secret = handshake.secret_bytes(secret)
         self._token = token
-        self._frames = FrameBuffer(self._validate, _OPCODES, self.limits.max_frame_bytes)
+        self._frames = FrameBuffer(_OPCODES, self.limits.max_frame_bytes)
         self._error: KVSyncError | None = None
-        self._unraised: KVSyncError | None = None  # held back behind good events
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
         self._sendable: frozenset[type] = frozenset()  # what send() takes (set by _enter)
-        self._fast_send: dict[type, FastEncode] = {}  # their fast encoders (ditto)
         self._receivable: frozenset[type] = frozenset()  # what needs no handler (ditto)
         self._outbox: Buffers = []
         self._nonce = b""
@@ -173,7 +162,6 @@ class Connection:
         self._dispatch = _HANDLERS[(self.role, state)]
         ready = state is _State.READY
         self._sendable = _SENDABLE[self.role] if ready else frozenset()
-        self._fast_send = _FAST_SEND[self.role] if ready else {}
         self._receivable = _RECEIVABLE[self.role] if ready else frozenset()
 
     @property
@@ -188,12 +176,8 @@ class Connection:
         return self._state is _State.READY and self._error is None
 
     def _check_usable(self) -> None:
-        """Raise if the connection failed: the error itself the first time it surfaces (it
-        may have been held back behind good events), a LocalProtocolError after that."""
+        """Raise LocalProtocolError if the connection failed."""
         if self._error is not None:
-            exc, self._unraised = self._unraised, None
-            if exc is not None:
-                raise exc
             raise LocalProtocolError(f"connection unusable after an earlier error: {self._error}")
 
     def data_to_send(self) -> Buffers:
@@ -213,11 +197,6 @@ class Connection:
                 is not a message this role may send.
             LimitExceededError: a key/value is over the server's cap (client side).
         """
-        fast = self._fast_send.get(type(msg))  # empty until READY, as _sendable
-        if fast is not None and self._error is None:
-            frame = fast(request_id, msg, self.peer_limits)
-            if frame is not None:
-                return [frame]
         if type(msg) in self._sendable and self._error is None:  # empty until READY
             return encode_frame(request_id, msg, self.peer_limits)
         self._check_usable()
@@ -227,144 +206,18 @@ class Connection:
 
     # --- receiving ----------------------------------------------------------------------
 
-    def receive_buffer(self) -> memoryview:
-        """A writable view to ``recv_into``; call :meth:`advance` with the count received.
+    def receive_buffer(self) -> memoryview | bytearray:
+        """A writable buffer to ``recv_into``; call :meth:`advance` with the count received.
 
         While a large payload is being received this is the rest of that payload's own
-        buffer (zero copy); otherwise free space in a small scratch buffer.
+        buffer, or of a registered landing's (zero copy); otherwise free space in a small
+        scratch buffer.
 
         Raises:
             LocalProtocolError: the connection had already failed.
         """
         self._check_usable()
         return self._frames.receive_buffer()
-
-    def receive_into(self, request_id: int, out: np.ndarray | None) -> bool:
-        """Receive the reply to ``request_id``, when it is a PSValuesReply of one array of
-        ``out``'s dtype and shape, straight into ``out`` (the reply's array is then ``out``
-        itself); any other reply takes the ordinary path. ``None`` forgets the request.
-
-        Returns whether ``out`` was registered (a C-contiguous, writable array whose reply
-        is bigger than :data:`SMALL_FRAME`: smaller ones are cut from the scratch buffer).
-
-        Example:
-            >>> Connection(Role.CLIENT).receive_into(5, np.zeros(3))
-            False
-        """
-        if out is None:
-            self._frames.land(request_id, None)
-            return False
-        if not (out.flags.c_contiguous and out.flags.writeable) or out.nbytes <= SMALL_FRAME:
-            return False
-        parts = encode_frame(request_id, PSValuesReply(values=(out,)))
-        if len(parts) < 2 or memoryview(parts[-1]).nbytes != out.nbytes:
-            return False
-        prefix = b"".join(bytes(p) for p in parts[:-1])[HEADER_SIZE:]
-        target = out.reshape(-1).view(np.uint8).data
-        value = PSValuesReply(values=(out,))
-        self._frames.land(request_id, Landing(int(Opcode.PS_VALUES), prefix, target, value))
-        return True
-
-    def receive_from(self, recv_into: Callable[[memoryview | bytearray], int]) -> tuple[int, int]:
-        """Call ``recv_into`` (e.g. a socket's) once on the receive buffer, then advance.
-
-        The same as :meth:`receive_buffer`, ``recv_into`` and :meth:`advance` in one call
-        (no view is made in the usual case). Returns the byte count received and the size
-        of the buffer offered; whatever ``recv_into`` raises propagates, nothing recorded.
-
-        Raises:
-            LocalProtocolError: the connection had already failed.
-        """
-        if self._error is not None:
-            self._check_usable()
-        return self._frames.receive_from(recv_into)
-
-    def receive_events(
-        self, recv_into: Callable[[memoryview | bytearray], int]
-    ) -> tuple[list[Event], int, int]:
-        """Call ``recv_into`` (e.g. a socket's) once, then decode every message now complete.
-
-        Returns ``(events, byte count received, size of the buffer offered)``. The events
-        are those before any bad frame: a bad frame makes the connection fail, its error
-        goes to :attr:`error` and is raised by the next receiving call, so check
-        :attr:`error` after handling the events. Whatever ``recv_into`` raises propagates,
-        nothing recorded.
-
-        Raises:
-            KVSyncError: the connection had already failed (the first time: that error).
-        """
-        if self._error is not None:
-            self._check_usable()
-        frames, error, n, size = self._frames.receive_frames(recv_into)
-        return self._events(frames, error), n, size
-
-    def receive_reply(
-        self, recv_into: Callable[[memoryview | bytearray], int], request_id: int
-    ) -> tuple[object, list[Event], int, int]:
-        """:meth:`receive_events`, waiting for the reply to ``request_id``: returns
-        ``(reply, events, byte count, buffer size)``. When that reply alone arrived, it is
-        ``reply`` (a request or reply message, an :class:`ErrorReply` included) and
-        ``events`` is empty, with no event built; otherwise ``reply`` is ``None`` and
-        ``events`` holds what :meth:`receive_events` would return.
-
-        Raises:
-            KVSyncError: the connection had already failed (the first time: that error).
-        """
-        if self._error is not None:
-            self._check_usable()
-        frames, error, n, size = self._frames.receive_frames(recv_into)
-        if len(frames) == 1 and error is None:
-            opcode, got, payload = frames[0]
-            if got == request_id and not isinstance(payload, Landed):
-                try:
-                    msg = self._decoder.decode(opcode, payload)
-                except KVSyncError:  # the general path below fails the connection
-                    msg = None
-                if type(msg) in self._receivable:
-                    return msg, [], n, size
-        return None, self._events(frames, error), n, size
-
-    def _events(
-        self, frames: list[tuple[int, int, Payload | Landed]], error: Exception | None
-    ) -> list[Event]:
-        """The events of ``frames`` (see :meth:`receive_events`); ``error`` is what the frame
-        buffer refused after them."""
-        events: list[Event] = []
-        for opcode, request_id, payload in frames:
-            try:
-                event = self._event(opcode, request_id, payload)
-            except KVSyncError as exc:  # answered at this message's id
-                self._frames.last_request_id = request_id
-                return self._hold(exc, events)
-            if event is not None:
-                events.append(event)
-        if isinstance(error, KVSyncError):
-            return self._hold(error, events)
-        if error is not None:
-            raise error
-        return events
-
-    def _hold(self, exc: KVSyncError, events: list[Event]) -> list[Event]:
-        """Fail the connection with ``exc``: raise it now if no event came before it,
-        else keep it for :attr:`error` and the next call and return those events."""
-        self._error = self._unraised = exc
-        if not events:
-            self._check_usable()
-        return events
-
-    def _event(self, opcode: int, request_id: int, payload: Payload | Landed) -> Event | None:
-        """Decode one frame and dispatch it: its event, or ``None`` for a handshake frame."""
-        msg = (
-            payload.value if isinstance(payload, Landed) else self._decoder.decode(opcode, payload)
-        )
-        if type(msg) in self._receivable:  # a request or reply: what _dispatch would do
-            return tuple.__new__(Event, (request_id, msg))
-        return self._dispatch(self, request_id, msg)  # handshake, or a refusal
-
-    @property
-    def error(self) -> KVSyncError | None:
-        """The error that made this connection unusable, ``None`` while it is usable."""
-        return self._error
 
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
@@ -373,6 +226,19 @@ class Connection:
             LocalProtocolError: ``n`` is negative or larger than that buffer.
         """
         self._frames.advance(n)
+
+    def register_landing(self, request_id: int, landing: Landing | None) -> None:
+        """Register where the payload of the reply to ``request_id`` lands (``None``
+        forgets it): a reply of ``landing.opcode`` bigger than :data:`SMALL_FRAME` whose
+        payload starts with ``landing.prefix`` is received straight into
+        ``landing.target``, and :meth:`next_event` gives ``landing.value`` as its message.
+        Any other reply to that id takes the ordinary path. Nothing is received here.
+
+        Example:
+            >>> conn = Connection(Role.CLIENT)
+            >>> conn.register_landing(5, Landing(0xC0, b"", memoryview(bytearray(9)), None))
+        """
+        self._frames.land(request_id, landing)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed received bytes (copied; any split of the stream gives the same events).
@@ -395,42 +261,34 @@ class Connection:
             AuthenticationError: the shared-secret check failed.
             LocalProtocolError: the connection had already failed.
         """
-        if self._error is not None:
-            self._check_usable()
-        next_frame = self._frames.next_frame
+        self._check_usable()
+        frames = self._frames
         try:
-            while True:
-                frame = next_frame()
+            for _ in range(1 << 62):  # bounded by the frames received: handshake ones loop
+                frame = frames.next_frame()
                 if frame is None:
                     return NEED_DATA
                 header, payload = frame
-                event = self._event(header.opcode, header.request_id, payload)
+                request_id = header.request_id
+                if isinstance(payload, Landed):
+                    msg = payload.value
+                else:
+                    frames.last_request_id = request_id  # an error answers this message
+                    msg = decode(header.opcode, payload, self.limits)
+                if type(msg) in self._receivable:  # a request or reply: what _dispatch does
+                    return Event(request_id, msg)
+                event = self._dispatch(self, request_id, msg)  # handshake, or a refusal
                 if event is not None:
                     return event
         except KVSyncError as exc:
             self._error = exc
             raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _validate(self, h: Header) -> None:
-        if h.magic != MAGIC:
-            raise VersionMismatchError(
-                f"peer is not speaking the kvsync protocol: its frame starts with {h.magic!r},"
-                f" expected {MAGIC!r} (protocol version {PROTOCOL_VERSION})"
-            )
-        if h.version != PROTOCOL_VERSION:
-            raise VersionMismatchError(
-                f"peer speaks kvsync protocol version {h.version}, this side speaks"
-                f" version {PROTOCOL_VERSION}"
-            )
-        if h.flags:
-            raise RemoteProtocolError(f"frame has unknown flags 0x{h.flags:04x}")
-        if h.opcode not in _OPCODES:
-            raise RemoteProtocolError(f"unknown opcode 0x{h.opcode:02x}")
-        if h.length > self.limits.max_frame_bytes:
-            raise LimitExceededError(
-                f"frame payload of {h.length} bytes is over the limit of"
-                f" {self.limits.max_frame_bytes} bytes (max_frame_bytes)"
-            )
+    @property
+    def error(self) -> KVSyncError | None:
+        """The error that made this connection unusable, ``None`` while it is usable."""
+        return self._error
 
     # --- handshake handlers ---------------------------------------------------------------
 
@@ -507,12 +365,12 @@ class Connection:
     def _on_request(self, request_id: int, msg: object) -> Event:
         if type(msg) in _NOT_REQUESTS:
             raise RemoteProtocolError(f"a client may not send {type(msg).__name__} here")
-        return tuple.__new__(Event, (request_id, msg))  # Event(...) minus a Python call
+        return Event(request_id, msg)
 
     def _on_reply(self, request_id: int, msg: object) -> Event:
         if type(msg) not in _REPLY_TYPES:
             raise RemoteProtocolError(f"a server may not send {type(msg).__name__} here")
-        return tuple.__new__(Event, (request_id, msg))
+        return Event(request_id, msg)
 
 
 _OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
@@ -523,11 +381,6 @@ _NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
 _SENDABLE: dict[Role, frozenset[type]] = {
     Role.SERVER: _REPLY_TYPES,
     Role.CLIENT: frozenset(MESSAGE_OF.values()) - _REPLY_TYPES,
-}
-#: role -> the fast encoders of the message types it may send (see codec.fast_encoder).
-_FAST_SEND: dict[Role, dict[type, FastEncode]] = {
-    role: {cls: f for cls in types if (f := fast_encoder(cls)) is not None}
-    for role, types in _SENDABLE.items()
 }
 #: role -> the message types the handshake-complete handler passes on as events.
 _RECEIVABLE: dict[Role, frozenset[type]] = {
@@ -544,3 +397,23 @@ _HANDLERS: dict[tuple[Role, _State], _Handler] = {
     (Role.CLIENT, _State.AWAIT_AUTH_OK): Connection._on_auth_ok,
     (Role.CLIENT, _State.READY): Connection._on_reply,
 }
+
+
+def drain_events(conn: Connection) -> tuple[list[Event], KVSyncError | None]:
+    """Every event ``conn`` can give now, and the error that stopped it (``None`` when it
+    ran out of data): the events before a bad frame still count (answer them, then fail).
+
+    Example:
+        >>> drain_events(Connection(Role.SERVER))
+        ([], None)
+    """
+    events: list[Event] = []
+    try:
+        for _ in range(1 << 62):  # bounded by the bytes received
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            events.append(event)  # type: ignore[arg-type]
+    except KVSyncError as exc:
+        return events, exc
+    return events, None

@@ -1,19 +1,21 @@
 """Field codecs: how each annotation string of a message field is laid out in a payload.
 
-:data:`FIELD_CODECS` maps the annotation strings message classes may use to an encoder, a
-decoder and the cap that applies. Encoders append to a :class:`Writer` (small pieces copied
-into one buffer, big buffers kept as separate uncopied views); decoders walk a
-:class:`Reader` over the frame's own payload buffer, check every length against what is
-left and against :class:`Limits`, and return views of it (no copy). The byte layout of each
-entry is documented in ``docs/protocol.md``.
+Fixed-size fields (``int``, ``bool``, ``float``: :data:`SCALAR_CODES`) are laid out by
+``struct`` codes, so the codec fuses a run of them into one ``struct.Struct``. Every other
+annotation has an entry in :data:`FIELD_CODECS`: an encoder that appends the field's pieces
+to a list of buffers (small pieces are joined later, big buffers stay uncopied views) and a
+decoder that reads the field at an offset of the frame's own payload buffer, checks every
+length against what is left and against the caps, and returns views of it (no copy). The
+byte layout of each is documented in ``docs/protocol.md``.
 
 Example:
-    >>> w = Writer(None)
-    >>> FIELD_CODECS["str"][0](w, "hé", "f", 0)
-    >>> bytes(w.head[24:])
-    b'\\x03\\x00\\x00\\x00h\\xc3\\xa9'
-    >>> FIELD_CODECS["str"][1](Reader(w.head[24:], Limits()), "f", 0)
-    'hé'
+    >>> enc, dec, _ = FIELD_CODECS["str"]
+    >>> parts = []
+    >>> enc("hé", "f", 0, 0, parts, 0)
+    7
+    >>> payload = bytearray(b"".join(parts))
+    >>> payload, dec(payload, 0, len(payload), "f", 0, 0)
+    (bytearray(b'\\x03\\x00\\x00\\x00h\\xc3\\xa9'), ('hé', 7))
 """
 
 from __future__ import annotations
@@ -21,51 +23,38 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kvsync import defaults
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
-from kvsync.protocol.frame import HEADER_SIZE
+from kvsync.protocol.framing import Payload
 
 __all__ = [
     "ARRAY_ALIGN",
     "BIG_BUFFER",
-    "F64",
     "FIELD_CODECS",
-    "I64",
     "KEY_FIELDS",
     "MAX_NDIM",
-    "U8",
-    "U32",
-    "U64",
+    "SCALAR_CODES",
     "Decode",
     "Encode",
     "Limits",
-    "Payload",
-    "Reader",
-    "Writer",
 ]
 
-#: The little-endian layouts of the fixed-size fields and length prefixes.
 U8 = struct.Struct("<B")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-I64 = struct.Struct("<q")
-F64 = struct.Struct("<d")
 #: Buffers at least this long are sent as their own uncopied memoryview.
 BIG_BUFFER: int = 16 * 1024
 #: Array data starts at a payload offset that is a multiple of this (padding is zero).
 ARRAY_ALIGN: int = 16
 MAX_NDIM: int = 32
+#: fixed-size field annotation -> its little-endian ``struct`` code (a bool is one byte).
+SCALAR_CODES: dict[str, str] = {"int": "q", "bool": "?", "float": "d"}
 _DTYPE_RE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
-
-
-#: A received frame's payload: a ``bytearray``, or for a big one a writable byte
-#: ``memoryview`` (see ``kvsync.protocol.framing``). Decoders accept either.
-Payload = bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,102 +63,89 @@ class Limits:
 
     ``max_key_bytes`` applies to fields named ``key``/``keys``; ``max_value_bytes`` to every
     ``Buffer`` and array field; ``max_items`` to every tuple's element count.
+
+    Example:
+        >>> Limits(max_key_bytes=8).max_key_bytes
+        8
     """
 
     max_key_bytes: int = defaults.MAX_KEY_BYTES
     max_value_bytes: int = defaults.MAX_VALUE_BYTES
     max_frame_bytes: int = defaults.MAX_FRAME_BYTES
     max_items: int = defaults.MAX_KEYS_PER_REQUEST
-    #: Derived: a frame whose payload is at most this many bytes is within every byte cap
-    #: (its key and value are no longer than the payload); one comparison for small frames.
-    within: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        caps = [c for c in (self.max_key_bytes, self.max_value_bytes) if c]
-        object.__setattr__(self, "within", min([self.max_frame_bytes, *caps]))
 
 
-class Writer:
-    """Accumulates a frame: small fields in ``head``, big buffers as separate parts."""
-
-    __slots__ = ("first", "head", "limits", "parts", "size")
-
-    def __init__(self, limits: Limits | None) -> None:
-        self.head = self.first = bytearray(HEADER_SIZE)
-        self.parts: list[bytes | bytearray | memoryview] = [self.head]
-        self.size = 0  # payload bytes so far
-        self.limits = limits
-
-    def small(self, data: bytes | bytearray | memoryview) -> None:
-        self.head += data
-        self.size += len(data)
-
-    def buffer(self, mv: memoryview) -> None:
-        n = mv.nbytes
-        if n < BIG_BUFFER:
-            self.head += mv
-        else:
-            self.parts.append(mv)
-            self.head = bytearray()
-            self.parts.append(self.head)
-        self.size += n
-
-    def cap(self, n: int, cap: int, what: str) -> None:
-        if cap and n > cap:
-            raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
-
-    def count(self, value: Any, what: str) -> int:
-        """The element count of a tuple field, checked against ``max_items``."""
-        if not isinstance(value, tuple | list):
-            raise LocalProtocolError(f"{what} must be a tuple, not {type(value).__name__}")
-        n = len(value)
-        if n >= 1 << 32 or (self.limits is not None and n > self.limits.max_items):
-            limit = self.limits.max_items if self.limits is not None else (1 << 32) - 1
-            raise LimitExceededError(f"{what} holds {n} items, over the limit of {limit}")
-        return n
+#: ``(value, what, cap, max_items, parts, size) -> size``: append the field's buffers to
+#: ``parts`` (``size`` payload bytes came before it) and return the payload size after it.
+Encode = Callable[[Any, str, int, int, list[Any], int], int]
+#: ``(payload, pos, end, what, cap, max_items) -> (value, pos after it)``.
+Decode = Callable[[Payload, int, int, str, int, int], tuple[Any, int]]
 
 
-class Reader:
-    """Walks a payload, refusing any length that runs past its end."""
-
-    __slots__ = ("buf", "end", "limits", "pos", "view")
-
-    def __init__(self, buf: Payload, limits: Limits) -> None:
-        self.buf = buf
-        self.view = memoryview(buf)
-        self.pos = 0
-        self.end = len(buf)
-        self.limits = limits
-
-    def take(self, n: int, what: str) -> int:
-        start = self.pos
-        if n > self.end - start:
-            raise RemoteProtocolError(
-                f"{what} claims {n} bytes but only {self.end - start} remain in the payload"
-            )
-        self.pos = start + n
-        return start
-
-    def unpack(self, st: struct.Struct, what: str) -> Any:
-        start = self.pos
-        size = st.size
-        if size > self.end - start:
-            raise RemoteProtocolError(
-                f"{what} claims {size} bytes but only {self.end - start} remain in the payload"
-            )
-        self.pos = start + size
-        return st.unpack_from(self.buf, start)[0]
-
-    def count(self, what: str) -> int:
-        n: int = self.unpack(U32, what)
-        if n > self.limits.max_items:
-            raise LimitExceededError(
-                f"{what} holds {n} items, over the limit of {self.limits.max_items}"
-            )
-        return n
+def _over(what: str, n: int, cap: int) -> LimitExceededError:
+    return LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
 
 
-def _as_bytes_view(value: object, what: str) -> memoryview:
+def _need(what: str, n: int, pos: int, end: int) -> None:
+    if n > end - pos:
+        raise RemoteProtocolError(
+            f"{what} claims {n} bytes but only {end - pos} remain in the payload"
+        )
+
+
+def _count(value: Any, what: str, items: int) -> int:
+    """The element count of a tuple field to encode, checked against ``items``."""
+    if not isinstance(value, tuple | list):
+        raise LocalProtocolError(f"{what} must be a tuple, not {type(value).__name__}")
+    n = len(value)
+    if n > items:
+        raise LimitExceededError(f"{what} holds {n} items, over the limit of {items}")
+    return n
+
+
+def _read_count(buf: Payload, pos: int, end: int, what: str, items: int) -> int:
+    _need(what, 4, pos, end)
+    n: int = U32.unpack_from(buf, pos)[0]
+    if n > items:
+        raise LimitExceededError(f"{what} holds {n} items, over the limit of {items}")
+    return n
+
+
+# --- variable-size fields ----------------------------------------------------------------
+
+
+def _enc_str(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+    if not isinstance(value, str):
+        raise LocalProtocolError(f"{what} must be str, not {type(value).__name__}")
+    try:
+        data = value.encode()
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"{what} {value!r:.80} is not valid UTF-8: {exc}") from None
+    n = len(data)
+    if cap and n > cap:
+        raise _over(f"{what} {value!r:.80}", n, cap)
+    parts += (U32.pack(n), data)
+    return size + 4 + n
+
+
+def _dec_str(buf: Payload, pos: int, end: int, what: str, cap: int, items: int) -> tuple[str, int]:
+    _need(what, 4, pos, end)
+    n: int = U32.unpack_from(buf, pos)[0]
+    if cap and n > cap:
+        raise _over(what, n, cap)
+    pos += 4
+    _need(what, n, pos, end)
+    try:
+        return str(buf[pos : pos + n], "utf-8"), pos + n
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8: {exc}") from None
+
+
+def _bytes_view(value: Any, what: str) -> bytes | bytearray | memoryview:
+    """``value`` as a buffer whose ``len`` counts its bytes."""
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return value  # type: ignore[no-any-return]
     if not isinstance(value, bytes | bytearray | memoryview):
         raise LocalProtocolError(f"{what} must be bytes-like, not {type(value).__name__}")
     mv = memoryview(value)
@@ -180,49 +156,28 @@ def _as_bytes_view(value: object, what: str) -> memoryview:
     return mv
 
 
-# --- field encoders: (writer, value, what, cap) ---------------------------------------------
+def _enc_buffer(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+    data = _bytes_view(value, what)
+    n = len(data)
+    if cap and n > cap:
+        raise _over(what, n, cap)
+    parts += (U64.pack(n), data)
+    return size + 8 + n
 
 
-def _enc_str(w: Writer, value: Any, what: str, cap: int) -> None:
-    if not isinstance(value, str):
-        raise LocalProtocolError(f"{what} must be str, not {type(value).__name__}")
-    try:
-        data = value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError(f"{what} {value!r:.80} is not valid UTF-8: {exc}") from None
-    w.cap(len(data), cap, f"{what} {value!r:.80}")
-    w.small(U32.pack(len(data)))
-    w.small(data)
+def _dec_buffer(
+    buf: Payload, pos: int, end: int, what: str, cap: int, items: int
+) -> tuple[memoryview, int]:
+    _need(what, 8, pos, end)
+    n: int = U64.unpack_from(buf, pos)[0]
+    if cap and n > cap:
+        raise _over(what, n, cap)
+    pos += 8
+    _need(what, n, pos, end)
+    return memoryview(buf)[pos : pos + n], pos + n
 
 
-def _enc_buffer(w: Writer, value: Any, what: str, cap: int) -> None:
-    mv = _as_bytes_view(value, what)
-    w.cap(mv.nbytes, cap, what)
-    w.small(U64.pack(mv.nbytes))
-    w.buffer(mv)
-
-
-def _enc_int(w: Writer, value: Any, what: str, cap: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise LocalProtocolError(f"{what} must be int, not {type(value).__name__}")
-    if not -(1 << 63) <= value < (1 << 63):
-        raise LocalProtocolError(f"{what}={value} does not fit in a signed 64-bit integer")
-    w.small(I64.pack(value))
-
-
-def _enc_bool(w: Writer, value: Any, what: str, cap: int) -> None:
-    if not isinstance(value, bool):
-        raise LocalProtocolError(f"{what} must be bool, not {type(value).__name__}")
-    w.small(b"\x01" if value else b"\x00")
-
-
-def _enc_float(w: Writer, value: Any, what: str, cap: int) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise LocalProtocolError(f"{what} must be float, not {type(value).__name__}")
-    w.small(F64.pack(value))
-
-
-def _enc_array(w: Writer, value: Any, what: str, cap: int) -> None:
+def _enc_array(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
     if not isinstance(value, np.ndarray):
         raise LocalProtocolError(f"{what} must be a numpy array, not {type(value).__name__}")
     dt = value.dtype
@@ -231,75 +186,15 @@ def _enc_array(w: Writer, value: Any, what: str, cap: int) -> None:
     if value.ndim > MAX_NDIM:
         raise LocalProtocolError(f"{what} has {value.ndim} dimensions, over {MAX_NDIM}")
     arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
-    w.cap(arr.nbytes, cap, what)
+    if cap and arr.nbytes > cap:
+        raise _over(what, arr.nbytes, cap)
     code = dt.str.encode("ascii")
-    w.small(U8.pack(len(code)) + code + U8.pack(arr.ndim))
-    w.small(struct.pack(f"<{arr.ndim}Q", *arr.shape))
-    w.small(U64.pack(arr.nbytes))
-    w.small(bytes(-w.size % ARRAY_ALIGN))
-    w.buffer(arr.reshape(-1).view(np.uint8).data)
-
-
-def _enc_optional_array(w: Writer, value: Any, what: str, cap: int) -> None:
-    w.small(b"\x00" if value is None else b"\x01")
-    if value is not None:
-        _enc_array(w, value, what, cap)
-
-
-def _enc_tuple(item: Callable[[Writer, Any, str, int], None]) -> Any:
-    def encode(w: Writer, value: Any, what: str, cap: int) -> None:
-        w.small(U32.pack(w.count(value, what)))
-        for i, v in enumerate(value):
-            item(w, v, f"{what}[{i}]", cap)
-
-    return encode
-
-
-def _enc_ints(w: Writer, value: Any, what: str, cap: int) -> None:
-    w.count(value, what)
-    for i, v in enumerate(value):
-        if not isinstance(v, int) or isinstance(v, bool) or not -(1 << 63) <= v < (1 << 63):
-            raise LocalProtocolError(f"{what}[{i}]={v!r} is not a signed 64-bit integer")
-    w.small(U32.pack(len(value)) + struct.pack(f"<{len(value)}q", *value))
-
-
-# --- field decoders: (reader, what, cap) -> value ---------------------------------------------
-
-
-def _dec_str(r: Reader, what: str, cap: int) -> str:
-    n: int = r.unpack(U32, what)
-    if cap and n > cap:
-        raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
-    start = r.take(n, what)
-    try:
-        return str(r.buf[start : start + n], "utf-8")
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError(f"{what} is not valid UTF-8: {exc}") from None
-
-
-def _dec_buffer(r: Reader, what: str, cap: int) -> memoryview:
-    n: int = r.unpack(U64, what)
-    if cap and n > cap:
-        raise LimitExceededError(f"{what} is {n} bytes, over the limit of {cap} bytes")
-    start = r.take(n, what)
-    return r.view[start : start + n]
-
-
-def _dec_int(r: Reader, what: str, cap: int) -> int:
-    value: int = r.unpack(I64, what)
-    return value
-
-
-def _dec_bool(r: Reader, what: str, cap: int) -> bool:
-    raw: int = r.unpack(U8, what)
-    if raw > 1:
-        raise RemoteProtocolError(f"{what} is a bool encoded as {raw}, not 0 or 1")
-    return raw == 1
-
-
-def _dec_float(r: Reader, what: str, cap: int) -> float:
-    value: float = r.unpack(F64, what)
-    return value
+    head = struct.pack(f"<B{len(code)}sB{arr.ndim}QQ", len(code), code, arr.ndim, *arr.shape,
+                       arr.nbytes)  # fmt: skip
+    size += len(head)
+    pad = bytes(-size % ARRAY_ALIGN)
+    parts += (head, pad, arr.reshape(-1).view(np.uint8).data)
+    return size + len(pad) + arr.nbytes
 
 
 def _dtype(code: str, what: str) -> np.dtype[Any]:
@@ -314,21 +209,28 @@ def _dtype(code: str, what: str) -> np.dtype[Any]:
     return dt
 
 
-def _dec_array(r: Reader, what: str, cap: int) -> np.ndarray[Any, Any]:
-    code_len: int = r.unpack(U8, what)
-    start = r.take(code_len, what)
+def _dec_array(
+    buf: Payload, pos: int, end: int, what: str, cap: int, items: int
+) -> tuple[np.ndarray[Any, Any], int]:
+    _need(what, 1, pos, end)
+    code_len = buf[pos]
+    _need(what, code_len + 1, pos + 1, end)  # the code, then ndim
     try:
-        code = str(r.buf[start : start + code_len], "ascii")
+        code = str(buf[pos + 1 : pos + 1 + code_len], "ascii")
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"{what} has a non-ASCII dtype") from None
     dt = _dtype(code, what)
-    ndim: int = r.unpack(U8, what)
+    pos += 1 + code_len
+    ndim = buf[pos]
     if ndim > MAX_NDIM:
         raise RemoteProtocolError(f"{what} has {ndim} dimensions, over {MAX_NDIM}")
-    shape = struct.unpack_from(f"<{ndim}Q", r.buf, r.take(8 * ndim, what))
-    nbytes: int = r.unpack(U64, what)
+    pos += 1
+    _need(what, 8 * ndim + 8, pos, end)
+    *dims, nbytes = struct.unpack_from(f"<{ndim}QQ", buf, pos)
+    shape = tuple(dims)
+    pos += 8 * ndim + 8
     if cap and nbytes > cap:
-        raise LimitExceededError(f"{what} is {nbytes} bytes, over the limit of {cap} bytes")
+        raise _over(what, nbytes, cap)
     count = 1
     for dim in shape:
         count *= dim
@@ -337,45 +239,88 @@ def _dec_array(r: Reader, what: str, cap: int) -> np.ndarray[Any, Any]:
             f"{what} of shape {shape} and dtype {code} needs {count * dt.itemsize} bytes,"
             f" the frame says {nbytes}"
         )
-    pad_at = r.take(-r.pos % ARRAY_ALIGN, what)
-    if any(r.buf[pad_at : r.pos]):
+    pad = -pos % ARRAY_ALIGN
+    _need(what, pad, pos, end)
+    if any(buf[pos : pos + pad]):
         raise RemoteProtocolError(f"{what} has non-zero alignment padding")
-    start = r.take(nbytes, what)
+    pos += pad
+    _need(what, nbytes, pos, end)
     try:
-        return np.frombuffer(r.buf, dtype=dt, count=count, offset=start).reshape(shape)
+        arr = np.frombuffer(buf, dtype=dt, count=count, offset=pos).reshape(shape)
     except ValueError as exc:  # e.g. a zero-size shape with a dimension over intp
         raise RemoteProtocolError(f"{what} has an unusable shape {shape}: {exc}") from None
+    return arr, pos + nbytes
 
 
-def _dec_optional_array(r: Reader, what: str, cap: int) -> np.ndarray[Any, Any] | None:
-    return _dec_array(r, what, cap) if _dec_bool(r, what, cap) else None
+def _enc_optional_array(
+    value: Any, what: str, cap: int, items: int, parts: list[Any], size: int
+) -> int:
+    parts.append(b"\x00" if value is None else b"\x01")
+    return size + 1 if value is None else _enc_array(value, what, cap, items, parts, size + 1)
 
 
-def _dec_tuple(item: Callable[[Reader, str, int], Any]) -> Any:
-    def decode(r: Reader, what: str, cap: int) -> tuple[Any, ...]:
-        n = r.count(what)
-        if n > r.end - r.pos:  # every item takes at least one byte
-            raise RemoteProtocolError(f"{what} claims {n} items in {r.end - r.pos} bytes")
-        return tuple([item(r, what, cap) for _ in range(n)])
+def _dec_optional_array(
+    buf: Payload, pos: int, end: int, what: str, cap: int, items: int
+) -> tuple[np.ndarray[Any, Any] | None, int]:
+    _need(what, 1, pos, end)
+    flag = buf[pos]
+    if flag > 1:
+        raise RemoteProtocolError(f"{what} is a bool encoded as {flag}, not 0 or 1")
+    if not flag:
+        return None, pos + 1
+    return _dec_array(buf, pos + 1, end, what, cap, items)
+
+
+def _enc_tuple(item: Encode) -> Encode:
+    def encode(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+        parts.append(U32.pack(_count(value, what, items)))
+        size += 4
+        for i, v in enumerate(value):
+            size = item(v, f"{what}[{i}]", cap, items, parts, size)
+        return size
+
+    return encode
+
+
+def _dec_tuple(item: Decode) -> Decode:
+    def decode(
+        buf: Payload, pos: int, end: int, what: str, cap: int, items: int
+    ) -> tuple[tuple[Any, ...], int]:
+        n = _read_count(buf, pos, end, what, items)
+        pos += 4
+        if n > end - pos:  # every item takes at least one byte
+            raise RemoteProtocolError(f"{what} claims {n} items in {end - pos} bytes")
+        out = []
+        for _ in range(n):
+            value, pos = item(buf, pos, end, what, cap, items)
+            out.append(value)
+        return tuple(out), pos
 
     return decode
 
 
-def _dec_ints(r: Reader, what: str, cap: int) -> tuple[int, ...]:
-    n = r.count(what)
-    return struct.unpack_from(f"<{n}q", r.buf, r.take(8 * n, what))
+def _enc_ints(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+    n = _count(value, what, items)
+    for i, v in enumerate(value):
+        if not isinstance(v, int) or isinstance(v, bool) or not -(1 << 63) <= v < (1 << 63):
+            raise LocalProtocolError(f"{what}[{i}]={v!r} is not a signed 64-bit integer")
+    parts.append(struct.pack(f"<I{n}q", n, *value))
+    return size + 4 + 8 * n
 
 
-Encode = Callable[[Writer, Any, str, int], None]
-Decode = Callable[[Reader, str, int], Any]
+def _dec_ints(
+    buf: Payload, pos: int, end: int, what: str, cap: int, items: int
+) -> tuple[tuple[int, ...], int]:
+    n = _read_count(buf, pos, end, what, items)
+    pos += 4
+    _need(what, 8 * n, pos, end)
+    return struct.unpack_from(f"<{n}q", buf, pos), pos + 8 * n
+
 
 #: annotation string -> (encoder, decoder, the Limits attribute capping it or "").
 FIELD_CODECS: dict[str, tuple[Encode, Decode, str]] = {
     "str": (_enc_str, _dec_str, ""),
     "Buffer": (_enc_buffer, _dec_buffer, "max_value_bytes"),
-    "int": (_enc_int, _dec_int, ""),
-    "bool": (_enc_bool, _dec_bool, ""),
-    "float": (_enc_float, _dec_float, ""),
     "tuple[str, ...]": (_enc_tuple(_enc_str), _dec_tuple(_dec_str), ""),
     "tuple[Buffer, ...]": (_enc_tuple(_enc_buffer), _dec_tuple(_dec_buffer), "max_value_bytes"),
     "tuple[int, ...]": (_enc_ints, _dec_ints, ""),

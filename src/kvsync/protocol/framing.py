@@ -1,10 +1,19 @@
-"""Splitting a received byte stream into frames, with a zero-copy path for big payloads.
+"""Frames: the fixed header every kvsync message starts with, and splitting a received byte
+stream into frames, with a zero-copy path for big payloads.
+
+Header layout (24 bytes, little endian; ``docs/protocol.md`` has the table)::
+
+    offset  size  field
+    0       4     magic            b"KVSY"
+    4       1     version          PROTOCOL_VERSION
+    5       1     opcode           kvsync.protocol.messages.Opcode
+    6       2     flags            reserved, must be 0
+    8       8     request id       unsigned, chosen by the client, echoed in the reply
+    16      8     payload length   unsigned, bytes following the header
 
 Strategy: bytes land in a small scratch buffer (``feed`` copies into it; ``receive_buffer``
 and ``advance`` let a socket ``recv_into`` it directly). Once a frame header is complete it
-is checked before anything is allocated: a header with the right magic and version, no
-flags, a known opcode and a length within the cap passes a quick test; any other goes to a
-``validate`` callback that says why it is refused. A payload of at most
+is checked by :func:`check_header` before anything is allocated. A payload of at most
 :data:`SMALL_FRAME` bytes is sliced out of the scratch buffer (one small copy); a larger
 one gets a fresh buffer of exactly its size (see :func:`_fresh`) that ``receive_buffer``
 then exposes, so a big value goes from the kernel into its final buffer without a
@@ -17,8 +26,7 @@ the rest goes from the kernel straight into the caller's buffer and :meth:`next_
 a :class:`Landed` instead of a payload; otherwise the frame takes the ordinary path.
 
 Example:
-    >>> from kvsync.protocol.frame import pack_header
-    >>> fb = FrameBuffer(lambda header: None)
+    >>> fb = FrameBuffer(opcodes={0x1F}, max_length=100)
     >>> fb.feed(pack_header(0x1F, 9, 2) + b"hi")
     >>> header, payload = fb.next_frame()
     >>> header.request_id, payload
@@ -31,31 +39,124 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Final, NamedTuple
 
 import numpy as np
 
-from kvsync.errors import LocalProtocolError
-from kvsync.protocol.fields import Payload
-from kvsync.protocol.frame import (
-    HEADER,
-    HEADER_SIZE,
-    MAGIC,
-    PROTOCOL_VERSION,
-    Header,
+from kvsync.errors import (
+    LimitExceededError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionMismatchError,
 )
 
-__all__ = ["SMALL_FRAME", "FrameBuffer", "Landed", "Landing"]
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "SMALL_FRAME",
+    "FrameBuffer",
+    "Header",
+    "Landed",
+    "Landing",
+    "Payload",
+    "check_header",
+    "pack_header",
+    "unpack_header",
+]
 
+#: The four bytes that open every frame.
+MAGIC: bytes = b"KVSY"
+#: Bumped whenever the byte layout changes; peers of different versions refuse each other.
+PROTOCOL_VERSION: int = 1
+#: ``struct`` layout of the header (the only one: the codec appends field codes to it).
+HEADER: struct.Struct = struct.Struct("<4sBBHQQ")
+#: Bytes in a frame header.
+HEADER_SIZE: int = HEADER.size
 #: Payloads up to this size are cut out of the scratch buffer; larger ones get their own.
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB
 _MIN_FREE: Final = 1024
 _LAZY: Final = 1 << 20  # payloads this big get memory that is not zeroed first
-_HEADER_INT: Final = struct.Struct("<IBBHQQ")  # HEADER with the magic as an int (no bytes made)
-_MAGIC_INT: Final = int.from_bytes(MAGIC, "little")
 _MAGIC_SIZE: Final = len(MAGIC)
+
+#: A received frame's payload: a ``bytearray``, or for a big one a writable byte
+#: ``memoryview`` (see :func:`_fresh`). Decoders accept either.
+Payload = bytearray | memoryview
+
+
+class Header(NamedTuple):
+    """A decoded frame header (checked by :func:`check_header` before it is used)."""
+
+    magic: bytes
+    version: int
+    opcode: int
+    flags: int
+    request_id: int
+    length: int
+
+
+def pack_header(opcode: int, request_id: int, length: int) -> bytes:
+    """The 24 header bytes of a frame of this protocol version.
+
+    Raises:
+        struct.error: a field is out of range.
+
+    Example:
+        >>> h = pack_header(0x10, 7, 3)
+        >>> len(h), unpack_header(h)
+        (24, Header(magic=b'KVSY', version=1, opcode=16, flags=0, request_id=7, length=3))
+    """
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, length)
+
+
+def unpack_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Header:
+    """Split the header at ``offset`` into its fields; :func:`check_header` checks them.
+
+    Example:
+        >>> unpack_header(pack_header(0x11, 2, 9)).request_id
+        2
+    """
+    return Header._make(HEADER.unpack_from(data, offset))
+
+
+def check_header(header: Header, opcodes: Collection[int], max_length: int) -> None:
+    """Refuse a header this side cannot accept, naming what is wrong with it.
+
+    Raises:
+        VersionMismatchError: the magic is not kvsync's, or the version differs.
+        RemoteProtocolError: unknown flags or opcode.
+        LimitExceededError: the payload is longer than ``max_length``.
+
+    Example:
+        >>> check_header(unpack_header(pack_header(0x11, 2, 9)), {0x11}, 9)
+        >>> check_header(unpack_header(pack_header(0x11, 2, 9)), {0x10}, 9)
+        Traceback (most recent call last):
+        ...
+        kvsync.errors.RemoteProtocolError: unknown opcode 0x11
+    """
+    magic, version, opcode, flags, _, length = header
+    if magic != MAGIC:
+        raise VersionMismatchError(
+            f"peer is not speaking the kvsync protocol: its frame starts with {magic!r},"
+            f" expected {MAGIC!r} (protocol version {PROTOCOL_VERSION})"
+        )
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatchError(
+            f"peer speaks kvsync protocol version {version}, this side speaks"
+            f" version {PROTOCOL_VERSION}"
+        )
+    if flags:
+        raise RemoteProtocolError(f"frame has unknown flags 0x{flags:04x}")
+    if opcode not in opcodes:
+        raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}")
+    if length > max_length:
+        raise LimitExceededError(
+            f"frame payload of {length} bytes is over the limit of"
+            f" {max_length} bytes (max_frame_bytes)"
+        )
 
 
 def _fresh(size: int) -> Payload:
@@ -68,7 +169,6 @@ def _fresh(size: int) -> Payload:
     if size < _LAZY:
         return bytearray(size)
     return np.empty(size, dtype=np.uint8).data
-
 
 
 class Landing(NamedTuple):
@@ -90,26 +190,16 @@ class FrameBuffer:
     """Received bytes -> ``(header, payload)`` frames.
 
     Args:
-        validate: called with each header that fails the quick test (and with a header whose
-            magic is the first four bytes of a frame that cannot be kvsync, as soon as they
-            arrive); raises to refuse.
-        opcodes: the opcodes the quick test accepts; ``None`` sends every header to
-            ``validate``.
-        max_length: the longest payload the quick test accepts.
+        opcodes: the opcodes accepted (:func:`check_header`).
+        max_length: the longest payload accepted.
 
     Attributes:
         last_request_id: the request id of the last header checked (``0`` for a frame that
             cannot be kvsync), ``None`` before the first.
     """
 
-    def __init__(
-        self,
-        validate: Callable[[Header], None],
-        opcodes: Collection[int] | None = None,
-        max_length: int = 0,
-    ) -> None:
-        self._validate = validate
-        self._opcodes: Collection[int] = () if opcodes is None else opcodes
+    def __init__(self, opcodes: Collection[int], max_length: int) -> None:
+        self._opcodes = opcodes
         self._max_length = max_length
         self.last_request_id: int | None = None
         self._scratch = bytearray(_SCRATCH)
@@ -128,91 +218,25 @@ class FrameBuffer:
         else:
             self._landings[request_id] = landing
 
-    def receive_buffer(self) -> memoryview:
-        """A writable view to ``recv_into``; then call :meth:`advance` with the count."""
+    def receive_buffer(self) -> memoryview | bytearray:
+        """A writable buffer to ``recv_into``; then call :meth:`advance` with the count.
+
+        While nothing is pending this is the empty scratch buffer itself (no view made).
+        """
         if self._payload is not None:
             if self._landing is not None and self._filled >= len(self._payload):
                 return self._landing.target[self._filled - len(self._payload) :]
             return memoryview(self._payload)[self._filled :]
         if self._start == self._end:
             self._start = self._end = 0
-        elif len(self._scratch) - self._end < _MIN_FREE and self._start:
+            return self._scratch
+        if len(self._scratch) - self._end < _MIN_FREE and self._start:
             n = self._end - self._start
             self._scratch[:n] = self._scratch[self._start : self._end]
             self._start, self._end = 0, n
         if self._end == len(self._scratch):
             self._scratch += bytes(len(self._scratch))
         return memoryview(self._scratch)[self._end :]
-
-    def receive_from(self, recv_into: Callable[[memoryview | bytearray], int]) -> tuple[int, int]:
-        """Call ``recv_into`` once on the receive buffer and record what it wrote.
-
-        Equivalent to :meth:`receive_buffer`, ``recv_into`` and :meth:`advance` (the usual
-        case, an empty scratch buffer, is filled from its start with no view made).
-        Returns the byte count written and the size of the buffer offered; whatever
-        ``recv_into`` raises propagates with nothing recorded.
-        """
-        if self._payload is None and self._start == self._end:
-            self._start = self._end = 0
-            self._end = n = recv_into(self._scratch)
-            return n, len(self._scratch)
-        with self.receive_buffer() as buf:
-            n = recv_into(buf)
-            size = buf.nbytes
-        self.advance(n)
-        return n, size
-
-    def receive_frames(
-        self, recv_into: Callable[[memoryview | bytearray], int]
-    ) -> tuple[list[tuple[int, int, Payload | Landed]], Exception | None, int, int]:
-        """:meth:`receive_from`, then every frame now complete as ``(opcode, request id,
-        payload)``: returns ``(frames, error, byte count, buffer size)``, where ``error`` is
-        what ``validate`` raised for a header after those frames (``None`` if all was
-        well; :meth:`next_frame` raises it again). The usual case, one small frame received
-        whole into an empty buffer, is handled without further calls.
-
-        Raises:
-            Whatever ``recv_into`` raises (nothing recorded).
-        """
-        if (
-            self._start == self._end
-            and self._header is None
-            and self._payload is None
-            and not self._ready
-        ):  # nothing pending: receive into the empty scratch buffer
-            scratch = self._scratch
-            self._start = self._end = 0  # (if recv_into raises, the buffer stays empty)
-            self._end = n = recv_into(scratch)
-            if n >= HEADER_SIZE:
-                magic, version, opcode, flags, request_id, length = _HEADER_INT.unpack_from(scratch)
-                if (
-                    n == HEADER_SIZE + length
-                    and length <= SMALL_FRAME
-                    and magic == _MAGIC_INT
-                    and version == PROTOCOL_VERSION
-                    and not flags
-                    and opcode in self._opcodes
-                    and length <= self._max_length
-                ):  # one whole frame, and a good header: cut it out, the buffer is empty again
-                    self.last_request_id = request_id
-                    self._end = 0
-                    if self._landings:
-                        self._landings.pop(request_id, None)
-                    return [(opcode, request_id, scratch[HEADER_SIZE:n])], None, n, len(scratch)
-            size = len(scratch)
-        else:
-            n, size = self.receive_from(recv_into)
-        frames: list[tuple[int, int, Payload | Landed]] = []
-        for _ in range(1 << 40):
-            try:
-                frame = self.next_frame()
-            except Exception as exc:  # validate refused a header: the frames before it count
-                return frames, exc, n, size
-            if frame is None:
-                break
-            header, payload = frame
-            frames.append((header.opcode, header.request_id, payload))
-        return frames, None, n, size
 
     def advance(self, n: int) -> None:
         """Record that ``n`` bytes were written into the last :meth:`receive_buffer`.
@@ -255,87 +279,73 @@ class FrameBuffer:
         """Copy received bytes in (any split of the stream gives the same frames)."""
         view = memoryview(data).cast("B")
         while view.nbytes:
-            with self.receive_buffer() as buf:
-                n = min(buf.nbytes, view.nbytes)
-                buf[:n] = view[:n]
+            buf = self.receive_buffer()
+            n = min(len(buf), view.nbytes)
+            buf[:n] = view[:n]
+            del buf  # a live view would stop the scratch buffer from growing
             self.advance(n)
             view = view[n:]
 
-    def _parse_header(self) -> None:
-        """Refuse a partial header that cannot be kvsync; move a large payload (its header
-        checked by :meth:`next_frame`) into its own buffer."""
-        if self._header is None and self._payload is None:
-            start = self._start
-            magic = bytes(self._scratch[start : min(start + _MAGIC_SIZE, self._end)])
-            if len(magic) == _MAGIC_SIZE and magic != MAGIC:
-                self.last_request_id = 0
-                self._validate(Header(magic, PROTOCOL_VERSION, 0, 0, 0, 0))
-            return
-        h = self._header
-        if h is not None and self._payload is None and h.length > SMALL_FRAME:
-            landing = self._landings.pop(h.request_id, None) if self._landings else None
-            if landing is not None and (
-                h.opcode != landing.opcode
-                or h.length != len(landing.prefix) + landing.target.nbytes
-            ):
-                landing = None
-            self._landing = landing
-            self._payload = bytearray(len(landing.prefix)) if landing else _fresh(h.length)
-            self._filled = 0
-            n = min(h.length, self._end - self._start)
-            if landing is None:
-                self._payload[:n] = self._scratch[self._start : self._start + n]
-                self._filled = n
-                self._start += n
-                self._complete_payload()
-            else:  # through receive_buffer: the leading bytes are checked first
-                data = bytes(self._scratch[self._start : self._start + n])
-                self._start += n
-                self.feed(data)
+    def _start_big_payload(self, h: Header) -> None:
+        """Move the start of a payload over :data:`SMALL_FRAME` into its own buffer (or,
+        for a registered landing, receive its leading bytes first)."""
+        landing = self._landings.pop(h.request_id, None) if self._landings else None
+        if landing is not None and (
+            h.opcode != landing.opcode or h.length != len(landing.prefix) + landing.target.nbytes
+        ):
+            landing = None
+        self._landing = landing
+        self._payload = bytearray(len(landing.prefix)) if landing else _fresh(h.length)
+        self._filled = 0
+        n = min(h.length, self._end - self._start)
+        if landing is None:
+            self._payload[:n] = self._scratch[self._start : self._start + n]
+            self._filled = n
+            self._start += n
+            self._complete_payload()
+        else:  # through receive_buffer: the leading bytes are checked first
+            data = bytes(self._scratch[self._start : self._start + n])
+            self._start += n
+            self.feed(data)
 
     def next_frame(self) -> tuple[Header, Payload | Landed] | None:
         """The next complete frame, or ``None`` until more bytes arrive.
 
         Raises:
-            Whatever ``validate`` raises for a refused header.
+            VersionMismatchError, RemoteProtocolError, LimitExceededError: a refused header
+                (see :func:`check_header`); bytes that cannot be kvsync are refused as soon
+                as their first four arrive.
         """
         if self._ready:
             return self._ready.popleft()
-        start = self._start
-        if self._header is None and self._payload is None:
+        h = self._header
+        if h is None and self._payload is None:
+            start = self._start
             avail = self._end - start
             if avail < _MAGIC_SIZE:  # nothing to look at yet (the usual end of a batch)
                 return None
-            if avail >= HEADER_SIZE:  # a header is complete: check it (the quick test)
-                fields = HEADER.unpack_from(self._scratch, start)
-                magic, version, opcode, flags, request_id, length = fields
-                self.last_request_id = request_id
-                header = tuple.__new__(Header, fields)
-                if (
-                    magic != MAGIC
-                    or version != PROTOCOL_VERSION
-                    or flags
-                    or opcode not in self._opcodes
-                    or length > self._max_length
-                ):
-                    self._validate(header)
-                begin = start + HEADER_SIZE
-                end = begin + length
-                if length <= SMALL_FRAME and end <= self._end:  # small and all here: cut out
-                    self._start = end
-                    if self._landings:
-                        self._landings.pop(request_id, None)
-                    return header, self._scratch[begin:end]
-                self._header, self._start = header, begin
-        self._parse_header()
-        if self._ready:
-            return self._ready.popleft()
-        h = self._header
-        if h is None or self._payload is not None or self._end - self._start < h.length:
+            if avail < HEADER_SIZE:
+                magic = bytes(self._scratch[start : start + _MAGIC_SIZE])
+                if magic != MAGIC:  # refused before the rest of its header arrives
+                    self.last_request_id = 0
+                    check_header(Header(magic, 0, 0, 0, 0, 0), (), 0)
+                return None
+            h = Header._make(HEADER.unpack_from(self._scratch, start))
+            self.last_request_id = h.request_id
+            check_header(h, self._opcodes, self._max_length)
+            self._start = start + HEADER_SIZE
+            if h.length > SMALL_FRAME:
+                self._header = h
+                self._start_big_payload(h)
+                return self._ready.popleft() if self._ready else None
+        elif h is None or self._payload is not None:
+            return None  # a big payload is streaming in
+        if self._end - self._start < h.length:
+            self._header = h
             return None
-        payload = self._scratch[self._start : self._start + h.length]
-        self._start += h.length
+        begin = self._start
+        self._start = end = begin + h.length
         self._header = None
         if self._landings:
             self._landings.pop(h.request_id, None)
-        return h, payload
+        return h, self._scratch[begin:end]

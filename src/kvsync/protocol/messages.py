@@ -12,19 +12,17 @@ The byte layout of each is in ``docs/protocol.md``.
 Blocking requests carry ``timeout_ms``: how long the server may park them before it answers
 with a timeout error. It is always given (no request waits forever) and is ``>= 0``.
 
-Opcodes 0x01-0x0F are the connection handshake, 0x10-0x3F the Store API, 0x40-0x7F are
-reserved for the parameter-server messages, 0x80-0xFF are replies.
+Opcodes 0x01-0x0F are the connection handshake, 0x10-0x3F the Store API, 0x40-0x7F the
+parameter-server messages (:mod:`kvsync.protocol.ps_messages`), 0x80-0xFF replies.
 
 Example:
-    >>> from kvsync.protocol.messages import Set, Opcode, OPCODE_OF
-    >>> msg = Set(key="a", value=b"1")
-    >>> OPCODE_OF[type(msg)] is Opcode.SET
+    >>> from kvsync.protocol.messages import Set, Opcode, STORE_MESSAGE_OF
+    >>> STORE_MESSAGE_OF[Opcode.SET] is Set
     True
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -34,8 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HANDSHAKE_OPCODES",
-    "MESSAGE_OF",
-    "OPCODE_OF",
+    "STORE_MESSAGE_OF",
     "Add",
     "Append",
     "Auth",
@@ -373,8 +370,9 @@ Message: TypeAlias = (
     " | ValuesReply | IntReply | KeysReply | ErrorReply"
 )
 
-#: opcode -> message class, for the decoder's dispatch table.
-MESSAGE_OF: dict[Opcode, type] = {
+#: opcode -> handshake, Store API or reply message class (the parameter server's are in
+#: :mod:`kvsync.protocol.ps_messages`; :data:`kvsync.protocol.codec.MESSAGE_OF` has both).
+STORE_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.HELLO: Hello,
     Opcode.HELLO_REPLY: HelloReply,
     Opcode.AUTH: Auth,
@@ -405,299 +403,3 @@ MESSAGE_OF: dict[Opcode, type] = {
 
 #: The opcodes a connection exchanges before its handshake is complete.
 HANDSHAKE_OPCODES: frozenset[Opcode] = frozenset({Opcode.HELLO, Opcode.HELLO_REPLY, Opcode.AUTH})
-
-#: message class -> opcode, for the encoder.
-OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}
-
-
-# === Parameter-server messages (owner: dist; opcodes 0x40-0x7F, reply 0xC0) =============
-#
-# Keys travel as "wire keys": ``"i<n>"`` for the int key ``n``, ``"s<name>"`` for the str
-# key ``name`` (see kvsync.server.ps_keys.wire_key), so int and str keys never collide and the
-# server can hand the original key to the updater. Each server holds, per key, one
-# contiguous row slice of the array (the whole array when it is small). Blocking requests
-# carry ``timeout_ms`` like the Store API's. Replies are the Store API's OkReply /
-# ValueReply / ErrorReply, and PSValuesReply for arrays.
-
-__all__ += [
-    "PS_MESSAGE_OF",
-    "PSBarrier",
-    "PSHello",
-    "PSInit",
-    "PSLoadStates",
-    "PSPackedReply",
-    "PSPull",
-    "PSPullRows",
-    "PSPullShm",
-    "PSPush",
-    "PSPushPacked",
-    "PSPushRows",
-    "PSPushShm",
-    "PSSaveStates",
-    "PSSetCompression",
-    "PSSetOptimizer",
-    "PSSetUpdater",
-    "PSShmReply",
-    "PSShutdown",
-    "PSStats",
-    "PSValuesReply",
-    "PSWaitInit",
-    "PSWaiting",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class PSHello:
-    """First message of a worker connection: who it is and which mode the job runs in.
-    Every worker of a job must agree on ``num_workers`` and ``sync``. Reply: OkReply."""
-
-    rank: int
-    num_workers: int
-    sync: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PSInit:
-    """Rank 0 stores the initial value of each key (the row slice this server holds).
-    A key already initialised is an INVALID_ARGUMENT error. Reply: OkReply."""
-
-    keys: tuple[str, ...]
-    values: tuple[NDArray, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PSWaitInit:
-    """Other ranks' ``init``: park until every key exists (rank 0's init wins).
-    Reply: OkReply, or an ErrorReply (TIMEOUT, or CONNECTION when rank 0 is gone)."""
-
-    keys: tuple[str, ...]
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PSPush:
-    """Push gradient rows per key: ``values[i]`` holds rows ``offsets[i]...`` of the slice
-    this server keeps for ``keys[i]`` (a big slice travels as several parts, in row order;
-    a worker's push is complete when all rows arrived; in sync mode complete pushes are
-    summed per round). With ``compressed`` each value is the packed form of the job's
-    gradient compression. Reply: OkReply (a bad shape/dtype/key is an ErrorReply and
-    changes nothing)."""
-
-    keys: tuple[str, ...]
-    values: tuple[NDArray, ...]
-    offsets: tuple[int, ...]
-    counts: tuple[int, ...]
-    compressed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PSPushRows:
-    """Push a row-sparse gradient slice: ``rows`` are row numbers local to the slice this
-    server holds, ``data`` has one row per entry. Reply: OkReply."""
-
-    key: str
-    rows: NDArray
-    data: NDArray
-
-
-@dataclass(frozen=True, slots=True)
-class PSPull:
-    """Read rows ``offsets[i]`` to ``offsets[i] + counts[i]`` of each key's slice; in sync
-    mode wait until every round this worker pushed into has been applied.
-    Reply: PSValuesReply in key order."""
-
-    keys: tuple[str, ...]
-    offsets: tuple[int, ...]
-    counts: tuple[int, ...]
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PSPullRows:
-    """Read only ``rows`` (local row numbers) of one key's slice, with the same waiting
-    rule as PSPull. Reply: PSValuesReply with one array of ``len(rows)`` rows."""
-
-    key: str
-    rows: NDArray
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PSSetOptimizer:
-    """Install an optimizer from its JSON config (``Optimizer.to_config()``); the name must
-    be registered in the server process. Reply: OkReply or ErrorReply (UNKNOWN_NAME)."""
-
-    config: str
-
-
-@dataclass(frozen=True, slots=True)
-class PSSetUpdater:
-    """Install an updater registered on the server by name (kvsync.server.ps
-    ``register_updater``), with JSON ``params``. Reply: OkReply or UNKNOWN_NAME."""
-
-    name: str
-    params: str
-
-
-@dataclass(frozen=True, slots=True)
-class PSSetCompression:
-    """Gradient-compression parameters (JSON) used to decompress compressed pushes.
-    Reply: OkReply."""
-
-    params: str
-
-
-@dataclass(frozen=True, slots=True)
-class PSSaveStates:
-    """The server updater's state (``Updater.get_states``). Reply: ValueReply."""
-
-    dump_optimizer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PSLoadStates:
-    """Restore the updater's state saved by PSSaveStates. Reply: OkReply."""
-
-    data: Buffer
-
-
-@dataclass(frozen=True, slots=True)
-class PSBarrier:
-    """Park until every worker has entered the barrier. Reply: OkReply, or an ErrorReply
-    naming the ranks that left or never came."""
-
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PSStats:
-    """Counters of this server (bytes in/out, keys, rounds) as JSON. Reply: ValueReply."""
-
-
-@dataclass(frozen=True, slots=True)
-class PSShutdown:
-    """Ask the server process to exit once it has replied. Reply: OkReply."""
-
-
-@dataclass(frozen=True, slots=True)
-class PSPushPacked:
-    """PSPush of many small parts of one dtype, concatenated (flattened) into ``data`` in
-    key order; each part holds ``counts[i]`` rows of its key's slice from row
-    ``offsets[i]``, so the server knows where each ends. Reply: OkReply."""
-
-    keys: tuple[str, ...]
-    data: NDArray
-    offsets: tuple[int, ...]
-    counts: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PSWaiting:
-    """This worker is (``waiting``) or is no longer blocked on a request to *another*
-    server, so this one can tell when every worker is stuck (uneven pushes across servers).
-    Reply: OkReply."""
-
-    waiting: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PSPushShm:
-    """Push a whole slice that a worker on the same host wrote into its shared-memory
-    segment ``path`` (``/proc/<pid>/fd/<fd>``, see kvsync.kv.shm); the server reads it
-    before replying, so the worker may reuse the segment after the reply. Reply: OkReply."""
-
-    key: str
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class PSPullShm:
-    """Like PSPull of a whole slice, answered with where the slice lives in the server's
-    shared memory instead of its bytes. Reply: PSShmReply."""
-
-    key: str
-    timeout_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PSShmReply:
-    """The shared-memory segment holding the slice a PSPullShm asked for (unchanged until
-    the asking worker pushes the key again)."""
-
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class PSPackedReply:
-    """The arrays answering a PSPull of many small keys of one dtype, flattened and
-    concatenated in request order (the worker knows each one's size)."""
-
-    data: NDArray
-
-
-@dataclass(frozen=True, slots=True)
-class PSValuesReply:
-    """Arrays answering PSPull / PSPullRows, in request order."""
-
-    values: tuple[NDArray, ...]
-
-
-#: opcode -> parameter-server message class (merged into MESSAGE_OF / OPCODE_OF).
-PS_MESSAGE_OF: dict[Opcode, type] = {
-    Opcode.PS_HELLO: PSHello,
-    Opcode.PS_INIT: PSInit,
-    Opcode.PS_WAIT_INIT: PSWaitInit,
-    Opcode.PS_PUSH: PSPush,
-    Opcode.PS_PUSH_ROWS: PSPushRows,
-    Opcode.PS_PULL: PSPull,
-    Opcode.PS_PULL_ROWS: PSPullRows,
-    Opcode.PS_SET_OPTIMIZER: PSSetOptimizer,
-    Opcode.PS_SET_UPDATER: PSSetUpdater,
-    Opcode.PS_SET_COMPRESSION: PSSetCompression,
-    Opcode.PS_SAVE_STATES: PSSaveStates,
-    Opcode.PS_LOAD_STATES: PSLoadStates,
-    Opcode.PS_BARRIER: PSBarrier,
-    Opcode.PS_STATS: PSStats,
-    Opcode.PS_SHUTDOWN: PSShutdown,
-    Opcode.PS_PUSH_SHM: PSPushShm,
-    Opcode.PS_PULL_SHM: PSPullShm,
-    Opcode.PS_PUSH_PACKED: PSPushPacked,
-    Opcode.PS_WAITING: PSWaiting,
-    Opcode.PS_VALUES: PSValuesReply,
-    Opcode.PS_SHM: PSShmReply,
-    Opcode.PS_PACKED: PSPackedReply,
-}
-MESSAGE_OF.update(PS_MESSAGE_OF)
-OPCODE_OF.update({cls: op for op, cls in PS_MESSAGE_OF.items()})
-
-
-def _quick_init(cls: type) -> None:
-    """Give the frozen message class ``cls`` an ``__init__`` that fills its slots through
-    their member descriptors: the same unchecked assignment the dataclass ``__init__``
-    makes through ``object.__setattr__``, minus the attribute lookup (a message is made
-    for every request and reply, so this is on the hot path). Same signature; a class
-    with defaults, a ``__post_init__`` or no fields keeps its own."""
-    fields = dataclasses.fields(cls)
-    if (
-        not fields
-        or hasattr(cls, "__post_init__")
-        or any(
-            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            for f in fields
-        )
-    ):
-        return
-    setters = {f"_set_{f.name}": getattr(cls, f.name).__set__ for f in fields}
-    names = ", ".join(f.name for f in fields)
-    body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields)
-    scope: dict[str, Any] = {}
-    exec(f"def __init__(self, {names}):\n{body}", setters, scope)
-    init = scope["__init__"]
-    original = cls.__init__  # type: ignore[misc]
-    init.__qualname__, init.__module__ = original.__qualname__, original.__module__
-    init.__annotations__, init.__doc__ = original.__annotations__, original.__doc__
-    cls.__init__ = init  # type: ignore[misc]
-
-
-for _cls in MESSAGE_OF.values():
-    _quick_init(_cls)

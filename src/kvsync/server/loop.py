@@ -35,7 +35,7 @@ from typing import Any
 from kvsync import defaults
 from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
 from kvsync.protocol.codec import Limits, encode_frame
-from kvsync.protocol.connection import Connection, Event, Role, encode_error
+from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
 from kvsync.protocol.messages import ErrorReply
 from kvsync.server.logic import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
@@ -288,15 +288,13 @@ class StoreServer:
         if peer.closing is not None:
             self._discard_input(peer)
             return
-        receive_events = peer.proto.receive_events
+        proto = peer.proto
         recv_into = peer.sock.recv_into
         for _ in range(_RECVS_PER_EVENT):
             try:
-                events, n, size = receive_events(recv_into)
+                buf = proto.receive_buffer()
+                n = recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                return
-            except KVSyncError as exc:  # its bytes are not a valid frame (nothing before it)
-                self._fail(peer, exc)
                 return
             except OSError as exc:
                 self._drop(peer, f"receive failed: {exc}")
@@ -304,12 +302,17 @@ class StoreServer:
             if n == 0:
                 self._drop(peer, "client closed the connection")
                 return
-            if not self._process(peer, events) or (n < size and n < _STREAMING):
+            size = len(buf)  # (a byte buffer: its length is its byte count)
+            del buf  # no view into the connection's buffer outlives the receive
+            proto.advance(n)
+            events, error = drain_events(proto)
+            if not self._process(peer, events, error) or (n < size and n < _STREAMING):
                 return
 
-    def _process(self, peer: _Peer, events: list[Event]) -> bool:
-        """Handle ``peer``'s requests and send its replies (after any handshake answer);
-        False once it failed or was dropped."""
+    def _process(self, peer: _Peer, events: list[Event], error: KVSyncError | None) -> bool:
+        """Handle ``peer``'s requests and send its replies (after any handshake answer),
+        then fail it if ``error`` (its bytes after those requests were bad); False once it
+        failed or was dropped."""
         proto = peer.proto
         conn_id = peer.conn_id
         mine: list[_Buffer] = []  # replies to this peer, sent when its requests are done
@@ -334,7 +337,6 @@ class StoreServer:
                         others.append(o)
             if others:  # wake-ups of other connections, queued in one go
                 self._deliver(others)
-        error = proto.error
         if error is not None:  # a bad frame after the good ones: answer them, then fail
             if mine:
                 self._queue(peer, mine)

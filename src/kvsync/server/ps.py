@@ -22,7 +22,7 @@ factories (see :mod:`kvsync.kv.server`).
 
 Example:
     >>> import numpy as np
-    >>> from kvsync.protocol.messages import PSHello, PSInit, PSPush, PSPull
+    >>> from kvsync.protocol.ps_messages import PSHello, PSInit, PSPush, PSPull
     >>> ps = ParameterServerLogic()
     >>> out = ps.handle(1, 1, PSHello(rank=0, num_workers=1, sync=True), 0.0)
     >>> out = ps.handle(1, 2, PSInit(keys=("i3",), values=(np.zeros(2),)), 0.0)
@@ -45,9 +45,8 @@ import numpy as np
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode, code_for
-from kvsync.protocol.messages import (
-    ErrorReply,
-    OkReply,
+from kvsync.protocol.messages import ErrorReply, OkReply, ValueReply
+from kvsync.protocol.ps_messages import (
     PSBarrier,
     PSHello,
     PSInit,
@@ -67,7 +66,6 @@ from kvsync.protocol.messages import (
     PSStats,
     PSWaiting,
     PSWaitInit,
-    ValueReply,
 )
 from kvsync.protocol.wire_keys import key_of_wire
 from kvsync.server.logic import Outgoing
@@ -96,9 +94,25 @@ logger = logging.getLogger(__name__)
 
 #: The message types this logic handles (for ``Router``).
 PS_MESSAGE_TYPES: tuple[type, ...] = (
-    PSHello, PSInit, PSWaitInit, PSPush, PSPushRows, PSPull, PSPullRows, PSSetOptimizer,
-    PSSetUpdater, PSSetCompression, PSSaveStates, PSLoadStates, PSBarrier, PSStats, PSShutdown,
-    PSPushShm, PSPullShm, PSPushPacked, PSWaiting,
+    PSHello,
+    PSInit,
+    PSWaitInit,
+    PSPush,
+    PSPushRows,
+    PSPull,
+    PSPullRows,
+    PSSetOptimizer,
+    PSSetUpdater,
+    PSSetCompression,
+    PSSaveStates,
+    PSLoadStates,
+    PSBarrier,
+    PSStats,
+    PSShutdown,
+    PSPushShm,
+    PSPullShm,
+    PSPushPacked,
+    PSWaiting,
 )
 
 
@@ -143,14 +157,25 @@ class ParameterServerLogic:
         self._parked = ParkedRequests(server_index, self._keys, self._job, self._counters)
         self._last_event = 0.0
         self._handlers: dict[type, Callable[[int, int, Any, float], object | None]] = {
-            PSHello: self._hello, PSInit: self._init, PSWaitInit: self._wait_init,
-            PSPush: self._push, PSPushRows: self._push_rows, PSPull: self._pull,
-            PSPullRows: self._pull_rows, PSSetOptimizer: self._set_optimizer,
-            PSSetUpdater: self._set_updater, PSSetCompression: self._set_compression,
-            PSSaveStates: self._save_states, PSLoadStates: self._load_states,
-            PSBarrier: self._barrier, PSStats: self._stats, PSShutdown: self._shutdown,
-            PSPushShm: self._push_shm, PSPullShm: self._pull_shm,
-            PSPushPacked: self._push_packed, PSWaiting: self._waiting,
+            PSHello: self._hello,
+            PSInit: self._init,
+            PSWaitInit: self._wait_init,
+            PSPush: self._push,
+            PSPushRows: self._push_rows,
+            PSPull: self._pull,
+            PSPullRows: self._pull_rows,
+            PSSetOptimizer: self._set_optimizer,
+            PSSetUpdater: self._set_updater,
+            PSSetCompression: self._set_compression,
+            PSSaveStates: self._save_states,
+            PSLoadStates: self._load_states,
+            PSBarrier: self._barrier,
+            PSStats: self._stats,
+            PSShutdown: self._shutdown,
+            PSPushShm: self._push_shm,
+            PSPullShm: self._pull_shm,
+            PSPushPacked: self._push_packed,
+            PSWaiting: self._waiting,
         }
 
     # --- ServerLogic ------------------------------------------------------------------------
@@ -174,8 +199,10 @@ class ParameterServerLogic:
             reply = ErrorReply(code=int(exc.code), message=str(exc))
         except Exception as exc:  # an updater, optimizer or compression raised
             logger.debug("server %d: request failed", self.server_index, exc_info=True)
-            reply = ErrorReply(code=int(code_for(exc)), message=f"server {self.server_index}: "
-                               f"{type(exc).__name__}: {exc}")
+            reply = ErrorReply(
+                code=int(code_for(exc)),
+                message=f"server {self.server_index}: {type(exc).__name__}: {exc}",
+            )
         if reply is not None:
             out.append(Outgoing(conn_id, request_id, reply))
         out.extend(self._parked.wake())
@@ -208,8 +235,13 @@ class ParameterServerLogic:
         """Counters of this server: bytes in (pushes, inits) and out (pulls), keys held."""
         c = self._counters
         return {
-            "server": self.server_index, "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
-            "pushes": c.pushes, "updates": c.updates, "pulls": c.pulls, "keys": len(self._keys),
+            "server": self.server_index,
+            "bytes_in": c.bytes_in,
+            "bytes_out": c.bytes_out,
+            "pushes": c.pushes,
+            "updates": c.updates,
+            "pulls": c.pulls,
+            "keys": len(self._keys),
             "elements": sum(int(k.value.size) for k in self._keys.values()),
         }
 
@@ -218,13 +250,15 @@ class ParameterServerLogic:
     def _hello(self, conn_id: int, request_id: int, msg: PSHello, now: float) -> object:
         job = self._job
         if msg.num_workers < 1 or not 0 <= msg.rank < msg.num_workers:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"rank {msg.rank} is not in [0, {msg.num_workers})")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"rank {msg.rank} is not in [0, {msg.num_workers})"
+            )
         if job.num_workers and (job.num_workers, job.sync) != (msg.num_workers, msg.sync):
             raise PSRequestError(
                 ErrorCode.KVSTORE_USAGE,
                 f"server {self.server_index} serves a job of {job.num_workers} workers "
-                f"(sync={job.sync}); rank {msg.rank} says {msg.num_workers} (sync={msg.sync})")
+                f"(sync={job.sync}); rank {msg.rank} says {msg.num_workers} (sync={msg.sync})",
+            )
         job.num_workers, job.sync = msg.num_workers, msg.sync
         job.rank_of[conn_id] = msg.rank
         job.gone.discard(msg.rank)
@@ -235,8 +269,9 @@ class ParameterServerLogic:
         check_pairs(msg.keys, msg.values)
         for k in msg.keys:
             if k in self._keys:
-                raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                     f"key {key_of_wire(k)!r} is already initialised")
+                raise PSRequestError(
+                    ErrorCode.KVSTORE_USAGE, f"key {key_of_wire(k)!r} is already initialised"
+                )
         for k, v in zip(msg.keys, msg.values, strict=True):
             self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
             self._counters.bytes_in += v.nbytes
@@ -247,45 +282,61 @@ class ParameterServerLogic:
 
     def _push(self, conn_id: int, request_id: int, msg: PSPush, now: float) -> object:
         check_pairs(msg.keys, msg.values)
-        return self._push_parts(conn_id, msg.keys, msg.values, msg.offsets, msg.counts,
-                                msg.compressed)
+        return self._push_parts(
+            conn_id, msg.keys, msg.values, msg.offsets, msg.counts, msg.compressed
+        )
 
     def _push_packed(self, conn_id: int, rid: int, msg: PSPushPacked, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
-                                 "in length")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
+            )
         data, at, values = msg.data.reshape(-1), 0, []
         for k, n in zip(msg.keys, msg.counts, strict=True):
             stored = self._key(k).value
             shape = stored.shape if stored.ndim == 0 else (n, *stored.shape[1:])
             size = int(np.prod(shape, dtype=np.int64))
             if data.dtype != stored.dtype or at + size > data.size:
-                raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
-                                     f"packed push of {data.dtype}[{data.size}] does not hold "
-                                     f"{shape} {stored.dtype} rows of key {key_of_wire(k)!r}")
+                raise PSRequestError(
+                    ErrorCode.SHAPE_MISMATCH,
+                    f"packed push of {data.dtype}[{data.size}] does not hold "
+                    f"{shape} {stored.dtype} rows of key {key_of_wire(k)!r}",
+                )
             values.append(data[at : at + size].reshape(shape))
             at += size
         if at != data.size:
-            raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
-                                 f"packed push has {data.size - at} values left over")
+            raise PSRequestError(
+                ErrorCode.SHAPE_MISMATCH, f"packed push has {data.size - at} values left over"
+            )
         check_pairs(msg.keys, tuple(values))
-        return self._push_parts(conn_id, msg.keys, tuple(values), msg.offsets, msg.counts,
-                                False)
+        return self._push_parts(conn_id, msg.keys, tuple(values), msg.offsets, msg.counts, False)
 
-    def _push_parts(self, conn_id: int, wires: tuple[str, ...], parts: tuple[np.ndarray, ...],
-                    offsets: tuple[int, ...], counts: tuple[int, ...],
-                    compressed: bool) -> object:
+    def _push_parts(
+        self,
+        conn_id: int,
+        wires: tuple[str, ...],
+        parts: tuple[np.ndarray, ...],
+        offsets: tuple[int, ...],
+        counts: tuple[int, ...],
+        compressed: bool,
+    ) -> object:
         if not len(wires) == len(offsets) == len(counts):
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
-                                 "in length")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
+            )
         rank, sync = self._job.rank_of[conn_id], self._job.sync
         keys = self._keys
         states = [keys.get(k) or self._key(k) for k in wires]
         grads = []
         for ks, v, lo, n in zip(states, parts, offsets, counts, strict=True):
             stored = ks.value
-            whole = (not compressed and lo == 0 and v.shape == stored.shape
-                     and v.dtype == stored.dtype and rank not in ks.partial)
+            whole = (
+                not compressed
+                and lo == 0
+                and v.shape == stored.shape
+                and v.dtype == stored.dtype
+                and rank not in ks.partial
+            )
             if not whole:  # a part, or compressed: the full checks
                 v = self._grad(ks, v, lo, n, compressed)
                 ks.part_rows(lo, v)
@@ -307,8 +358,10 @@ class ParameterServerLogic:
         want = (len(rows), *ks.value.shape[1:])
         if data.shape != want or data.dtype != ks.value.dtype:
             raise PSRequestError(
-                ErrorCode.SHAPE_MISMATCH, f"row-sparse push of key {ks.key!r}: data is "
-                f"{data.dtype}{data.shape}, expected {ks.value.dtype}{want}")
+                ErrorCode.SHAPE_MISMATCH,
+                f"row-sparse push of key {ks.key!r}: data is "
+                f"{data.dtype}{data.shape}, expected {ks.value.dtype}{want}",
+            )
         self._check_round(ks, rank)
         ks.check_order(rank, 0)
         grad = np.zeros_like(ks.value)
@@ -321,8 +374,9 @@ class ParameterServerLogic:
         rank = self._job.rank_of[conn_id]
         ks = self._key(msg.key)
         if self._attach is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"server {self.server_index} has no shared memory")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no shared memory"
+            )
         self._check_round(ks, rank)
         ks.check_order(rank, 0)
         grad = self._attach(msg.path, ks.value.nbytes).view(ks.value.dtype)
@@ -332,15 +386,18 @@ class ParameterServerLogic:
 
     def _pull_shm(self, conn_id: int, request_id: int, msg: PSPullShm, now: float) -> object:
         if not self._key(msg.key).value_path:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"key {key_of_wire(msg.key)!r} is not in shared memory on "
-                                 f"server {self.server_index}")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE,
+                f"key {key_of_wire(msg.key)!r} is not in shared memory on "
+                f"server {self.server_index}",
+            )
         return _park(self, "shm", conn_id, request_id, (msg.key,), msg.timeout_ms, now)
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ "
-                                 "in length")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
+            )
         for k, lo, n in zip(msg.keys, msg.offsets, msg.counts, strict=True):
             self._key(k).check_range(lo, n)
         ranges = np.array([msg.offsets, msg.counts], dtype=np.int64)
@@ -352,8 +409,9 @@ class ParameterServerLogic:
 
     def _set_optimizer(self, conn_id: int, rid: int, msg: PSSetOptimizer, now: float) -> object:
         if self._make_updater is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"server {self.server_index} has no optimizer support")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no optimizer support"
+            )
         if msg.config != self._installed.get("optimizer"):  # every worker sends it once
             self._updater = self._make_updater(json_object(msg.config, "optimizer config"))
             self._installed["optimizer"] = msg.config
@@ -361,19 +419,20 @@ class ParameterServerLogic:
 
     def _set_updater(self, conn_id: int, rid: int, msg: PSSetUpdater, now: float) -> object:
         if self._named_updater is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"server {self.server_index} has no updater registry")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no updater registry"
+            )
         config = f"{msg.name}:{msg.params}"
         if config != self._installed.get("optimizer"):
             self._updater = self._named_updater(msg.name, json_object(msg.params, "params"))
             self._installed["optimizer"] = config
         return OkReply()
 
-    def _set_compression(self, conn_id: int, rid: int, msg: PSSetCompression,
-                         now: float) -> object:
+    def _set_compression(self, conn_id: int, rid: int, msg: PSSetCompression, now: float) -> object:
         if self._make_compression is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"server {self.server_index} has no compression support")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no compression support"
+            )
         if msg.params != self._installed.get("compression"):
             self._compression = self._make_compression(json_object(msg.params, "params"))
             self._installed["compression"] = msg.params
@@ -389,8 +448,7 @@ class ParameterServerLogic:
     def _barrier(self, conn_id: int, request_id: int, msg: PSBarrier, now: float) -> object:
         rank = self._job.rank_of[conn_id]
         if rank in self._job.barrier:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"rank {rank} entered the barrier twice")
+            raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"rank {rank} entered the barrier twice")
         self._job.barrier.add(rank)
         return _park(self, "barrier", conn_id, request_id, (), msg.timeout_ms, now)
 
@@ -416,22 +474,26 @@ class ParameterServerLogic:
         if ks is None:
             raise PSRequestError(
                 ErrorCode.UNINITIALIZED_KEY,
-                f"key {key_of_wire(wire)!r} was never initialised on server {self.server_index}")
+                f"key {key_of_wire(wire)!r} was never initialised on server {self.server_index}",
+            )
         return ks
 
-    def _grad(self, ks: KeyState, value: np.ndarray, lo: int, n: int,
-              compressed: bool) -> np.ndarray:
+    def _grad(
+        self, ks: KeyState, value: np.ndarray, lo: int, n: int, compressed: bool
+    ) -> np.ndarray:
         if not compressed:
             return value
         if self._compression is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"compressed push of key {ks.key!r} but no compression set")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"compressed push of key {ks.key!r} but no compression set"
+            )
         shape = ks.value.shape if ks.value.ndim == 0 else (n, *ks.value.shape[1:])
         try:
             return self._compression.decompress(value, shape, ks.value.dtype)
         except ValueError as exc:
-            raise PSRequestError(ErrorCode.SHAPE_MISMATCH,
-                                 f"compressed push of key {ks.key!r}: {exc}") from None
+            raise PSRequestError(
+                ErrorCode.SHAPE_MISMATCH, f"compressed push of key {ks.key!r}: {exc}"
+            ) from None
 
     def _check_round(self, ks: KeyState, rank: int) -> None:
         if self._job.sync and rank in ks.pushed:
@@ -439,7 +501,8 @@ class ParameterServerLogic:
                 ErrorCode.KVSTORE_USAGE,
                 f"dist_sync: rank {rank} pushed key {ks.key!r} twice in round {ks.round} while "
                 f"ranks {ks.missing(self._job.num_workers)} have not pushed it yet (every "
-                "worker pushes each key once per round; pull between pushes)")
+                "worker pushes each key once per round; pull between pushes)",
+            )
 
     def _accept(self, ks: KeyState, rank: int, lo: int, grad: np.ndarray) -> None:
         sync = self._job.sync
@@ -464,17 +527,27 @@ class ParameterServerLogic:
 
     def _need_updater(self) -> Updater:
         if self._updater is None:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
-                                 f"no optimizer is set on server {self.server_index}")
+            raise PSRequestError(
+                ErrorCode.KVSTORE_USAGE, f"no optimizer is set on server {self.server_index}"
+            )
         return self._updater
 
     # --- parking ----------------------------------------------------------------------------
 
-def _park(self: ParameterServerLogic, kind: str, conn_id: int, request_id: int,
-          keys: tuple[str, ...], timeout_ms: int, now: float,
-          rows: np.ndarray | None = None) -> object | None:
+
+def _park(
+    self: ParameterServerLogic,
+    kind: str,
+    conn_id: int,
+    request_id: int,
+    keys: tuple[str, ...],
+    timeout_ms: int,
+    now: float,
+    rows: np.ndarray | None = None,
+) -> object | None:
     """Park a request; the wake-up after the handler answers it at once when ready."""
     deadline = now + max(timeout_ms, 0) / 1000.0
-    self._parked.park(Parked(kind, conn_id, request_id, self._job.rank_of[conn_id], deadline,
-                             keys, rows))
+    self._parked.park(
+        Parked(kind, conn_id, request_id, self._job.rank_of[conn_id], deadline, keys, rows)
+    )
     return None

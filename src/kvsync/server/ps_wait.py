@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvsync.errors import ErrorCode
-from kvsync.protocol.messages import (
-    ErrorReply,
-    OkReply,
-    PSPackedReply,
-    PSShmReply,
-    PSValuesReply,
-)
+from kvsync.protocol.messages import ErrorReply, OkReply
+from kvsync.protocol.ps_messages import PSPackedReply, PSShmReply, PSValuesReply
 from kvsync.protocol.wire_keys import key_of_wire, packable
 from kvsync.server.logic import Outgoing
 from kvsync.server.ps_keys import KeyState, rows_of
@@ -68,8 +63,9 @@ class JobState:
 class ParkedRequests:
     """The parked requests of one server, over its keys, job and counters."""
 
-    def __init__(self, server_index: int, keys: dict[str, KeyState], job: JobState,
-                 counters: Counters) -> None:
+    def __init__(
+        self, server_index: int, keys: dict[str, KeyState], job: JobState, counters: Counters
+    ) -> None:
         self.where = f"server {server_index}"
         self.items: list[Parked] = []
         self._keys = keys
@@ -90,7 +86,8 @@ class ParkedRequests:
         if not self.items:
             return out
         barrier_done = bool(self._job.num_workers) and (
-            len(self._job.barrier) >= self._job.num_workers)
+            len(self._job.barrier) >= self._job.num_workers
+        )
         keep: list[Parked] = []
         for p in self.items:
             reply = self._ready_reply(p, barrier_done)
@@ -151,8 +148,10 @@ class ParkedRequests:
             values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
         else:
             assert p.rows is not None  # [offsets, counts] of each key
-            values = tuple(rows_of(ks.value, int(lo), int(n))
-                           for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True))
+            values = tuple(
+                rows_of(ks.value, int(lo), int(n))
+                for ks, lo, n in zip(states, p.rows[0], p.rows[1], strict=True)
+            )
         self._counters.pulls += 1
         self._counters.bytes_out += sum(v.nbytes for v in values)
         if packable(values):  # many small arrays: one on the wire
@@ -175,35 +174,56 @@ class ParkedRequests:
             if p.rank in ks.pushed:
                 lost = sorted(gone.intersection(ks.missing(self._job.num_workers)))
                 if lost:
-                    return (f"{self.where}: round {ks.round} of key {ks.key!r} cannot complete:"
-                            f" ranks {lost} disconnected before pushing it")
+                    return (
+                        f"{self.where}: round {ks.round} of key {ks.key!r} cannot complete:"
+                        f" ranks {lost} disconnected before pushing it"
+                    )
         return None
 
     def _uneven_text(self) -> str:
         n = self._job.num_workers
-        parts = [f"key {ks.key!r} round {ks.round} has pushes from ranks {sorted(ks.pushed)} "
-                 f"but not from {ks.missing(n)}" for ks in self._keys.values() if ks.pushed]
+        parts = [
+            f"key {ks.key!r} round {ks.round} has pushes from ranks {sorted(ks.pushed)} "
+            f"but not from {ks.missing(n)}"
+            for ks in self._keys.values()
+            if ks.pushed
+        ]
         elsewhere = sorted(self._job.elsewhere - {p.rank for p in self.items})
         where = f"; ranks {elsewhere} are blocked on other servers" if elsewhere else ""
-        return (f"{self.where}: every worker is waiting and no round can complete: uneven "
-                f"pushes across workers ({'; '.join(parts) or 'no open rounds'}; barrier "
-                f"reached by ranks {sorted(self._job.barrier)}{where})")
+        return (
+            f"{self.where}: every worker is waiting and no round can complete: uneven "
+            f"pushes across workers ({'; '.join(parts) or 'no open rounds'}; barrier "
+            f"reached by ranks {sorted(self._job.barrier)}{where})"
+        )
 
     def _timeout_text(self, p: Parked) -> str:
         n = self._job.num_workers
-        what = {"init": "keys to be initialised by rank 0", "barrier": "the other workers",
-                "pull": "the round's pushes", "rows": "the round's pushes",
-                "shm": "the round's pushes"}[p.kind]
+        what = {
+            "init": "keys to be initialised by rank 0",
+            "barrier": "the other workers",
+            "pull": "the round's pushes",
+            "rows": "the round's pushes",
+            "shm": "the round's pushes",
+        }[p.kind]
         missing = ""
         if p.kind == "barrier":
             missing = f" (ranks {sorted(set(range(n)) - self._job.barrier)} missing)"
         elif p.kind in ("pull", "rows", "shm"):
-            m = sorted({r for k in p.keys if p.rank in self._keys[k].pushed
-                        for r in self._keys[k].missing(n)})
+            m = sorted(
+                {
+                    r
+                    for k in p.keys
+                    if p.rank in self._keys[k].pushed
+                    for r in self._keys[k].missing(n)
+                }
+            )
             missing = f" (ranks {m} missing)"
         keys = [key_of_wire(k) for k in p.keys[:5]]
-        return (f"{self.where}: rank {p.rank} timed out waiting for {what}"
-                + (f" for keys {keys}" if keys else "") + missing)
+        return (
+            f"{self.where}: rank {p.rank} timed out waiting for {what}"
+            + (f" for keys {keys}" if keys else "")
+            + missing
+        )
 
     def _error(self, p: Parked, code: ErrorCode, text: str) -> Outgoing:
         if p.kind == "barrier":
