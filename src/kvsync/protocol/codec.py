@@ -27,7 +27,7 @@ import dataclasses
 import operator
 import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.fields import (
@@ -41,7 +41,7 @@ from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION, Payload
 from kvsync.protocol.messages import STORE_MESSAGE_OF, Opcode
 from kvsync.protocol.ps_messages import PS_MESSAGE_OF
 
-__all__ = ["MESSAGE_OF", "OPCODE_OF", "Limits", "decode", "encode_frame"]
+__all__ = ["DECODERS", "ENCODERS", "MESSAGE_OF", "OPCODE_OF", "Limits", "decode", "encode_frame"]
 
 #: opcode -> message class: every message the wire knows (store and parameter server).
 MESSAGE_OF: dict[Opcode, type] = {**STORE_MESSAGE_OF, **PS_MESSAGE_OF}
@@ -52,11 +52,10 @@ Buffers = list[bytes | bytearray | memoryview]
 _SCALAR_TYPES: dict[str, type] = {"int": int, "bool": bool, "float": float}
 _CAP_INDEX = {"": 0, "max_key_bytes": 1, "max_value_bytes": 2}
 _NO_CAPS = (0, 0, 0, (1 << 32) - 1)  # encoding without limits: only the u32 item count
-
-
-def _caps(limits: Limits) -> tuple[int, int, int, int]:
-    """``(no cap, key cap, value cap, item cap)``, indexed by :data:`_CAP_INDEX`."""
-    return 0, limits.max_key_bytes, limits.max_value_bytes, limits.max_items
+#: ``(msg, caps, parts, size) -> size``: append one step's pieces (see Limits.caps).
+_EncodeStep = Callable[[object, tuple[int, ...], list[Any], int], int]
+#: ``(payload, pos, end, caps, msg) -> pos``: read one step's fields into ``msg``.
+_DecodeStep = Callable[[Payload, int, int, tuple[int, ...], object], int]
 
 
 class _Scalars:
@@ -77,22 +76,45 @@ class _Scalars:
             if a == "bool"
         )
 
-    def encode(self, msg: object) -> bytes:
-        values = (self.get(msg),) if self.one else self.get(msg)
-        for value, kind, what in zip(values, self.kinds, self.whats, strict=True):
-            if type(value) is not kind:
-                _check_scalar(value, kind, what)
-        try:
-            return self.layout.pack(*values)
-        except struct.error:  # an int out of range (the types were checked)
-            for value, what in zip(values, self.whats, strict=True):
-                if type(value) is not float and not -(1 << 63) <= value < (1 << 63):
-                    raise LocalProtocolError(
-                        f"{what}={value} does not fit in a signed 64-bit integer"
-                    ) from None
-            raise
+    def encode_step(self) -> _EncodeStep:
+        get, one, kinds, pack = self.get, self.one, self.kinds, self.layout.pack
 
-    def decode(self, buf: Payload, pos: int, end: int, msg: object) -> int:
+        def encode(msg: object, caps: tuple[int, ...], parts: list[Any], size: int) -> int:
+            values = (get(msg),) if one else get(msg)
+            if tuple(map(type, values)) != kinds:
+                self.check(values)
+            try:
+                data = pack(*values)
+            except struct.error:  # an int out of range (the types were checked)
+                self.check_range(values)
+                raise
+            parts.append(data)
+            return size + len(data)
+
+        return encode
+
+    def check(self, values: tuple[Any, ...]) -> None:
+        """Refuse a value not of its field's type (an ``int`` subclass other than ``bool``
+        passes as an ``int``; an ``int`` passes as a ``float``)."""
+        for value, kind, what in zip(values, self.kinds, self.whats, strict=True):
+            if kind is bool:
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, int | float if kind is float else int)
+                ok = ok and not isinstance(value, bool)
+            if not ok:
+                raise LocalProtocolError(
+                    f"{what} must be {kind.__name__}, not {type(value).__name__}"
+                )
+
+    def check_range(self, values: tuple[Any, ...]) -> None:
+        for value, what in zip(values, self.whats, strict=True):
+            if type(value) is not float and not -(1 << 63) <= value < (1 << 63):
+                raise LocalProtocolError(
+                    f"{what}={value} does not fit in a signed 64-bit integer"
+                ) from None
+
+    def decode(self, buf: Payload, pos: int, end: int, caps: tuple[int, ...], msg: object) -> int:
         size = self.layout.size
         if size > end - pos:
             raise RemoteProtocolError(
@@ -109,71 +131,61 @@ class _Scalars:
         return pos + size
 
 
-def _check_scalar(value: object, kind: type, what: str) -> None:
-    """Refuse a value that is not of its fixed-size field's type (an ``int`` subclass other
-    than ``bool`` passes as an ``int``; an ``int`` passes as a ``float``)."""
-    if kind is bool:
-        ok = isinstance(value, bool)
-    else:
-        ok = isinstance(value, int | float if kind is float else int) and not isinstance(
-            value, bool
-        )
-    if not ok:
-        raise LocalProtocolError(f"{what} must be {kind.__name__}, not {type(value).__name__}")
+def _field_steps(cls: type, f: dataclasses.Field[Any]) -> tuple[_EncodeStep, _DecodeStep]:
+    """The encode and decode steps of one variable-size field of ``cls``."""
+    annotation = str(f.type)
+    try:
+        enc, dec, cap_attr = FIELD_CODECS[annotation]
+    except KeyError:
+        raise LocalProtocolError(
+            f"{cls.__name__}.{f.name}: no codec for annotation {annotation!r}"
+        ) from None
+    cap = _CAP_INDEX["max_key_bytes" if f.name in KEY_FIELDS else cap_attr]
+    what = f"{cls.__name__}.{f.name}"
+    get = operator.attrgetter(f.name)
+    set_ = getattr(cls, f.name).__set__
 
+    def encode(msg: object, caps: tuple[int, ...], parts: list[Any], size: int) -> int:
+        return enc(get(msg), what, caps[cap], caps[3], parts, size)
 
-class _Field(NamedTuple):
-    """One variable-size field of a message class."""
+    def decode(payload: Payload, pos: int, end: int, caps: tuple[int, ...], msg: object) -> int:
+        value, pos = dec(payload, pos, end, what, caps[cap], caps[3])
+        set_(msg, value)
+        return pos
 
-    name: str
-    what: str
-    encode: Callable[..., int]
-    decode: Callable[..., tuple[Any, int]]
-    cap: int  # index into the caps tuple (see _caps)
-    set: Callable[[object, Any], None]
+    return encode, decode
 
 
 class _Compiled:
-    """One message class, compiled: its opcode and its steps (_Scalars or _Field)."""
+    """One message class, compiled: its opcode, and one encode and one decode step per
+    run of fixed-size fields (:class:`_Scalars`) or other field (:func:`_field_steps`)."""
 
     def __init__(self, cls: type, opcode: int) -> None:
         self.cls, self.opcode, self.name = cls, opcode, cls.__name__
-        self.steps: list[_Scalars | _Field] = []
+        encoders: list[_EncodeStep] = []
+        decoders: list[_DecodeStep] = []
         run: list[dataclasses.Field[Any]] = []
         for f in [*dataclasses.fields(cls), None]:
             if f is not None and str(f.type) in SCALAR_CODES:
                 run.append(f)
                 continue
             if run:
-                self.steps.append(_Scalars(cls, run))
+                scalars = _Scalars(cls, run)
+                encoders.append(scalars.encode_step())
+                decoders.append(scalars.decode)
                 run = []
-            if f is None:
-                break
-            annotation = str(f.type)
-            try:
-                enc, dec, cap_attr = FIELD_CODECS[annotation]
-            except KeyError:
-                raise LocalProtocolError(
-                    f"{cls.__name__}.{f.name}: no codec for annotation {annotation!r}"
-                ) from None
-            if f.name in KEY_FIELDS:
-                cap_attr = "max_key_bytes"
-            what = f"{cls.__name__}.{f.name}"
-            setter = getattr(cls, f.name).__set__
-            self.steps.append(_Field(f.name, what, enc, dec, _CAP_INDEX[cap_attr], setter))
+            if f is not None:
+                encode, decode = _field_steps(cls, f)
+                encoders.append(encode)
+                decoders.append(decode)
+        self.encoders, self.decoders = tuple(encoders), tuple(decoders)
 
     def encode(self, request_id: int, msg: object, limits: Limits | None) -> Buffers:
-        caps = _NO_CAPS if limits is None else _caps(limits)
+        caps = _NO_CAPS if limits is None else limits.caps
         parts: list[Any] = [b""]  # the header's place
         size = 0
-        for step in self.steps:
-            if isinstance(step, _Scalars):
-                data = step.encode(msg)
-                parts.append(data)
-                size += len(data)
-            else:
-                value = getattr(msg, step.name)
-                size = step.encode(value, step.what, caps[step.cap], caps[3], parts, size)
+        for step in self.encoders:
+            size = step(msg, caps, parts, size)
         if limits is not None and size > limits.max_frame_bytes:
             raise LimitExceededError(
                 f"{self.name} frame is {size} bytes, over the limit of"
@@ -189,14 +201,9 @@ class _Compiled:
 
     def decode(self, payload: Payload, limits: Limits) -> object:
         msg: object = object.__new__(self.cls)
-        pos, end = 0, len(payload)
-        caps = _caps(limits)
-        for step in self.steps:
-            if isinstance(step, _Scalars):
-                pos = step.decode(payload, pos, end, msg)
-            else:
-                value, pos = step.decode(payload, pos, end, step.what, caps[step.cap], caps[3])
-                step.set(msg, value)
+        pos, end, caps = 0, len(payload), limits.caps
+        for step in self.decoders:
+            pos = step(payload, pos, end, caps, msg)
         if pos != end:
             raise RemoteProtocolError(f"{self.name} payload has {end - pos} trailing bytes")
         return msg
@@ -219,9 +226,13 @@ def _group(parts: list[Any]) -> Buffers:
     return out
 
 
-#: message class -> its compiled codec; opcode -> the same, for decoding.
-_BY_CLASS: dict[type, _Compiled] = {cls: _Compiled(cls, int(op)) for op, cls in MESSAGE_OF.items()}
-_BY_OPCODE: dict[int, _Compiled] = {c.opcode: c for c in _BY_CLASS.values()}
+_COMPILED = [_Compiled(cls, int(op)) for op, cls in MESSAGE_OF.items()]
+#: message class -> its encoder ``(request_id, msg, limits) -> buffers`` (see encode_frame).
+ENCODERS: dict[type, Callable[[int, object, Limits | None], Buffers]] = {
+    c.cls: c.encode for c in _COMPILED
+}
+#: opcode -> its decoder ``(payload, limits) -> message`` (see decode).
+DECODERS: dict[int, Callable[[Payload, Limits], object]] = {c.opcode: c.decode for c in _COMPILED}
 
 
 def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> Buffers:
@@ -241,10 +252,10 @@ def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> 
         >>> encode_frame(1, Ping())[0][:6]
         b'KVSY\\x01\\x1f'
     """
-    compiled = _BY_CLASS.get(type(msg))
-    if compiled is None:
+    encode = ENCODERS.get(type(msg))
+    if encode is None:
         raise LocalProtocolError(f"{type(msg).__name__} is not a protocol message")
-    return compiled.encode(request_id, msg, limits)
+    return encode(request_id, msg, limits)
 
 
 def decode(opcode: int, payload: Payload, limits: Limits) -> object:
@@ -260,7 +271,7 @@ def decode(opcode: int, payload: Payload, limits: Limits) -> object:
         >>> decode(Opcode.NUM_KEYS, bytearray(), Limits())
         NumKeys()
     """
-    compiled = _BY_OPCODE.get(opcode)
-    if compiled is None:
+    decoder = DECODERS.get(opcode)
+    if decoder is None:
         raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}")
-    return compiled.decode(payload, limits)
+    return decoder(payload, limits)

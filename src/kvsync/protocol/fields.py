@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,13 @@ class Limits:
     max_value_bytes: int = defaults.MAX_VALUE_BYTES
     max_frame_bytes: int = defaults.MAX_FRAME_BYTES
     max_items: int = defaults.MAX_KEYS_PER_REQUEST
+    #: Derived: ``(0, max_key_bytes, max_value_bytes, max_items)``, the cap of a field
+    #: looked up by its index (no cap, key, value) without an attribute lookup per field.
+    caps: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        caps = (0, self.max_key_bytes, self.max_value_bytes, self.max_items)
+        object.__setattr__(self, "caps", caps)
 
 
 #: ``(value, what, cap, max_items, parts, size) -> size``: append the field's buffers to
@@ -87,6 +94,7 @@ def _over(what: str, n: int, cap: int) -> LimitExceededError:
 
 
 def _need(what: str, n: int, pos: int, end: int) -> None:
+    """Refuse a field that claims more bytes than the payload has left."""
     if n > end - pos:
         raise RemoteProtocolError(
             f"{what} claims {n} bytes but only {end - pos} remain in the payload"
@@ -129,12 +137,14 @@ def _enc_str(value: Any, what: str, cap: int, items: int, parts: list[Any], size
 
 
 def _dec_str(buf: Payload, pos: int, end: int, what: str, cap: int, items: int) -> tuple[str, int]:
-    _need(what, 4, pos, end)
+    if end - pos < 4:
+        _need(what, 4, pos, end)
     n: int = U32.unpack_from(buf, pos)[0]
     if cap and n > cap:
         raise _over(what, n, cap)
     pos += 4
-    _need(what, n, pos, end)
+    if n > end - pos:
+        _need(what, n, pos, end)
     try:
         return str(buf[pos : pos + n], "utf-8"), pos + n
     except UnicodeDecodeError as exc:
@@ -168,12 +178,14 @@ def _enc_buffer(value: Any, what: str, cap: int, items: int, parts: list[Any], s
 def _dec_buffer(
     buf: Payload, pos: int, end: int, what: str, cap: int, items: int
 ) -> tuple[memoryview, int]:
-    _need(what, 8, pos, end)
+    if end - pos < 8:
+        _need(what, 8, pos, end)
     n: int = U64.unpack_from(buf, pos)[0]
     if cap and n > cap:
         raise _over(what, n, cap)
     pos += 8
-    _need(what, n, pos, end)
+    if n > end - pos:
+        _need(what, n, pos, end)
     return memoryview(buf)[pos : pos + n], pos + n
 
 

@@ -28,9 +28,8 @@ a :class:`Landed` instead of a payload; otherwise the frame takes the ordinary p
 Example:
     >>> fb = FrameBuffer(opcodes={0x1F}, max_length=100)
     >>> fb.feed(pack_header(0x1F, 9, 2) + b"hi")
-    >>> header, payload = fb.next_frame()
-    >>> header.request_id, payload
-    (9, bytearray(b'hi'))
+    >>> fb.next_frame()
+    (31, 9, bytearray(b'hi'))
     >>> fb.next_frame() is None
     True
 """
@@ -57,6 +56,7 @@ __all__ = [
     "MAGIC",
     "PROTOCOL_VERSION",
     "SMALL_FRAME",
+    "Frame",
     "FrameBuffer",
     "Header",
     "Landed",
@@ -122,8 +122,12 @@ def unpack_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Head
     return Header._make(HEADER.unpack_from(data, offset))
 
 
-def check_header(header: Header, opcodes: Collection[int], max_length: int) -> None:
-    """Refuse a header this side cannot accept, naming what is wrong with it.
+def check_header(
+    magic: bytes, version: int, opcode: int, flags: int, length: int,
+    opcodes: Collection[int], max_length: int,
+) -> None:  # fmt: skip
+    """Refuse a header this side cannot accept (the fields of :class:`Header`, but the
+    request id), naming what is wrong with it.
 
     Raises:
         VersionMismatchError: the magic is not kvsync's, or the version differs.
@@ -131,13 +135,20 @@ def check_header(header: Header, opcodes: Collection[int], max_length: int) -> N
         LimitExceededError: the payload is longer than ``max_length``.
 
     Example:
-        >>> check_header(unpack_header(pack_header(0x11, 2, 9)), {0x11}, 9)
-        >>> check_header(unpack_header(pack_header(0x11, 2, 9)), {0x10}, 9)
+        >>> check_header(MAGIC, PROTOCOL_VERSION, 0x11, 0, 9, {0x11}, 9)
+        >>> check_header(MAGIC, PROTOCOL_VERSION, 0x11, 0, 9, {0x10}, 9)
         Traceback (most recent call last):
         ...
         kvsync.errors.RemoteProtocolError: unknown opcode 0x11
     """
-    magic, version, opcode, flags, _, length = header
+    if (
+        magic == MAGIC
+        and version == PROTOCOL_VERSION
+        and not flags
+        and opcode in opcodes
+        and length <= max_length
+    ):
+        return
     if magic != MAGIC:
         raise VersionMismatchError(
             f"peer is not speaking the kvsync protocol: its frame starts with {magic!r},"
@@ -152,11 +163,9 @@ def check_header(header: Header, opcodes: Collection[int], max_length: int) -> N
         raise RemoteProtocolError(f"frame has unknown flags 0x{flags:04x}")
     if opcode not in opcodes:
         raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}")
-    if length > max_length:
-        raise LimitExceededError(
-            f"frame payload of {length} bytes is over the limit of"
-            f" {max_length} bytes (max_frame_bytes)"
-        )
+    raise LimitExceededError(
+        f"frame payload of {length} bytes is over the limit of {max_length} bytes (max_frame_bytes)"
+    )
 
 
 def _fresh(size: int) -> Payload:
@@ -186,8 +195,12 @@ class Landed(NamedTuple):
     value: object
 
 
+#: A complete frame: ``(opcode, request id, payload)``.
+Frame = tuple[int, int, "Payload | Landed"]
+
+
 class FrameBuffer:
-    """Received bytes -> ``(header, payload)`` frames.
+    """Received bytes -> ``(opcode, request id, payload)`` frames.
 
     Args:
         opcodes: the opcodes accepted (:func:`check_header`).
@@ -207,7 +220,7 @@ class FrameBuffer:
         self._header: Header | None = None
         self._payload: Payload | None = None
         self._filled = 0
-        self._ready: deque[tuple[Header, Payload | Landed]] = deque()  # complete big frames
+        self._ready: deque[Frame] = deque()  # complete big frames
         self._landings: dict[int, Landing] = {}  # request id -> where its reply lands
         self._landing: Landing | None = None  # of the payload being received
 
@@ -272,7 +285,10 @@ class FrameBuffer:
                 return
         if landing is not None and self._filled < len(self._payload) + landing.target.nbytes:
             return
-        self._ready.append((self._header, Landed(landing.value) if landing else self._payload))
+        h = self._header
+        self._ready.append(
+            (h.opcode, h.request_id, Landed(landing.value) if landing else self._payload)
+        )
         self._header, self._payload, self._landing = None, None, None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -308,7 +324,7 @@ class FrameBuffer:
             self._start += n
             self.feed(data)
 
-    def next_frame(self) -> tuple[Header, Payload | Landed] | None:
+    def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` until more bytes arrive.
 
         Raises:
@@ -319,33 +335,41 @@ class FrameBuffer:
         if self._ready:
             return self._ready.popleft()
         h = self._header
-        if h is None and self._payload is None:
+        if h is None:
+            if self._payload is not None:
+                return None  # a big payload is streaming in
             start = self._start
             avail = self._end - start
-            if avail < _MAGIC_SIZE:  # nothing to look at yet (the usual end of a batch)
-                return None
             if avail < HEADER_SIZE:
-                magic = bytes(self._scratch[start : start + _MAGIC_SIZE])
-                if magic != MAGIC:  # refused before the rest of its header arrives
-                    self.last_request_id = 0
-                    check_header(Header(magic, 0, 0, 0, 0, 0), (), 0)
+                if avail >= _MAGIC_SIZE:  # refused before the rest of its header arrives
+                    magic = bytes(self._scratch[start : start + _MAGIC_SIZE])
+                    if magic != MAGIC:
+                        self.last_request_id = 0
+                        check_header(magic, 0, 0, 0, 0, (), 0)
                 return None
-            h = Header._make(HEADER.unpack_from(self._scratch, start))
-            self.last_request_id = h.request_id
-            check_header(h, self._opcodes, self._max_length)
-            self._start = start + HEADER_SIZE
-            if h.length > SMALL_FRAME:
-                self._header = h
+            magic, version, opcode, flags, request_id, length = HEADER.unpack_from(
+                self._scratch, start
+            )
+            self.last_request_id = request_id
+            check_header(magic, version, opcode, flags, length, self._opcodes, self._max_length)
+            begin = self._start = start + HEADER_SIZE
+            end = begin + length
+            if length <= SMALL_FRAME and end <= self._end:  # the usual: all here, cut it out
+                self._start = end
+                if self._landings:
+                    self._landings.pop(request_id, None)
+                return opcode, request_id, self._scratch[begin:end]
+            h = self._header = Header(magic, version, opcode, flags, request_id, length)
+            if length > SMALL_FRAME:
                 self._start_big_payload(h)
                 return self._ready.popleft() if self._ready else None
-        elif h is None or self._payload is not None:
+        elif self._payload is not None:
             return None  # a big payload is streaming in
         if self._end - self._start < h.length:
-            self._header = h
             return None
         begin = self._start
         self._start = end = begin + h.length
         self._header = None
         if self._landings:
             self._landings.pop(h.request_id, None)
-        return h, self._scratch[begin:end]
+        return h.opcode, h.request_id, self._scratch[begin:end]
