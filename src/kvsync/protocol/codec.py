@@ -114,21 +114,25 @@ class _Scalars:
                     f"{what}={value} does not fit in a signed 64-bit integer"
                 ) from None
 
-    def decode(self, buf: Payload, pos: int, end: int, caps: tuple[int, ...], msg: object) -> int:
-        size = self.layout.size
-        if size > end - pos:
-            raise RemoteProtocolError(
-                f"{self.whats[0]} claims {size} bytes but only {end - pos} remain in the payload"
-            )
-        for at, what in self.bools:
-            if buf[pos + at] > 1:
+    def decode_step(self) -> _DecodeStep:
+        size, unpack_from, bools = self.layout.size, self.layout.unpack_from, self.bools
+        setters, first = self.setters, self.whats[0]
+
+        def decode(buf: Payload, pos: int, end: int, caps: tuple[int, ...], msg: object) -> int:
+            if size > end - pos:
                 raise RemoteProtocolError(
-                    f"{what} is a bool encoded as {buf[pos + at]}, not 0 or 1"
+                    f"{first} claims {size} bytes but only {end - pos} remain in the payload"
                 )
-        values = self.layout.unpack_from(buf, pos)
-        for set_, value in zip(self.setters, values, strict=True):
-            set_(msg, value)
-        return pos + size
+            for at, what in bools:
+                if buf[pos + at] > 1:
+                    raise RemoteProtocolError(
+                        f"{what} is a bool encoded as {buf[pos + at]}, not 0 or 1"
+                    )
+            for set_, value in zip(setters, unpack_from(buf, pos)):  # noqa: B905 (same length)
+                set_(msg, value)
+            return pos + size
+
+        return decode
 
 
 def _field_steps(cls: type, f: dataclasses.Field[Any]) -> tuple[_EncodeStep, _DecodeStep]:
@@ -172,7 +176,7 @@ class _Compiled:
             if run:
                 scalars = _Scalars(cls, run)
                 encoders.append(scalars.encode_step())
-                decoders.append(scalars.decode)
+                decoders.append(scalars.decode_step())
                 run = []
             if f is not None:
                 encode, decode = _field_steps(cls, f)

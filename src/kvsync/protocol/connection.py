@@ -267,25 +267,24 @@ class Connection:
             self._check_usable()
         frames = self._frames
         try:
-            for _ in range(4):  # a handshake frame gives no event: at most two in a row
-                frame = frames.next_frame()
-                if frame is None:
-                    return NEED_DATA
-                opcode, request_id, payload = frame
-                if isinstance(payload, Landed):
-                    msg = payload.value
-                else:
-                    frames.last_request_id = request_id  # an error answers this message
-                    msg = DECODERS[opcode](payload, self.limits)
-                if type(msg) in self._receivable:  # a request or reply: what _dispatch does
-                    return tuple.__new__(Event, (request_id, msg))  # Event(...) minus a call
-                event = self._dispatch(self, request_id, msg)  # handshake, or a refusal
-                if event is not None:
-                    return event
+            frame = frames.next_frame()
+            if frame is None:
+                return NEED_DATA
+            opcode, request_id, payload = frame
+            if type(payload) is Landed:
+                msg = payload.value
+            else:
+                frames.last_request_id = request_id  # an error answers this message
+                msg = DECODERS[opcode](payload, self.limits)  # type: ignore[arg-type]
+            if type(msg) in self._receivable:  # a request or reply: what _dispatch does
+                return tuple.__new__(Event, (request_id, msg))  # Event(...) minus a call
+            event = self._dispatch(self, request_id, msg)  # handshake, or a refusal
         except KVSyncError as exc:
             self._error = exc
             raise
-        return self.next_event()  # pragma: no cover (the handshake has two frames at most)
+        # A handshake frame gives no event: on to the next frame (two in a row at most,
+        # as each moves the handshake on and a third is refused).
+        return self.next_event() if event is None else event
 
     @property
     def error(self) -> KVSyncError | None:

@@ -4,8 +4,8 @@ Strategy: the loop owns no store logic. Each readable socket is drained with ``r
 straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads land in their
 own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
 :class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.logic.Router`), and the
-:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded (the common small ones
-in one piece by ``encode_frame``'s fast encoders). The replies to the connection just read
+:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded (a small one in one
+piece by ``encode_frame``). The replies to the connection just read
 are sent once its requests are handled: one buffer with nothing queued before it goes out
 with one ``send``; anything else, and replies to other connections (wake-ups), is queued on
 its connection and the queues are flushed with ``sendmsg`` at the end of the loop turn. A
