@@ -22,6 +22,8 @@ __all__ = [
     "MAX_KEYS_PER_REQUEST",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "NODE_JOIN_TIMEOUT_SECONDS",
+    "NODE_WAIT_NOTICE_SECONDS",
     "PS_CHUNK_BYTES",
     "PS_PACK_MAX_BYTES",
     "PS_PACK_MIN_KEYS",
@@ -61,6 +63,10 @@ CONNECT_BACKOFF_MIN: float = 0.01
 CONNECT_BACKOFF_MAX: float = 1.0
 #: A blocked client learns that its server died within this many seconds.
 SERVER_DEATH_DETECT_SECONDS: float = 2.0
+#: Seconds a launcher of a multi-node job waits for the job's store and the other nodes.
+NODE_JOIN_TIMEOUT_SECONDS: float = DEFAULT_TIMEOUT
+#: A launcher waiting for the job's store or the other nodes says so this often (seconds).
+NODE_WAIT_NOTICE_SECONDS: float = 5.0
 #: Seconds between SIGTERM and SIGKILL when the launcher stops its children.
 SHUTDOWN_GRACE_SECONDS: float = 5.0
 #: Arrays with more elements than this are split over all parameter servers

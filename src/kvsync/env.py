@@ -28,6 +28,7 @@ __all__ = [
     "DMLC_ROLE",
     "GROUP_RANK",
     "KVSYNC_BIGARRAY_BOUND",
+    "KVSYNC_NODE_ADDR",
     "KVSYNC_PS_SHM",
     "KVSYNC_SECRET",
     "KVSYNC_SERVER_SETUP",
@@ -73,6 +74,9 @@ KVSYNC_STORE_SERVER = "KVSYNC_STORE_SERVER"
 STORE_SERVER_CHOICES = ("thread", "process")
 #: Seconds a master's server keeps serving connected clients once its store is left.
 KVSYNC_STORE_EXIT_GRACE = "KVSYNC_STORE_EXIT_GRACE"
+#: The address this node's listening sockets bind and register in a multi-host job
+#: (``kvsync-run --node-addr``); default: this host's address on the route to MASTER_ADDR.
+KVSYNC_NODE_ADDR = "KVSYNC_NODE_ADDR"
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"
 #: A module a parameter-server process imports before serving (``kvsync-run --server-setup``).
@@ -164,6 +168,7 @@ class Environment:
     store_port: int | None = None
     store_server: str | None = None
     store_exit_grace: float | None = None
+    node_addr: str | None = None
     secret: str | None = None
     server_setup: str | None = None
     bigarray_bound: int | None = None
@@ -202,6 +207,7 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         store_port=_int(src, KVSYNC_STORE_PORT),
         store_server=_choice(src, KVSYNC_STORE_SERVER, STORE_SERVER_CHOICES),
         store_exit_grace=_seconds(src, KVSYNC_STORE_EXIT_GRACE),
+        node_addr=_str(src, KVSYNC_NODE_ADDR),
         secret=_str(src, KVSYNC_SECRET),
         server_setup=_str(src, KVSYNC_SERVER_SETUP),
         bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),

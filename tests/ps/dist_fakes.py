@@ -102,7 +102,7 @@ def run_workers(
     kind: str = "dist_sync",
     bound: int = 1000,
     timeout: float = 20.0,
-    shm: bool = False,
+    shm: bool | list[bool] = False,
 ) -> list[Any]:
     """Run ``fn(kv)`` in ``n`` worker threads; return their results (re-raise the first
     failure)."""

@@ -248,6 +248,29 @@ def test_big_slices_through_shared_memory_or_socket_parts(
         assert all(s.logic._keys["sbig"].value_path for s in servers)
 
 
+@pytest.mark.skipif(not shm_supported(), reason="no /dev/shm and /proc/<pid>/fd here")
+def test_only_servers_flagged_as_on_this_host_get_slices_through_shared_memory(
+    servers: list[FakeServer],
+) -> None:
+    n = 700_000  # 1.4 MB slices: big enough for shared memory on both servers
+
+    def step(kv: DistKVStore) -> np.ndarray:
+        kv.set_optimizer(SGD(learning_rate=1.0))
+        kv.init("big", np.zeros(n, np.float32))
+        kv.push("big", np.arange(n, dtype=np.float32))
+        return kv.pull("big")
+
+    [got] = run_workers(1, servers, step, bound=1000, shm=[True, False])
+    np.testing.assert_array_equal(got, -np.arange(n, dtype=np.float32))
+    assert [s.logic.stats()["shm_pushes"] for s in servers] == [1, 0]
+
+
+def test_one_shm_flag_per_server_is_required(servers: list[FakeServer]) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="1 shm flags for 2 servers"):
+        DistKVStore("dist_sync", rank=0, num_workers=1,
+                    links=[FakeLink(s) for s in servers], shm=[True])
+
+
 class _NoRowReplies(FakeLink):
     """A link whose server never answers a PSPullRows (a stuck server)."""
 

@@ -97,6 +97,7 @@ class Client:
         timeout_hint: text appended to reply-timeout errors (e.g. which variable to raise).
         connect_timeout: seconds to keep retrying the connection and the handshake (a
             server started later is waited for); default ``timeout``.
+        retry_log_level: the logging level of each failed connection attempt.
 
     Raises:
         StoreConnectionError: unresolvable host or non-retryable connect error.
@@ -121,13 +122,14 @@ class Client:
         secret: str | bytes | None = None,
         timeout_hint: str = "",
         connect_timeout: float | None = None,
+        retry_log_level: int = logging.DEBUG,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.timeout_hint = timeout_hint
         self.address = f"{host}:{port}"
         connect_timeout = timeout if connect_timeout is None else connect_timeout
         deadline = time.monotonic() + connect_timeout
-        self._sock = connect(host, port, connect_timeout, Backoff())
+        self._sock = connect(host, port, connect_timeout, Backoff(), retry_log_level)
         self._proto = Connection(Role.CLIENT, secret=secret)
         # Blocking, with kernel timeouts bounding every call; both set now, so that a first
         # request pays no extra system calls.

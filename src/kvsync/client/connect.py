@@ -20,7 +20,7 @@ from typing import Any
 from kvsync import defaults
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 
-__all__ = ["RETRYABLE", "Backoff", "connect", "is_loopback", "resolve"]
+__all__ = ["RETRYABLE", "Backoff", "connect", "is_loopback", "local_address_to", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def local_address_to(host: str) -> str:
+    """This machine's address on the route to ``host``: the one ``host`` can dial back.
+
+    The kernel picks it as the source address of a UDP socket "connected" to ``host``;
+    no packet is sent, and a numeric ``host`` is not looked up in DNS.
+
+    Raises:
+        StoreConnectionError: ``host`` cannot be resolved, or no route leads to it.
+
+    Example:
+        >>> local_address_to("127.0.0.1")
+        '127.0.0.1'
+    """
+    family, _, _, _, addr = resolve(host, 9)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            raise StoreConnectionError(f"no route from this host to {host}: {exc}") from exc
+        return str(sock.getsockname()[0])
+
+
 def resolve(host: str, port: int) -> list[_AddrInfo]:
     """Addresses for ``host:port``; a numeric host is used literally (no DNS).
 
@@ -100,9 +122,11 @@ def _retryable(exc: OSError) -> bool:
     return isinstance(exc, RETRYABLE) or exc.errno in _RETRYABLE_ERRNO
 
 
-def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None) -> socket.socket:
+def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None,
+            retry_log_level: int = logging.DEBUG) -> socket.socket:
     """A connected TCP socket (``TCP_NODELAY``, blocking) to ``host:port``, retrying
     refused/unreachable attempts with jittered backoff until ``timeout`` seconds pass.
+    Each failed attempt is logged at ``retry_log_level``.
 
     Raises:
         StoreConnectionError: unresolvable host, or a non-retryable socket error.
@@ -126,6 +150,8 @@ def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None
                         f"cannot connect to store server {host}:{port}: {exc}"
                     ) from exc
                 last = exc
+                logger.log(retry_log_level, "connect to %s:%d (attempt %d, %.1f s left): %s",
+                           host, port, attempt + 1, max(remaining, 0.0), exc)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if attempt:

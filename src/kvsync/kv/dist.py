@@ -72,7 +72,8 @@ class DistKVStore(ServerControl, KVStoreBase):
         links: one pipelined link per server (``kvsync.client.Client`` objects).
         bound: arrays with more elements are split over all servers.
         timeout: seconds any blocking call may take.
-        shm: the servers run on this host: move big slices through shared memory.
+        shm: which servers run on this host (one flag per link, or one for all): big
+            slices to and from those move through shared memory.
 
     Raises:
         UnknownNameError: another name. InvalidArgumentError: no links, or a bad rank.
@@ -104,7 +105,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         links: Sequence[Link],
         bound: int = defaults.BIGARRAY_BOUND,
         timeout: float = defaults.DEFAULT_TIMEOUT,
-        shm: bool = False,
+        shm: bool | Sequence[bool] = False,
     ) -> None:
         if name not in self.NAMES:
             raise UnknownNameError(f"DistKVStore types are {list(self.NAMES)}, got {name!r}")
@@ -115,13 +116,20 @@ class DistKVStore(ServerControl, KVStoreBase):
             )
         self._type, self._rank, self._num_workers = name, rank, num_workers
         self._links = list(links)
+        flags = [shm] * len(self._links) if isinstance(shm, bool) else list(shm)
+        if len(flags) != len(self._links):
+            raise InvalidArgumentError(f"{len(flags)} shm flags for {len(self._links)} servers")
         self._bound = bound
         self.timeout = float(timeout)
         self._plans: dict[Key, KeyPlan] = {}
         self._gc: GradientCompression | None = None
         hello = PSHello(rank=rank, num_workers=num_workers, sync=name != "dist_async")
         self._call_all([hello] * len(self._links))
-        self._shm = shm and shm_supported()
+        self._shm_servers = frozenset(i for i, f in enumerate(flags) if f and shm_supported())
+        self._shm = bool(self._shm_servers)
+        # the largest array a single-slice key sends in one message, per server
+        self._fast_max = [defaults.PS_SHM_MIN_BYTES if i in self._shm_servers
+                          else defaults.PS_CHUNK_BYTES for i in range(len(self._links))]
         self._segments = SharedSegments()
         self._segments_of: dict[tuple[str, int], list[Any]] = {}  # [path, view, last push]
         self._comm = Comm(self._links, timeout=self.timeout, shared=self._segments)
@@ -272,15 +280,15 @@ class DistKVStore(ServerControl, KVStoreBase):
         """
         self._comm.raise_errors()
         ops: list[Op] = []
-        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
+        fast_max = self._fast_max
         for plan, g in self._checked(key, value, "value"):
             v0 = g.values[0]
             if (
                 len(g.values) == 1
                 and type(v0) is np.ndarray
-                and v0.nbytes < small
-                and self._gc is None
                 and len(plan.slices) == 1
+                and v0.nbytes < fast_max[plan.slices[0].server]
+                and self._gc is None
                 and v0.flags.c_contiguous
             ):
                 ops.append(
@@ -332,12 +340,14 @@ class DistKVStore(ServerControl, KVStoreBase):
 
     def _pieces(self, plan: KeyPlan, array: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """Parts of ``array`` per server: whole slices that travel through shared memory
-        (marked with row ``-1``), socket parts of at most PS_CHUNK_BYTES otherwise."""
+        with a server on this host (marked with row ``-1``), socket parts of at most
+        PS_CHUNK_BYTES otherwise."""
         if not self._shm or array.nbytes < defaults.PS_SHM_MIN_BYTES:
             yield from plan.pieces(array)
             return
         for s, block in plan.parts(array):
-            if block.nbytes >= defaults.PS_SHM_MIN_BYTES and self._gc is None:
+            if (block.nbytes >= defaults.PS_SHM_MIN_BYTES and self._gc is None
+                    and s.server in self._shm_servers):
                 yield s.server, -1, block
             else:
                 for lo, rows in chunks(block):
@@ -398,14 +408,14 @@ class DistKVStore(ServerControl, KVStoreBase):
             return fresh if many else fresh[0]
         jobs: list[tuple[np.ndarray, list[Any]]] = []
         ops: list[Op] = []
-        small = defaults.PS_SHM_MIN_BYTES if self._shm else defaults.PS_CHUNK_BYTES
+        fast_max = self._fast_max
         for plan, g in self._checked(key, out, "out"):
             o0 = g.values[0]
             if (
                 len(g.values) == 1
                 and type(o0) is np.ndarray
-                and o0.nbytes < small
                 and len(plan.slices) == 1
+                and o0.nbytes < fast_max[plan.slices[0].server]
                 and o0.flags.c_contiguous
                 and o0.flags.writeable
             ):

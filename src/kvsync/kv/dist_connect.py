@@ -1,12 +1,16 @@
 """How a worker finds the parameter servers of its job and connects to them.
 
 Servers register ``host:port`` in the job's store (``MASTER_ADDR``:``MASTER_PORT``, the
-store ``kvsync-run`` hosts) under :data:`SERVER_KEY` ``.format(i)``, ``i`` taken from an
-``add`` on :data:`SERVER_COUNT_KEY`. A worker reads its rank and the job's worker count
-from ``RANK``/``WORLD_SIZE`` (or ``DMLC_NUM_WORKER``), the server count from
+store ``kvsync-run`` hosts) under :data:`SERVER_KEY` ``.format(i)``, and the identity of
+their host (:func:`kvsync.kv.shm.host_id`) under :data:`SERVER_HOST_KEY`, ``i`` taken
+from an ``add`` on :data:`SERVER_COUNT_KEY`. A worker reads its rank and the job's worker
+count from ``RANK``/``WORLD_SIZE`` (or ``DMLC_NUM_WORKER``), the server count from
 ``DMLC_NUM_SERVER``, waits until that many servers have registered, and opens one
-pipelined :class:`~kvsync.client.Client` per server. When every server listens on a
-loopback address, big slices move through shared memory (``KVSYNC_PS_SHM=0`` turns it off).
+pipelined :class:`~kvsync.client.Client` per server, logging each failed attempt (a
+server on another host that registered an address this host cannot reach is named, with
+what it registered, when the timeout ends). Big slices move through shared memory with
+the servers whose host identity is this worker's own (``KVSYNC_PS_SHM=0`` turns it off),
+whatever address they registered; servers on other hosts get them over the socket.
 
 Example:
     >>> SERVER_KEY.format(0)
@@ -15,18 +19,34 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from kvsync import defaults, env
 from kvsync.client.connect import is_loopback
-from kvsync.errors import InvalidArgumentError, StoreConnectionError
+from kvsync.errors import InvalidArgumentError, StoreConnectionError, StoreTimeoutError
 from kvsync.kv.dist import DistKVStore
+from kvsync.kv.shm import host_id
 from kvsync.store.tcp import TCPStore
 
-__all__ = ["SERVER_COUNT_KEY", "SERVER_KEY", "connect", "job_store", "server_addresses"]
+__all__ = [
+    "SERVER_COUNT_KEY",
+    "SERVER_HOST_KEY",
+    "SERVER_KEY",
+    "RegisteredServer",
+    "connect",
+    "job_store",
+    "server_addresses",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Store key under which server ``i`` publishes ``host:port``.
 SERVER_KEY = "kvsync/ps/server/{}"
+#: Store key under which server ``i`` publishes its host identity (who may share memory).
+SERVER_HOST_KEY = "kvsync/ps/host/{}"
 #: Store counter from which each server takes its index.
 SERVER_COUNT_KEY = "kvsync/ps/servers"
 
@@ -46,21 +66,62 @@ def job_store(e: env.Environment, timeout: float) -> TCPStore:
                     wait_for_workers=False)
 
 
-def server_addresses(store: TCPStore, num_servers: int, timeout: float) -> list[tuple[str, int]]:
-    """Wait until ``num_servers`` servers registered; their ``(host, port)`` by index.
+@dataclass(frozen=True)
+class RegisteredServer:
+    """What parameter server ``index`` registered in the job's store.
+
+    Example:
+        >>> RegisteredServer(0, "10.0.0.2", 4000, "h/b/net-1").describe()
+        "parameter server 0 (registered '10.0.0.2:4000' from host 'h/b/net-1')"
+    """
+
+    index: int
+    host: str
+    port: int
+    host_id: str
+
+    def describe(self) -> str:
+        """How messages name the server and what it registered."""
+        return (f"parameter server {self.index} (registered '{self.host}:{self.port}' "
+                f"from host {self.host_id!r})")
+
+
+def server_addresses(store: TCPStore, num_servers: int,
+                     timeout: float) -> list[RegisteredServer]:
+    """Wait until ``num_servers`` servers registered; what each registered, by index.
 
     Raises:
         StoreTimeoutError: fewer servers registered within ``timeout`` seconds.
+        StoreConnectionError: a registered address is not ``host:port``.
     """
     keys = [SERVER_KEY.format(i) for i in range(num_servers)]
-    store.wait(keys, timeout)
+    host_keys = [SERVER_HOST_KEY.format(i) for i in range(num_servers)]
+    store.wait(keys, timeout)  # each server sets its host key first
+    values = store.multi_get(keys + host_keys)
     out = []
-    for key, raw in zip(keys, store.multi_get(keys), strict=True):
+    for i, (key, raw) in enumerate(zip(keys, values[:num_servers], strict=True)):
         host, _, port = bytes(raw).decode().rpartition(":")
         if not host or not port.isdigit():
             raise StoreConnectionError(f"server address {raw!r} under {key!r} is not host:port")
-        out.append((host, int(port)))
+        out.append(RegisteredServer(i, host, int(port), bytes(values[num_servers + i]).decode()))
     return out
+
+
+def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Any:
+    """A link to ``server``; each failed attempt logged, the server named on failure."""
+    from kvsync.client import Client
+
+    try:
+        return Client(server.host, server.port, timeout=timeout, secret=secret,
+                      retry_log_level=logging.WARNING)
+    except (StoreTimeoutError, StoreConnectionError) as exc:
+        hint = ""
+        if is_loopback(server.host) and server.host_id != host_id():
+            hint = ("; it runs on another host but registered a loopback address: give its "
+                    f"launcher --node-addr (or {env.KVSYNC_NODE_ADDR}) an address this host "
+                    "reaches")
+        raise type(exc)(f"cannot reach {server.describe()}: tried {server.host}:{server.port} "
+                        f"for {timeout:g} s ({exc}){hint}") from exc
 
 
 def connect(name: str, *, environ: Mapping[str, str] | None = None,
@@ -71,8 +132,6 @@ def connect(name: str, *, environ: Mapping[str, str] | None = None,
         InvalidArgumentError: rank, worker count or server count missing from the
             environment. StoreTimeoutError: the servers did not register in time.
     """
-    from kvsync.client import Client
-
     e = env.read(environ)
     num_workers = e.world_size or e.dmlc_num_worker
     if e.rank is None or not num_workers or not e.dmlc_num_server:
@@ -82,14 +141,14 @@ def connect(name: str, *, environ: Mapping[str, str] | None = None,
             "; start the job with kvsync-run --num-servers N")
     with job_store(e, timeout) as store:
         addresses = server_addresses(store, e.dmlc_num_server, timeout)
-    links = []
+    links: list[Any] = []
+    here = host_id()
     try:
-        for host, port in addresses:
-            links.append(Client(host, port, timeout=timeout, secret=e.secret))
-        local = all(is_loopback(host) for host, _ in addresses)
+        links.extend(_dial(server, timeout, e.secret) for server in addresses)
+        shared = [e.ps_shm and server.host_id == here for server in addresses]
         return DistKVStore(name, rank=e.rank, num_workers=num_workers, links=links,
                            bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, timeout=timeout,
-                           shm=local and e.ps_shm)
+                           shm=shared)
     except BaseException:
         for link in links:
             link.close()

@@ -1,9 +1,12 @@
 """A parameter-server process: ``python -m kvsync.kv.server`` (or ``kvsync serve --role server``).
 
 The process serves the parameter-server logic (:mod:`kvsync.server.ps`) on a free port
-with kvsync's event loop, registers ``host:port`` in the job's store (``MASTER_ADDR`` /
-``MASTER_PORT``) under ``kvsync/ps/server/<i>`` (``i`` from an ``add`` counter), and runs
-until a worker sends a shutdown, it receives SIGTERM/SIGINT, or the job's store goes away.
+of ``--host`` (default ``KVSYNC_NODE_ADDR``, which ``kvsync-run`` sets in a multi-host job,
+else loopback) with kvsync's event loop, registers ``host:port`` and its host identity
+(:func:`kvsync.kv.shm.host_id`) in the job's store (``MASTER_ADDR`` / ``MASTER_PORT``)
+under ``kvsync/ps/server/<i>`` and ``kvsync/ps/host/<i>`` (``i`` from an ``add``
+counter), and runs until a worker sends a shutdown, it receives SIGTERM/SIGINT, or the
+job's store goes away.
 
 Optimizers are found by registered name; the module named by ``KVSYNC_SERVER_SETUP`` (or
 ``--server-setup``) is imported first, so it can register custom optimizers
@@ -129,18 +132,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "long (default %(default)s)")
 
 
-def serve(*, host: str = defaults.DEFAULT_HOST, advertise_host: str | None = None,
+def serve(*, host: str | None = None, advertise_host: str | None = None,
           setup: str | None = None, stall_seconds: float = defaults.PS_STALL_SECONDS,
           environ: Mapping[str, str] | None = None, stop: threading.Event | None = None,
           poll: float = 0.5) -> int:
     """Run one parameter server of the job described by ``environ``; returns 0 when told
     to stop (a worker's shutdown, ``stop`` set) or when the job's store went away.
+    ``host`` defaults to ``KVSYNC_NODE_ADDR``, else loopback.
 
     Raises:
         InvalidArgumentError: MASTER_ADDR/MASTER_PORT missing.
         ModuleNotFoundError: the setup module cannot be imported.
     """
-    from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_KEY, job_store
+    from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY, job_store
+    from kvsync.kv.shm import host_id
     from kvsync.server import StoreServer
 
     e = env.read(environ)
@@ -151,8 +156,10 @@ def serve(*, host: str = defaults.DEFAULT_HOST, advertise_host: str | None = Non
     with job_store(e, defaults.DEFAULT_TIMEOUT) as store:
         index = store.add(SERVER_COUNT_KEY, 1) - 1
         logic = make_logic(index, stall_seconds=stall_seconds)
-        with StoreServer(host, 0, logic=logic, secret=e.secret).start() as server:
+        bind = host or e.node_addr or defaults.DEFAULT_HOST
+        with StoreServer(bind, 0, logic=logic, secret=e.secret).start() as server:
             address = f"{advertise_host or server.host}:{server.port}"
+            store.set(SERVER_HOST_KEY.format(index), host_id())
             store.set(SERVER_KEY.format(index), address)
             logger.info("parameter server %d listening on %s", index, address)
             for _ in range(1 << 40):  # bounded by the stop conditions below
@@ -175,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return serve(host=getattr(args, "host", defaults.DEFAULT_HOST),
+        return serve(host=getattr(args, "host", None),
                      advertise_host=args.advertise_host, setup=args.server_setup,
                      stall_seconds=args.stall_seconds, stop=stop)
     finally:
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m kvsync.kv.server``: one parameter server of the job in the environment."""
     parser = argparse.ArgumentParser(prog="python -m kvsync.kv.server",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=defaults.DEFAULT_HOST, help="address to bind")
+    parser.add_argument("--host", default=None, help="address to bind (default "
+                        f"${env.KVSYNC_NODE_ADDR}, else {defaults.DEFAULT_HOST})")
     add_arguments(parser)
     logging.basicConfig(level=logging.WARNING)
     return run(parser.parse_args(argv))

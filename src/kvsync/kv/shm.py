@@ -25,13 +25,14 @@ import threading
 
 import numpy as np
 
-__all__ = ["SharedSegments", "shm_supported"]
+__all__ = ["SharedSegments", "host_id", "shm_supported"]
 
 _DIR = "/dev/shm"
 _PREFIX = f"{_DIR}/kvsync-"
 #: The only paths :meth:`SharedSegments.attach` opens: another process's descriptor.
 _SEGMENT_PATH = re.compile(r"/proc/[0-9]+/fd/[0-9]+")
 _counter = itertools.count()
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def _check_segment(target: str, path: str) -> None:
@@ -48,6 +49,29 @@ def shm_supported() -> bool:
         True
     """
     return os.path.isdir(_DIR) and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+def host_id() -> str:
+    """Who can share memory with this process: ``hostname/boot id/net namespace``.
+
+    Processes of one job compare it (parameter servers publish theirs when they register)
+    instead of guessing from addresses: two processes share ``/dev/shm`` and ``/proc``
+    when the kernel (its boot id) is the same, and a separate network namespace (a
+    container, or the test set-up of two "hosts" on one machine) counts as another host.
+    Two launchers on one machine get the same id. Without ``/proc`` the id is unique to
+    this process, so nothing is shared.
+
+    Example:
+        >>> host_id() == host_id()
+        True
+    """
+    try:
+        with open(_BOOT_ID) as f:
+            boot = f.read().strip()
+        net = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return f"{os.uname().nodename}/pid-{os.getpid()}"
+    return f"{os.uname().nodename}/{boot}/net-{net}"
 
 
 class SharedSegments:

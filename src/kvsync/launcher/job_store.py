@@ -1,12 +1,15 @@
 """The job's store as one launcher sees it: hosted (node rank 0) or dialled (other nodes).
 
 Node rank 0's launcher runs a :class:`kvsync.server.StoreServer` in a thread for the
-whole job, so the store outlives any crashing rank. In a job of several nodes every
-launcher also holds a client of that store and coordinates through two keys
-(:class:`StoreCoordinator`): a counter of nodes whose workers all succeeded (node 0 keeps
-the store, and every node its servers, until it reaches ``--nnodes``) and a failure
-message (a node that fails writes it; the others stop their children when they see it,
-or when the store itself is gone).
+whole job, so the store outlives any crashing rank; in a job of several nodes it binds
+the node's address (``--node-addr``), which other hosts can reach, else ``--master-addr``.
+In a job of several nodes every launcher also holds a client of that store, joins (each
+node counts itself in :data:`JOINED_KEY` and publishes its address under
+:data:`NODE_KEY`, then waits for the others, saying every few seconds how many have
+joined) and coordinates through two keys (:class:`StoreCoordinator`): a counter of nodes
+whose workers all succeeded (node 0 keeps the store, and every node its servers, until it
+reaches ``--nnodes``) and a failure message (a node that fails writes it; the others stop
+their children when they see it, or when the store itself is gone).
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 
-from kvsync import env
+from kvsync import defaults, env
+from kvsync.errors import StoreTimeoutError
 from kvsync.launcher.agent import Coordinator, LocalCoordinator
 from kvsync.server import StoreServer
 from kvsync.store.base import Store
 from kvsync.store.tcp import TCPStore
 
-__all__ = ["DONE_KEY", "FAILURE_KEY", "JobStore", "StoreCoordinator"]
+__all__ = ["DONE_KEY", "FAILURE_KEY", "JOINED_KEY", "NODE_KEY", "JobStore", "StoreCoordinator"]
 
 _log = logging.getLogger(__name__)
 
@@ -30,8 +35,14 @@ _log = logging.getLogger(__name__)
 DONE_KEY = "kvsync/run/nodes_done"
 #: Set by the first node that fails the job: which node and why.
 FAILURE_KEY = "kvsync/run/failure"
+#: Counter of nodes whose launcher joined the job.
+JOINED_KEY = "kvsync/run/nodes_joined"
+#: Node ``r``'s address (``--node-addr``), set when it joins.
+NODE_KEY = "kvsync/run/node/{}"
 #: Seconds a launcher's store operation (not the first connection) may take.
 _OP_TIMEOUT = 10.0
+#: Seconds between two looks at the join counter.
+_JOIN_POLL = 0.1
 
 
 class StoreCoordinator:
@@ -101,28 +112,44 @@ class JobStore:
         self._args = args
         self._server = server
         self._client = client
+        self.host: str = server.host if server is not None else args.master_addr
         self.port: int = server.port if server is not None else args.master_port
 
     @classmethod
-    def open(cls, args: argparse.Namespace, environment: env.Environment) -> JobStore:
-        """Host the store (node rank 0) and, for several nodes, connect a client to it.
+    def open(
+        cls,
+        args: argparse.Namespace,
+        environment: env.Environment,
+        say: Callable[[str], None] = _log.info,
+        *,
+        join_timeout: float = defaults.NODE_JOIN_TIMEOUT_SECONDS,
+        notice: float = defaults.NODE_WAIT_NOTICE_SECONDS,
+    ) -> JobStore:
+        """Host the store (node rank 0) and, for several nodes, connect a client to it
+        and wait until every node joined; ``say`` gets a progress line every ``notice``
+        seconds of waiting.
 
         Raises:
             OSError: the address cannot be bound, or the store cannot be reached.
+            StoreTimeoutError: the store or some node was not there within ``join_timeout``.
         """
         server = None
         if args.node_rank == 0:
-            server = StoreServer(
-                args.master_addr, args.master_port, secret=environment.secret
-            ).start()
+            bind = args.node_addr if args.nnodes > 1 and args.node_addr else args.master_addr
+            server = StoreServer(bind, args.master_port, secret=environment.secret).start()
+            say(f"store server listening on {server.host}:{server.port} "
+                f"(node 0 of {args.nnodes})")
         client = None
         try:
             if args.nnodes > 1:
+                deadline = time.monotonic() + join_timeout
                 port = server.port if server is not None else args.master_port
-                client = TCPStore(args.master_addr, port, is_master=False,
-                                  wait_for_workers=False)
+                client = _dial(args.master_addr, port, deadline, notice, say)
                 client.set_timeout(_OP_TIMEOUT)
+                _join(client, args, deadline, notice, say)
         except BaseException:
+            if client is not None:
+                client.close()
             if server is not None:
                 server.close()
             raise
@@ -151,3 +178,46 @@ class JobStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _dial(host: str, port: int, deadline: float, notice: float,
+          say: Callable[[str], None]) -> TCPStore:
+    """A client of node 0's store, saying every ``notice`` seconds that it is waiting."""
+    start = time.monotonic()
+    for _ in range(1 << 20):  # bounded by the deadline
+        remaining = deadline - time.monotonic()
+        try:
+            return TCPStore(host, port, is_master=False, wait_for_workers=False,
+                            timeout=max(0.001, min(notice, remaining)))
+        except StoreTimeoutError as exc:
+            if time.monotonic() >= deadline:
+                raise StoreTimeoutError(
+                    f"node 0's job store at {host}:{port} did not answer within "
+                    f"{deadline - start:.0f} s: {exc}") from exc
+            say(f"waiting for the job store at {host}:{port} (node 0's launcher) for "
+                f"{time.monotonic() - start:.0f} s")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _join(store: Store, args: argparse.Namespace, deadline: float, notice: float,
+          say: Callable[[str], None]) -> None:
+    """Count this node in and wait until all ``--nnodes`` did, saying how many have."""
+    store.set(NODE_KEY.format(args.node_rank), args.node_addr or "")
+    joined = store.add(JOINED_KEY, 1)
+    start = next_notice = time.monotonic()
+    next_notice += notice
+    for _ in range(1 << 40):  # bounded by the deadline
+        if joined >= args.nnodes:
+            say(f"all {args.nnodes} nodes joined; this is node {args.node_rank}")
+            return
+        now = time.monotonic()
+        if now >= deadline or now >= next_notice:
+            missing = [r for r in range(args.nnodes) if not store.check(NODE_KEY.format(r))]
+            status = (f"{joined} of {args.nnodes} nodes joined after {now - start:.0f} s; "
+                      f"waiting for node rank(s) {', '.join(map(str, missing))}")
+            if now >= deadline:
+                raise StoreTimeoutError(f"{status}: giving up")
+            say(status)
+            next_notice = now + notice
+        time.sleep(_JOIN_POLL)
+        joined = store.add(JOINED_KEY, 0)

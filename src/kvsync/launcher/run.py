@@ -10,8 +10,14 @@ Usage::
 
 The launcher of node rank 0 hosts the job's store server on ``--master-addr``:
 ``--master-port`` (port 0, the default for a single node, picks a free one; the chosen
-address is printed). Each launcher starts ``--num-servers`` parameter servers (``python -m
-kvsync.kv.server``, ``DMLC_ROLE=server``) and ``--nproc-per-node`` workers, exports the
+address is printed). In a job of several nodes every socket a peer dials (the store, the
+parameter servers) binds and registers the node's address: ``--node-addr``, else
+``KVSYNC_NODE_ADDR``, else this host's address on the route to ``--master-addr``
+(:func:`node_address`); a single node keeps loopback. The launchers wait until every node
+joined before starting their children.
+
+Each launcher starts ``--num-servers`` parameter servers (``python -m kvsync.kv.server``,
+``DMLC_ROLE=server``) and ``--nproc-per-node`` workers, exports the
 variables of :func:`kvsync.env.worker_environment` plus ``KVSYNC_STORE_ADDR`` /
 ``KVSYNC_STORE_PORT``, and supervises them (:mod:`kvsync.launcher.agent`). Ranks: worker
 ``RANK = node_rank * nproc_per_node + local_rank``; server ``RANK = node_rank *
@@ -39,7 +45,7 @@ from kvsync import defaults, env
 from kvsync.launcher.agent import ChildSpec, Coordinator, JobResult, Supervisor
 from kvsync.launcher.output import OutputRouter
 
-__all__ = ["SERVER_MODULE", "build_parser", "child_specs", "main"]
+__all__ = ["SERVER_MODULE", "build_parser", "child_specs", "main", "node_address"]
 
 #: The module each parameter-server child runs (``python -m kvsync.kv.server``).
 SERVER_MODULE = "kvsync.kv.server"
@@ -65,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-port", type=_non_negative, default=0, metavar="P",
                    help="port of the job's store server; 0 (default) picks a free one, "
                    "which only node rank 0 may do")
+    p.add_argument("--node-addr", metavar="A",
+                   help="address of this node that the other nodes dial (its store and "
+                   f"servers bind it); default ${env.KVSYNC_NODE_ADDR}, else this host's "
+                   "address on the route to --master-addr (several nodes only)")
     p.add_argument("--num-servers", type=_non_negative, default=0, metavar="S",
                    help="parameter-server processes started by this launcher (default 0)")
     p.add_argument("--server-setup", metavar="MODULE",
@@ -109,6 +119,26 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def node_address(args: argparse.Namespace, environment: env.Environment) -> str | None:
+    """The address this node's listening sockets bind and register, or ``None`` for a
+    single-node job (loopback): ``--node-addr``, ``KVSYNC_NODE_ADDR``, else the local
+    address of the route to ``--master-addr`` (no packet sent, no DNS for a number).
+
+    Raises:
+        StoreConnectionError: no route to ``--master-addr``, or it cannot be resolved.
+
+    Example:
+        >>> a = build_parser().parse_args(["--nnodes", "2", "--master-port", "1", "t.py"])
+        >>> node_address(a, env.read({})), node_address(a, env.read({"KVSYNC_NODE_ADDR": "h"}))
+        ('127.0.0.1', 'h')
+    """
+    from kvsync.client.connect import local_address_to
+
+    if args.node_addr or environment.node_addr:
+        return str(args.node_addr or environment.node_addr)
+    return local_address_to(args.master_addr) if args.nnodes > 1 else None
+
+
 def child_specs(args: argparse.Namespace, master_port: int) -> list[ChildSpec]:
     """The servers then the workers this launcher starts, with their environments.
 
@@ -122,6 +152,8 @@ def child_specs(args: argparse.Namespace, master_port: int) -> list[ChildSpec]:
     common = {env.KVSYNC_STORE_ADDR: args.master_addr, env.KVSYNC_STORE_PORT: str(master_port)}
     if args.server_setup:
         common[env.KVSYNC_SERVER_SETUP] = args.server_setup
+    if args.node_addr:
+        common[env.KVSYNC_NODE_ADDR] = args.node_addr
     py = [sys.executable, "-u"]
     target = ["-m", args.script] if args.module else [args.script]
     specs = []
@@ -168,16 +200,15 @@ def _run(args: argparse.Namespace, router: OutputRouter) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     try:
+        environment = env.read()
         try:
-            job_store = JobStore.open(args, env.read())
-        except OSError as exc:  # includes kvsync's StoreConnectionError
+            args.node_addr = node_address(args, environment)
+            job_store = JobStore.open(args, environment, lambda text: _say(router, text))
+        except OSError as exc:  # includes kvsync's StoreConnectionError and timeouts
             _say(router, f"cannot open the job store at {args.master_addr}:"
                  f"{args.master_port}: {exc}")
             return 1
         with job_store:
-            if args.node_rank == 0:
-                _say(router, f"store server listening on {args.master_addr}:{job_store.port} "
-                     f"(node 0 of {args.nnodes})")
             coordinator: Coordinator = job_store.coordinator()
             supervisor = Supervisor(router, grace=args.grace, coordinator=coordinator)
             try:

@@ -232,7 +232,8 @@ class ParameterServerLogic:
     # --- public helpers ---------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this server: bytes in (pushes, inits) and out (pulls), keys held."""
+        """Counters of this server: bytes in (pushes, inits) and out (pulls), keys held,
+        and pushes that came through shared memory (from workers on its host)."""
         c = self._counters
         return {
             "server": self.server_index,
@@ -241,6 +242,7 @@ class ParameterServerLogic:
             "pushes": c.pushes,
             "updates": c.updates,
             "pulls": c.pulls,
+            "shm_pushes": c.shm_pushes,
             "keys": len(self._keys),
             "elements": sum(int(k.value.size) for k in self._keys.values()),
         }
@@ -381,6 +383,7 @@ class ParameterServerLogic:
         ks.check_order(rank, 0)
         grad = self._attach(msg.path, ks.value.nbytes).view(ks.value.dtype)
         self._counters.bytes_in += ks.value.nbytes
+        self._counters.shm_pushes += 1
         self._accept(ks, rank, 0, grad.reshape(ks.value.shape))
         return OkReply()
 

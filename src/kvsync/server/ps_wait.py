@@ -46,6 +46,7 @@ class Counters:
     pushes: int = 0
     updates: int = 0
     pulls: int = 0
+    shm_pushes: int = 0
 
 
 @dataclass(slots=True)

@@ -7,13 +7,15 @@ environment snapshot. The rules, first match wins:
    launcher hosts the store there; every rank is a client.
 2. ``TORCHELASTIC_USE_AGENT_STORE`` is true (``torchrun``): ``MASTER_PORT`` is taken by
    torch's own agent store, which speaks torch's protocol, so kvsync must not use it. Rank 0
-   opens a listening socket on a free port (loopback when ``MASTER_ADDR`` is a loopback
-   address, every interface otherwise), becomes the master on it, and publishes
-   ``host:port`` in torch's agent store under ``kvsync/store/<restart>/<n>``; the other
-   ranks read it from there (waiting up to the timeout). ``<restart>`` is
-   ``TORCHELASTIC_RESTART_COUNT`` so a restarted job never reads a stale address, and
-   ``<n>`` counts the stores each process built this way, so the k-th ``TCPStore()`` of
-   every rank meets the k-th of rank 0 (SPMD scripts build them in the same order).
+   opens a listening socket on a free port of its node's address (loopback when
+   ``MASTER_ADDR`` is a loopback address, else ``KVSYNC_NODE_ADDR`` or this host's
+   address on the route to ``MASTER_ADDR``, which other hosts can dial, no DNS), becomes
+   the master on it, and publishes that ``host:port`` in torch's agent store under
+   ``kvsync/store/<restart>/<n>``; the other ranks read it from there (waiting up to the
+   timeout). ``<restart>`` is ``TORCHELASTIC_RESTART_COUNT`` so a restarted job never
+   reads a stale address, and ``<n>`` counts the stores each process built this way, so
+   the k-th ``TCPStore()`` of every rank meets the k-th of rank 0 (SPMD scripts build
+   them in the same order).
    This needs torch, which ``torchrun`` implies. As with torch's own ``TCPStore``, the
    store lives in rank 0's process: rank 0 must close it last (for instance by waiting for
    a key each other rank sets when it is done). Under ``kvsync-run`` the launcher hosts
@@ -45,7 +47,7 @@ import threading
 from typing import Any, NamedTuple
 
 from kvsync import defaults, env
-from kvsync.client.connect import is_loopback
+from kvsync.client.connect import is_loopback, local_address_to
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 
 __all__ = ["KEY_PREFIX", "StoreAddress", "agent_store_key", "resolve_store_address"]
@@ -132,12 +134,13 @@ def _through_agent_store(e: env.Environment, timeout: float) -> StoreAddress:
     key = agent_store_key(restart, n)
     agent = _agent_store(e.master_addr, e.master_port, timeout)
     if e.rank == 0:
-        loopback = is_loopback(e.master_addr)
-        sock = socket.create_server(
-            (defaults.DEFAULT_HOST if loopback else "", 0), backlog=defaults.LISTEN_BACKLOG
-        )
+        if is_loopback(e.master_addr):
+            host = defaults.DEFAULT_HOST
+        else:
+            host = e.node_addr or local_address_to(e.master_addr)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, 0), family=family, backlog=defaults.LISTEN_BACKLOG)
         port = sock.getsockname()[1]
-        host = defaults.DEFAULT_HOST if loopback else socket.getfqdn()
         agent.set(key, f"{host}:{port}")
         _log.debug("published kvsync store %s:%d under %r", host, port, key)
         return StoreAddress(host, port, True, sock.detach())

@@ -1,0 +1,71 @@
+"""Specification of how the launchers of a multi-node job wait for each other, and say so."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from kvsync import env
+from kvsync.errors import StoreTimeoutError
+from kvsync.launcher.job_store import JobStore
+from kvsync.launcher.run import build_parser
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _args(node_rank: int, port: int, *extra: str) -> object:
+    return build_parser().parse_args(["--nnodes", "2", "--node-rank", str(node_rank),
+                                      "--master-port", str(port), *extra, "t.py"])
+
+
+def _open(args: object, said: list[str], timeout: float = 1.0) -> JobStore:
+    return JobStore.open(args, env.read({}), said.append,  # type: ignore[arg-type]
+                         join_timeout=timeout, notice=0.2)
+
+
+def test_a_node_alone_says_every_few_seconds_how_many_joined_then_gives_up() -> None:
+    said: list[str] = []
+    with pytest.raises(StoreTimeoutError, match=r"1 of 2 nodes joined .*node rank\(s\) 1"):
+        _open(_args(0, 0), said)
+    assert said[0].startswith("store server listening on 127.0.0.1:")
+    waiting = [s for s in said if "1 of 2 nodes joined after" in s]
+    assert len(waiting) >= 3, said
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+def test_a_node_says_while_it_waits_for_node_zeros_store() -> None:
+    port = _free_port()
+    said: list[str] = []
+    with pytest.raises(StoreTimeoutError, match=f"node 0's job store at 127.0.0.1:{port}"):
+        _open(_args(1, port), said)
+    assert len([s for s in said if f"waiting for the job store at 127.0.0.1:{port}" in s]) >= 2
+
+
+def test_nodes_go_on_once_all_joined_each_under_its_node_address() -> None:
+    port = _free_port()
+    said: list[list[str]] = [[], []]
+    opened: list[JobStore] = []
+
+    def node(rank: int) -> None:
+        opened.append(_open(_args(rank, port, "--node-addr", "127.0.0.1"), said[rank], 10))
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (1, 0)]  # 1 dials first
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    try:
+        assert len(opened) == 2
+        for rank in (0, 1):
+            assert said[rank][-1] == f"all 2 nodes joined; this is node {rank}"
+        assert said[0][0] == f"store server listening on 127.0.0.1:{port} (node 0 of 2)"
+    finally:
+        for store in opened:
+            store.close()
