@@ -260,3 +260,12 @@ def test_parameter_servers_serve_a_dist_sync_job(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.splitlines()) == [
         "[worker 0] rank 0/2 pulled 3", "[worker 1] rank 1/2 pulled 3"]
+
+
+def test_python_dash_m_kvsync_launcher_run_is_the_launcher(tmp_path: Path) -> None:
+    # Regression: the module had no __main__ guard, so it ran nothing and exited 0.
+    script = _script(tmp_path, "fail.py", "raise SystemExit(3)")
+    done = subprocess.run([sys.executable, "-m", "kvsync.launcher.run", script],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    assert "worker 0 failed" in done.stderr

@@ -237,3 +237,7 @@ def _report(router: OutputRouter, result: JobResult) -> None:
     for line in result.summary():
         _say(router, line)
 
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m kvsync.launcher.run``
+    sys.exit(main())
