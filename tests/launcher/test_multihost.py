@@ -172,3 +172,26 @@ def test_a_worker_killed_on_one_host_stops_both_launchers_leaving_no_process(
     assert codes[0] != 0, out0
     assert "job stopped by node 1: worker 1 failed" in out0 or "[1] disconnected" in out0, out0
     assert wait_dead(pids, timeout=10) == []
+
+
+def test_host_pairs_remove_what_a_dead_run_left_and_delete_their_namespaces_by_name(
+    hosts: HostPair,
+) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # a pid whose process is gone, as after a crashed run
+    stale = f"kvsyncstale{dead.pid}a"
+    subprocess.run(["ip", "netns", "add", stale], check=True, timeout=10)
+    try:
+        pair = HostPair("kvsyncstale").create()
+        made = _namespaces()
+        pair.close()
+    finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True, timeout=10)
+    assert stale not in made and set(pair.names) <= made
+    assert not set(pair.names) & _namespaces()
+    assert set(hosts.names) <= _namespaces()  # another pair is left alone
+
+
+def _namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    return {line.split(" ", 1)[0] for line in listing.stdout.splitlines()}

@@ -6,7 +6,8 @@ reports the round time (the slowest worker's median) and the algorithm bandwidth
 of the array / round time); also keys/s per worker for many small keys per step, and the
 bytes each server received (so an even spread over the servers is visible). With
 ``--vs gloo`` and torch importable, W processes time ``torch.distributed.all_reduce``
-(gloo, CPU) of the same sizes in the same run.
+(gloo, CPU) of the same sizes in the same run. With ``--hosts 2`` the job runs across
+two network namespaces instead (:mod:`kvsync.bench.kvstore_hosts`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kvsync import env
 from kvsync.bench.report import format_table, human_bytes, human_seconds
 from kvsync.launcher.run import SERVER_MODULE
 
-__all__ = ["MXNET_PS_REFERENCE", "run_dist", "worker_main"]
+__all__ = ["MXNET_PS_REFERENCE", "report", "run_children", "run_dist", "worker_main"]
 
 #: MXNet's C++ ps-lite dist_sync, 2 workers, 1 server, 2 cores: seconds per push+pull round.
 MXNET_PS_REFERENCE = {16 << 20: 0.249, 64 << 20: 1.344}
@@ -115,7 +116,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_children(cmds: list[tuple[list[str], dict[str, str]]],
+def run_children(cmds: list[tuple[list[str], dict[str, str]]],
                   timeout: float) -> list[dict[str, Any]]:
     procs = [subprocess.Popen(c, env=e, stdout=subprocess.PIPE, text=True) for c, e in cmds]
     out = []
@@ -153,7 +154,7 @@ def _dist(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
         try:
             cmd = [sys.executable, "-m", _MODULE, args.type, ",".join(map(str, sizes)),
                    str(args.repeat), str(args.small_keys)]
-            return _run_children([(cmd, environment("worker", r, args.workers))
+            return run_children([(cmd, environment("worker", r, args.workers))
                                   for r in range(args.workers)], timeout=600)
         finally:
             for p in servers:
@@ -170,7 +171,7 @@ def _gloo_results(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, 
     common = {env.MASTER_ADDR: "127.0.0.1", env.MASTER_PORT: str(_free_port()),
               env.WORLD_SIZE: str(args.workers)}
     cmd = [sys.executable, "-m", _MODULE, "gloo", ",".join(map(str, sizes)), str(args.repeat)]
-    return _run_children([(cmd, env.child_environment({**common, env.RANK: str(r)}))
+    return run_children([(cmd, env.child_environment({**common, env.RANK: str(r)}))
                           for r in range(args.workers)], 600)
 
 
@@ -180,13 +181,26 @@ def _round(results: list[dict[str, Any]], n: int) -> float:
 
 
 def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
-    """Run the benchmark and print its tables; returns 0."""
+    """Run the benchmark and print its tables; returns 0 (1 when it cannot run)."""
+    if getattr(args, "hosts", 1) > 1:
+        from kvsync.bench.kvstore_hosts import run_hosts
+
+        return run_hosts(args, sizes)
     dist = _dist(args, sizes)
     gloo = _gloo_results(args, sizes) if args.vs == "gloo" else None
-    print(f"KVStore {args.type!r}: {args.workers} workers, {args.servers} servers, float32; "
+    report(args, sizes, dist, gloo,
+           f"{args.workers} workers, {args.servers} servers", reference=True)
+    return 0
+
+
+def report(args: argparse.Namespace, sizes: list[int], dist: list[dict[str, Any]],
+           gloo: list[dict[str, Any]] | None, layout: str, *, reference: bool) -> None:
+    """Print the round-time table (beside gloo and, with ``reference``, MXNet), the small
+    keys' rate and the bytes each server received."""
+    print(f"KVStore {args.type!r}: {layout}, float32; "
           "one round = push + pull; algorithm bandwidth = array bytes / round time")
     headers = ["elements", "bytes", "round", "GB/s"]
-    if any(n in MXNET_PS_REFERENCE for n in sizes):
+    if reference and any(n in MXNET_PS_REFERENCE for n in sizes):
         headers += ["MXNet ps-lite", "x MXNet"]
     if gloo is not None:
         headers += ["gloo all_reduce", "gloo GB/s", "x gloo"]
@@ -208,9 +222,9 @@ def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
           f"{human_seconds(step)} per step = {args.small_keys / step:,.0f} keys/s per worker")
     print("bytes pushed to each server (init, warm-up and timed rounds of each size):")
     srv = dist[0]["server_bytes"]
-    print(format_table(["elements", *[f"server {i}" for i in range(args.servers)]],
+    servers = len(srv[str(sizes[0])])
+    print(format_table(["elements", *[f"server {i}" for i in range(servers)]],
                        [[f"{n:,}", *[human_bytes(b) for b in srv[str(n)]]] for n in sizes]))
-    return 0
 
 
 if __name__ == "__main__":
