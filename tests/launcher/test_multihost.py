@@ -195,3 +195,50 @@ def test_host_pairs_remove_what_a_dead_run_left_and_delete_their_namespaces_by_n
 def _namespaces() -> set[str]:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     return {line.split(" ", 1)[0] for line in listing.stdout.splitlines()}
+
+
+AGENT_ON_HOST_A = """
+import datetime, socket
+import torch.distributed as dist
+agent = dist.TCPStore("10.77.0.1", 0, is_master=True, wait_for_workers=False,
+                      timeout=datetime.timedelta(seconds=30))  # torchrun's agent store
+print(agent.port, flush=True)
+published = agent.get("kvsync/store/0/0").decode()  # blocks until rank 0 publishes
+host, _, port = published.rpartition(":")
+socket.create_connection((host, int(port)), timeout=10).close()
+print(published, flush=True)
+"""
+
+RANK0_ON_HOST_B = """
+import socket, sys
+from kvsync import env
+from kvsync.store.torchrun import resolve_store_address
+got = resolve_store_address(env.read({"TORCHELASTIC_USE_AGENT_STORE": "True", "RANK": "0",
+    "MASTER_ADDR": "10.77.0.1", "MASTER_PORT": sys.argv[1]}), timeout=20)
+listener = socket.socket(fileno=got.listen_fd)
+listener.settimeout(20)
+listener.accept()[0].close()  # rank 1 on the other host reached it
+print(got.host, listener.getsockname()[0], flush=True)
+"""
+
+
+@pytest.mark.torch
+def test_under_torchrun_rank_zero_publishes_an_address_other_hosts_reach(
+    hosts: HostPair,
+) -> None:
+    pytest.importorskip("torch.distributed")
+    agent = subprocess.Popen(hosts.command(0, [sys.executable, "-c", AGENT_ON_HOST_A]),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout is not None
+        port = agent.stdout.readline().strip()
+        rank0 = subprocess.run(hosts.command(1, [sys.executable, "-c", RANK0_ON_HOST_B, port]),
+                               capture_output=True, text=True, timeout=60)
+        published = agent.communicate(timeout=30)[0].strip()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
+    assert rank0.returncode == 0, rank0.stderr
+    assert rank0.stdout.split() == [ADDRESSES[1], ADDRESSES[1]]  # host B's route address
+    assert published.startswith(f"{ADDRESSES[1]}:")
