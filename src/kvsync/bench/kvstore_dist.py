@@ -117,7 +117,13 @@ def _free_port() -> int:
 
 
 def run_children(cmds: list[tuple[list[str], dict[str, str]]],
-                  timeout: float) -> list[dict[str, Any]]:
+                 timeout: float) -> list[dict[str, Any]]:
+    """Run the benchmark's child processes (argv, environment) together; the JSON each
+    printed last, in order.
+
+    Raises:
+        RuntimeError: a child exited with a non-zero code.
+    """
     procs = [subprocess.Popen(c, env=e, stdout=subprocess.PIPE, text=True) for c, e in cmds]
     out = []
     try:
