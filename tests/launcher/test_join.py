@@ -20,9 +20,10 @@ def _args(node_rank: int, port: int, *extra: str) -> object:
                                       "--master-port", str(port), *extra, "t.py"])
 
 
-def _open(args: object, said: list[str], timeout: float = 1.0) -> JobStore:
+def _open(args: object, said: list[str], timeout: float = 1.0,
+          bind: str | None = None) -> JobStore:
     return JobStore.open(args, env.read({}), said.append,  # type: ignore[arg-type]
-                         join_timeout=timeout, notice=0.2)
+                         bind=bind, join_timeout=timeout, notice=0.2)
 
 
 def test_a_node_alone_says_every_few_seconds_how_many_joined_then_gives_up() -> None:
@@ -48,13 +49,14 @@ def test_a_node_says_while_it_waits_for_node_zeros_store() -> None:
     assert len([s for s in said if f"waiting for the job store at 127.0.0.1:{port}" in s]) >= 2
 
 
-def test_nodes_go_on_once_all_joined_each_under_its_node_address() -> None:
+def test_nodes_go_on_once_all_joined_and_node_zero_binds_the_address_given() -> None:
     port = _free_port()
     said: list[list[str]] = [[], []]
     opened: list[JobStore] = []
 
     def node(rank: int) -> None:
-        opened.append(_open(_args(rank, port, "--node-addr", "127.0.0.1"), said[rank], 10))
+        args = _args(rank, port, "--master-addr", "localhost")
+        opened.append(_open(args, said[rank], 10, bind="127.0.0.1" if rank == 0 else None))
 
     threads = [threading.Thread(target=node, args=(r,)) for r in (1, 0)]  # 1 dials first
     for t in threads:

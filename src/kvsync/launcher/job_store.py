@@ -1,8 +1,8 @@
 """The job's store as one launcher sees it: hosted (node rank 0) or dialled (other nodes).
 
 Node rank 0's launcher runs a :class:`kvsync.server.StoreServer` in a thread for the
-whole job, so the store outlives any crashing rank; in a job of several nodes it binds
-the node's address (``--node-addr``), which other hosts can reach, else ``--master-addr``.
+whole job, so the store outlives any crashing rank; it binds ``--master-addr``, the
+address every node dials (or an address given for node 0, e.g. behind NAT).
 In a job of several nodes every launcher also holds a client of that store, joins (each
 node counts itself in :data:`JOINED_KEY` and publishes its address under
 :data:`NODE_KEY`, then waits for the others, saying every few seconds how many have
@@ -122,12 +122,13 @@ class JobStore:
         environment: env.Environment,
         say: Callable[[str], None] = _log.info,
         *,
+        bind: str | None = None,
         join_timeout: float = defaults.NODE_JOIN_TIMEOUT_SECONDS,
         notice: float = defaults.NODE_WAIT_NOTICE_SECONDS,
     ) -> JobStore:
-        """Host the store (node rank 0) and, for several nodes, connect a client to it
-        and wait until every node joined; ``say`` gets a progress line every ``notice``
-        seconds of waiting.
+        """Host the store (node rank 0, on ``bind``, default ``--master-addr``) and, for
+        several nodes, connect a client to it and wait until every node joined; ``say``
+        gets a progress line every ``notice`` seconds of waiting.
 
         Raises:
             OSError: the address cannot be bound, or the store cannot be reached.
@@ -135,8 +136,8 @@ class JobStore:
         """
         server = None
         if args.node_rank == 0:
-            bind = args.node_addr if args.nnodes > 1 and args.node_addr else args.master_addr
-            server = StoreServer(bind, args.master_port, secret=environment.secret).start()
+            server = StoreServer(bind or args.master_addr, args.master_port,
+                                 secret=environment.secret).start()
             say(f"store server listening on {server.host}:{server.port} "
                 f"(node 0 of {args.nnodes})")
         client = None

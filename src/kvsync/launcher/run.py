@@ -10,11 +10,11 @@ Usage::
 
 The launcher of node rank 0 hosts the job's store server on ``--master-addr``:
 ``--master-port`` (port 0, the default for a single node, picks a free one; the chosen
-address is printed). In a job of several nodes every socket a peer dials (the store, the
-parameter servers) binds and registers the node's address: ``--node-addr``, else
-``KVSYNC_NODE_ADDR``, else this host's address on the route to ``--master-addr``
-(:func:`node_address`); a single node keeps loopback. The launchers wait until every node
-joined before starting their children.
+address is printed). In a job of several nodes the parameter servers bind and register
+the node's address: ``--node-addr``, else ``KVSYNC_NODE_ADDR``, else this host's address
+on the route to ``--master-addr`` (:func:`node_address`), and node 0's store binds
+``--master-addr`` (the given node address, if any); a single node keeps loopback. The
+launchers wait until every node joined before starting their children.
 
 Each launcher starts ``--num-servers`` parameter servers (``python -m kvsync.kv.server``,
 ``DMLC_ROLE=server``) and ``--nproc-per-node`` workers, exports the
@@ -202,8 +202,10 @@ def _run(args: argparse.Namespace, router: OutputRouter) -> int:
     try:
         environment = env.read()
         try:
+            given = args.node_addr or environment.node_addr
             args.node_addr = node_address(args, environment)
-            job_store = JobStore.open(args, environment, lambda text: _say(router, text))
+            job_store = JobStore.open(args, environment, lambda text: _say(router, text),
+                                      bind=given if args.nnodes > 1 else None)
         except OSError as exc:  # includes kvsync's StoreConnectionError and timeouts
             _say(router, f"cannot open the job store at {args.master_addr}:"
                  f"{args.master_port}: {exc}")
