@@ -19,12 +19,29 @@ def test_two_host_bench_prints_round_time_and_bandwidth_over_the_veth_link(
         pytest.skip(f"the two-host bench needs network namespaces: {reason}")
     # gloo's half (torch in 2 more processes) is what the manual run measures; here: ours
     monkeypatch.setattr(kvstore_hosts, "_gloo", lambda *args: None)
-    code = cli.main(["bench", "kvstore", "--type", "dist_sync", "--hosts", "2", "--sizes",
-                     "1M", "--repeat", "2", "--small-keys", "20", "--servers", "2"])
+    code = cli.main(
+        [
+            "bench",
+            "kvstore",
+            "--type",
+            "dist_sync",
+            "--hosts",
+            "2",
+            "--sizes",
+            "1M",
+            "--repeat",
+            "2",
+            "--small-keys",
+            "20",
+            "--servers",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "2 hosts (network namespaces, veth 10.77.0.1 - 10.77.0.2) x 1 workers and 1 servers" \
-        in out
+    assert (
+        "2 hosts (network namespaces, veth 10.77.0.1 - 10.77.0.2) x 1 workers and 1 servers" in out
+    )
     lines = out.splitlines()
     header = lines[1].split()
     assert header == ["elements", "bytes", "round", "GB/s"]

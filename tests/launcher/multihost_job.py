@@ -49,8 +49,7 @@ def main(kind: str, out: Path, until_killed: bool) -> int:
     stats = kv.server_stats()
     kv.barrier()
     np.savez(out / f"rank{rank}.npz", big=w[0], small=w[1])
-    (out / f"rank{rank}.json").write_text(json.dumps({"registered": registered,
-                                                      "stats": stats}))
+    (out / f"rank{rank}.json").write_text(json.dumps({"registered": registered, "stats": stats}))
     kv.close()
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import threading
 
@@ -10,20 +11,23 @@ import pytest
 from kvsync import env
 from kvsync.errors import StoreTimeoutError
 from kvsync.launcher.job_store import JobStore
-from kvsync.launcher.run import build_parser
+from kvsync.launcher.run import build_parser, child_specs, node_address
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def _args(node_rank: int, port: int, *extra: str) -> object:
-    return build_parser().parse_args(["--nnodes", "2", "--node-rank", str(node_rank),
-                                      "--master-port", str(port), *extra, "t.py"])
+def _args(node_rank: int, port: int, *extra: str) -> argparse.Namespace:
+    return build_parser().parse_args(
+        ["--nnodes", "2", "--node-rank", str(node_rank), "--master-port", str(port), *extra, "t.py"]
+    )
 
 
-def _open(args: object, said: list[str], timeout: float = 1.0,
-          bind: str | None = None) -> JobStore:
-    return JobStore.open(args, env.read({}), said.append,  # type: ignore[arg-type]
-                         bind=bind, join_timeout=timeout, notice=0.2)
+def _open(
+    args: argparse.Namespace, said: list[str], timeout: float = 1.0, bind: str | None = None
+) -> JobStore:
+    return JobStore.open(
+        args, env.read({}), said.append, bind=bind, join_timeout=timeout, notice=0.2
+    )
 
 
 def test_a_node_alone_says_every_few_seconds_how_many_joined_then_gives_up() -> None:
@@ -71,3 +75,24 @@ def test_nodes_go_on_once_all_joined_and_node_zero_binds_the_address_given() -> 
     finally:
         for store in opened:
             store.close()
+
+
+def test_the_node_address_is_the_flag_then_the_variable_then_the_route_to_the_master() -> None:
+    variable = env.read({"KVSYNC_NODE_ADDR": "10.9.9.9"})
+    flagged = _args(1, 5, "--node-addr", "10.8.8.8")
+    assert node_address(flagged, variable) == "10.8.8.8"
+    assert node_address(_args(1, 5), variable) == "10.9.9.9"
+    assert node_address(_args(1, 5), env.read({})) == "127.0.0.1"
+    one_node = build_parser().parse_args(["t.py"])
+    assert node_address(one_node, env.read({})) is None  # loopback, as before
+
+
+def test_every_child_of_a_multi_node_job_gets_the_node_address() -> None:
+    args = _args(1, 5, "--num-servers", "1", "--node-addr", "10.8.8.8")
+    specs = child_specs(args, 5)
+    assert [(s.role, s.env["KVSYNC_NODE_ADDR"]) for s in specs] == [
+        ("server", "10.8.8.8"),
+        ("worker", "10.8.8.8"),
+    ]
+    single = child_specs(build_parser().parse_args(["t.py"]), 5)
+    assert all("KVSYNC_NODE_ADDR" not in s.env for s in single)

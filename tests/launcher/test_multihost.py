@@ -51,23 +51,54 @@ def hosts() -> Iterator[HostPair]:
 class Job:
     """Two launchers of one job, their output files, and every pid they reported."""
 
-    def __init__(self, hosts: HostPair, out: Path, kind: str, namespaces: tuple[int, int],
-                 *extra: str) -> None:
+    def __init__(
+        self, hosts: HostPair, out: Path, kind: str, namespaces: tuple[int, int], *extra: str
+    ) -> None:
         self.out = out
         port = str(next(_ports))
-        environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
-                   "KVSYNC_BIGARRAY_BOUND": "1000", "KVSYNC_TEST_PID_DIR": str(out)}
+        environ = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+            "KVSYNC_BIGARRAY_BOUND": "1000",
+            "KVSYNC_TEST_PID_DIR": str(out),
+        }
         self.launchers = []
         for node, ns in enumerate(namespaces):
-            argv = [sys.executable, "-m", "kvsync.launcher.run", "--nnodes", "2",
-                    "--node-rank", str(node), "--master-addr", ADDRESSES[0], "--master-port",
-                    port, "--nproc-per-node", "1", "--num-servers", "1", "--server-setup",
-                    "multihost_setup", "--grace", "2", str(HERE / "multihost_job.py"), kind,
-                    str(out), *extra]
+            argv = [
+                sys.executable,
+                "-m",
+                "kvsync.launcher.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--master-addr",
+                ADDRESSES[0],
+                "--master-port",
+                port,
+                "--nproc-per-node",
+                "1",
+                "--num-servers",
+                "1",
+                "--server-setup",
+                "multihost_setup",
+                "--grace",
+                "2",
+                str(HERE / "multihost_job.py"),
+                kind,
+                str(out),
+                *extra,
+            ]
             with open(out / f"launcher{node}.out", "wb") as log:
-                self.launchers.append(subprocess.Popen(
-                    hosts.command(ns, argv), env=environ, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT))
+                self.launchers.append(
+                    subprocess.Popen(
+                        hosts.command(ns, argv),
+                        env=environ,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
 
     def child_pids(self) -> list[int]:
         return [int(p.read_text()) for p in self.out.glob("*.pid") if p.read_text().endswith("\n")]
@@ -85,7 +116,8 @@ class Job:
             return [p.wait(max(0.1, deadline - time.monotonic())) for p in self.launchers]
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                "launchers did not end:\n" + self.output(0) + self.output(1)) from None
+                "launchers did not end:\n" + self.output(0) + self.output(1)
+            ) from None
         finally:
             self.kill_all()
 
@@ -227,13 +259,18 @@ def test_under_torchrun_rank_zero_publishes_an_address_other_hosts_reach(
     hosts: HostPair,
 ) -> None:
     pytest.importorskip("torch.distributed")
-    agent = subprocess.Popen(hosts.command(0, [sys.executable, "-c", AGENT_ON_HOST_A]),
-                             stdout=subprocess.PIPE, text=True)
+    agent = subprocess.Popen(
+        hosts.command(0, [sys.executable, "-c", AGENT_ON_HOST_A]), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert agent.stdout is not None
         port = agent.stdout.readline().strip()
-        rank0 = subprocess.run(hosts.command(1, [sys.executable, "-c", RANK0_ON_HOST_B, port]),
-                               capture_output=True, text=True, timeout=60)
+        rank0 = subprocess.run(
+            hosts.command(1, [sys.executable, "-c", RANK0_ON_HOST_B, port]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         published = agent.communicate(timeout=30)[0].strip()
     finally:
         if agent.poll() is None:

@@ -28,10 +28,17 @@ def test_an_unreachable_server_is_logged_per_attempt_then_named_with_what_it_reg
     with StoreServer().start() as job, TCPStore("127.0.0.1", job.port, timeout=5) as store:
         store.set(SERVER_HOST_KEY.format(0), "elsewhere/boot/net-1")
         store.set(SERVER_KEY.format(0), f"127.0.0.1:{port}")
-        environ = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(job.port), "RANK": "0",
-                   "WORLD_SIZE": "1", "DMLC_NUM_SERVER": "1"}
-        with caplog.at_level(logging.WARNING, "kvsync.client.connect"), \
-                pytest.raises(StoreTimeoutError) as info:
+        environ = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(job.port),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "DMLC_NUM_SERVER": "1",
+        }
+        with (
+            caplog.at_level(logging.WARNING, "kvsync.client.connect"),
+            pytest.raises(StoreTimeoutError) as info,
+        ):
             connect("dist_sync", environ=environ, timeout=1.0)
     text = str(info.value)
     assert f"parameter server 0 (registered '127.0.0.1:{port}' from host " in text

@@ -267,8 +267,9 @@ def test_only_servers_flagged_as_on_this_host_get_slices_through_shared_memory(
 
 def test_one_shm_flag_per_server_is_required(servers: list[FakeServer]) -> None:
     with pytest.raises(errors.InvalidArgumentError, match="1 shm flags for 2 servers"):
-        DistKVStore("dist_sync", rank=0, num_workers=1,
-                    links=[FakeLink(s) for s in servers], shm=[True])
+        DistKVStore(
+            "dist_sync", rank=0, num_workers=1, links=[FakeLink(s) for s in servers], shm=[True]
+        )
 
 
 class _NoRowReplies(FakeLink):

@@ -182,9 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dist.add_argument("--servers", type=int, default=1, help="server processes (default 1)")
     dist.add_argument("--small-keys", type=int, default=1000, help="small keys per step")
     dist.add_argument("--vs", choices=["gloo"], help="also time torch gloo all_reduce")
-    dist.add_argument("--hosts", type=int, choices=[1, 2], default=1,
-                      help="2: run the job on two hosts made of network namespaces joined by "
-                      "a veth pair (root), beside gloo all_reduce across the same two")
+    dist.add_argument(
+        "--hosts",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: run the job on two hosts made of network namespaces joined by "
+        "a veth pair (root), beside gloo all_reduce across the same two",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

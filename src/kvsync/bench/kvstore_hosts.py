@@ -38,22 +38,47 @@ def _per_host(count: int) -> int:
     return max(1, -(-count // 2))
 
 
-def _launchers(pair: HostPair, args: argparse.Namespace, sizes: list[int], workers: int,
-               servers: int) -> list[dict[str, Any]]:
+def _launchers(
+    pair: HostPair, args: argparse.Namespace, sizes: list[int], workers: int, servers: int
+) -> list[dict[str, Any]]:
     """Run one kvsync-run per namespace; every worker's JSON result, by rank."""
     import json
 
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     try:
         for node in range(2):
-            argv = [sys.executable, "-m", "kvsync.run", "--nnodes", "2", "--node-rank",
-                    str(node), "--master-addr", ADDRESSES[0], "--master-port", str(_STORE_PORT),
-                    "--nproc-per-node", str(workers), "--num-servers", str(servers), "-m",
-                    _MODULE, args.type, ",".join(map(str, sizes)), str(args.repeat),
-                    str(args.small_keys)]
+            argv = [
+                sys.executable,
+                "-m",
+                "kvsync.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--master-addr",
+                ADDRESSES[0],
+                "--master-port",
+                str(_STORE_PORT),
+                "--nproc-per-node",
+                str(workers),
+                "--num-servers",
+                str(servers),
+                "-m",
+                _MODULE,
+                args.type,
+                ",".join(map(str, sizes)),
+                str(args.repeat),
+                str(args.small_keys),
+            ]
             log = tempfile.TemporaryFile()
-            procs.append((subprocess.Popen(pair.command(node, argv), stdout=log,
-                                           stderr=subprocess.STDOUT), log))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        pair.command(node, argv), stdout=log, stderr=subprocess.STDOUT
+                    ),
+                    log,
+                )
+            )
         results: dict[int, dict[str, Any]] = {}
         for proc, out in procs:
             code = proc.wait(_TIMEOUT)
@@ -72,20 +97,32 @@ def _launchers(pair: HostPair, args: argparse.Namespace, sizes: list[int], worke
             out.close()
 
 
-def _gloo(pair: HostPair, args: argparse.Namespace, sizes: list[int],
-          workers: int) -> list[dict[str, Any]] | None:
+def _gloo(
+    pair: HostPair, args: argparse.Namespace, sizes: list[int], workers: int
+) -> list[dict[str, Any]] | None:
     try:
         import torch.distributed  # noqa: F401
     except ImportError:
         print("torch is not importable: gloo columns skipped")
         return None
     world = 2 * workers
-    common = {env.MASTER_ADDR: ADDRESSES[0], env.MASTER_PORT: str(_GLOO_PORT),
-              env.WORLD_SIZE: str(world), _GLOO_SOCKET_IFNAME: DEVICE}
+    common = {
+        env.MASTER_ADDR: ADDRESSES[0],
+        env.MASTER_PORT: str(_GLOO_PORT),
+        env.WORLD_SIZE: str(world),
+        _GLOO_SOCKET_IFNAME: DEVICE,
+    }
     cmd = [sys.executable, "-m", _MODULE, "gloo", ",".join(map(str, sizes)), str(args.repeat)]
-    return run_children([(pair.command(rank // workers, cmd),
-                          env.child_environment({**common, env.RANK: str(rank)}))
-                         for rank in range(world)], _TIMEOUT)
+    return run_children(
+        [
+            (
+                pair.command(rank // workers, cmd),
+                env.child_environment({**common, env.RANK: str(rank)}),
+            )
+            for rank in range(world)
+        ],
+        _TIMEOUT,
+    )
 
 
 def run_hosts(args: argparse.Namespace, sizes: list[int]) -> int:
@@ -102,6 +139,13 @@ def run_hosts(args: argparse.Namespace, sizes: list[int]) -> int:
     except OSError as exc:
         print(f"--hosts 2: cannot make the two network namespaces: {exc}", file=sys.stderr)
         return 1
-    report(args, sizes, dist, gloo, f"2 hosts (network namespaces, veth {ADDRESSES[0]} - "
-           f"{ADDRESSES[1]}) x {workers} workers and {servers} servers", reference=False)
+    report(
+        args,
+        sizes,
+        dist,
+        gloo,
+        f"2 hosts (network namespaces, veth {ADDRESSES[0]} - "
+        f"{ADDRESSES[1]}) x {workers} workers and {servers} servers",
+        reference=False,
+    )
     return 0

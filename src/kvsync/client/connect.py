@@ -122,8 +122,13 @@ def _retryable(exc: OSError) -> bool:
     return isinstance(exc, RETRYABLE) or exc.errno in _RETRYABLE_ERRNO
 
 
-def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None,
-            retry_log_level: int = logging.DEBUG) -> socket.socket:
+def connect(
+    host: str,
+    port: int,
+    timeout: float,
+    backoff: Backoff | None = None,
+    retry_log_level: int = logging.DEBUG,
+) -> socket.socket:
     """A connected TCP socket (``TCP_NODELAY``, blocking) to ``host:port``, retrying
     refused/unreachable attempts with jittered backoff until ``timeout`` seconds pass.
     Each failed attempt is logged at ``retry_log_level``.
@@ -150,8 +155,15 @@ def connect(host: str, port: int, timeout: float, backoff: Backoff | None = None
                         f"cannot connect to store server {host}:{port}: {exc}"
                     ) from exc
                 last = exc
-                logger.log(retry_log_level, "connect to %s:%d (attempt %d, %.1f s left): %s",
-                           host, port, attempt + 1, max(remaining, 0.0), exc)
+                logger.log(
+                    retry_log_level,
+                    "connect to %s:%d (attempt %d, %.1f s left): %s",
+                    host,
+                    port,
+                    attempt + 1,
+                    max(remaining, 0.0),
+                    exc,
+                )
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if attempt:

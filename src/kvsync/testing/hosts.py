@@ -63,8 +63,9 @@ def unavailable_reason() -> str | None:
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=_IP_TIMEOUT,
-                          check=False)
+    done = subprocess.run(
+        ["ip", *args], capture_output=True, text=True, timeout=_IP_TIMEOUT, check=False
+    )
     if check and done.returncode != 0:
         raise OSError(f"`ip {' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}")
     return done
@@ -126,8 +127,7 @@ class HostPair:
                 _ip("netns", "add", name)
                 self._made.append(name)
             a, b = self.names
-            _ip("-n", a, "link", "add", DEVICE, "type", "veth", "peer", "name", DEVICE,
-                "netns", b)
+            _ip("-n", a, "link", "add", DEVICE, "type", "veth", "peer", "name", DEVICE, "netns", b)
             for name, address in zip(self.names, self.addresses, strict=True):
                 _ip("-n", name, "addr", "add", f"{address}/{_PREFIX_LEN}", "dev", DEVICE)
                 _ip("-n", name, "link", "set", "lo", "up")
