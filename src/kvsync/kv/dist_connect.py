@@ -41,8 +41,6 @@ __all__ = [
     "server_addresses",
 ]
 
-logger = logging.getLogger(__name__)
-
 #: Store key under which server ``i`` publishes ``host:port``.
 SERVER_KEY = "kvsync/ps/server/{}"
 #: Store key under which server ``i`` publishes its host identity (who may share memory).

@@ -112,7 +112,6 @@ class JobStore:
         self._args = args
         self._server = server
         self._client = client
-        self.host: str = server.host if server is not None else args.master_addr
         self.port: int = server.port if server is not None else args.master_port
 
     @classmethod
