@@ -24,7 +24,7 @@ from multihost_job import BIG, LR, ROUNDS, SMALL, gradient
 
 import kvsync.kv
 from kvsync.optimizer import SGD
-from kvsync.testing.hosts import ADDRESSES, HostPair, unavailable_reason
+from kvsync.testing.hosts import ADDRESSES, HostPair, launcher_argv, unavailable_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -55,7 +55,7 @@ class Job:
         self, hosts: HostPair, out: Path, kind: str, namespaces: tuple[int, int], *extra: str
     ) -> None:
         self.out = out
-        port = str(next(_ports))
+        port = next(_ports)
         environ = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
@@ -64,31 +64,11 @@ class Job:
         }
         self.launchers = []
         for node, ns in enumerate(namespaces):
-            argv = [
-                sys.executable,
-                "-m",
-                "kvsync.launcher.run",
-                "--nnodes",
-                "2",
-                "--node-rank",
-                str(node),
-                "--master-addr",
-                ADDRESSES[0],
-                "--master-port",
-                port,
-                "--nproc-per-node",
-                "1",
-                "--num-servers",
-                "1",
-                "--server-setup",
-                "multihost_setup",
-                "--grace",
-                "2",
-                str(HERE / "multihost_job.py"),
-                kind,
-                str(out),
-                *extra,
-            ]
+            argv = launcher_argv(
+                node, port, "--nproc-per-node", "1", "--num-servers", "1", "--server-setup",
+                "multihost_setup", "--grace", "2", str(HERE / "multihost_job.py"), kind,
+                str(out), *extra,
+            )  # fmt: skip
             with open(out / f"launcher{node}.out", "wb") as log:
                 self.launchers.append(
                     subprocess.Popen(

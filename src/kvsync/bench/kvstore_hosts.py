@@ -21,7 +21,13 @@ from typing import IO, Any
 
 from kvsync import env
 from kvsync.bench.kvstore_dist import report, run_children
-from kvsync.testing.hosts import ADDRESSES, DEVICE, HostPair, unavailable_reason
+from kvsync.testing.hosts import (
+    ADDRESSES,
+    DEVICE,
+    HostPair,
+    launcher_argv,
+    unavailable_reason,
+)
 
 __all__ = ["run_hosts"]
 
@@ -47,29 +53,11 @@ def _launchers(
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     try:
         for node in range(2):
-            argv = [
-                sys.executable,
-                "-m",
-                "kvsync.run",
-                "--nnodes",
-                "2",
-                "--node-rank",
-                str(node),
-                "--master-addr",
-                ADDRESSES[0],
-                "--master-port",
-                str(_STORE_PORT),
-                "--nproc-per-node",
-                str(workers),
-                "--num-servers",
-                str(servers),
-                "-m",
-                _MODULE,
-                args.type,
-                ",".join(map(str, sizes)),
-                str(args.repeat),
-                str(args.small_keys),
-            ]
+            argv = launcher_argv(
+                node, _STORE_PORT, "--nproc-per-node", str(workers), "--num-servers",
+                str(servers), "-m", _MODULE, args.type, ",".join(map(str, sizes)),
+                str(args.repeat), str(args.small_keys),
+            )  # fmt: skip
             log = tempfile.TemporaryFile()
             procs.append(
                 (

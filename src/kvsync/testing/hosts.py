@@ -36,7 +36,14 @@ import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["ADDRESSES", "DEVICE", "HostPair", "remove_stale", "unavailable_reason"]
+__all__ = [
+    "ADDRESSES",
+    "DEVICE",
+    "HostPair",
+    "launcher_argv",
+    "remove_stale",
+    "unavailable_reason",
+]
 
 #: The veth addresses of the two namespaces (a /24 that exists only inside them).
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
@@ -60,6 +67,18 @@ def unavailable_reason() -> str | None:
     if shutil.which("ip") is None:
         return "iproute2's `ip` command is not installed"
     return None
+
+
+def launcher_argv(node_rank: int, port: int, *args: str) -> list[str]:
+    """The ``kvsync-run`` command line of node ``node_rank`` of a two-node job whose store
+    node 0 hosts on the first address, port ``port``; ``args`` follow (workers, script).
+
+    Example:
+        >>> launcher_argv(1, 29611, "t.py")[5:]
+        ['--node-rank', '1', '--master-addr', '10.77.0.1', '--master-port', '29611', 't.py']
+    """
+    return [sys.executable, "-m", "kvsync.run", "--nnodes", "2", "--node-rank", str(node_rank),
+            "--master-addr", ADDRESSES[0], "--master-port", str(port), *args]  # fmt: skip
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
