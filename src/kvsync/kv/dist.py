@@ -128,8 +128,10 @@ class DistKVStore(ServerControl, KVStoreBase):
         self._shm_servers = frozenset(i for i, f in enumerate(flags) if f and shm_supported())
         self._shm = bool(self._shm_servers)
         # the largest array a single-slice key sends in one message, per server
-        self._fast_max = [defaults.PS_SHM_MIN_BYTES if i in self._shm_servers
-                          else defaults.PS_CHUNK_BYTES for i in range(len(self._links))]
+        self._fast_max = [
+            defaults.PS_SHM_MIN_BYTES if i in self._shm_servers else defaults.PS_CHUNK_BYTES
+            for i in range(len(self._links))
+        ]
         self._segments = SharedSegments()
         self._segments_of: dict[tuple[str, int], list[Any]] = {}  # [path, view, last push]
         self._comm = Comm(self._links, timeout=self.timeout, shared=self._segments)
@@ -346,8 +348,11 @@ class DistKVStore(ServerControl, KVStoreBase):
             yield from plan.pieces(array)
             return
         for s, block in plan.parts(array):
-            if (block.nbytes >= defaults.PS_SHM_MIN_BYTES and self._gc is None
-                    and s.server in self._shm_servers):
+            if (
+                block.nbytes >= defaults.PS_SHM_MIN_BYTES
+                and self._gc is None
+                and s.server in self._shm_servers
+            ):
                 yield s.server, -1, block
             else:
                 for lo, rows in chunks(block):
