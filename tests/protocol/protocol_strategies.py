@@ -102,12 +102,14 @@ def fuzz_stream() -> st.SearchStrategy[bytes]:
         lambda ms: hello + b"".join(join_buffers(encode_frame(i, m)) for i, m in enumerate(ms))
     )
 
-    @st.composite
-    def mutated(draw: Any) -> bytes:
-        data = bytearray(draw(valid))
-        for _ in range(draw(st.integers(0, 3))):
-            if data:
-                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-        return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=40))
+    return st.one_of(st.binary(max_size=200), mutated(valid), valid.map(lambda s: s + b"KVSY\x01"))
 
-    return st.one_of(st.binary(max_size=200), mutated(), valid.map(lambda s: s + b"KVSY\x01"))
+
+@st.composite
+def mutated(draw: Any, valid: st.SearchStrategy[bytes]) -> bytes:
+    """A ``valid`` stream with up to 3 bytes changed, cut anywhere, then random bytes."""
+    data = bytearray(draw(valid))
+    for _ in range(draw(st.integers(0, 3))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(0, len(data)))]) + draw(st.binary(max_size=40))
