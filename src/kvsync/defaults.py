@@ -35,6 +35,7 @@ __all__ = [
     "SHUTDOWN_GRACE_SECONDS",
     "STORE_EXIT_GRACE_SECONDS",
     "STORE_SERVER",
+    "TORCH_PARK_SECONDS",
 ]
 
 #: Seconds a store operation may take before it fails (torch and the reference use 300).
@@ -93,3 +94,7 @@ PS_SHM_MIN_BYTES: int = 1 << 20
 #: the cost.
 PS_PACK_MIN_KEYS: int = 8
 PS_PACK_MAX_BYTES: int = 1 << 20
+#: torch's server never times out a WAIT or BARRIER (its client sends CANCEL_WAIT when its
+#: own timeout passes); kvsync's parks them this long, then closes that connection (the
+#: event loop's select() takes at most ~24 days).
+TORCH_PARK_SECONDS: float = 7 * 24 * 3600.0

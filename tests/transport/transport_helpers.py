@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from kvsync.protocol import torch_wire as tw
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role
 
@@ -69,6 +70,19 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer closed ``sock`` (EOF or reset) rather than sending bytes."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def torch_bytes(*msgs: object) -> bytes:
+    """torch TCPStore messages as the bytes on the wire."""
+    return b"".join(bytes(b) for m in msgs for b in tw.encode(m))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

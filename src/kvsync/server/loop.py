@@ -17,6 +17,13 @@ over all connections), so the loop holds tens of thousands of connections.
 A connection that breaks the protocol (garbage, bad magic/version, a frame over a cap)
 gets an ``ErrorReply`` when its request id is known, then a half-close, then is dropped;
 only that connection is affected. ``close()`` wakes the loop through a socketpair.
+
+Both protocols on one port: a connection whose first byte is ``00`` (torch's VALIDATE;
+kvsync frames start with ``K``) is a torch client and gets a
+:class:`~kvsync.server.torch_session.TorchSession` in place of the kvsync ``Connection``
+(:func:`_dialect`); its requests reach the same ``logic``, and its replies are encoded by
+the session (torch's protocol has no error reply: a failed torch connection just closes).
+A server with a shared secret refuses torch clients: torch's protocol cannot authenticate.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from kvsync.protocol.connection import Connection, Event, Role, drain_events, en
 from kvsync.protocol.messages import ErrorReply
 from kvsync.server.logic import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
+from kvsync.server.torch_session import TorchSession
 
 __all__ = ["StoreServer"]
 
@@ -64,14 +72,16 @@ class _Peer:
     """Per-connection state the loop keeps (the protocol state lives in ``proto``)."""
 
     __slots__ = (
-        "addr", "closing", "conn_id", "events", "outq", "pending", "proto", "ready", "sock",
+        "addr", "closing", "conn_id", "encode", "events", "outq", "pending", "proto", "ready",
+        "sock",
     )  # fmt: skip
 
-    def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Connection) -> None:
+    def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Any = None) -> None:
         self.conn_id = conn_id
         self.sock = sock
         self.addr = addr
-        self.proto = proto
+        self.proto = proto  # a Connection or a TorchSession, set once the first byte is in
+        self.encode: Callable[[Outgoing], list[_Buffer]] = _encode
         self.outq: collections.deque[_Buffer] = collections.deque()
         self.pending = 0  # bytes queued in outq
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
@@ -278,15 +288,44 @@ class StoreServer:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn_id, self._next_id = self._next_id, self._next_id + 1
-            proto = Connection(Role.SERVER, limits=self.limits, secret=self._secret)
-            peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}", proto)
+            peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}")
             self._peers[conn_id] = peer
             self._selector.register(sock, selectors.EVENT_READ, peer)
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
+    def _dialect(self, peer: _Peer) -> bool:
+        """Give ``peer`` the protocol object its first byte calls for (peeked, not read):
+        False while no byte has arrived (or the peer left)."""
+        try:
+            first = peer.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._drop(peer, f"receive failed: {exc}")
+            return False
+        if not first:
+            self._drop(peer, "client closed the connection")
+            return False
+        if first == b"\x00" and self._secret is not None:
+            logger.warning(
+                "refusing a torch client from %s: this server requires a shared secret and"
+                " torch's protocol cannot authenticate", peer.addr,
+            )  # fmt: skip
+            self._drop(peer, "torch client on a server with a shared secret")
+            return False
+        if first == b"\x00":
+            session = TorchSession(self.limits)
+            peer.proto, peer.encode = session, lambda o: session.encode(o.request_id, o.reply)
+            logger.debug("connection %d from %s speaks torch's protocol", peer.conn_id, peer.addr)
+        else:
+            peer.proto = Connection(Role.SERVER, limits=self.limits, secret=self._secret)
+        return True
+
     def _on_readable(self, peer: _Peer) -> None:
         if peer.closing is not None:
             self._discard_input(peer)
+            return
+        if peer.proto is None and not self._dialect(peer):
             return
         proto = peer.proto
         recv_into = peer.sock.recv_into
@@ -323,6 +362,7 @@ class StoreServer:
         if events:
             now = time.monotonic()
             handle = self.logic.handle
+            encode = peer.encode
             for request_id, msg in events:
                 try:
                     out = handle(conn_id, request_id, msg, now)
@@ -332,11 +372,12 @@ class StoreServer:
                     out = [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.SERVER, text))]
                 for o in out:  # usually just its reply
                     if o.conn_id == conn_id:
-                        mine += _encode(o)
+                        mine += encode(o)
                     else:
                         others.append(o)
             if others:  # wake-ups of other connections, queued in one go
                 self._deliver(others)
+            error = error or proto.error  # a torch session fails on a refused request
         if error is not None:  # a bad frame after the good ones: answer them, then fail
             if mine:
                 self._queue(peer, mine)
@@ -366,7 +407,8 @@ class StoreServer:
 
     def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
         logger.info("closing connection from %s: %s", peer.addr, exc)
-        self._queue(peer, encode_error(peer.proto.last_request_id or 0, exc))
+        if not isinstance(peer.proto, TorchSession):  # torch's protocol has no error reply
+            self._queue(peer, encode_error(peer.proto.last_request_id or 0, exc))
         self._flush(peer)
         if peer.conn_id not in self._peers:
             return
@@ -397,7 +439,9 @@ class StoreServer:
             peer = self._peers.get(out.conn_id)
             if peer is None or peer.closing is not None:
                 continue  # the client went away while its request was parked
-            self._queue(peer, _encode(out))
+            self._queue(peer, peer.encode(out))
+            if peer.proto.error is not None:  # a torch peer whose parked request failed
+                self._fail(peer, peer.proto.error)
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
         # The codec's buffers are bytes-like with 1-byte items, so len() counts bytes.

@@ -62,6 +62,7 @@ from kvsync.protocol.messages import (
     ValuesReply,
     Wait,
 )
+from kvsync.protocol.torch_requests import CancelWaits, CountBarrier
 from kvsync.server.logic import Outgoing, Router, ServerLogic
 from kvsync.server.waiters import Waiter, WaiterIndex
 
@@ -129,7 +130,8 @@ class StoreState:
     #: The request types this logic answers (for building a :class:`Router`).
     MESSAGE_TYPES: tuple[type, ...] = (
         Set, Get, Add, CompareSet, Wait, Check, DeleteKey, NumKeys, MultiGet, MultiSet,
-        Append, ListKeys, QueuePush, QueuePop, QueueLen, Ping, Barrier,
+        Append, ListKeys, QueuePush, QueuePop, QueueLen, Ping, Barrier, CancelWaits,
+        CountBarrier,
     )  # fmt: skip
 
     def __init__(
@@ -163,6 +165,8 @@ class StoreState:
             QueueLen: self._queue_len,
             Ping: self._ping,
             Barrier: self._barrier,
+            CancelWaits: self._cancel_waits,
+            CountBarrier: self._count_barrier,
         }
 
     # --- ServerLogic ------------------------------------------------------------------
@@ -265,6 +269,13 @@ class StoreState:
     def _wake_keys(self, key: str) -> None:
         for w in self._waiters.take(key):
             msg = w.msg
+            if type(msg) is CountBarrier:  # waits for a count, not for keys
+                if not self._reached(msg):
+                    self._waiters.reindex(w, key)
+                    continue
+                self._waiters.finish(w)
+                self._out.append(Outgoing(w.conn_id, w.request_id, _OK))
+                continue
             keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
             missing = self._first_missing(keys)
             if missing is not None:
@@ -305,6 +316,11 @@ class StoreState:
             except _RejectError:  # the counter was overwritten meanwhile
                 arrived = "?"
             text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {waited}"
+        elif isinstance(msg, CountBarrier):
+            text = (
+                f"barrier {msg.key!r} timed out after {waited}; its count is still below"
+                f" {msg.world_size}"
+            )
         else:
             keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
             missing = [k for k in keys if not self._exists(k)]
@@ -504,3 +520,31 @@ class StoreState:
             return _OK
         wait = _BarrierWait(msg, (done,), generation)
         return self._block_on(conn_id, request_id, wait, wait.keys, msg.timeout_ms, now)
+
+    # --- requests only torch's protocol makes (kvsync.protocol.torch_requests) ----------
+
+    def _cancel_waits(self, conn_id: int, request_id: int, msg: object, now: float) -> object:
+        """torch's CANCEL_WAIT: forget what this connection has parked."""
+        self.drop_connection(conn_id)
+        return _OK
+
+    def _reached(self, msg: CountBarrier) -> bool:
+        try:
+            return self._counter(msg.key) >= msg.world_size
+        except _RejectError:  # overwritten with something else meanwhile: keep waiting
+            return False
+
+    def _count_barrier(self, conn_id: int, request_id: int, msg: object, now: float) -> object:
+        """torch's BARRIER: count this arrival at ``key``; answered once the count reaches
+        ``world_size`` (every parked caller is woken by the store that completes it)."""
+        assert isinstance(msg, CountBarrier)
+        self._check_key(msg.key)
+        _check_timeout(msg.timeout_ms)
+        count = self._counter(msg.key) + 1
+        self._store(msg.key, str(count).encode())
+        if count >= msg.world_size:
+            return _OK
+        if msg.timeout_ms == 0:
+            return self._timeout_reply(Waiter(conn_id, request_id, msg, now, now), now)
+        self._park(self._waiters, conn_id, request_id, msg, msg.key, msg.timeout_ms, now)
+        return None
