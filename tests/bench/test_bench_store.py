@@ -63,3 +63,20 @@ def test_bench_with_the_server_in_a_thread_says_where_it_ran() -> None:
     assert proc.returncode == 0, proc.stderr
     assert any(m.split()[:3] == ["latency", "get", "16"] for m in proc.stdout.splitlines())
     assert "note: kvsync server: a thread of the bench process" in proc.stdout
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bench_vs_torch_has_torch_client_rows_against_kvsync_server() -> None:
+    pytest.importorskip("torch.distributed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvsync.bench.store", "--quick", "--scenario", "latency",
+         "--iterations", "20", "--vs", "torch"],
+        capture_output=True, text=True, timeout=110, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    torch_client = [r[2:5] for r in rows if r[:2] == ["torch", "client"]]
+    assert [r[:3] for r in torch_client] == [["get", "16", "B"], ["add", "16", "B"]]
+    assert "note: 'torch client' rows: torch's own TCPStore client" in proc.stdout

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import resource
 import statistics
@@ -209,7 +210,8 @@ def _run_workers(
         for i in range(n)
     ]
     try:
-        control.wait([f"{tag}/ready/{i}" for i in range(n)], _timedelta(60))
+        # OP_TIMEOUT: workers of torch import it, eight at once take over a minute on a busy box
+        control.wait([f"{tag}/ready/{i}" for i in range(n)], _timedelta(OP_TIMEOUT))
         control.set(f"{tag}/go", b"1")
         elapsed, total, user = 0.0, 0, 0.0
         for proc in procs:
@@ -373,6 +375,25 @@ SCENARIOS: dict[str, Callable[[Backend, Params], list[Row]]] = {
 }
 
 
+def bench_torch_client(name: str, backend: Backend, p: Params) -> list[Row]:
+    """The rows of scenario ``name`` that torch's own client is measured on (get and add
+    latency, the most clients' ops/s, the largest value's bandwidth), run on ``backend``
+    and labelled 'torch client'."""
+    sizes = (64.0,) if 64 in p.sizes_mib else (max(p.sizes_mib),)
+    few = dataclasses.replace(p, clients=(max(p.clients),), sizes_mib=sizes)
+    keep: Callable[[str], bool] = {
+        "latency": lambda m: m in ("get 16 B median", "add 16 B median"),
+        "throughput": lambda m: "ops/s" in m,
+        "bandwidth": lambda m: True,
+    }[name]
+    rows = SCENARIOS[name](backend, few)
+    return [dataclasses.replace(r, scenario="torch client") for r in rows if keep(r.metric)]
+
+
+#: Scenarios that also get 'torch client' rows with ``--vs torch``.
+TORCH_CLIENT_SCENARIOS = ("latency", "throughput", "bandwidth")
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -415,6 +436,9 @@ NOTES = {
     " threads of the bench process; throughput rows use separate client processes, and"
     " 'client user CPU per op' is their user-mode CPU time (kernel time excluded) over the"
     " operations they made.",
+    "torch client": "'torch client' rows: torch's own TCPStore client, against kvsync's server"
+    " (a separate process, serving torch's protocol on its port) in the kvsync column and"
+    " against torch's server alone in a separate process in the torch column.",
 }
 
 
@@ -436,10 +460,15 @@ def run(args: argparse.Namespace) -> int:
         ours += SCENARIOS[name](ours_backend, params)
         if compare:
             theirs += SCENARIOS[name](BACKENDS["torch"], params)
+    crossed = [n for n in names if n in TORCH_CLIENT_SCENARIOS] if compare else []
+    for name in crossed:
+        ours += bench_torch_client(name, BACKENDS["torch-on-kvsync"], params)
+        theirs += bench_torch_client(name, BACKENDS["torch-process"], params)
     print(_table(ours, theirs if compare else None))
     notes = [NOTES[placement], *([NOTES["torch"]] if compare else []), NOTES["common"]]
     if "busy-master" in names:
         notes.append(NOTES["busy-master"])
+    notes += [NOTES["torch client"]] if crossed else []
     print("\n".join(f"note: {n}" for n in notes))
     return 0
 

@@ -10,10 +10,13 @@ serve``), as a job launched by ``kvsync-run`` does (the launcher hosts the store
 does); ``kvsync-thread`` serves from a thread of the bench process, as
 ``TCPStore(is_master=True)`` does, where the server competes for the GIL with the bench's
 own client threads. torch's server is a C++ thread of the bench process (it holds no GIL).
+``torch-on-kvsync`` is torch's own client against kvsync's server (in a separate process),
+which serves torch's protocol on the same port; ``torch-process`` is torch's client against
+torch's server alone in a separate process, the fair comparison for it.
 
 Example:
     >>> sorted(BACKENDS)
-    ['kvsync', 'kvsync-thread', 'torch']
+    ['kvsync', 'kvsync-thread', 'torch', 'torch-on-kvsync', 'torch-process']
 """
 
 from __future__ import annotations
@@ -55,15 +58,23 @@ class Backend:
 _SERVE_TIMEOUT = 60.0
 
 
-@contextlib.contextmanager
-def _kvsync_serve_process(legacy: bool) -> Iterator[tuple[str, int]]:
+def _kvsync_serve_process(legacy: bool) -> contextlib.AbstractContextManager[tuple[str, int]]:
     """A ``python -m kvsync serve`` child on a free port; ended by its PID afterwards."""
+    return _serve_process([sys.executable, "-m", "kvsync", "serve", "--host", HOST, "--port", "0"])
+
+
+def _torch_serve_process(legacy: bool) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """torch's server alone in a child process (``python -m kvsync.bench.store_backends``)."""
+    cmd = [sys.executable, "-m", "kvsync.bench.store_backends", "torch-serve"]
+    return _serve_process(cmd + (["legacy"] if legacy else []))
+
+
+@contextlib.contextmanager
+def _serve_process(cmd: list[str]) -> Iterator[tuple[str, int]]:
+    """A server child that prints ``listening on HOST:PORT``; ended by its PID afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvsync", "serve", "--host", HOST, "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )  # stdin: the child sees EOF when the bench is gone
     try:
         line = _first_line(proc)
         host, _, port = line.rsplit(" ", 1)[-1].rpartition(":")
@@ -76,8 +87,9 @@ def _kvsync_serve_process(legacy: bool) -> Iterator[tuple[str, int]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=_SERVE_TIMEOUT)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def _first_line(proc: subprocess.Popen[str]) -> str:
@@ -137,6 +149,8 @@ BACKENDS: dict[str, Backend] = {
     "kvsync": Backend("kvsync", _kvsync_serve_process, _kvsync_connect),
     "kvsync-thread": Backend("kvsync-thread", _kvsync_serve_thread, _kvsync_connect),
     "torch": Backend("torch", _torch_serve, _torch_connect),
+    "torch-on-kvsync": Backend("torch-on-kvsync", _kvsync_serve_process, _torch_connect),
+    "torch-process": Backend("torch-process", _torch_serve_process, _torch_connect),
 }
 
 
@@ -164,3 +178,21 @@ def torch_missing_reason() -> str | None:
     if not dist.is_available() or not hasattr(dist, "TCPStore"):
         return "this torch build has no torch.distributed.TCPStore"
     return None
+
+
+def _torch_serve_main(argv: list[str]) -> int:
+    """``torch-serve [legacy]``: host torch's server, print its address, serve until killed."""
+    dist: Any = importlib.import_module("torch.distributed")
+    master = dist.TCPStore(
+        HOST, 0, is_master=True, wait_for_workers=False, use_libuv="legacy" not in argv,
+        timeout=timedelta(seconds=120),
+    )  # fmt: skip
+    sys.stdout.write(f"torch store listening on {HOST}:{master.port}\n")
+    sys.stdout.flush()
+    sys.stdin.read()  # EOF when the bench is gone (it also ends us by PID)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["torch-serve"]:
+        sys.exit(_torch_serve_main(sys.argv[2:]))
