@@ -39,8 +39,8 @@ from typing import Final
 from kvsync.errors import KVSyncError, LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol import torch_wire as tw
 from kvsync.protocol.connection import NEED_DATA, NeedData, Role
-from kvsync.protocol.fields import Limits
-from kvsync.protocol.torch_wire import I64, U32, U64
+from kvsync.protocol.fields import U32, U64, Limits
+from kvsync.protocol.torch_wire import I64
 
 __all__ = ["LANDING_BYTES", "TorchConnection"]
 

@@ -31,7 +31,7 @@ from enum import IntEnum
 from typing import Any, Final
 
 from kvsync.errors import LocalProtocolError
-from kvsync.protocol.fields import BIG_BUFFER
+from kvsync.protocol.fields import BIG_BUFFER, U8, U32, U64
 from kvsync.protocol.messages import Buffer
 
 __all__ = [
@@ -39,9 +39,6 @@ __all__ = [
     "MAGIC",
     "REPLY_OF",
     "REQUEST_OF",
-    "U8",
-    "U32",
-    "U64",
     "Add",
     "Append",
     "Barrier",
@@ -75,10 +72,8 @@ __all__ = [
     "query_of",
 ]
 
-#: torch's fixed-size fields (native byte order in torch, little endian wherever it runs).
-U8 = struct.Struct("<B")
-U32 = struct.Struct("<I")
-U64 = struct.Struct("<Q")
+#: torch's ``i64`` (ADD's delta, counts in replies); its other fixed-size fields have the
+#: layouts of kvsync's own (``fields.U8``, ``U32``, ``U64``: little endian wherever torch runs).
 I64 = struct.Struct("<q")
 #: The u32 a torch client sends with VALIDATE, its first message: bytes ``CE F7 85 3C``.
 MAGIC: Final = 0x3C85F7CE
