@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 #: subcommand -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("kvsync.server.daemon", "run a standalone store (or parameter) server"),
+    "serve": ("kvsync.launcher.serve", "run a standalone store (or parameter) server"),
     "inspect": ("kvsync.store.inspect", "show the keys and values held by a running store"),
     "bench": ("kvsync.bench", "measure the store and the KVStore"),
 }

@@ -1,7 +1,7 @@
 """Specification of --num-servers: server children with DMLC_ROLE=server, stopped at the end.
 
-Runs the launcher in this process with a stand-in for ``kvsync.kv.server`` so the test does
-not depend on the parameter server itself.
+Runs the launcher in this process with a stand-in for ``kvsync.launcher.ps_server`` so the
+test does not depend on the parameter server itself.
 """
 
 from __future__ import annotations

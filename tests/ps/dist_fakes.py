@@ -12,7 +12,7 @@ from typing import Any
 
 from kvsync.errors import StoreConnectionError, StoreTimeoutError, error_from_code
 from kvsync.kv.dist import DistKVStore
-from kvsync.kv.server import make_logic
+from kvsync.launcher.ps_server import make_logic
 from kvsync.protocol.codec import OPCODE_OF, Limits, decode, encode_frame
 from kvsync.protocol.framing import HEADER_SIZE
 from kvsync.protocol.messages import ErrorReply

@@ -1,5 +1,5 @@
 """Real-process parameter-server jobs for the tests: a job store in the test process,
-server processes (``python -m kvsync.kv.server``) and worker processes running a scenario
+server processes (``python -m kvsync.launcher.ps_server``) and worker processes running a scenario
 of ``dist_worker.py``; everything bounded in time and ended by PID."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def ps_job(num_servers: int, *, bound: int = 1_000_000, stall: float = 5.0,
            "DMLC_NUM_SERVER": str(num_servers), "KVSYNC_BIGARRAY_BOUND": str(bound)}
     job = Job(store, env)
     try:
-        cmd = [sys.executable, "-m", "kvsync.kv.server", "--stall-seconds", str(stall)]
+        cmd = [sys.executable, "-m", "kvsync.launcher.ps_server", "--stall-seconds", str(stall)]
         if setup:  # the CLI form, with the test directory importable
             cmd = [sys.executable, "-m", "kvsync", "serve", "--role", "server",
                    "--server-setup", setup, "--stall-seconds", str(stall)]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kvsync.kv.server import register_updater
+from kvsync.launcher.ps_server import register_updater
 from kvsync.optimizer import SGD, register
 
 

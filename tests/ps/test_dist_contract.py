@@ -12,7 +12,7 @@ import pytest
 from kvsync.client import Client
 from kvsync.kv.base import KVStoreBase
 from kvsync.kv.dist import DistKVStore
-from kvsync.kv.server import make_logic
+from kvsync.launcher.ps_server import make_logic
 from kvsync.server import StoreServer
 
 _CONTRACT = Path(__file__).resolve().parents[1] / "kv" / "test_kv_contract.py"

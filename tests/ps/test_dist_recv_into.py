@@ -10,7 +10,7 @@ import pytest
 from kvsync.client import Client
 from kvsync.kv.comm import Comm, Op
 from kvsync.kv.dist import DistKVStore
-from kvsync.kv.server import make_logic
+from kvsync.launcher.ps_server import make_logic
 from kvsync.server import StoreServer
 
 

@@ -33,7 +33,7 @@ def test_serve_on_a_used_port_fails_naming_it() -> None:
 
     with serve_subprocess() as (_, host, port):
         done = subprocess.run(
-            [sys.executable, "-m", "kvsync.server.daemon", "--port", str(port)],
+            [sys.executable, "-m", "kvsync.launcher.serve", "--port", str(port)],
             capture_output=True, text=True, env=child_env(), timeout=30, check=False,
         )  # fmt: skip
         assert done.returncode == 1 and f"{host}:{port}" in done.stderr

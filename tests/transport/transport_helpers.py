@@ -104,9 +104,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def serve_subprocess(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
-    """Run ``python -m kvsync.server.daemon --port 0 ARGS``; yield (proc, host, port)."""
+    """Run ``python -m kvsync.launcher.serve --port 0 ARGS``; yield (proc, host, port)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvsync.server.daemon", "--port", "0", *args],
+        [sys.executable, "-m", "kvsync.launcher.serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

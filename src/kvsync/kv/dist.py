@@ -81,7 +81,7 @@ class DistKVStore(ServerControl, KVStoreBase):
     Example (one worker and a parameter server in this process):
         >>> import numpy as np
         >>> from kvsync.client import Client
-        >>> from kvsync.kv.server import make_logic
+        >>> from kvsync.launcher.ps_server import make_logic
         >>> from kvsync.server import StoreServer
         >>> with StoreServer(logic=make_logic(0)).start() as server:
         ...     kv = DistKVStore("dist_sync", rank=0, num_workers=1,

@@ -58,7 +58,7 @@ class ServerControl:
 
     def set_server_updater(self, name: str, **params: Any) -> None:
         """Run the updater registered as ``name`` in the server processes
-        (:func:`kvsync.kv.server.register_updater`), built with ``params`` (JSON-able).
+        (:func:`kvsync.launcher.ps_server.register_updater`), built with ``params`` (JSON-able).
 
         Raises:
             UnknownNameError: a server has no updater of that name; lists the known ones.
@@ -70,7 +70,8 @@ class ServerControl:
         raise InvalidArgumentError(
             "dist KVStores run the update on the servers and never ship code: use "
             "set_optimizer(), or register an updater in the server process "
-            "(kvsync.kv.server.register_updater, --server-setup) and call set_server_updater()"
+            "(kvsync.launcher.ps_server.register_updater, --server-setup) and call "
+            "set_server_updater()"
         )
 
     def set_gradient_compression(self, compression_params: dict[str, Any]) -> None:

@@ -16,9 +16,9 @@ on the route to ``--master-addr`` (:func:`node_address`), and node 0's store bin
 ``--master-addr`` (the given node address, if any); a single node keeps loopback. The
 launchers wait until every node joined before starting their children.
 
-Each launcher starts ``--num-servers`` parameter servers (``python -m kvsync.kv.server``,
-``DMLC_ROLE=server``) and ``--nproc-per-node`` workers, exports the
-variables of :func:`kvsync.env.worker_environment` plus ``KVSYNC_STORE_ADDR`` /
+Each launcher starts ``--num-servers`` parameter servers (``python -m
+kvsync.launcher.ps_server``, ``DMLC_ROLE=server``) and ``--nproc-per-node`` workers,
+exports the variables of :func:`kvsync.env.worker_environment` plus ``KVSYNC_STORE_ADDR`` /
 ``KVSYNC_STORE_PORT``, and supervises them (:mod:`kvsync.launcher.agent`). Ranks: worker
 ``RANK = node_rank * nproc_per_node + local_rank``; server ``RANK = node_rank *
 num_servers + i``, with ``WORLD_SIZE`` and ``DMLC_NUM_WORKER`` the number of workers and
@@ -47,8 +47,8 @@ from kvsync.launcher.output import OutputRouter
 
 __all__ = ["SERVER_MODULE", "build_parser", "child_specs", "main", "node_address"]
 
-#: The module each parameter-server child runs (``python -m kvsync.kv.server``).
-SERVER_MODULE = "kvsync.kv.server"
+#: The module each parameter-server child runs (``python -m kvsync.launcher.ps_server``).
+SERVER_MODULE = "kvsync.launcher.ps_server"
 _PREFIX = b"[kvsync-run] "
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

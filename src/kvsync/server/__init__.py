@@ -3,7 +3,8 @@
 :mod:`kvsync.server.state` (``StoreState``) and :mod:`kvsync.server.logic` (``Router``,
 ``Outgoing``) decide what to answer with no I/O; :class:`StoreServer`
 (:mod:`kvsync.server.loop`) moves the bytes; :mod:`kvsync.server.host` runs a master's
-server on a thread or in a child process; :mod:`kvsync.server.daemon` is ``kvsync serve``.
+server on a thread or in a child process. Processes that only serve (``kvsync serve``, the
+parameter servers) are entry points of the layer above, :mod:`kvsync.launcher`.
 
 Example:
     >>> with StoreServer(port=0).start() as server:

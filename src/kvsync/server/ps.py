@@ -18,7 +18,7 @@ Then every parked request fails with a message saying which ranks pushed what.
 
 The event loop calls ``handle``/``expire``/``drop_connection``; nothing here does I/O, reads
 a clock or imports the optimizer: the server process injects the updater and compression
-factories (see :mod:`kvsync.kv.server`).
+factories (see :mod:`kvsync.launcher.ps_server`).
 
 Example:
     >>> import numpy as np

@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="listen() backlog (default %(default)s)")  # fmt: skip
     parser.add_argument("--role", choices=("store", "server"), default="store",
                         help="store: a standalone store; server: a parameter server of the "
-                        "job in MASTER_ADDR/MASTER_PORT (see kvsync.kv.server)")
-    from kvsync.kv.server import add_arguments as add_ps_arguments
+                        "job in MASTER_ADDR/MASTER_PORT (see kvsync.launcher.ps_server)")
+    from kvsync.launcher.ps_server import add_arguments as add_ps_arguments
 
     add_ps_arguments(parser)
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop, 1 when the
     address cannot be bound, with the reason naming host:port on stderr)."""
     if getattr(args, "role", "store") == "server":
-        from kvsync.kv.server import run as run_parameter_server
+        from kvsync.launcher.ps_server import run as run_parameter_server
 
         return run_parameter_server(args)
     try:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             backlog=args.backlog,
         )
     except StoreConnectionError as exc:
-        print(f"kvsync serve: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"kvsync serve: {exc}", file=sys.stderr)
         return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -86,16 +86,16 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        print(f"kvsync store server listening on {server.host}:{server.port}", flush=True)  # noqa: T201
+        print(f"kvsync store server listening on {server.host}:{server.port}", flush=True)
         server.serve_forever()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("kvsync store server stopped", file=sys.stderr, flush=True)  # noqa: T201
+    print("kvsync store server stopped", file=sys.stderr, flush=True)
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - ``python -m kvsync.server.daemon``
+if __name__ == "__main__":  # pragma: no cover - ``python -m kvsync.launcher.serve``
     _parser = argparse.ArgumentParser(prog="kvsync serve", description=__doc__.splitlines()[0])
     add_arguments(_parser)
     sys.exit(run(_parser.parse_args()))

@@ -1,4 +1,5 @@
-"""A parameter-server process: ``python -m kvsync.kv.server`` (or ``kvsync serve --role server``).
+"""A parameter-server process: ``python -m kvsync.launcher.ps_server`` (or ``kvsync serve
+--role server``).
 
 The process serves the parameter-server logic (:mod:`kvsync.server.ps`) on a free port
 of ``--host`` (default ``KVSYNC_NODE_ADDR``, which ``kvsync-run`` sets in a multi-host job,
@@ -191,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvsync.kv.server``: one parameter server of the job in the environment."""
-    parser = argparse.ArgumentParser(prog="python -m kvsync.kv.server",
+    """``python -m kvsync.launcher.ps_server``: one parameter server of the job in the
+    environment."""
+    parser = argparse.ArgumentParser(prog="python -m kvsync.launcher.ps_server",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=None, help="address to bind (default "
                         f"${env.KVSYNC_NODE_ADDR}, else {defaults.DEFAULT_HOST})")
