@@ -41,6 +41,11 @@ from typing import Any
 
 from kvsync import defaults, env
 from kvsync.errors import InvalidArgumentError, KVSyncError, UnknownNameError
+from kvsync.kv.compression import create_compression
+from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY, job_store
+from kvsync.kv.shm import SharedSegments, host_id, shm_supported
+from kvsync.optimizer import Optimizer, get_updater
+from kvsync.server import StoreServer
 from kvsync.server.ps import ParameterServerLogic, Updater
 
 __all__ = ["UPDATERS", "add_arguments", "main", "make_logic", "register_updater", "run", "serve"]
@@ -89,8 +94,6 @@ class _PlainUpdater:
 
 
 def _updater_from_config(cfg: dict[str, Any]) -> Updater:
-    from kvsync.optimizer import Optimizer, get_updater
-
     updater: Updater = get_updater(Optimizer.from_config(cfg))
     return updater
 
@@ -103,21 +106,13 @@ def _updater_by_name(name: str, params: dict[str, Any]) -> Updater:
     return _PlainUpdater(name, factory(params))
 
 
-def _compression(params: dict[str, Any]) -> Any:
-    from kvsync.kv.compression import create_compression
-
-    return create_compression(params)
-
-
 def make_logic(index: int, *, stall_seconds: float = defaults.PS_STALL_SECONDS
                ) -> ParameterServerLogic:
     """The parameter-server logic of server ``index`` with kvsync's optimizers, the
     registered updaters and gradient compression plugged in."""
-    from kvsync.kv.shm import SharedSegments, shm_supported
-
     return ParameterServerLogic(
         index, updater_from_config=_updater_from_config, updater_by_name=_updater_by_name,
-        compression_from_params=_compression, stall_seconds=stall_seconds,
+        compression_from_params=create_compression, stall_seconds=stall_seconds,
         shared=SharedSegments() if shm_supported() else None)
 
 
@@ -145,10 +140,6 @@ def serve(*, host: str | None = None, advertise_host: str | None = None,
         InvalidArgumentError: MASTER_ADDR/MASTER_PORT missing.
         ModuleNotFoundError: the setup module cannot be imported.
     """
-    from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY, job_store
-    from kvsync.kv.shm import host_id
-    from kvsync.server import StoreServer
-
     e = env.read(environ)
     setup = setup or e.server_setup
     if setup:

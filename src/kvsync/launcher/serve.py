@@ -21,7 +21,8 @@ from types import FrameType
 
 from kvsync import defaults, env
 from kvsync.errors import StoreConnectionError
-from kvsync.server.loop import StoreServer
+from kvsync.launcher import ps_server
+from kvsync.server import StoreServer
 
 __all__ = ["add_arguments", "run"]
 
@@ -56,18 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=("store", "server"), default="store",
                         help="store: a standalone store; server: a parameter server of the "
                         "job in MASTER_ADDR/MASTER_PORT (see kvsync.launcher.ps_server)")
-    from kvsync.launcher.ps_server import add_arguments as add_ps_arguments
-
-    add_ps_arguments(parser)
+    ps_server.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code (0 on a clean stop, 1 when the
     address cannot be bound, with the reason naming host:port on stderr)."""
     if getattr(args, "role", "store") == "server":
-        from kvsync.launcher.ps_server import run as run_parameter_server
-
-        return run_parameter_server(args)
+        return ps_server.run(args)
     try:
         server = StoreServer(
             args.host,
