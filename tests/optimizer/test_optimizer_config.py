@@ -47,7 +47,7 @@ def test_config_round_trips_through_json_and_trains_identically(
     opt = _configured(name, extra)
     cfg = opt.to_config()
     text = json.dumps(cfg)
-    clone = optimizer.Optimizer.from_config(json.loads(text))
+    clone = optimizer.from_config(json.loads(text))
     assert type(clone) is type(opt)
     assert json.dumps(clone.to_config()) == text
     assert clone.lr_mult == {0: 0.5, "fc_bias": 2.0} and clone.wd_mult == {"fc_bias": 0.0}
@@ -96,7 +96,7 @@ def test_unknown_optimizer_name_lists_the_known_names() -> None:
         assert name in message
     assert isinstance(info.value, ValueError)
     with pytest.raises(UnknownNameError, match="known optimizers"):
-        optimizer.Optimizer.from_config({"name": "ftrl", "params": {}})
+        optimizer.from_config({"name": "ftrl", "params": {}})
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_unknown_optimizer_name_lists_the_known_names() -> None:
 )
 def test_malformed_config_is_a_value_error(cfg: Any) -> None:
     with pytest.raises(ValueError):
-        optimizer.Optimizer.from_config(cfg)
+        optimizer.from_config(cfg)
 
 
 def test_lr_mult_keys_must_be_int_or_str() -> None:
@@ -147,6 +147,6 @@ def test_a_registered_custom_optimizer_travels_by_name() -> None:
             return {**super()._params(), "scale": self.scale}
 
     cfg = json.loads(json.dumps(ScaledSGDForTest(scale=3.0, momentum=0.5).to_config()))
-    clone = optimizer.Optimizer.from_config(cfg)
+    clone = optimizer.from_config(cfg)
     assert isinstance(clone, ScaledSGDForTest)
     assert (clone.scale, clone.momentum) == (3.0, 0.5)

@@ -44,7 +44,7 @@ from kvsync.errors import InvalidArgumentError, KVSyncError, UnknownNameError
 from kvsync.kv.compression import create_compression
 from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY, job_store
 from kvsync.kv.shm import SharedSegments, host_id, shm_supported
-from kvsync.optimizer import Optimizer, get_updater
+from kvsync.optimizer import from_config, get_updater
 from kvsync.server import StoreServer
 from kvsync.server.ps import ParameterServerLogic, Updater
 
@@ -94,7 +94,7 @@ class _PlainUpdater:
 
 
 def _updater_from_config(cfg: dict[str, Any]) -> Updater:
-    updater: Updater = get_updater(Optimizer.from_config(cfg))
+    updater: Updater = get_updater(from_config(cfg))
     return updater
 
 

@@ -5,7 +5,7 @@ Registered optimizers (``create(name, **kwargs)``): ``sgd``, ``nag``, ``signum``
 ``wd``, ``rescale_grad``, ``clip_gradient``, ``lr_scheduler`` (factor, multifactor, poly,
 cosine, with warmup), per-index ``lr_mult``/``wd_mult`` and ``multi_precision``.
 
-An optimizer travels as JSON (``opt.to_config()`` / ``Optimizer.from_config(cfg)``), never
+An optimizer travels as JSON (``opt.to_config()`` / ``from_config(cfg)``), never
 as pickle; :func:`get_updater` wraps one for a KVStore, whose states save and load as
 npz + JSON (``Updater.get_states`` / ``Updater.set_states``) so that training resumes
 bit-identically.
@@ -16,7 +16,7 @@ Example:
     >>> from kvsync import optimizer
     >>> opt = optimizer.create("adam", learning_rate=0.01,
     ...                        lr_scheduler=optimizer.FactorScheduler(step=100, factor=0.5))
-    >>> twin = optimizer.Optimizer.from_config(json.loads(json.dumps(opt.to_config())))
+    >>> twin = optimizer.from_config(json.loads(json.dumps(opt.to_config())))
     >>> upd = optimizer.get_updater(twin)
     >>> w = np.zeros(4, dtype=np.float32)
     >>> upd("fc_weight", np.ones(4, dtype=np.float32), w)
@@ -41,7 +41,7 @@ from kvsync.optimizer.lr_scheduler import (
     PolyScheduler,
     register_scheduler,
 )
-from kvsync.optimizer.registry import create, names, register
+from kvsync.optimizer.registry import create, from_config, names, register
 from kvsync.optimizer.sgd import NAG, SGD, Signum
 from kvsync.optimizer.updater import Updater, get_updater
 
@@ -65,6 +65,7 @@ __all__ = [
     "State",
     "Updater",
     "create",
+    "from_config",
     "get_updater",
     "names",
     "register",

@@ -9,7 +9,7 @@ vectorised, in-place numpy, block by block over big arrays, with the helpers of
 :class:`~kvsync.optimizer.blocks.BlockKernels`.
 
 Optimizers travel as a registered name plus JSON-able parameters (:meth:`to_config`,
-:meth:`Optimizer.from_config`), never as pickle.
+:func:`kvsync.optimizer.from_config`), never as pickle.
 
 Example:
     >>> import numpy as np
@@ -314,7 +314,8 @@ class Optimizer(BlockKernels, ABC):
         """The subclass's own constructor arguments (JSON-able)."""
 
     def to_config(self) -> dict[str, Any]:
-        """A JSON-able description that :meth:`from_config` turns back into this optimizer.
+        """A JSON-able description that :func:`~kvsync.optimizer.registry.from_config` turns
+        back into this optimizer.
 
         ``{"name": str, "params": {...constructor kwargs...}, "lr_scheduler": cfg | None,
         "lr_mult": [[index, mult], ...], "wd_mult": [[index, mult], ...]}``. Update counts
@@ -347,26 +348,6 @@ class Optimizer(BlockKernels, ABC):
             "lr_mult": [[k, v] for k, v in self.lr_mult.items()],
             "wd_mult": [[k, v] for k, v in self.wd_mult.items()],
         }
-
-    @staticmethod
-    def from_config(cfg: Mapping[str, Any]) -> Optimizer:
-        """Build an optimizer from :meth:`to_config` output (e.g. after a JSON round trip).
-
-        Raises:
-            UnknownNameError: for an unregistered optimizer or scheduler name.
-            ValueError: for a malformed config or bad parameters.
-
-        Example:
-            >>> import json
-            >>> from kvsync.optimizer import Optimizer, SGD
-            >>> cfg = json.loads(json.dumps(SGD(momentum=0.9).to_config()))
-            >>> Optimizer.from_config(cfg).momentum
-            0.9
-        """
-        # imported here: the registry imports this module
-        from kvsync.optimizer.registry import build
-
-        return build(cfg)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._params()}, learning_rate={self.lr}, wd={self.wd})"

@@ -1,4 +1,5 @@
-"""The optimizer registry: names -> classes, :func:`create`, and building from a config.
+"""The optimizer registry: names -> classes, :func:`create`, and building from a config
+(:func:`from_config`, the inverse of ``Optimizer.to_config``).
 
 Optimizers register where they are defined (``@register`` on the class); the name is the
 lower-cased class name, as in MXNet (``SGD`` -> ``"sgd"``).
@@ -19,7 +20,7 @@ from kvsync.errors import UnknownNameError
 from kvsync.optimizer.base import Index, Optimizer, check_index
 from kvsync.optimizer.lr_scheduler import LRScheduler
 
-__all__ = ["build", "create", "lookup", "names", "register"]
+__all__ = ["create", "from_config", "lookup", "names", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +28,20 @@ _REGISTRY: dict[str, type[Optimizer]] = {}
 _O = TypeVar("_O", bound="type[Optimizer]")
 
 
-def build(cfg: Mapping[str, Any]) -> Optimizer:
-    """Build an optimizer from an ``Optimizer.to_config()`` dict.
+def from_config(cfg: Mapping[str, Any]) -> Optimizer:
+    """Build an optimizer from ``Optimizer.to_config()`` output (e.g. after a JSON round trip).
 
     Raises:
         UnknownNameError: for an unregistered optimizer or scheduler name.
         ValueError: for a malformed config or bad parameters.
 
     Example:
-        >>> build({"name": "nag", "params": {"momentum": 0.5}}).momentum
+        >>> from_config({"name": "nag", "params": {"momentum": 0.5}}).momentum
         0.5
+        >>> import json
+        >>> from kvsync.optimizer import SGD
+        >>> from_config(json.loads(json.dumps(SGD(momentum=0.9).to_config()))).momentum
+        0.9
     """
     if not isinstance(cfg, Mapping) or not isinstance(cfg.get("params"), Mapping):
         raise ValueError(f"optimizer config must be a dict with 'name' and 'params': {cfg!r}")

@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from kvsync.errors import KVSyncError, ShapeMismatchError
 from kvsync.optimizer.base import Index, Optimizer, State, check_index
+from kvsync.optimizer.registry import from_config
 
 __all__ = ["Updater", "get_updater"]
 
@@ -154,7 +155,7 @@ class Updater:
             ):
                 raise ValueError("update counts must be integers")
             cfg = manifest.get("optimizer")
-            optimizer = self.optimizer if cfg is None else Optimizer.from_config(cfg)
+            optimizer = self.optimizer if cfg is None else from_config(cfg)
             optimizer.set_update_counts(counts, num_update)
         except (KeyError, TypeError, KVSyncError) as exc:
             raise ValueError(f"optimizer states are malformed: {exc}") from exc

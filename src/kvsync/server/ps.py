@@ -122,7 +122,7 @@ class ParameterServerLogic:
     Args:
         server_index: this server's number in the job (used in messages and stats).
         updater_from_config: builds an updater from an optimizer's JSON config
-            (``Optimizer.from_config`` + ``get_updater``); raises UnknownNameError.
+            (``kvsync.optimizer.from_config`` + ``get_updater``); raises UnknownNameError.
         updater_by_name: builds a server-registered updater from its name and params.
         compression_from_params: builds the gradient compression from its params.
         stall_seconds: how long every rank may sit parked here before the server declares
