@@ -3,8 +3,9 @@
 A KVStore keeps one array per key (an ``int`` or a ``str``). Training code ``init`` s
 each parameter once, then every step ``push`` es gradients (one array per device, summed)
 and ``pull`` s the updated weights; with an optimizer set, the store runs it on every
-push. Types: ``local`` and ``device`` (one process, :mod:`kvsync.kv.local`); more
-types register through :meth:`KVStoreBase.register` and are built by :func:`create`.
+push. Types: ``local`` and ``device`` (one process, :mod:`kvsync.kv.local`) and the
+``dist_*`` types (parameter servers, :mod:`kvsync.kv.dist`, imported with the client on
+their first :func:`create`); more types register through :meth:`KVStoreBase.register`.
 
 Example:
     >>> import numpy as np
@@ -20,8 +21,8 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.kv import dist, local  # importing registers the types
+from kvsync.kv import local
 from kvsync.kv.base import KVStoreBase, create
 from kvsync.kv.local import LocalKVStore
 
-__all__ = ["KVStoreBase", "LocalKVStore", "create", "dist", "local"]
+__all__ = ["KVStoreBase", "LocalKVStore", "create", "local"]

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeVar
@@ -40,6 +41,7 @@ from kvsync.errors import (
 from kvsync.sparse import RowSparseArray
 
 __all__ = [
+    "BUILTIN_TYPES",
     "Array",
     "KVStoreBase",
     "Key",
@@ -61,6 +63,17 @@ Value: TypeAlias = "np.ndarray[Any, Any] | RowSparseArray"
 Updater: TypeAlias = "Callable[[Any, Any, Any], None]"
 
 _K = TypeVar("_K", bound="type[KVStoreBase]")
+
+#: Built-in type name -> the module that defines and registers it, imported by the first
+#: :func:`create` of that name: the dist types bring the client and its sockets, which a
+#: ``local`` store does not need.
+BUILTIN_TYPES: dict[str, str] = {
+    "local": "kvsync.kv.local",
+    "device": "kvsync.kv.local",
+    "dist_sync": "kvsync.kv.dist",
+    "dist_device_sync": "kvsync.kv.dist",
+    "dist_async": "kvsync.kv.dist",
+}
 
 
 def normalize_key(key: object) -> Key:
@@ -289,8 +302,8 @@ class KVStoreBase(abc.ABC):
 
     @classmethod
     def known_names(cls) -> list[str]:
-        """Every registered type name, sorted."""
-        return sorted(KVStoreBase._registry)
+        """Every registered or built-in type name, sorted."""
+        return sorted(KVStoreBase._registry.keys() | BUILTIN_TYPES.keys())
 
     @classmethod
     def _create(cls, name: str) -> KVStoreBase:
@@ -380,8 +393,8 @@ class KVStoreBase(abc.ABC):
 def create(name: str = "local") -> KVStoreBase:
     """Build a KVStore of a registered type (``"local"``, ``"device"``, ...).
 
-    Names are case-insensitive. ``kvsync.kv.create`` is this function after importing the
-    built-in types.
+    Names are case-insensitive. A built-in type's module (:data:`BUILTIN_TYPES`) is
+    imported on its first use.
 
     Raises:
         UnknownNameError: no type of that name is registered; lists the known names.
@@ -394,8 +407,11 @@ def create(name: str = "local") -> KVStoreBase:
     """
     if not isinstance(name, str):
         raise UnknownNameError(f"a KVStore type name must be a str, got {type(name).__name__}")
-    klass = KVStoreBase._registry.get(name.lower())
+    name = name.lower()
+    if name not in KVStoreBase._registry and name in BUILTIN_TYPES:
+        importlib.import_module(BUILTIN_TYPES[name])  # registers the type
+    klass = KVStoreBase._registry.get(name)
     if klass is None:
         known = ", ".join(KVStoreBase.known_names()) or "(none registered)"
         raise UnknownNameError(f"unknown KVStore type {name!r}; known: {known}")
-    return klass._create(name.lower())
+    return klass._create(name)

@@ -46,6 +46,7 @@ from kvsync.kv.base import (
 )
 from kvsync.kv.comm import Comm, Latch, Link, Op
 from kvsync.kv.compression import GradientCompression
+from kvsync.kv.dist_connect import connect
 from kvsync.kv.dist_control import ServerControl
 from kvsync.kv.reduce import copy_to_all, sum_into
 from kvsync.kv.sharding import KeyPlan, chunks, plan_key
@@ -139,10 +140,13 @@ class DistKVStore(ServerControl, KVStoreBase):
 
     @classmethod
     def _create(cls, name: str) -> DistKVStore:
-        from kvsync.kv.dist_connect import connect
-
-        store: DistKVStore = connect(name)
-        return store
+        job = connect()
+        try:
+            return cls(name, rank=job.rank, num_workers=job.num_workers, links=job.links,
+                       bound=job.bound, shm=job.shm)
+        except BaseException:
+            job.close()
+            raise
 
     # --- properties -------------------------------------------------------------------------
     @property

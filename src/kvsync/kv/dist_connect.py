@@ -6,7 +6,9 @@ their host (:func:`kvsync.kv.shm.host_id`) under :data:`SERVER_HOST_KEY`, ``i`` 
 from an ``add`` on :data:`SERVER_COUNT_KEY`. A worker reads its rank and the job's worker
 count from ``RANK``/``WORLD_SIZE`` (or ``DMLC_NUM_WORKER``), the server count from
 ``DMLC_NUM_SERVER``, waits until that many servers have registered, and opens one
-pipelined :class:`~kvsync.client.Client` per server, logging each failed attempt (a
+pipelined :class:`~kvsync.client.Client` per server (:func:`connect`, which
+:class:`~kvsync.kv.dist.DistKVStore` calls; this module knows nothing of the KVStore),
+logging each failed attempt (a
 server on another host that registered an address this host cannot reach is named, with
 what it registered, when the timeout ends). Big slices move through shared memory with
 the servers whose host identity is this worker's own (``KVSYNC_PS_SHM=0`` turns it off),
@@ -22,12 +24,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from kvsync import defaults, env
+from kvsync.client import Client
 from kvsync.client.connect import is_loopback
 from kvsync.errors import InvalidArgumentError, StoreConnectionError, StoreTimeoutError
-from kvsync.kv.dist import DistKVStore
 from kvsync.kv.shm import host_id
 from kvsync.store.tcp import TCPStore
 
@@ -36,6 +37,7 @@ __all__ = [
     "SERVER_HOST_KEY",
     "SERVER_KEY",
     "RegisteredServer",
+    "ServerLinks",
     "connect",
     "job_store",
     "server_addresses",
@@ -105,10 +107,8 @@ def server_addresses(store: TCPStore, num_servers: int,
     return out
 
 
-def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Any:
+def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Client:
     """A link to ``server``; each failed attempt logged, the server named on failure."""
-    from kvsync.client import Client
-
     try:
         return Client(server.host, server.port, timeout=timeout, secret=secret,
                       retry_log_level=logging.WARNING)
@@ -122,9 +122,33 @@ def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Any:
                         f"for {timeout:g} s ({exc}){hint}") from exc
 
 
-def connect(name: str, *, environ: Mapping[str, str] | None = None,
-            timeout: float = defaults.DEFAULT_TIMEOUT) -> DistKVStore:
-    """Build the dist KVStore ``name`` of this worker from the environment.
+@dataclass(frozen=True)
+class ServerLinks:
+    """What a worker learnt from its environment and one open link per server.
+
+    Attributes:
+        rank: this worker's rank; num_workers: the job's worker count.
+        links: one pipelined client per server, in server index order (the caller closes
+            them).
+        bound: arrays with more elements are split over all servers.
+        shm: per server, whether it runs on this worker's host and shared memory is on.
+    """
+
+    rank: int
+    num_workers: int
+    links: list[Client]
+    bound: int
+    shm: list[bool]
+
+    def close(self) -> None:
+        """Close every link."""
+        for link in self.links:
+            link.close()
+
+
+def connect(*, environ: Mapping[str, str] | None = None,
+            timeout: float = defaults.DEFAULT_TIMEOUT) -> ServerLinks:
+    """Find this worker's servers from the environment and open a link to each.
 
     Raises:
         InvalidArgumentError: rank, worker count or server count missing from the
@@ -139,15 +163,14 @@ def connect(name: str, *, environ: Mapping[str, str] | None = None,
             "; start the job with kvsync-run --num-servers N")
     with job_store(e, timeout) as store:
         addresses = server_addresses(store, e.dmlc_num_server, timeout)
-    links: list[Any] = []
-    here = host_id()
+    links: list[Client] = []
     try:
         links.extend(_dial(server, timeout, e.secret) for server in addresses)
-        shared = [e.ps_shm and server.host_id == here for server in addresses]
-        return DistKVStore(name, rank=e.rank, num_workers=num_workers, links=links,
-                           bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, timeout=timeout,
-                           shm=shared)
     except BaseException:
         for link in links:
             link.close()
         raise
+    here = host_id()
+    shared = [e.ps_shm and server.host_id == here for server in addresses]
+    return ServerLinks(rank=e.rank, num_workers=num_workers, links=links,
+                       bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, shm=shared)
