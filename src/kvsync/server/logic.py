@@ -1,7 +1,8 @@
 """The interface between the event loop and the server's pure logics, and a router.
 
 A :class:`ServerLogic` turns requests into :class:`Outgoing` replies with no I/O and no
-clock (the caller passes ``now``, ``time.monotonic()`` seconds). :class:`Router` puts
+clock (the caller passes ``now``, ``time.monotonic()`` seconds); its handlers refuse a
+request by raising :class:`RejectError`. :class:`Router` puts
 several logics behind one (the store's :class:`~kvsync.server.state.StoreState` beside the
 parameter-server logic), dispatching by message type through a table.
 
@@ -21,7 +22,7 @@ from typing import NamedTuple, Protocol
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply
 
-__all__ = ["Outgoing", "Router", "ServerLogic"]
+__all__ = ["Outgoing", "RejectError", "Router", "ServerLogic"]
 
 
 class Outgoing(NamedTuple):
@@ -33,6 +34,25 @@ class Outgoing(NamedTuple):
     conn_id: int
     request_id: int
     reply: object
+
+
+class RejectError(Exception):
+    """A request a logic refuses, raised inside its handlers; the logic answers it with
+    :meth:`reply`. Server-internal: the client raises the class ``code`` maps to.
+
+    Example:
+        >>> RejectError(ErrorCode.INVALID_ARGUMENT, "timeout_ms is -1").reply().message
+        'timeout_ms is -1'
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def reply(self) -> ErrorReply:
+        """The error reply that answers the refused request."""
+        return ErrorReply(self.code, self.message)
 
 
 class ServerLogic(Protocol):

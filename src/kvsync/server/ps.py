@@ -68,11 +68,10 @@ from kvsync.protocol.ps_messages import (
     PSWaitInit,
 )
 from kvsync.protocol.wire_keys import key_of_wire
-from kvsync.server.logic import Outgoing
+from kvsync.server.logic import Outgoing, RejectError
 from kvsync.server.ps_keys import (
     Compression,
     KeyState,
-    PSRequestError,
     SharedMemory,
     Updater,
     check_pairs,
@@ -187,16 +186,16 @@ class ParameterServerLogic:
         handler = self._handlers.get(type(msg))
         try:
             if handler is None:
-                raise PSRequestError(
+                raise RejectError(
                     ErrorCode.UNKNOWN_OPCODE, f"server {self.server_index}: not a PS message"
                 )
             if type(msg) is not PSHello and conn_id not in self._job.rank_of:
-                raise PSRequestError(
+                raise RejectError(
                     ErrorCode.INVALID_ARGUMENT, "a worker connection must send PSHello first"
                 )
             reply = handler(conn_id, request_id, msg, now)
-        except PSRequestError as exc:
-            reply = ErrorReply(code=int(exc.code), message=str(exc))
+        except RejectError as exc:
+            reply = exc.reply()
         except Exception as exc:  # an updater, optimizer or compression raised
             logger.debug("server %d: request failed", self.server_index, exc_info=True)
             reply = ErrorReply(
@@ -252,11 +251,11 @@ class ParameterServerLogic:
     def _hello(self, conn_id: int, request_id: int, msg: PSHello, now: float) -> object:
         job = self._job
         if msg.num_workers < 1 or not 0 <= msg.rank < msg.num_workers:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"rank {msg.rank} is not in [0, {msg.num_workers})"
             )
         if job.num_workers and (job.num_workers, job.sync) != (msg.num_workers, msg.sync):
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE,
                 f"server {self.server_index} serves a job of {job.num_workers} workers "
                 f"(sync={job.sync}); rank {msg.rank} says {msg.num_workers} (sync={msg.sync})",
@@ -271,7 +270,7 @@ class ParameterServerLogic:
         check_pairs(msg.keys, msg.values)
         for k in msg.keys:
             if k in self._keys:
-                raise PSRequestError(
+                raise RejectError(
                     ErrorCode.KVSTORE_USAGE, f"key {key_of_wire(k)!r} is already initialised"
                 )
         for k, v in zip(msg.keys, msg.values, strict=True):
@@ -290,7 +289,7 @@ class ParameterServerLogic:
 
     def _push_packed(self, conn_id: int, rid: int, msg: PSPushPacked, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
             )
         data, at, values = msg.data.reshape(-1), 0, []
@@ -299,7 +298,7 @@ class ParameterServerLogic:
             shape = stored.shape if stored.ndim == 0 else (n, *stored.shape[1:])
             size = int(np.prod(shape, dtype=np.int64))
             if data.dtype != stored.dtype or at + size > data.size:
-                raise PSRequestError(
+                raise RejectError(
                     ErrorCode.SHAPE_MISMATCH,
                     f"packed push of {data.dtype}[{data.size}] does not hold "
                     f"{shape} {stored.dtype} rows of key {key_of_wire(k)!r}",
@@ -307,7 +306,7 @@ class ParameterServerLogic:
             values.append(data[at : at + size].reshape(shape))
             at += size
         if at != data.size:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.SHAPE_MISMATCH, f"packed push has {data.size - at} values left over"
             )
         check_pairs(msg.keys, tuple(values))
@@ -323,7 +322,7 @@ class ParameterServerLogic:
         compressed: bool,
     ) -> object:
         if not len(wires) == len(offsets) == len(counts):
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
             )
         rank, sync = self._job.rank_of[conn_id], self._job.sync
@@ -359,7 +358,7 @@ class ParameterServerLogic:
         data = np.asarray(msg.data)
         want = (len(rows), *ks.value.shape[1:])
         if data.shape != want or data.dtype != ks.value.dtype:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.SHAPE_MISMATCH,
                 f"row-sparse push of key {ks.key!r}: data is "
                 f"{data.dtype}{data.shape}, expected {ks.value.dtype}{want}",
@@ -376,7 +375,7 @@ class ParameterServerLogic:
         rank = self._job.rank_of[conn_id]
         ks = self._key(msg.key)
         if self._attach is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no shared memory"
             )
         self._check_round(ks, rank)
@@ -389,7 +388,7 @@ class ParameterServerLogic:
 
     def _pull_shm(self, conn_id: int, request_id: int, msg: PSPullShm, now: float) -> object:
         if not self._key(msg.key).value_path:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE,
                 f"key {key_of_wire(msg.key)!r} is not in shared memory on "
                 f"server {self.server_index}",
@@ -398,7 +397,7 @@ class ParameterServerLogic:
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
             )
         for k, lo, n in zip(msg.keys, msg.offsets, msg.counts, strict=True):
@@ -412,7 +411,7 @@ class ParameterServerLogic:
 
     def _set_optimizer(self, conn_id: int, rid: int, msg: PSSetOptimizer, now: float) -> object:
         if self._make_updater is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no optimizer support"
             )
         if msg.config != self._installed.get("optimizer"):  # every worker sends it once
@@ -422,7 +421,7 @@ class ParameterServerLogic:
 
     def _set_updater(self, conn_id: int, rid: int, msg: PSSetUpdater, now: float) -> object:
         if self._named_updater is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no updater registry"
             )
         config = f"{msg.name}:{msg.params}"
@@ -433,7 +432,7 @@ class ParameterServerLogic:
 
     def _set_compression(self, conn_id: int, rid: int, msg: PSSetCompression, now: float) -> object:
         if self._make_compression is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no compression support"
             )
         if msg.params != self._installed.get("compression"):
@@ -451,7 +450,7 @@ class ParameterServerLogic:
     def _barrier(self, conn_id: int, request_id: int, msg: PSBarrier, now: float) -> object:
         rank = self._job.rank_of[conn_id]
         if rank in self._job.barrier:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"rank {rank} entered the barrier twice")
+            raise RejectError(ErrorCode.KVSTORE_USAGE, f"rank {rank} entered the barrier twice")
         self._job.barrier.add(rank)
         return _park(self, "barrier", conn_id, request_id, (), msg.timeout_ms, now)
 
@@ -475,7 +474,7 @@ class ParameterServerLogic:
     def _key(self, wire: str) -> KeyState:
         ks = self._keys.get(wire)
         if ks is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.UNINITIALIZED_KEY,
                 f"key {key_of_wire(wire)!r} was never initialised on server {self.server_index}",
             )
@@ -487,20 +486,20 @@ class ParameterServerLogic:
         if not compressed:
             return value
         if self._compression is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"compressed push of key {ks.key!r} but no compression set"
             )
         shape = ks.value.shape if ks.value.ndim == 0 else (n, *ks.value.shape[1:])
         try:
             return self._compression.decompress(value, shape, ks.value.dtype)
         except ValueError as exc:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.SHAPE_MISMATCH, f"compressed push of key {ks.key!r}: {exc}"
             ) from None
 
     def _check_round(self, ks: KeyState, rank: int) -> None:
         if self._job.sync and rank in ks.pushed:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE,
                 f"dist_sync: rank {rank} pushed key {ks.key!r} twice in round {ks.round} while "
                 f"ranks {ks.missing(self._job.num_workers)} have not pushed it yet (every "
@@ -530,7 +529,7 @@ class ParameterServerLogic:
 
     def _need_updater(self) -> Updater:
         if self._updater is None:
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"no optimizer is set on server {self.server_index}"
             )
         return self._updater

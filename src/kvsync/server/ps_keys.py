@@ -19,12 +19,12 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import ErrorCode
 from kvsync.protocol.wire_keys import Key
+from kvsync.server.logic import RejectError
 
 __all__ = [
     "Allocate",
     "Compression",
     "KeyState",
-    "PSRequestError",
     "SharedMemory",
     "Updater",
     "check_pairs",
@@ -58,14 +58,6 @@ class Compression(Protocol):
 
     def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
 
-
-
-class PSRequestError(Exception):
-    """A request the server refuses; becomes an ErrorReply with ``code`` (internal)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:
@@ -118,14 +110,14 @@ class KeyState:
         """Check that ``v`` is rows ``lo...`` of the slice; return its row count.
 
         Raises:
-            PSRequestError: SHAPE_MISMATCH naming the key and both shapes.
+            RejectError: SHAPE_MISMATCH naming the key and both shapes.
         """
         n = int(v.shape[0]) if v.ndim else 1
         want = self.value.shape if self.value.ndim == 0 else (n, *self.value.shape[1:])
         empty_part = self.value.ndim > 0 and n < 1 and self.rows > 0
         if v.shape != want or v.dtype != self.value.dtype or lo < 0 or lo + n > self.rows or (
                 empty_part):
-            raise PSRequestError(
+            raise RejectError(
                 ErrorCode.SHAPE_MISMATCH,
                 f"push of key {self.key!r}: got {v.dtype}{list(v.shape)} at row {lo}, the "
                 f"stored slice is {self.value.dtype}{list(self.value.shape)}")
@@ -135,11 +127,11 @@ class KeyState:
         """Parts of one push must arrive in row order.
 
         Raises:
-            PSRequestError: KVSTORE_USAGE naming the key and the rows expected.
+            RejectError: KVSTORE_USAGE naming the key and the rows expected.
         """
         expected = self.partial.get(rank, 0)
         if lo != expected:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+            raise RejectError(ErrorCode.KVSTORE_USAGE,
                                  f"push of key {self.key!r} by rank {rank}: part at row {lo}, "
                                  f"expected row {expected}")
 
@@ -147,15 +139,15 @@ class KeyState:
         """Validate local row numbers (1-D integers within the slice).
 
         Raises:
-            PSRequestError: KVSTORE_USAGE naming the key and the bad rows.
+            RejectError: KVSTORE_USAGE naming the key and the bad rows.
         """
         r = np.asarray(rows)
         n = self.value.shape[0] if self.value.ndim else 0
         if r.ndim != 1 or r.dtype.kind not in "iu":
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+            raise RejectError(ErrorCode.KVSTORE_USAGE,
                                  f"row ids of key {self.key!r} must be a 1-D integer array")
         if r.size and (int(r.min()) < 0 or int(r.max()) >= n):
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+            raise RejectError(ErrorCode.KVSTORE_USAGE,
                                  f"row ids of key {self.key!r} out of range [0, {n})")
         return r.astype(np.intp, copy=False)
 
@@ -163,10 +155,10 @@ class KeyState:
         """Validate a pulled row range.
 
         Raises:
-            PSRequestError: KVSTORE_USAGE naming the key and the range.
+            RejectError: KVSTORE_USAGE naming the key and the range.
         """
         if lo < 0 or n < min(1, self.rows) or lo + n > self.rows:
-            raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+            raise RejectError(ErrorCode.KVSTORE_USAGE,
                                  f"rows [{lo}, {lo + n}) of key {self.key!r} are outside its "
                                  f"{self.rows} rows")
 
@@ -232,25 +224,25 @@ def check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
     """One value per key, no key twice.
 
     Raises:
-        PSRequestError: KVSTORE_USAGE.
+        RejectError: KVSTORE_USAGE.
     """
     if len(keys) != len(values):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE,
+        raise RejectError(ErrorCode.KVSTORE_USAGE,
                              f"{len(keys)} keys but {len(values)} values")
     if len(set(keys)) != len(keys):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
+        raise RejectError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` parsed as a JSON object.
 
     Raises:
-        PSRequestError: KVSTORE_USAGE naming ``what``.
+        RejectError: KVSTORE_USAGE naming ``what``.
     """
     try:
         obj = json.loads(text)
     except ValueError as exc:
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
+        raise RejectError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise PSRequestError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
+        raise RejectError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
     return obj
