@@ -39,6 +39,7 @@ from typing import Any
 from kvsync.bench.report import format_table, human_bytes, human_seconds
 from kvsync.bench.store_backends import BACKENDS, Backend, close_client, torch_missing_reason
 from kvsync.bench.store_busy import busy_master_rows
+from kvsync.store.sync import barrier
 
 __all__ = ["SCENARIO_NAMES", "Params", "add_arguments", "run"]
 
@@ -285,18 +286,13 @@ def bench_bandwidth(backend: Backend, p: Params) -> list[Row]:
 
 def _barrier(client: Any, key: str, world_size: int) -> None:
     """The store's own ``barrier(key, world_size, timeout)`` (one request on kvsync and on
-    torch 2.13); for a torch without ``Store.barrier``, the add/set/wait barrier spelled
-    out."""
-    barrier = getattr(client, "barrier", None)
-    if barrier is not None:
-        barrier(key, world_size, _timedelta(OP_TIMEOUT))
-        return
-    count = int(client.add(f"{key}/arrived", 1))
-    done = f"{key}/done/{(count - 1) // world_size}"
-    if count % world_size == 0:
-        client.set(done, b"1")
-        return
-    client.wait([done], _timedelta(OP_TIMEOUT))
+    torch 2.13); for a torch without ``Store.barrier``, the add/set/wait barrier of
+    :func:`kvsync.store.sync.barrier` (which needs only those three methods)."""
+    own = getattr(client, "barrier", None)
+    if own is not None:
+        own(key, world_size, _timedelta(OP_TIMEOUT))
+    else:
+        barrier(client, key, world_size, _timedelta(OP_TIMEOUT))
 
 
 def bench_barrier(backend: Backend, p: Params) -> list[Row]:

@@ -1,18 +1,28 @@
-"""The wire form of KVStore keys, and when arrays travel packed.
+"""Keys with a meaning on the wire: KVStore keys, and the keys a barrier uses.
 
 KVStore keys are ``int`` or ``str``; on the wire they are one ``str``: ``"i<n>"`` or
 ``"s<name>"``, so the two kinds never collide and the server hands the updater the
-original key. Workers (:mod:`kvsync.kv`) and servers (:mod:`kvsync.server`) both speak
-this vocabulary, so it lives here, below both.
+original key. :func:`packable` says when arrays travel as one.
+
+A barrier named ``key`` is a counter, :func:`barrier_counter`, that every arrival adds 1
+to, and one done flag per generation of ``world_size`` arrivals
+(:class:`BarrierArrival`): the arrival completing a generation sets its flag, the others
+wait for it. The server's ``Barrier`` request and the add/set/wait barrier of
+:mod:`kvsync.store.sync` use these same keys, so callers of either meet.
+
+Workers, servers and stores all speak this vocabulary, so it lives here, below them.
 
 Example:
     >>> wire_key(3), wire_key("w"), key_of_wire("i3"), key_of_wire("sw")
     ('i3', 'sw', 3, 'w')
+    >>> barrier_counter("b"), BarrierArrival.of("b", count=5, world_size=2)
+    ('b/arrived', BarrierArrival(generation=2, flag='b/done/2', last=False))
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
@@ -20,7 +30,7 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import KeyTypeError
 
-__all__ = ["Key", "key_of_wire", "packable", "wire_key"]
+__all__ = ["BarrierArrival", "Key", "barrier_counter", "key_of_wire", "packable", "wire_key"]
 
 #: A KVStore key as users write it.
 Key: TypeAlias = "int | str"
@@ -79,3 +89,40 @@ def packable(values: Sequence[np.ndarray | None]) -> bool:
             return False
         total += v.nbytes
     return total <= defaults.PS_PACK_MAX_BYTES
+
+
+def barrier_counter(key: str) -> str:
+    """The counter every arrival at barrier ``key`` adds 1 to.
+
+    Example:
+        >>> barrier_counter("epoch")
+        'epoch/arrived'
+    """
+    return f"{key}/arrived"
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierArrival:
+    """Where the arrival that brought barrier ``key``'s counter to ``count`` stands.
+
+    Attributes:
+        generation: which round of ``world_size`` arrivals it belongs to (from 0).
+        flag: that generation's done flag, ``<key>/done/<generation>``.
+        last: it completes its generation, so it sets ``flag``; the others wait for it.
+    """
+
+    generation: int
+    flag: str
+    last: bool
+
+    @classmethod
+    def of(cls, key: str, count: int, world_size: int) -> BarrierArrival:
+        """The arrival with counter value ``count`` (``>= 1``) at a barrier of
+        ``world_size`` (``>= 1``).
+
+        Example:
+            >>> BarrierArrival.of("b", count=4, world_size=2)
+            BarrierArrival(generation=1, flag='b/done/1', last=True)
+        """
+        generation = (count - 1) // world_size
+        return cls(generation, f"{key}/done/{generation}", count % world_size == 0)

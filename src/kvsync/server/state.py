@@ -63,7 +63,8 @@ from kvsync.protocol.messages import (
     Wait,
 )
 from kvsync.protocol.torch_requests import CancelWaits, CountBarrier
-from kvsync.server.logic import Outgoing, Router, ServerLogic
+from kvsync.protocol.wire_keys import BarrierArrival, barrier_counter
+from kvsync.server.logic import Outgoing, RejectError, Router, ServerLogic
 from kvsync.server.waiters import Waiter, WaiterIndex
 
 __all__ = ["Outgoing", "Router", "ServerLogic", "StoreState"]
@@ -75,26 +76,17 @@ _MAX_INT_TEXT = 4000
 _OK = OkReply()  # immutable: one instance answers every request that has no result
 
 
-class _RejectError(Exception):
-    """Raised inside handlers; becomes an ErrorReply."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _nbytes(value: Buffer) -> int:
     return value.nbytes if isinstance(value, memoryview) else len(value)
 
 
-def _wrong_kind(key: str, holds: str, wanted: str) -> _RejectError:
-    return _RejectError(ErrorCode.INVALID_ARGUMENT, f"key {key!r} holds a {holds}, not a {wanted}")
+def _wrong_kind(key: str, holds: str, wanted: str) -> RejectError:
+    return RejectError(ErrorCode.INVALID_ARGUMENT, f"key {key!r} holds a {holds}, not a {wanted}")
 
 
 def _check_timeout(timeout_ms: int) -> None:
     if timeout_ms < 0:
-        raise _RejectError(ErrorCode.INVALID_ARGUMENT, f"timeout_ms is {timeout_ms}, must be >= 0")
+        raise RejectError(ErrorCode.INVALID_ARGUMENT, f"timeout_ms is {timeout_ms}, must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +94,7 @@ class _BarrierWait:
     """A parked :class:`Barrier`: waits, like a ``Wait``, for its generation's done flag."""
 
     barrier: Barrier
-    keys: tuple[str]  # the done flag, ``<key>/done/<generation>``
+    keys: tuple[str]  # the generation's done flag (BarrierArrival.flag)
     generation: int
 
 
@@ -185,8 +177,8 @@ class StoreState:
             self._out = []
         try:
             reply = handler(conn_id, request_id, msg, now)
-        except _RejectError as exc:
-            reply = ErrorReply(exc.code, exc.message)
+        except RejectError as exc:
+            reply = exc.reply()
         wakeups = self._out
         if not wakeups:  # the usual: just the reply (tuple.__new__: Outgoing(...) made in C)
             return [] if reply is None else [tuple.__new__(Outgoing, (conn_id, request_id, reply))]
@@ -224,7 +216,7 @@ class StoreState:
     def _check_key(self, key: str) -> None:
         if len(key) * 4 > self.max_key_bytes and len(key.encode()) > self.max_key_bytes:
             shown = repr(key) if len(key) <= 64 else f"{key[:64]!r}..."
-            raise _RejectError(
+            raise RejectError(
                 ErrorCode.LIMIT_EXCEEDED,
                 f"key {shown} is {len(key.encode())} bytes, over the limit of "
                 f"{self.max_key_bytes} bytes",
@@ -236,7 +228,7 @@ class StoreState:
 
     def _check_value(self, key: str, size: int) -> None:
         if size > self.max_value_bytes:
-            raise _RejectError(
+            raise RejectError(
                 ErrorCode.LIMIT_EXCEEDED,
                 f"value for key {key!r} is {size} bytes, over the limit of "
                 f"{self.max_value_bytes} bytes",
@@ -291,8 +283,8 @@ class StoreState:
                 return ValueReply(self._value_of(msg.key) or b"")
             if isinstance(msg, MultiGet):
                 return ValuesReply(tuple(self._value_of(k) or b"" for k in msg.keys))
-        except _RejectError as exc:  # a key came into existence as a queue
-            return ErrorReply(exc.code, exc.message)
+        except RejectError as exc:  # a key came into existence as a queue
+            return exc.reply()
         return _OK
 
     @staticmethod
@@ -311,9 +303,9 @@ class StoreState:
         elif isinstance(msg, _BarrierWait):
             b = msg.barrier
             try:
-                count = self._counter(f"{b.key}/arrived") - msg.generation * b.world_size
+                count = self._counter(barrier_counter(b.key)) - msg.generation * b.world_size
                 arrived = str(min(count, b.world_size))
-            except _RejectError:  # the counter was overwritten meanwhile
+            except RejectError:  # the counter was overwritten meanwhile
                 arrived = "?"
             text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {waited}"
         elif isinstance(msg, CountBarrier):
@@ -383,7 +375,7 @@ class StoreState:
                 raise ValueError("too long to be a counter")
             return int(bytes(current))
         except ValueError:
-            raise _RejectError(
+            raise RejectError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"cannot add to key {key!r}: its value {_preview(current)} "
                 "is not a decimal integer",
@@ -430,7 +422,7 @@ class StoreState:
     def _multi_set(self, conn_id: int, request_id: int, msg: object, now: float) -> object | None:
         assert isinstance(msg, MultiSet)
         if len(msg.keys) != len(msg.values):
-            raise _RejectError(
+            raise RejectError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"multi_set got {len(msg.keys)} keys but {len(msg.values)} values",
             )
@@ -482,7 +474,7 @@ class StoreState:
                 del self._queues[msg.key]
             return ValueReply(item)
         if not msg.block:
-            raise _RejectError(ErrorCode.INVALID_ARGUMENT, f"queue {msg.key!r} is empty")
+            raise RejectError(ErrorCode.INVALID_ARGUMENT, f"queue {msg.key!r} is empty")
         _check_timeout(msg.timeout_ms)
         if msg.timeout_ms == 0:
             return self._timeout_reply(Waiter(conn_id, request_id, msg, now, now), now)
@@ -503,22 +495,21 @@ class StoreState:
         assert isinstance(msg, Barrier)
         size = msg.world_size
         if size < 1:
-            raise _RejectError(
+            raise RejectError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"barrier {msg.key!r}: world_size is {size}, must be >= 1",
             )
         _check_timeout(msg.timeout_ms)
-        arrived = f"{msg.key}/arrived"
-        self._check_key(arrived)
-        count = self._counter(arrived) + 1
-        generation = (count - 1) // size
-        done = f"{msg.key}/done/{generation}"
-        self._check_key(done)  # every check before the first change
-        self._store(arrived, str(count).encode())
-        if count % size == 0:  # the last of its generation: release the others
-            self._store(done, b"1")
+        counter = barrier_counter(msg.key)
+        self._check_key(counter)
+        count = self._counter(counter) + 1
+        arrival = BarrierArrival.of(msg.key, count, size)
+        self._check_key(arrival.flag)  # every check before the first change
+        self._store(counter, str(count).encode())
+        if arrival.last:  # the last of its generation: release the others
+            self._store(arrival.flag, b"1")
             return _OK
-        wait = _BarrierWait(msg, (done,), generation)
+        wait = _BarrierWait(msg, (arrival.flag,), arrival.generation)
         return self._block_on(conn_id, request_id, wait, wait.keys, msg.timeout_ms, now)
 
     # --- requests only torch's protocol makes (kvsync.protocol.torch_requests) ----------
@@ -531,7 +522,7 @@ class StoreState:
     def _reached(self, msg: CountBarrier) -> bool:
         try:
             return self._counter(msg.key) >= msg.world_size
-        except _RejectError:  # overwritten with something else meanwhile: keep waiting
+        except RejectError:  # overwritten with something else meanwhile: keep waiting
             return False
 
     def _count_barrier(self, conn_id: int, request_id: int, msg: object, now: float) -> object:

@@ -1,9 +1,9 @@
 """Coordination helpers built only from the Store API, so they work on every Store.
 
 Strategy (as in ``torch.distributed.elastic``): a barrier is one counter and one flag key per
-generation. Every caller ``add``\\ s 1 to ``<key>/arrived``; the count tells it which
-generation it belongs to (``(count - 1) // world_size``) and whether it is the last to
-arrive, in which case it ``set``\\ s ``<key>/done/<generation>`` and returns; everyone else
+generation (the keys of :mod:`kvsync.protocol.wire_keys`). Every caller ``add``\\ s 1 to the
+counter; the count tells it which generation it belongs to and whether it is the last to
+arrive, in which case it ``set``\\ s the generation's flag and returns; everyone else
 ``wait``\\ s for that flag. Because generations have their own flags, the same barrier key
 can be reused any number of times (it leaves one small flag key per generation in the
 store). After a barrier timed out its counter is out of step: use a new key.
@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kvsync.errors import StoreTimeoutError
+from kvsync.protocol.wire_keys import BarrierArrival, barrier_counter
 from kvsync.store.arguments import check_world_size
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def barrier(store: Store, key: str, world_size: int, timeout: Timeout | None = N
 
     Args:
         store: any Store.
-        key: names the barrier; its keys are ``<key>/arrived`` and ``<key>/done/<gen>``.
+        key: names the barrier; its keys are ``<key>/arrived`` and ``<key>/done/<gen>``
+            (see :mod:`kvsync.protocol.wire_keys`).
         world_size: how many callers must arrive.
         timeout: seconds or ``timedelta``; default: the store's timeout.
 
@@ -63,16 +65,15 @@ def barrier(store: Store, key: str, world_size: int, timeout: Timeout | None = N
         raise TypeError(f"barrier key must be str, got {type(key).__name__}")
     check_world_size(world_size)
     start = time.monotonic()
-    count = store.add(f"{key}/arrived", 1)
-    generation = (count - 1) // world_size
-    done = f"{key}/done/{generation}"
-    if count % world_size == 0:  # the last to arrive releases the others; no need to wait
-        store.set(done, b"1")
+    counter = barrier_counter(key)
+    arrival = BarrierArrival.of(key, store.add(counter, 1), world_size)
+    if arrival.last:  # the last to arrive releases the others; no need to wait
+        store.set(arrival.flag, b"1")
         return
     try:
-        store.wait([done], timeout)
+        store.wait([arrival.flag], timeout)
     except StoreTimeoutError as exc:
-        arrived = store.add(f"{key}/arrived", 0) - generation * world_size
+        arrived = store.add(counter, 0) - arrival.generation * world_size
         raise StoreTimeoutError(
             f"{min(arrived, world_size)}/{world_size} ranks reached barrier {key!r} "
             f"after {time.monotonic() - start:.2f} s"
