@@ -38,6 +38,7 @@ from kvsync.errors import (
     ShapeMismatchError,
     UnknownNameError,
 )
+from kvsync.protocol.wire_keys import Key
 from kvsync.sparse import RowSparseArray
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
     "KVStoreBase",
     "Key",
     "KeyGroup",
-    "Updater",
+    "UpdateFunction",
     "Value",
     "check_matches",
     "check_writable",
@@ -56,11 +57,11 @@ __all__ = [
     "pair_row_ids",
 ]
 
-Key: TypeAlias = "int | str"
 Array: TypeAlias = "np.ndarray[Any, Any]"
 Value: TypeAlias = "np.ndarray[Any, Any] | RowSparseArray"
-#: ``updater(key, merged_gradient, stored_weight)`` updates ``stored_weight`` in place.
-Updater: TypeAlias = "Callable[[Any, Any, Any], None]"
+#: ``updater(key, merged_gradient, stored_weight)`` updates ``stored_weight`` in place (any
+#: callable; :class:`kvsync.optimizer.Updater` is one that also saves its states).
+UpdateFunction: TypeAlias = "Callable[[Key, Any, Any], None]"
 
 _K = TypeVar("_K", bound="type[KVStoreBase]")
 
@@ -375,11 +376,11 @@ class KVStoreBase(abc.ABC):
         """Compress pushed gradients (types without it raise InvalidArgumentError)."""
         raise self._unsupported("gradient compression")
 
-    def set_updater(self, updater: Updater) -> None:
+    def set_updater(self, updater: UpdateFunction) -> None:
         """Set ``updater(key, merged, stored)``; same as :meth:`_set_updater`."""
         self._set_updater(updater)
 
-    def _set_updater(self, updater: Updater) -> None:
+    def _set_updater(self, updater: UpdateFunction) -> None:
         raise self._unsupported("setting an updater")
 
     def barrier(self) -> None:

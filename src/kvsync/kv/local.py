@@ -43,7 +43,7 @@ from kvsync.kv.base import (
     Key,
     KeyGroup,
     KVStoreBase,
-    Updater,
+    UpdateFunction,
     Value,
     check_matches,
     check_writable,
@@ -85,7 +85,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         self._type = name
         self._store: dict[Key, Value] = {}
         self._merge: dict[Key, Array] = {}
-        self._updater: Updater | None = None
+        self._updater: UpdateFunction | None = None
         self._compression: GradientCompression | None = None
         self._warned_sparse: set[Key] = set()
         self._lock = threading.RLock()

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from kvsync.errors import InvalidArgumentError, KVStoreError
-from kvsync.kv.base import Updater
+from kvsync.kv.base import UpdateFunction
 
 __all__ = ["UpdaterMixin"]
 
@@ -32,10 +32,10 @@ class UpdaterMixin:
     The store sets ``self._updater = None`` and ``self._lock`` (a lock) in ``__init__``.
     """
 
-    _updater: Updater | None
+    _updater: UpdateFunction | None
     _lock: threading.RLock
 
-    def _set_updater(self, updater: Updater | None) -> None:
+    def _set_updater(self, updater: UpdateFunction | None) -> None:
         """Set ``updater(key, merged, stored)`` (``None`` removes it).
 
         Raises:

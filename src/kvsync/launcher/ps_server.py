@@ -46,7 +46,7 @@ from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY
 from kvsync.kv.shm import SharedSegments, host_id, shm_supported
 from kvsync.optimizer import from_config, get_updater
 from kvsync.server import StoreServer
-from kvsync.server.ps import ParameterServerLogic, Updater
+from kvsync.server.ps import ParameterServerLogic, StatefulUpdater
 
 __all__ = ["UPDATERS", "add_arguments", "main", "make_logic", "register_updater", "run", "serve"]
 
@@ -78,7 +78,7 @@ def register_updater(
 
 
 class _PlainUpdater:
-    """A registered updater function with the Updater shape (no state to save)."""
+    """A registered updater function with the StatefulUpdater shape (no state to save)."""
 
     def __init__(self, name: str, fn: Callable[[Any, Any, Any], None]) -> None:
         self._name, self._fn = name, fn
@@ -93,12 +93,12 @@ class _PlainUpdater:
         raise InvalidArgumentError(f"updater {self._name!r} has no optimizer states to load")
 
 
-def _updater_from_config(cfg: dict[str, Any]) -> Updater:
-    updater: Updater = get_updater(from_config(cfg))
+def _updater_from_config(cfg: dict[str, Any]) -> StatefulUpdater:
+    updater: StatefulUpdater = get_updater(from_config(cfg))
     return updater
 
 
-def _updater_by_name(name: str, params: dict[str, Any]) -> Updater:
+def _updater_by_name(name: str, params: dict[str, Any]) -> StatefulUpdater:
     factory = UPDATERS.get(name)
     if factory is None:
         known = ", ".join(sorted(UPDATERS)) or "(none registered)"

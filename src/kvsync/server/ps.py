@@ -73,7 +73,7 @@ from kvsync.server.ps_keys import (
     Compression,
     KeyState,
     SharedMemory,
-    Updater,
+    StatefulUpdater,
     check_pairs,
     json_object,
 )
@@ -85,7 +85,7 @@ __all__ = [
     "Outgoing",
     "ParameterServerLogic",
     "SharedMemory",
-    "Updater",
+    "StatefulUpdater",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ class ParameterServerLogic:
         self,
         server_index: int = 0,
         *,
-        updater_from_config: Callable[[dict[str, Any]], Updater] | None = None,
-        updater_by_name: Callable[[str, dict[str, Any]], Updater] | None = None,
+        updater_from_config: Callable[[dict[str, Any]], StatefulUpdater] | None = None,
+        updater_by_name: Callable[[str, dict[str, Any]], StatefulUpdater] | None = None,
         compression_from_params: Callable[[dict[str, Any]], Compression | None] | None = None,
         stall_seconds: float = defaults.PS_STALL_SECONDS,
         shared: SharedMemory | None = None,
@@ -149,7 +149,7 @@ class ParameterServerLogic:
         self._keys: dict[str, KeyState] = {}
         self._job = JobState()
         self._deferred: list[Outgoing] = []
-        self._updater: Updater | None = None
+        self._updater: StatefulUpdater | None = None
         self._compression: Compression | None = None
         self._installed: dict[str, str] = {}  # what set_optimizer/compression last installed
         self._counters = Counters()
@@ -527,7 +527,7 @@ class ParameterServerLogic:
         ks.round += 1
         self._counters.updates += 1
 
-    def _need_updater(self) -> Updater:
+    def _need_updater(self) -> StatefulUpdater:
         if self._updater is None:
             raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"no optimizer is set on server {self.server_index}"

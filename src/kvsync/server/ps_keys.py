@@ -26,7 +26,7 @@ __all__ = [
     "Compression",
     "KeyState",
     "SharedMemory",
-    "Updater",
+    "StatefulUpdater",
     "check_pairs",
     "json_object",
 ]
@@ -35,8 +35,9 @@ __all__ = [
 Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
 
 
-class Updater(Protocol):
-    """What the server needs from an updater (``kvsync.optimizer.get_updater``)."""
+class StatefulUpdater(Protocol):
+    """What the server needs from an updater: apply a gradient in place, and save and load
+    its states (:class:`kvsync.optimizer.Updater` is one)."""
 
     def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
 
