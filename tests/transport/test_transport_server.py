@@ -31,7 +31,7 @@ from kvsync.protocol.messages import (
     Wait,
 )
 from kvsync.server import StoreServer
-from kvsync.server.logic import Outgoing
+from kvsync.server.router import Outgoing
 from kvsync.server.state import StoreState
 
 

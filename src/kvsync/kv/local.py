@@ -52,8 +52,8 @@ from kvsync.kv.base import (
     pair_row_ids,
 )
 from kvsync.kv.compression import GradientCompression, create_compression
+from kvsync.kv.local_optimizer import UpdaterMixin
 from kvsync.kv.reduce import copy_to_all, fusable, sum_into
-from kvsync.kv.updating import UpdaterMixin
 from kvsync.sparse import RowSparseArray, as_row_ids
 
 __all__ = ["LocalKVStore"]

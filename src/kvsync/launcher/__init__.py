@@ -12,7 +12,7 @@ Modules: :mod:`~kvsync.launcher.run` (command line), :mod:`~kvsync.launcher.agen
 and supervise), :mod:`~kvsync.launcher.output` (prefixed output); the processes that only
 serve: :mod:`~kvsync.launcher.serve` (``kvsync serve``) and
 :mod:`~kvsync.launcher.ps_server` (a parameter server). Finding kvsync's store
-under ``torchrun`` is part of the store: :mod:`kvsync.store.torchrun`.
+under ``torchrun`` is part of the store: :mod:`kvsync.store.address`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The server side of kvsync: pure request logic driven by one event-loop thread.
 
-:mod:`kvsync.server.state` (``StoreState``) and :mod:`kvsync.server.logic` (``Router``,
+:mod:`kvsync.server.state` (``StoreState``) and :mod:`kvsync.server.router` (``Router``,
 ``Outgoing``) decide what to answer with no I/O; :class:`StoreServer`
 (:mod:`kvsync.server.loop`) moves the bytes; :mod:`kvsync.server.host` runs a master's
 server on a thread or in a child process. Processes that only serve (``kvsync serve``, the

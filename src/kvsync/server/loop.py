@@ -3,8 +3,8 @@
 Strategy: the loop owns no store logic. Each readable socket is drained with ``recv_into``
 straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads land in their
 own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
-:class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.logic.Router`), and the
-:class:`~kvsync.server.logic.Outgoing` replies it returns are encoded (a small one in one
+:class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.router.Router`), and the
+:class:`~kvsync.server.router.Outgoing` replies it returns are encoded (a small one in one
 piece by ``encode_frame``). The replies to the connection just read
 are sent once its requests are handled: one buffer with nothing queued before it goes out
 with one ``send``; anything else, and replies to other connections (wake-ups), is queued on
@@ -44,7 +44,7 @@ from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
 from kvsync.protocol.messages import ErrorReply
-from kvsync.server.logic import Outgoing, ServerLogic
+from kvsync.server.router import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
 from kvsync.server.torch_session import TorchSession
 

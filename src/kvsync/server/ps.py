@@ -68,8 +68,7 @@ from kvsync.protocol.ps_messages import (
     PSWaitInit,
 )
 from kvsync.protocol.wire_keys import key_of_wire
-from kvsync.server.logic import Outgoing, RejectError
-from kvsync.server.ps_keys import (
+from kvsync.server.ps_key_state import (
     Compression,
     KeyState,
     SharedMemory,
@@ -78,6 +77,7 @@ from kvsync.server.ps_keys import (
     json_object,
 )
 from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
+from kvsync.server.router import Outgoing, RejectError
 
 __all__ = [
     "PS_MESSAGE_TYPES",

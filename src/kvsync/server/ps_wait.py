@@ -18,8 +18,8 @@ from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply, OkReply
 from kvsync.protocol.ps_messages import PSPackedReply, PSShmReply, PSValuesReply
 from kvsync.protocol.wire_keys import key_of_wire, packable
-from kvsync.server.logic import Outgoing
-from kvsync.server.ps_keys import KeyState, rows_of
+from kvsync.server.ps_key_state import KeyState, rows_of
+from kvsync.server.router import Outgoing
 
 __all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
 

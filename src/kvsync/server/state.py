@@ -64,7 +64,7 @@ from kvsync.protocol.messages import (
 )
 from kvsync.protocol.torch_requests import CancelWaits, CountBarrier
 from kvsync.protocol.wire_keys import BarrierArrival, barrier_counter
-from kvsync.server.logic import Outgoing, RejectError, Router, ServerLogic
+from kvsync.server.router import Outgoing, RejectError, Router, ServerLogic
 from kvsync.server.waiters import Waiter, WaiterIndex
 
 __all__ = ["Outgoing", "Router", "ServerLogic", "StoreState"]

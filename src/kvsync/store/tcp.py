@@ -13,7 +13,7 @@ Where the address comes from when none is given (first match wins):
 1. ``KVSYNC_STORE_ADDR``/``KVSYNC_STORE_PORT`` (``kvsync-run`` hosts the store there):
    every rank is a client.
 2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): rank 0 publishes its address in torch's
-   agent store (:mod:`kvsync.store.torchrun`, which applies all four rules).
+   agent store (:mod:`kvsync.store.address`, which applies all four rules).
 3. ``MASTER_ADDR``/``MASTER_PORT``: rank 0 (or a process without ``RANK``) hosts.
 4. Nothing: an embedded single-process store on a free loopback port.
 
@@ -38,8 +38,8 @@ from kvsync import defaults, env
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
 from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
+from kvsync.store.address import resolve_store_address
 from kvsync.store.base import Store, Timeout, to_seconds
-from kvsync.store.torchrun import resolve_store_address
 
 __all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from kvsync import defaults
 from kvsync.errors import ErrorCode
 from kvsync.protocol.wire_keys import Key
-from kvsync.server.logic import RejectError
+from kvsync.server.router import RejectError
 
 __all__ = [
     "Allocate",

@@ -15,7 +15,7 @@ import pytest
 
 from kvsync import env
 from kvsync.errors import StoreTimeoutError
-from kvsync.store.torchrun import StoreAddress, agent_store_key, resolve_store_address
+from kvsync.store.address import StoreAddress, agent_store_key, resolve_store_address
 
 
 def _resolve(**variables: str) -> StoreAddress:
