@@ -46,7 +46,8 @@ from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY
 from kvsync.kv.shm import SharedSegments, host_id, shm_supported
 from kvsync.optimizer import from_config, get_updater
 from kvsync.server import StoreServer
-from kvsync.server.ps import ParameterServerLogic, StatefulUpdater
+from kvsync.server.ps import ParameterServerLogic
+from kvsync.server.ps_plugins import StatefulUpdater
 
 __all__ = ["UPDATERS", "add_arguments", "main", "make_logic", "register_updater", "run", "serve"]
 

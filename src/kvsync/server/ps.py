@@ -68,25 +68,12 @@ from kvsync.protocol.ps_messages import (
     PSWaitInit,
 )
 from kvsync.protocol.wire_keys import key_of_wire
-from kvsync.server.ps_key_state import (
-    Compression,
-    KeyState,
-    SharedMemory,
-    StatefulUpdater,
-    check_pairs,
-    json_object,
-)
+from kvsync.server.ps_key_state import KeyState, check_pairs
+from kvsync.server.ps_plugins import Compression, SharedMemory, StatefulUpdater, json_object
 from kvsync.server.ps_wait import Counters, JobState, Parked, ParkedRequests
 from kvsync.server.router import Outgoing, RejectError
 
-__all__ = [
-    "PS_MESSAGE_TYPES",
-    "Compression",
-    "Outgoing",
-    "ParameterServerLogic",
-    "SharedMemory",
-    "StatefulUpdater",
-]
+__all__ = ["PS_MESSAGE_TYPES", "Outgoing", "ParameterServerLogic"]
 
 logger = logging.getLogger(__name__)
 

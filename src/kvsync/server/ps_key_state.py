@@ -1,5 +1,7 @@
-"""Per-key state of the parameter server, and what the server logic is given (updater,
-compression, shared memory). Keys arrive as wire keys (:mod:`kvsync.protocol.wire_keys`).
+"""Per-key state of the parameter server: a key's row slice and its open sync round.
+
+Keys arrive as wire keys (:mod:`kvsync.protocol.wire_keys`); what the server process plugs
+in (updater, compression, shared memory) is described in :mod:`kvsync.server.ps_plugins`.
 
 Example:
     >>> import numpy as np
@@ -10,9 +12,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 
@@ -21,44 +22,10 @@ from kvsync.errors import ErrorCode
 from kvsync.protocol.wire_keys import Key
 from kvsync.server.router import RejectError
 
-__all__ = [
-    "Allocate",
-    "Compression",
-    "KeyState",
-    "SharedMemory",
-    "StatefulUpdater",
-    "check_pairs",
-    "json_object",
-]
+__all__ = ["Allocate", "KeyState", "check_pairs"]
 
 #: ``nbytes -> (path, uint8 view)``: memory other processes of the host can map.
 Allocate: TypeAlias = "Callable[[int], tuple[str, np.ndarray]]"
-
-
-class StatefulUpdater(Protocol):
-    """What the server needs from an updater: apply a gradient in place, and save and load
-    its states (:class:`kvsync.optimizer.Updater` is one)."""
-
-    def __call__(self, index: Any, grad: np.ndarray, weight: np.ndarray) -> None: ...
-
-    def get_states(self, dump_optimizer: bool = False) -> bytes: ...
-
-    def set_states(self, data: bytes) -> None: ...
-
-
-class SharedMemory(Protocol):
-    """Memory shared with workers on this host (``kvsync.kv.shm.SharedSegments``)."""
-
-    def create(self, nbytes: int) -> tuple[str, np.ndarray]: ...
-
-    def attach(self, path: str, nbytes: int) -> np.ndarray: ...
-
-
-class Compression(Protocol):
-    """What the server needs from a gradient compression (``kvsync.kv.compression``)."""
-
-    def decompress(self, packed: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
-
 
 
 def rows_of(a: np.ndarray, lo: int, n: int) -> np.ndarray:
@@ -232,18 +199,3 @@ def check_pairs(keys: tuple[str, ...], values: tuple[np.ndarray, ...]) -> None:
                              f"{len(keys)} keys but {len(values)} values")
     if len(set(keys)) != len(keys):
         raise RejectError(ErrorCode.KVSTORE_USAGE, "a key appears twice in one request")
-
-
-def json_object(text: str, what: str) -> dict[str, Any]:
-    """``text`` parsed as a JSON object.
-
-    Raises:
-        RejectError: KVSTORE_USAGE naming ``what``.
-    """
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise RejectError(ErrorCode.KVSTORE_USAGE, f"{what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise RejectError(ErrorCode.KVSTORE_USAGE, f"{what} is not a JSON object")
-    return obj
