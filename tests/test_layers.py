@@ -72,6 +72,10 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
         "import kvsync.kv.dist",
         ("kvsync.server.ps", *TOP),
     ),
+    "the kvsync command line": (
+        "import kvsync.cli; kvsync.cli.build_parser().parse_args(['inspect', '--port', '1'])",
+        ("kvsync.bench", "kvsync.launcher", *KV),
+    ),
     "kvsync.TCPStore": (
         "import kvsync; kvsync.TCPStore",
         (*KV, *TOP, "kvsync.server.ps"),

@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``; this module only builds the parser from the table below and
-dispatches, importing a subcommand's module only when it is used.
+dispatches. A subcommand's module is imported when its parser is used
+(:class:`LazyCommandParser`), so ``kvsync serve`` never loads the benchmarks and
+``kvsync --help`` loads none.
 
 Example:
     >>> sorted(COMMANDS)
@@ -14,9 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "LazyCommandParser", "add_commands", "build_parser", "main"]
 
 #: subcommand -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,15 +29,62 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class LazyCommandParser(argparse.ArgumentParser):
+    """A subcommand's parser whose options come from its module, imported the first time
+    the parser parses (that is, when the subcommand is on the command line).
+
+    Args:
+        module: the module providing ``add_arguments(parser)`` and ``run(args)``; empty
+            for a plain parser.
+        run_attr: the namespace attribute that receives the module's ``run``.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="kvsync")
+        >>> add_commands(p, {"inspect": ("kvsync.store.inspect", "show keys")})
+        >>> args = p.parse_args(["inspect", "--port", "7000"])
+        >>> args.port, args._run.__module__
+        (7000, 'kvsync.store.inspect')
+    """
+
+    def __init__(self, *args: Any, module: str = "", run_attr: str = "_run", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._module, self._run_attr = module, run_attr
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Load the subcommand's options (once), then parse as usual."""
+        if self._module:
+            module = importlib.import_module(self._module)
+            self._module = ""
+            module.add_arguments(self)
+            self.set_defaults(**{self._run_attr: module.run})
+        return super().parse_known_args(args, namespace)
+
+
+def add_commands(
+    parser: argparse.ArgumentParser,
+    table: Mapping[str, tuple[str, str]],
+    *,
+    dest: str = "command",
+    run_attr: str = "_run",
+) -> None:
+    """Add one lazily loaded subcommand per ``table`` entry (``name -> (module, help)``):
+    its name lands in the namespace attribute ``dest``, its module's ``run`` in
+    ``run_attr``."""
+    sub = parser.add_subparsers(
+        dest=dest, required=True, metavar=dest.upper(), parser_class=LazyCommandParser
+    )
+    for name, (module_name, help_text) in table.items():
+        sub.add_parser(
+            name, help=help_text, description=help_text, module=module_name, run_attr=run_attr
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``kvsync`` argument parser with every subcommand's options."""
+    """The ``kvsync`` argument parser (a subcommand's options load when it is parsed)."""
     parser = argparse.ArgumentParser(prog="kvsync", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sp)
-        sp.set_defaults(_run=module.run)
+    add_commands(parser, COMMANDS)
     return parser
 
 

@@ -7,7 +7,8 @@ performance targets live here, never in timed test assertions.
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from kvsync.cli import add_commands
 
 __all__ = ["SCENARIOS", "add_arguments", "run"]
 
@@ -19,13 +20,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one sub-parser per scenario."""
-    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
-    for name, (module_name, help_text) in SCENARIOS.items():
-        module = importlib.import_module(module_name)
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sp)
-        sp.set_defaults(_scenario=module.run)
+    """Add one sub-parser per scenario (its module is imported when it is chosen)."""
+    add_commands(parser, SCENARIOS, dest="scenario", run_attr="_scenario")
 
 
 def run(args: argparse.Namespace) -> int:
