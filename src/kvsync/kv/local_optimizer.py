@@ -61,7 +61,8 @@ class UpdaterMixin:
             array([[-0.01, -0.01],
                    [-0.01, -0.01]], dtype=float32)
         """
-        from kvsync.optimizer import get_updater  # imported late: kv works without it
+        # imported on use: a store that never gets an optimizer skips its import time
+        from kvsync.optimizer import get_updater
 
         self._set_updater(get_updater(optimizer))
 
