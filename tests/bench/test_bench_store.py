@@ -12,10 +12,11 @@ from kvsync.bench.store import SCENARIO_NAMES
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_bench_store_quick_prints_one_row_per_measurement() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kvsync.bench.store", "--quick", "--connections", "50"],
-        capture_output=True, text=True, timeout=50, env=dict(os.environ), check=False,
+        capture_output=True, text=True, timeout=80, env=dict(os.environ), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if not line.startswith("note: ")]
@@ -35,6 +36,9 @@ def test_bench_store_quick_prints_one_row_per_measurement() -> None:
     for where in ("server on a thread", "server in a child process"):
         assert any(m.startswith(f"get 16 B p99, {where}") for m in metrics)
     assert any("busy-master rows: the master is a separate process" in n for n in notes)
+    cold = [m for m in metrics if m.startswith("8 ranks in 2 fresh processes meet")]
+    assert len(cold) == 1 and cold[0].split()[-1] in ("us", "ms", "s")
+    assert any("The cold row starts fresh processes" in n for n in notes)
 
 
 def test_bench_vs_torch_without_torch_says_so_and_still_measures(tmp_path: object) -> None:

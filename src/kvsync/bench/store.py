@@ -1,4 +1,4 @@
-"""``kvsync bench store``: latency, throughput, bandwidth, barrier and connect times.
+"""``kvsync bench store``: latency, throughput, bandwidth, barrier, connect and cold-start times.
 
 Every scenario runs on a fresh server on a free loopback port: by default kvsync's runs in
 a separate ``kvsync serve`` process (how ``kvsync-run`` deploys it), with
@@ -11,7 +11,8 @@ rows (:mod:`kvsync.bench.store_busy`) time a get while the master process runs P
 work, with kvsync's server on a thread and in a child process. ``--quick``
 shrinks every size so a test can run the whole bench in seconds.
 Multi-client throughput uses child PROCESSES (``python -m kvsync.bench.store worker ...``),
-each ended by PID if it overruns its deadline.
+and so does the cold start (``... cold ...``: fresh processes whose threads each make their
+process's first stores); each child is ended by PID if it overruns its deadline.
 
 Example:
     >>> import argparse
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import os
 import resource
 import statistics
@@ -43,7 +45,9 @@ from kvsync.store.sync import barrier
 
 __all__ = ["SCENARIO_NAMES", "Params", "add_arguments", "run"]
 
-SCENARIO_NAMES = ("latency", "busy-master", "throughput", "bandwidth", "barrier", "connect")
+SCENARIO_NAMES = (
+    "latency", "busy-master", "throughput", "bandwidth", "barrier", "connect", "cold",
+)  # fmt: skip
 #: Every client operation of the bench has this deadline (seconds).
 OP_TIMEOUT = 120.0
 
@@ -59,6 +63,8 @@ class Params:
     sizes_mib: tuple[float, ...] = (1, 16, 64, 256)
     ranks: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
     connections: int = 2000
+    cold_ranks: int = 512
+    cold_processes: int = 4
 
 
 QUICK = Params(
@@ -69,6 +75,8 @@ QUICK = Params(
     sizes_mib=(1,),
     ranks=(8, 16),
     connections=100,
+    cold_ranks=8,
+    cold_processes=2,
 )
 
 
@@ -114,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes-mib", type=_floats, help="value sizes in MiB, e.g. 1,64")
     parser.add_argument("--ranks", type=_ints, help="barrier sizes, e.g. 8,64,512")
     parser.add_argument("--connections", type=int, help="connections to open")
+    parser.add_argument("--cold-ranks", type=int, help="ranks of the cold-start rendezvous")
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -126,6 +135,8 @@ def _params(args: argparse.Namespace) -> Params:
         sizes_mib=args.sizes_mib or base.sizes_mib,
         ranks=args.ranks or base.ranks,
         connections=args.connections or base.connections,
+        cold_ranks=args.cold_ranks or base.cold_ranks,
+        cold_processes=base.cold_processes,
     )
 
 
@@ -354,6 +365,108 @@ def bench_connect(backend: Backend, p: Params) -> list[Row]:
     return [Row("connect", f"open {p.connections} connections", elapsed, "time")]
 
 
+def bench_cold(backend: Backend, p: Params) -> list[Row]:
+    """A job's first rendezvous: ``cold_ranks`` ranks, threads of ``cold_processes`` fresh
+    processes, each make their process's first store, ``add`` 1 to a counter and wait for
+    the key the last arrival sets; the time from the go signal until every rank is through
+    (the store module is imported before it). Median of 3, fresh processes each time."""
+    with backend.serve(False) as (host, port):
+        times = [_cold_rendezvous(backend, host, port, p, f"cold{i}") for i in range(3)]
+    metric = f"{p.cold_ranks} ranks in {p.cold_processes} fresh processes meet"
+    return [Row("cold", metric, statistics.median(times), "time")]
+
+
+def _cold_rendezvous(backend: Backend, host: str, port: int, p: Params, key: str) -> float:
+    per, extra = divmod(p.cold_ranks, p.cold_processes)
+    shares = [per + (i < extra) for i in range(p.cold_processes)]
+    cmd = [sys.executable, "-m", "kvsync.bench.store", "cold", backend.name, host, str(port)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, key, str(n), str(p.cold_ranks)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for n in shares
+    ]
+    try:
+        for proc in procs:  # each has imported the store module and started its threads
+            if _read_line(proc, OP_TIMEOUT) != "ready":
+                raise RuntimeError(f"cold-start process pid {proc.pid} did not get ready")
+        t0 = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        finished = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=OP_TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"cold-start process pid {proc.pid} failed: {err[-500:]}")
+            finished.append(float(out.split()[-1]))
+        return max(finished) - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()  # by PID, only our own children
+                proc.wait(timeout=10)
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of a child's stdout, waiting at most ``timeout`` seconds."""
+    stdout = proc.stdout
+    assert stdout is not None
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got[0].strip() if got else ""
+
+
+def cold_main(argv: Sequence[str]) -> int:
+    """A cold-start process: ``cold BACKEND HOST PORT KEY THREADS WORLD``; prints when its
+    last rank got through (``time.monotonic()``)."""
+    name, host, port, key, threads, world = argv
+    backend = BACKENDS[name]
+    importlib.import_module(backend.module)  # imports are not what the row measures
+    go = threading.Event()
+    finished: list[float] = []
+    errors: list[BaseException] = []
+    stores: list[Any] = []
+
+    def rank() -> None:
+        try:
+            go.wait(OP_TIMEOUT)
+            store = backend.connect(host, int(port), OP_TIMEOUT)
+            stores.append(store)
+            if int(store.add(f"{key}/arrived", 1)) == int(world):
+                store.set(f"{key}/done", b"1")
+            store.wait([f"{key}/done"], _timedelta(OP_TIMEOUT))
+            finished.append(time.monotonic())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=rank, daemon=True) for _ in range(int(threads))]
+    for t in pool:
+        t.start()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    if sys.stdin.readline().strip() != "go":
+        return 2
+    go.set()
+    for t in pool:
+        t.join(OP_TIMEOUT)
+    for store in stores:
+        close_client(store)
+    if errors or len(finished) != int(threads):
+        sys.stderr.write(f"{len(finished)}/{threads} ranks got through: {errors[:1]!r}\n")
+        return 1
+    sys.stdout.write(f"{max(finished)}\n")
+    return 0
+
+
 def _raise_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
@@ -368,6 +481,7 @@ SCENARIOS: dict[str, Callable[[Backend, Params], list[Row]]] = {
     "bandwidth": bench_bandwidth,
     "barrier": bench_barrier,
     "connect": bench_connect,
+    "cold": bench_cold,
 }
 
 
@@ -431,7 +545,10 @@ NOTES = {
     " request per rank on both (torch 2.13). Barrier and connect rows run their clients as"
     " threads of the bench process; throughput rows use separate client processes, and"
     " 'client user CPU per op' is their user-mode CPU time (kernel time excluded) over the"
-    " operations they made.",
+    " operations they made. The cold row starts fresh processes, which import the store"
+    " module and start their rank threads before the clock starts; it then includes"
+    " everything else a job's first rendezvous does (first connections and handshakes,"
+    " environment reads, the add and the wait).",
     "torch client": "'torch client' rows: torch's own TCPStore client, against kvsync's server"
     " (a separate process, serving torch's protocol on its port) in the kvsync column and"
     " against torch's server alone in a separate process in the torch column.",
@@ -472,6 +589,8 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         sys.exit(worker_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["cold"]:
+        sys.exit(cold_main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m kvsync.bench.store")
     add_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):

@@ -47,11 +47,14 @@ class Backend:
         serve: ``serve(legacy)`` -> context manager yielding ``(host, port)``; ``legacy``
             asks torch for its legacy (non-libuv) server, which takes values over 8 MiB.
         connect: ``connect(host, port, timeout_seconds)`` -> a client store.
+        module: the module of the client class (a cold-start process imports it before
+            the clock starts).
     """
 
     name: str
     serve: Callable[[bool], contextlib.AbstractContextManager[tuple[str, int]]]
     connect: Callable[[str, int, float], Any]
+    module: str
 
 
 #: Seconds a ``kvsync serve`` child may take to print its address, and to stop.
@@ -146,11 +149,17 @@ def _torch_connect(host: str, port: int, timeout: float) -> Any:
 
 
 BACKENDS: dict[str, Backend] = {
-    "kvsync": Backend("kvsync", _kvsync_serve_process, _kvsync_connect),
-    "kvsync-thread": Backend("kvsync-thread", _kvsync_serve_thread, _kvsync_connect),
-    "torch": Backend("torch", _torch_serve, _torch_connect),
-    "torch-on-kvsync": Backend("torch-on-kvsync", _kvsync_serve_process, _torch_connect),
-    "torch-process": Backend("torch-process", _torch_serve_process, _torch_connect),
+    "kvsync": Backend("kvsync", _kvsync_serve_process, _kvsync_connect, "kvsync.store.tcp"),
+    "kvsync-thread": Backend(
+        "kvsync-thread", _kvsync_serve_thread, _kvsync_connect, "kvsync.store.tcp"
+    ),
+    "torch": Backend("torch", _torch_serve, _torch_connect, "torch.distributed"),
+    "torch-on-kvsync": Backend(
+        "torch-on-kvsync", _kvsync_serve_process, _torch_connect, "torch.distributed"
+    ),
+    "torch-process": Backend(
+        "torch-process", _torch_serve_process, _torch_connect, "torch.distributed"
+    ),
 }
 
 
