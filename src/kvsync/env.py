@@ -1,8 +1,9 @@
 """Every environment variable kvsync reads, in one place.
 
-Nothing else in kvsync touches ``os.environ``: code asks :func:`read` for a frozen
-:class:`Environment` snapshot (or passes its own mapping, which is how tests stay
-hermetic). The launcher writes the same names through :func:`worker_environment`.
+Nothing else in kvsync touches ``os.environ``: code asks :func:`read` for an
+:class:`Environment` (or passes its own mapping, which is how tests stay hermetic), which
+reads each variable when it is first used. The launcher writes the same names through
+:func:`worker_environment`.
 
 Example:
     >>> from kvsync import env
@@ -17,8 +18,8 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar, overload
 
 __all__ = [
     "DMLC_NUM_SERVER",
@@ -117,6 +118,8 @@ def _str(environ: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
+_T = TypeVar("_T")
+
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -147,77 +150,98 @@ def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Environment:
-    """A snapshot of the variables kvsync understands; ``None`` where unset.
+def _store_server(environ: Mapping[str, str], name: str) -> str | None:
+    return _choice(environ, name, STORE_SERVER_CHOICES)
 
-    Attributes mirror the variable names in lower case; see the module constants.
+
+def _false_unless_set(environ: Mapping[str, str], name: str) -> bool:
+    return _bool(environ, name, False)
+
+
+def _true_unless_set(environ: Mapping[str, str], name: str) -> bool:
+    return _bool(environ, name, True)
+
+
+class _Variable(Generic[_T]):
+    """One attribute of :class:`Environment`: parsed from its mapping on first access, then
+    kept on the instance (so a TCPStore pays for the 2 or 3 variables it uses, not all)."""
+
+    def __init__(self, name: str, parse: Callable[[Mapping[str, str], str], _T]) -> None:
+        self.name, self._parse = name, parse
+        self._attr = ""
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self._attr = attr
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Variable[_T]: ...
+
+    @overload
+    def __get__(self, obj: Environment, owner: type | None = None) -> _T: ...
+
+    def __get__(self, obj: Environment | None, owner: type | None = None) -> _T | _Variable[_T]:
+        if obj is None:  # on the class (documentation tools): the descriptor itself
+            return self
+        value = self._parse(obj.environ, self.name)
+        obj.__dict__[self._attr] = value  # shadows this (non-data) descriptor from now on
+        return value
+
+
+class Environment:
+    """kvsync's variables in one mapping; each attribute is ``None`` where unset.
+
+    Attributes mirror the variable names in lower case (see the module constants). A
+    variable is read and parsed the first time its attribute is used, and kept.
+
+    Raises:
+        ValueError: (on access) a variable that must be a number or a boolean is not one;
+            the message names it.
     """
 
-    master_addr: str | None = None
-    master_port: int | None = None
-    rank: int | None = None
-    world_size: int | None = None
-    local_rank: int | None = None
-    local_world_size: int | None = None
-    group_rank: int | None = None
-    receive_timeout: float | None = None
-    use_agent_store: bool = False
-    restart_count: int | None = None
-    store_addr: str | None = None
-    store_port: int | None = None
-    store_server: str | None = None
-    store_exit_grace: float | None = None
-    node_addr: str | None = None
-    secret: str | None = None
-    server_setup: str | None = None
-    bigarray_bound: int | None = None
-    ps_shm: bool = True
-    dmlc_role: str | None = None
-    dmlc_num_worker: int | None = None
-    dmlc_num_server: int | None = None
-    dmlc_ps_root_uri: str | None = None
-    dmlc_ps_root_port: int | None = None
+    master_addr = _Variable(MASTER_ADDR, _str)
+    master_port = _Variable(MASTER_PORT, _int)
+    rank = _Variable(RANK, _int)
+    world_size = _Variable(WORLD_SIZE, _int)
+    local_rank = _Variable(LOCAL_RANK, _int)
+    local_world_size = _Variable(LOCAL_WORLD_SIZE, _int)
+    group_rank = _Variable(GROUP_RANK, _int)
+    receive_timeout = _Variable(MS_RECEIVE_MSG_TIMEOUT, _float)
+    use_agent_store = _Variable(TORCHELASTIC_USE_AGENT_STORE, _false_unless_set)
+    restart_count = _Variable(TORCHELASTIC_RESTART_COUNT, _int)
+    store_addr = _Variable(KVSYNC_STORE_ADDR, _str)
+    store_port = _Variable(KVSYNC_STORE_PORT, _int)
+    store_server = _Variable(KVSYNC_STORE_SERVER, _store_server)
+    store_exit_grace = _Variable(KVSYNC_STORE_EXIT_GRACE, _seconds)
+    node_addr = _Variable(KVSYNC_NODE_ADDR, _str)
+    secret = _Variable(KVSYNC_SECRET, _str)
+    server_setup = _Variable(KVSYNC_SERVER_SETUP, _str)
+    bigarray_bound = _Variable(KVSYNC_BIGARRAY_BOUND, _int)
+    ps_shm = _Variable(KVSYNC_PS_SHM, _true_unless_set)
+    dmlc_role = _Variable(DMLC_ROLE, _str)
+    dmlc_num_worker = _Variable(DMLC_NUM_WORKER, _int)
+    dmlc_num_server = _Variable(DMLC_NUM_SERVER, _int)
+    dmlc_ps_root_uri = _Variable(DMLC_PS_ROOT_URI, _str)
+    dmlc_ps_root_port = _Variable(DMLC_PS_ROOT_PORT, _int)
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def __repr__(self) -> str:
+        return f"Environment({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def read(environ: Mapping[str, str] | None = None) -> Environment:
-    """Read kvsync's variables from ``environ`` (default: the process environment).
-
-    Raises:
-        ValueError: a variable that must be a number or a boolean is not one; the message
-            names it.
+    """kvsync's variables in ``environ`` (default: the process environment).
 
     Example:
         >>> read({"MS_RECEIVE_MSG_TIMEOUT": "30"}).receive_timeout
         30.0
+        >>> read({"RANK": "zero"}).rank
+        Traceback (most recent call last):
+        ...
+        ValueError: environment variable RANK='zero' is not an integer
     """
-    src: Mapping[str, str] = os.environ if environ is None else environ
-    return Environment(
-        master_addr=_str(src, MASTER_ADDR),
-        master_port=_int(src, MASTER_PORT),
-        rank=_int(src, RANK),
-        world_size=_int(src, WORLD_SIZE),
-        local_rank=_int(src, LOCAL_RANK),
-        local_world_size=_int(src, LOCAL_WORLD_SIZE),
-        group_rank=_int(src, GROUP_RANK),
-        receive_timeout=_float(src, MS_RECEIVE_MSG_TIMEOUT),
-        use_agent_store=_bool(src, TORCHELASTIC_USE_AGENT_STORE, False),
-        restart_count=_int(src, TORCHELASTIC_RESTART_COUNT),
-        store_addr=_str(src, KVSYNC_STORE_ADDR),
-        store_port=_int(src, KVSYNC_STORE_PORT),
-        store_server=_choice(src, KVSYNC_STORE_SERVER, STORE_SERVER_CHOICES),
-        store_exit_grace=_seconds(src, KVSYNC_STORE_EXIT_GRACE),
-        node_addr=_str(src, KVSYNC_NODE_ADDR),
-        secret=_str(src, KVSYNC_SECRET),
-        server_setup=_str(src, KVSYNC_SERVER_SETUP),
-        bigarray_bound=_int(src, KVSYNC_BIGARRAY_BOUND),
-        ps_shm=_bool(src, KVSYNC_PS_SHM, True),
-        dmlc_role=_str(src, DMLC_ROLE),
-        dmlc_num_worker=_int(src, DMLC_NUM_WORKER),
-        dmlc_num_server=_int(src, DMLC_NUM_SERVER),
-        dmlc_ps_root_uri=_str(src, DMLC_PS_ROOT_URI),
-        dmlc_ps_root_port=_int(src, DMLC_PS_ROOT_PORT),
-    )
+    return Environment(os.environ if environ is None else environ)
 
 
 def worker_environment(
