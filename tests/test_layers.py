@@ -57,7 +57,11 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("kvsync.server", "kvsync.store", *KV, *TOP),
     ),
     "store": (
-        "import kvsync.store, kvsync.store.tcp, kvsync.store.sync, kvsync.compat.torch",
+        "import kvsync.store, kvsync.store.tcp, kvsync.store.sync",
+        (*KV, *TOP, "kvsync.server.ps", "numpy"),
+    ),
+    "torch flavour": (
+        "import kvsync.compat.torch",
         (*KV, *TOP, "kvsync.server.ps"),
     ),
     "kv": (
@@ -78,7 +82,7 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "kvsync.TCPStore": (
         "import kvsync; kvsync.TCPStore",
-        (*KV, *TOP, "kvsync.server.ps"),
+        (*KV, *TOP, "kvsync.server.ps", "numpy"),
     ),
 }
 

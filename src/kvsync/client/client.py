@@ -30,8 +30,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from kvsync.client.connect import Backoff, connect
 from kvsync.errors import (
@@ -45,6 +44,9 @@ from kvsync.protocol.connection import Connection, Event, Role, drain_events
 from kvsync.protocol.framing import HEADER_SIZE, SMALL_FRAME, Landing
 from kvsync.protocol.messages import ErrorReply, Opcode
 from kvsync.protocol.ps_messages import PSValuesReply
+
+if TYPE_CHECKING:  # a store client never imports numpy; arrays come from its callers
+    import numpy as np
 
 __all__ = ["Client"]
 
@@ -76,7 +78,7 @@ def array_landing(out: np.ndarray) -> Landing | None:
     if len(parts) < 2 or memoryview(parts[-1]).nbytes != out.nbytes:
         return None
     prefix = b"".join(bytes(p) for p in parts[:-1])[HEADER_SIZE:]
-    return Landing(int(Opcode.PS_VALUES), prefix, out.reshape(-1).view(np.uint8).data, value)
+    return Landing(int(Opcode.PS_VALUES), prefix, out.reshape(-1).view("u1").data, value)
 
 
 def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:

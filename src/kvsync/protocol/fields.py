@@ -24,13 +24,14 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from kvsync import defaults
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.framing import Payload
+
+if TYPE_CHECKING:  # numpy is imported when an array is encoded or decoded, not before
+    import numpy as np
 
 __all__ = [
     "ARRAY_ALIGN",
@@ -190,6 +191,8 @@ def _dec_buffer(
 
 
 def _enc_array(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+    import numpy as np  # on first use: a store that moves no array never imports it
+
     if not isinstance(value, np.ndarray):
         raise LocalProtocolError(f"{what} must be a numpy array, not {type(value).__name__}")
     dt = value.dtype
@@ -210,6 +213,8 @@ def _enc_array(value: Any, what: str, cap: int, items: int, parts: list[Any], si
 
 
 def _dtype(code: str, what: str) -> np.dtype[Any]:
+    import numpy as np  # on first use, as in _enc_array
+
     if _DTYPE_RE.fullmatch(code) is None:
         raise RemoteProtocolError(f"{what} has dtype {code!r}; only plain numeric/bool dtypes")
     try:
@@ -257,6 +262,8 @@ def _dec_array(
         raise RemoteProtocolError(f"{what} has non-zero alignment padding")
     pos += pad
     _need(what, nbytes, pos, end)
+    import numpy as np  # on first use, as in _enc_array
+
     try:
         arr = np.frombuffer(buf, dtype=dt, count=count, offset=pos).reshape(shape)
     except ValueError as exc:  # e.g. a zero-size shape with a dimension over intp

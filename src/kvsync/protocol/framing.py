@@ -41,8 +41,6 @@ from collections import deque
 from collections.abc import Collection
 from typing import Final, NamedTuple
 
-import numpy as np
-
 from kvsync.errors import (
     LimitExceededError,
     LocalProtocolError,
@@ -177,6 +175,8 @@ def _fresh(size: int) -> Payload:
     """
     if size < _LAZY:
         return bytearray(size)
+    import numpy as np  # on first use: a store that moves no big value never imports it
+
     return np.empty(size, dtype=np.uint8).data
 
 

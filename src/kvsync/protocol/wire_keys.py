@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeAlias
 
 from kvsync import defaults
 from kvsync.errors import KeyTypeError
+
+if TYPE_CHECKING:  # the store imports this module; numpy comes with the arrays
+    import numpy as np
 
 __all__ = ["BarrierArrival", "Key", "barrier_counter", "key_of_wire", "packable", "wire_key"]
 
@@ -77,6 +78,7 @@ def packable(values: Sequence[np.ndarray | None]) -> bool:
     :data:`~kvsync.defaults.PS_PACK_MAX_BYTES` in all.
 
     Example:
+        >>> import numpy as np
         >>> packable([np.zeros(2)] * 8), packable([np.zeros(2)] * 7)
         (True, False)
     """
