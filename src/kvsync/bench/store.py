@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvsync.bench.report import format_table, human_bytes, human_seconds
-from kvsync.bench.store_backends import BACKENDS, Backend, close_client, torch_missing_reason
+from kvsync.bench.store_backends import (
+    BACKENDS,
+    Backend,
+    close_client,
+    read_line,
+    torch_missing_reason,
+)
 from kvsync.bench.store_busy import busy_master_rows
 from kvsync.store.sync import barrier
 
@@ -393,7 +399,7 @@ def _cold_rendezvous(backend: Backend, host: str, port: int, p: Params, key: str
     ]
     try:
         for proc in procs:  # each has imported the store module and started its threads
-            if _read_line(proc, OP_TIMEOUT) != "ready":
+            if read_line(proc, OP_TIMEOUT) != "ready":
                 raise RuntimeError(f"cold-start process pid {proc.pid} did not get ready")
         t0 = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
         for proc in procs:
@@ -412,17 +418,6 @@ def _cold_rendezvous(backend: Backend, host: str, port: int, p: Params, key: str
             if proc.poll() is None:
                 proc.kill()  # by PID, only our own children
                 proc.wait(timeout=10)
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    """One line of a child's stdout, waiting at most ``timeout`` seconds."""
-    stdout = proc.stdout
-    assert stdout is not None
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return got[0].strip() if got else ""
 
 
 def cold_main(argv: Sequence[str]) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["BACKENDS", "Backend", "close_client", "torch_missing_reason"]
+__all__ = ["BACKENDS", "Backend", "close_client", "read_line", "torch_missing_reason"]
 
 HOST = "127.0.0.1"
 
@@ -95,15 +95,21 @@ def _serve_process(cmd: list[str]) -> Iterator[tuple[str, int]]:
                 pipe.close()
 
 
-def _first_line(proc: subprocess.Popen[str]) -> str:
-    """The ``listening on HOST:PORT`` line of a ``kvsync serve`` child (bounded wait)."""
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of a child's stdout, stripped, waiting at most ``timeout`` seconds (``""``
+    when none came)."""
     stdout = proc.stdout
     assert stdout is not None
-    result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
     reader.start()
-    reader.join(_SERVE_TIMEOUT)
-    line = result[0].strip() if result else ""
+    reader.join(timeout)
+    return got[0].strip() if got else ""
+
+
+def _first_line(proc: subprocess.Popen[str]) -> str:
+    """The ``listening on HOST:PORT`` line of a ``kvsync serve`` child (bounded wait)."""
+    line = read_line(proc, _SERVE_TIMEOUT)
     if "listening on" not in line:
         raise RuntimeError(f"kvsync serve (pid {proc.pid}) did not start: {line!r}")
     return line
