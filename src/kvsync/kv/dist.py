@@ -142,8 +142,14 @@ class DistKVStore(ServerControl, KVStoreBase):
     def _create(cls, name: str) -> DistKVStore:
         job = connect()
         try:
-            return cls(name, rank=job.rank, num_workers=job.num_workers, links=job.links,
-                       bound=job.bound, shm=job.shm)
+            return cls(
+                name,
+                rank=job.rank,
+                num_workers=job.num_workers,
+                links=job.links,
+                bound=job.bound,
+                shm=job.shm,
+            )
         except BaseException:
             job.close()
             raise

@@ -276,9 +276,7 @@ class ParameterServerLogic:
 
     def _push_packed(self, conn_id: int, rid: int, msg: PSPushPacked, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise RejectError(
-                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
-            )
+            raise RejectError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length")
         data, at, values = msg.data.reshape(-1), 0, []
         for k, n in zip(msg.keys, msg.counts, strict=True):
             stored = self._key(k).value
@@ -309,9 +307,7 @@ class ParameterServerLogic:
         compressed: bool,
     ) -> object:
         if not len(wires) == len(offsets) == len(counts):
-            raise RejectError(
-                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
-            )
+            raise RejectError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length")
         rank, sync = self._job.rank_of[conn_id], self._job.sync
         keys = self._keys
         states = [keys.get(k) or self._key(k) for k in wires]
@@ -384,9 +380,7 @@ class ParameterServerLogic:
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):
-            raise RejectError(
-                ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length"
-            )
+            raise RejectError(ErrorCode.KVSTORE_USAGE, "keys, offsets and counts differ in length")
         for k, lo, n in zip(msg.keys, msg.offsets, msg.counts, strict=True):
             self._key(k).check_range(lo, n)
         ranges = np.array([msg.offsets, msg.counts], dtype=np.int64)
