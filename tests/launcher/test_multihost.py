@@ -224,7 +224,7 @@ print(published, flush=True)
 RANK0_ON_HOST_B = """
 import socket, sys
 from kvsync import env
-from kvsync.store.torchrun import resolve_store_address
+from kvsync.store.address import resolve_store_address
 got = resolve_store_address(env.read({"TORCHELASTIC_USE_AGENT_STORE": "True", "RANK": "0",
     "MASTER_ADDR": "10.77.0.1", "MASTER_PORT": sys.argv[1]}), timeout=20)
 listener = socket.socket(fileno=got.listen_fd)
