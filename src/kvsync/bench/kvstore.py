@@ -195,6 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the tables; returns 0."""
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if args.type.startswith("dist") and getattr(args, "hosts", 1) > 1:
+        from kvsync.bench.kvstore_hosts import run_hosts  # its module imports kvstore_dist
+
+        return run_hosts(args, sizes)
     if args.type.startswith("dist"):
         from kvsync.bench.kvstore_dist import run_dist
 

@@ -187,11 +187,7 @@ def _round(results: list[dict[str, Any]], n: int) -> float:
 
 
 def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
-    """Run the benchmark and print its tables; returns 0 (1 when it cannot run)."""
-    if getattr(args, "hosts", 1) > 1:
-        from kvsync.bench.kvstore_hosts import run_hosts
-
-        return run_hosts(args, sizes)
+    """Run the benchmark on this host and print its tables; returns 0."""
     dist = _dist(args, sizes)
     gloo = _gloo_results(args, sizes) if args.vs == "gloo" else None
     report(args, sizes, dist, gloo,
