@@ -39,7 +39,7 @@ def test_an_unreachable_server_is_logged_per_attempt_then_named_with_what_it_reg
             caplog.at_level(logging.WARNING, "kvsync.client.connect"),
             pytest.raises(StoreTimeoutError) as info,
         ):
-            connect("dist_sync", environ=environ, timeout=1.0)
+            connect(environ=environ, timeout=1.0)
     text = str(info.value)
     assert f"parameter server 0 (registered '127.0.0.1:{port}' from host " in text
     assert "'elsewhere/boot/net-1'" in text and f"tried 127.0.0.1:{port} for 1 s" in text
