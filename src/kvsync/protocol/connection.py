@@ -218,7 +218,8 @@ class Connection:
         Raises:
             LocalProtocolError: the connection had already failed.
         """
-        self._check_usable()
+        if self._error is not None:
+            self._check_usable()
         return self._frames.receive_buffer()
 
     def advance(self, n: int) -> None:

@@ -43,6 +43,8 @@ __all__ = [
     "Decode",
     "Encode",
     "Limits",
+    "buffer_data",
+    "str_data",
 ]
 
 U8 = struct.Struct("<B")
@@ -123,18 +125,32 @@ def _read_count(buf: Payload, pos: int, end: int, what: str, items: int) -> int:
 # --- variable-size fields ----------------------------------------------------------------
 
 
-def _enc_str(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+def str_data(value: Any, what: str, cap: int) -> bytes:
+    """The UTF-8 bytes of the ``str`` field ``what``, checked against ``cap`` (0: none).
+
+    Raises:
+        LocalProtocolError: not a ``str``, or not encodable (a lone surrogate).
+        LimitExceededError: longer than ``cap`` bytes.
+
+    Example:
+        >>> str_data("hé", "f", 0)
+        b'h\\xc3\\xa9'
+    """
     if not isinstance(value, str):
         raise LocalProtocolError(f"{what} must be str, not {type(value).__name__}")
     try:
         data = value.encode()
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"{what} {value!r:.80} is not valid UTF-8: {exc}") from None
-    n = len(data)
-    if cap and n > cap:
-        raise _over(f"{what} {value!r:.80}", n, cap)
-    parts += (U32.pack(n), data)
-    return size + 4 + n
+    if cap and len(data) > cap:
+        raise _over(f"{what} {value!r:.80}", len(data), cap)
+    return data
+
+
+def _enc_str(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
+    data = str_data(value, what, cap)
+    parts += (U32.pack(len(data)), data)
+    return size + 4 + len(data)
 
 
 def _dec_str(buf: Payload, pos: int, end: int, what: str, cap: int, items: int) -> tuple[str, int]:
@@ -152,28 +168,38 @@ def _dec_str(buf: Payload, pos: int, end: int, what: str, cap: int, items: int) 
         raise RemoteProtocolError(f"{what} is not valid UTF-8: {exc}") from None
 
 
-def _bytes_view(value: Any, what: str) -> bytes | bytearray | memoryview:
-    """``value`` as a buffer whose ``len`` counts its bytes."""
+def buffer_data(value: Any, what: str, cap: int) -> bytes | bytearray | memoryview:
+    """The ``Buffer`` field ``what`` as a buffer whose ``len`` counts its bytes (``value``
+    itself unless it is a memoryview of other items), checked against ``cap`` (0: none).
+
+    Raises:
+        LocalProtocolError: not bytes-like, or not contiguous.
+        LimitExceededError: longer than ``cap`` bytes.
+
+    Example:
+        >>> len(buffer_data(memoryview(bytes(8)).cast("d"), "f", 0))
+        8
+    """
     t = type(value)
     if t is bytes or t is bytearray:
-        return value  # type: ignore[no-any-return]
-    if not isinstance(value, bytes | bytearray | memoryview):
+        data = value
+    elif not isinstance(value, bytes | bytearray | memoryview):
         raise LocalProtocolError(f"{what} must be bytes-like, not {type(value).__name__}")
-    mv = memoryview(value)
-    if mv.format != "B" or mv.ndim != 1:
-        if not mv.c_contiguous:
+    else:
+        data = memoryview(value)
+        if not data.c_contiguous:
             raise LocalProtocolError(f"{what} must be a contiguous buffer")
-        mv = mv.cast("B")
-    return mv
+        if data.format != "B" or data.ndim != 1:
+            data = data.cast("B")
+    if cap and len(data) > cap:
+        raise _over(what, len(data), cap)
+    return data  # type: ignore[no-any-return]
 
 
 def _enc_buffer(value: Any, what: str, cap: int, items: int, parts: list[Any], size: int) -> int:
-    data = _bytes_view(value, what)
-    n = len(data)
-    if cap and n > cap:
-        raise _over(what, n, cap)
-    parts += (U64.pack(n), data)
-    return size + 8 + n
+    data = buffer_data(value, what, cap)
+    parts += (U64.pack(len(data)), data)
+    return size + 8 + len(data)
 
 
 def _dec_buffer(
