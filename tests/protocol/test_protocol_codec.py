@@ -17,8 +17,18 @@ import kvsync.protocol
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.codec import MESSAGE_OF, Limits, decode, encode_frame
 from kvsync.protocol.fields import BIG_BUFFER, FIELD_CODECS, SCALAR_CODES
-from kvsync.protocol.framing import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
-from kvsync.protocol.messages import ErrorReply, Get, MultiSet, Opcode, Set
+from kvsync.protocol.framing import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
+from kvsync.protocol.messages import (
+    Barrier,
+    ErrorReply,
+    Get,
+    IntReply,
+    MultiSet,
+    OkReply,
+    Opcode,
+    Set,
+    ValueReply,
+)
 
 UNLIMITED = Limits(0, 0, 1 << 40, 1 << 32)
 
@@ -186,12 +196,40 @@ def test_encoding_with_limits_refuses_oversize_keys_and_values_naming_them() -> 
         Get(key="k", block=1, timeout_ms=0),  # type: ignore[arg-type]
         Get(key="k", block=False, timeout_ms=1 << 63),
         Set(key="\ud800", value=b""),
+        Set(key="k", value=memoryview(bytearray(6))[::2]),  # was a TypeError from join
+        ValueReply(value=memoryview(bytearray(6))[::2]),
+        ErrorReply(code=1 << 63, message="m"),
+        Barrier(key="k", world_size=1, timeout_ms=-(1 << 63) - 1),
         "not a message",
     ],
 )
 def test_encoding_bad_fields_is_a_local_protocol_error(msg: object) -> None:
     with pytest.raises(LocalProtocolError):
         encode_frame(1, msg)
+
+
+@pytest.mark.parametrize(
+    ("msg", "payload"),
+    [
+        (ErrorReply(code=7, message="é"), struct.pack("<qI", 7, 2) + "é".encode()),
+        (Get(key="ab", block=True, timeout_ms=-2), struct.pack("<I2s?q", 2, b"ab", True, -2)),
+        (Set(key="k", value=b"xyz"), struct.pack("<I", 1) + b"k" + struct.pack("<Q", 3) + b"xyz"),
+        (IntReply(value=-5), struct.pack("<q", -5)),
+        (OkReply(), b""),
+    ],
+)  # fmt: skip
+def test_the_header_and_leading_fields_are_packed_as_the_spec_lays_them_out(
+    msg: object, payload: bytes
+) -> None:
+    frame = b"".join(bytes(p) for p in encode_frame(9, msg))
+    opcode = int(next(op for op, cls in MESSAGE_OF.items() if cls is type(msg)))
+    assert frame == HEADER.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, 9, len(payload)) + payload
+    assert normalize(decode(opcode, bytearray(payload), UNLIMITED)) == normalize(msg)
+
+
+def test_a_payload_shorter_than_its_leading_fixed_fields_is_named() -> None:
+    with pytest.raises(RemoteProtocolError, match=r"ErrorReply\.code claims 8 bytes"):
+        decode(Opcode.ERROR, bytearray(5), UNLIMITED)
 
 
 @given(message_strategy(Set))
