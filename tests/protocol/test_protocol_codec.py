@@ -192,6 +192,7 @@ def test_encoding_with_limits_refuses_oversize_keys_and_values_naming_them() -> 
     "msg",
     [
         Set(key=1, value=b""),  # type: ignore[arg-type]
+        Set(key=b"k", value=b""),  # type: ignore[arg-type]
         Set(key="k", value="text"),  # type: ignore[arg-type]
         Get(key="k", block=1, timeout_ms=0),  # type: ignore[arg-type]
         Get(key="k", block=False, timeout_ms=1 << 63),

@@ -238,11 +238,12 @@ class _Compiled:
 
     The start of every message is fused with the header: its leading fixed-size fields
     and, when the next field is a ``str`` or ``Buffer`` (a key, a value), that field's
-    length prefix are packed with the header by one ``struct`` (``head``) and decoded by
-    one ``unpack_from`` (``lead``); that field's bytes follow. Each later field is one
-    step: a run of fixed-size fields (:class:`_Scalars`) or another field
-    (:func:`_field_steps`). A get, set or add request is then two ``pack`` calls and one
-    ``join``; compiling field by field cost 1.3 us per request here, this 0.6 us.
+    length prefix are packed with the header by one ``struct`` (``head``); that field's
+    bytes follow, then, when they end the message, its last fixed-size fields (``tail``,
+    one more ``struct``). Each other field is one step: a run of fixed-size fields
+    (:class:`_Scalars`) or another field (:func:`_field_steps`). The decoder reads the
+    leading fixed-size fields with one ``unpack_from``, then steps. Encoding a get this
+    way took 1.0 us against 1.3 us field by field (timeit, CPU time, a shared machine).
     """
 
     def __init__(self, cls: type, opcode: int) -> None:
@@ -293,7 +294,7 @@ class _Compiled:
                         data = value.encode()
                     except UnicodeEncodeError:
                         data = first_data(value, first_what, cap)  # raises, naming it
-                elif type(value) is bytes:
+                elif not first_str and type(value) is bytes:  # the usual value
                     data = value
                 else:
                     data = first_data(value, first_what, cap)
