@@ -108,6 +108,16 @@ def test_a_stray_reply_before_ours_in_one_segment_is_dropped() -> None:
         assert not c.closed
 
 
+def test_ours_then_stray_replies_in_one_segment_gives_ours_and_drops_the_rest() -> None:
+    def script(sock: socket.socket, request: Event) -> None:
+        strays = [join(encode_frame(request.request_id + k, IntReply(k))) for k in (1000, 1001)]
+        sock.sendall(_reply(request, IntReply(42)) + b"".join(strays))
+
+    with scripted_server(script) as port, Client("127.0.0.1", port, timeout=5) as c:
+        assert c.call(Ping()) == IntReply(42)
+        assert not c.closed
+
+
 def test_a_stray_reply_alone_then_ours_in_a_later_segment_gives_ours() -> None:
     def script(sock: socket.socket, request: Event) -> None:
         sock.sendall(join(encode_frame(request.request_id + 1000, IntReply(7))))
