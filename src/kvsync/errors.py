@@ -27,6 +27,7 @@ __all__ = [
     "KeyTypeError",
     "LimitExceededError",
     "LocalProtocolError",
+    "NameTypeError",
     "PeerLostError",
     "ProtocolError",
     "RankFailedError",
@@ -127,6 +128,10 @@ class KeyTypeError(KVStoreError, TypeError):
 
 class UnknownNameError(KVSyncError, ValueError):
     """A registry (store types, optimizers, compressions) has no entry of that name."""
+
+
+class NameTypeError(UnknownNameError, TypeError):
+    """A registry was asked for a name that is not a ``str`` (``kv.create(3)``)."""
 
 
 class ErrorCode(IntEnum):

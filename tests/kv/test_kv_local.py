@@ -25,8 +25,65 @@ def test_create_builds_local_and_device_case_insensitively() -> None:
 def test_create_with_an_unknown_name_lists_the_known_names() -> None:
     with pytest.raises(UnknownNameError, match=r"'nope'; known: .*device.*local"):
         kv.create("nope")
-    with pytest.raises(UnknownNameError):
+
+
+def test_create_with_a_name_that_is_not_a_str_raises_type_error() -> None:
+    with pytest.raises(TypeError, match="must be a str, got int"):
         kv.create(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["horovod", "BytePS"])
+def test_create_names_the_alternatives_for_stores_kvsync_does_not_provide(name: str) -> None:
+    with pytest.raises(UnknownNameError, match=r"not provided by kvsync: .*'dist_sync'"):
+        kv.create(name)
+
+
+def test_nccl_has_device_semantics_and_refuses_compression_as_mxnet_does() -> None:
+    store = kv.create("nccl")
+    assert store.type == "nccl" and isinstance(store, LocalKVStore)
+    store.init(0, np.zeros(2))
+    store.push(0, [np.ones(2), np.ones(2)])
+    np.testing.assert_array_equal(store.pull(0), [2.0, 2.0])
+    assert store.is_capable("optimizer") and not store.is_capable("gradient_compression")
+    with pytest.raises(InvalidArgumentError, match="'nccl'"):
+        store.set_gradient_compression({"type": "2bit", "threshold": 0.5})
+
+
+def test_create_accepts_a_timeout_for_every_type() -> None:
+    assert kv.create("local", timeout=1.5).type == "local"
+
+
+def test_a_registered_type_need_not_implement_the_optimizer_methods() -> None:
+    @KVStoreBase.register
+    class MinimalStore(KVStoreBase):
+        NAMES = ("minimal_test",)
+        type = "minimal_test"
+        rank = 0
+        num_workers = 1
+
+        def broadcast(self, key: object, value: object, out: object, priority: int = 0) -> object:
+            return out
+
+        def pushpull(
+            self, key: object, value: object, out: object = None, priority: int = 0
+        ) -> object:
+            return out
+
+    try:
+        store = kv.create("minimal_test")
+        assert not store.is_capable(KVStoreBase.OPTIMIZER)
+        assert not store.is_capable(KVStoreBase.GRADIENT_COMPRESSION)
+        assert not store.is_capable(KVStoreBase.ROW_SPARSE)
+        with pytest.raises(NotImplementedError, match="'minimal_test' does not run optimizers"):
+            store.set_optimizer(object())
+        with pytest.raises(NotImplementedError, match="no optimizer states"):
+            store.save_optimizer_states("f")
+        with pytest.raises(NotImplementedError, match="no optimizer states"):
+            store.load_optimizer_states("f")
+        with pytest.raises(UnknownNameError, match="unknown capability"):
+            store.is_capable("teleport")
+    finally:
+        del KVStoreBase._registry["minimal_test"]
 
 
 def test_register_makes_a_custom_type_creatable() -> None:
@@ -35,7 +92,7 @@ def test_register_makes_a_custom_type_creatable() -> None:
         NAMES = ("counting_test",)
 
         @classmethod
-        def _create(cls, name: str) -> CountingStore:
+        def _create(cls, name: str, *, timeout: float | None = None) -> CountingStore:
             return cls("local")
 
     try:

@@ -46,7 +46,7 @@ def test_sync_pull_returns_the_sum_of_every_workers_push(
             np.testing.assert_array_equal(a, np.full((40, 3), 6 + 30 * r, np.float32))
 
 
-@pytest.mark.parametrize("kind", ["dist_sync", "dist_device_sync"])
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_device_sync", "dist_sync_device"])
 def test_multi_device_values_are_summed_and_outs_all_filled(
     servers: list[FakeServer], kind: str
 ) -> None:
@@ -73,14 +73,15 @@ def test_optimizer_runs_on_the_servers(servers: list[FakeServer]) -> None:
         np.testing.assert_allclose(w, np.full(100, 1 - 0.1 * 3, np.float32), rtol=1e-6)
 
 
-def test_async_applies_each_push(servers: list[FakeServer]) -> None:
+@pytest.mark.parametrize("kind", ["dist_async", "dist_async_device"])
+def test_async_applies_each_push(servers: list[FakeServer], kind: str) -> None:
     def step(kv: DistKVStore) -> np.ndarray:
         kv.init(1, np.zeros(3))
         kv.push(1, np.ones(3))
         kv.barrier()
         return kv.pull(1)
 
-    for w in run_workers(2, servers, step, kind="dist_async"):
+    for w in run_workers(2, servers, step, kind=kind):
         np.testing.assert_array_equal(w, np.ones(3))  # no optimizer: the last push is stored
 
 

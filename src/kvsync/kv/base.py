@@ -4,7 +4,8 @@ Every KVStore type (``local``, ``device``, the ``dist_*`` types, user types) sub
 :class:`KVStoreBase` and is registered with :meth:`KVStoreBase.register`;
 :func:`create` builds one by name.
 
-Arguments follow MXNet: a key is an ``int`` or a ``str`` (never both in one call); a value
+Arguments follow MXNet: a key is an ``int`` or a ``str`` (never both in one call, and a
+store's first call fixes which of the two it takes from then on); a value
 is an array, a list of arrays (one per device: summed before the update) or, for a list
 of keys, a list with one such entry per key. :func:`group_pairs` turns any of those forms
 into :class:`KeyGroup` s (one per distinct key, first-appearance order, values of a
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -35,6 +36,7 @@ import numpy as np
 from kvsync.errors import (
     InvalidArgumentError,
     KeyTypeError,
+    NameTypeError,
     ShapeMismatchError,
     UnknownNameError,
 )
@@ -43,6 +45,7 @@ from kvsync.sparse import RowSparseArray
 
 __all__ = [
     "BUILTIN_TYPES",
+    "NOT_PROVIDED",
     "Array",
     "KVStoreBase",
     "Key",
@@ -262,8 +265,11 @@ def pair_row_ids(key: object, out: object, row_ids: object) -> RowIdPairs:
 class KVStoreBase(abc.ABC):
     """What every KVStore type provides, and the registry of type names.
 
-    Subclasses implement the abstract methods; the others have MXNet-compatible defaults
-    (``init``/``push``/``pull``/``row_sparse_pull`` raise for types without them).
+    Subclasses implement the abstract methods; the others have MXNet-compatible defaults:
+    ``init``/``push``/``pull``/``row_sparse_pull`` raise InvalidArgumentError for types
+    without them, the optimizer methods raise ``NotImplementedError`` (as MXNet's base
+    class does), and :meth:`is_capable` reports a capability when the subclass overrides
+    the method behind it.
     """
 
     #: Capability names for :meth:`is_capable`.
@@ -273,6 +279,8 @@ class KVStoreBase(abc.ABC):
     #: Names a class registers under; empty means its lower-cased class name.
     NAMES: ClassVar[tuple[str, ...]] = ()
     _registry: ClassVar[dict[str, type[KVStoreBase]]] = {}
+    #: The key type (int or str) fixed by a store's first call; see :meth:`_check_key_type`.
+    _key_type: type | None = None
 
     @staticmethod
     def register(klass: _K) -> _K:
@@ -286,13 +294,10 @@ class KVStoreBase(abc.ABC):
             ... class NullStore(KVStoreBase):
             ...     def broadcast(self, key, value, out, priority=0): return out
             ...     def pushpull(self, key, value, out=None, priority=0): return out
-            ...     def is_capable(self, capability): return False
-            ...     def set_optimizer(self, optimizer): pass
-            ...     def save_optimizer_states(self, fname, dump_optimizer=False): pass
-            ...     def load_optimizer_states(self, fname): pass
             ...     type = "nullstore"; rank = 0; num_workers = 1
-            >>> type(create("NullStore")).__name__
-            'NullStore'
+            >>> store = create("NullStore")
+            >>> type(store).__name__, store.is_capable("optimizer")
+            ('NullStore', False)
             >>> del KVStoreBase._registry["nullstore"]
         """
         if not (isinstance(klass, type) and issubclass(klass, KVStoreBase)):
@@ -307,8 +312,9 @@ class KVStoreBase(abc.ABC):
         return sorted(KVStoreBase._registry.keys() | BUILTIN_TYPES.keys())
 
     @classmethod
-    def _create(cls, name: str) -> KVStoreBase:
-        """Build an instance for registered ``name`` (override when one class has several)."""
+    def _create(cls, name: str, *, timeout: float | None = None) -> KVStoreBase:
+        """Build an instance for registered ``name`` (override when one class has several);
+        ``timeout`` bounds any waiting the type does while it is built."""
         return cls()
 
     # -- the interface (MXNet's KVStoreBase) ------------------------------------------
@@ -320,21 +326,67 @@ class KVStoreBase(abc.ABC):
     def pushpull(self, key: Any, value: Any, out: Any = None, priority: int = 0) -> Any:
         """Push ``value`` then pull the updated value into ``out`` (``value`` if None)."""
 
-    @abc.abstractmethod
+    #: capability -> the method a subclass overrides to have it (see :meth:`is_capable`)
+    _CAPABILITY_METHODS: ClassVar[dict[str, str]] = {
+        "optimizer": "set_optimizer",
+        "gradient_compression": "set_gradient_compression",
+        "row_sparse": "row_sparse_pull",
+    }
+
     def is_capable(self, capability: str) -> bool:
-        """Whether this type supports ``capability`` (see the class constants)."""
+        """Whether this type supports ``capability`` (see the class constants).
 
-    @abc.abstractmethod
+        The default answers whether the subclass overrides the method behind it
+        (``set_optimizer``, ``set_gradient_compression``, ``row_sparse_pull``).
+
+        Raises:
+            UnknownNameError: an unknown capability name.
+        """
+        method = self._CAPABILITY_METHODS.get(str(capability).lower())
+        if method is None:
+            known = sorted(self._CAPABILITY_METHODS)
+            raise UnknownNameError(f"unknown capability {capability!r}; known: {known}")
+        return getattr(type(self), method) is not getattr(KVStoreBase, method)
+
     def set_optimizer(self, optimizer: Any) -> None:
-        """Run ``optimizer`` on every push."""
+        """Run ``optimizer`` on every push (the base class raises NotImplementedError)."""
+        raise NotImplementedError(f"KVStore type {self.type!r} does not run optimizers")
 
-    @abc.abstractmethod
     def save_optimizer_states(self, fname: str, dump_optimizer: bool = False) -> None:
-        """Write the optimizer state to ``fname``."""
+        """Write the optimizer state to ``fname`` (the base class raises NotImplementedError)."""
+        raise NotImplementedError(f"KVStore type {self.type!r} has no optimizer states")
 
-    @abc.abstractmethod
     def load_optimizer_states(self, fname: str) -> None:
-        """Read the optimizer state from ``fname``."""
+        """Read the optimizer state from ``fname`` (the base class raises NotImplementedError)."""
+        raise NotImplementedError(f"KVStore type {self.type!r} has no optimizer states")
+
+    def _check_key_type(self, keys: Iterable[Key]) -> None:
+        """Fix the store's key type at its first call and refuse the other kind afterwards
+        (MXNet: a store takes int keys or str keys, never both).
+
+        Raises:
+            KeyTypeError: naming the key and the type the store took first.
+        """
+        for key in keys:
+            if self._key_type is None:
+                self._key_type = type(key)
+            elif type(key) is not self._key_type:
+                raise KeyTypeError(
+                    f"key {key!r} is a {type(key).__name__}, but this store took "
+                    f"{self._key_type.__name__} keys first; a store uses one kind of key"
+                )
+
+    def _groups(self, key: object, value: object, what: str = "value") -> list[KeyGroup]:
+        """:func:`group_pairs`, with the store's key type checked."""
+        groups = group_pairs(key, value, what=what)
+        self._check_key_type(g.key for g in groups)
+        return groups
+
+    def _row_id_pairs(self, key: object, out: object, row_ids: object) -> RowIdPairs:
+        """:func:`pair_row_ids`, with the store's key type checked."""
+        pairs = pair_row_ids(key, out, row_ids)
+        self._check_key_type(g.key for g in pairs.groups)
+        return pairs
 
     @property
     @abc.abstractmethod
@@ -391,14 +443,28 @@ class KVStoreBase(abc.ABC):
         """Single-process types have nothing to wait for."""
 
 
-def create(name: str = "local") -> KVStoreBase:
+#: Type names of other libraries' stores kvsync does not provide -> what to use instead.
+NOT_PROVIDED: dict[str, str] = {
+    "horovod": "Horovod's allreduce store needs Horovod and MPI/NCCL; kvsync's equivalents "
+    "are 'dist_sync' (every worker's gradients summed on parameter servers each step) or, "
+    "in one process, 'local'/'device'",
+    "byteps": "BytePS's store needs the BytePS servers; kvsync's equivalents are 'dist_sync' "
+    "or 'dist_async' (kvsync's own parameter servers, started by kvsync-run --num-servers)",
+}
+
+
+def create(name: str = "local", *, timeout: float | None = None) -> KVStoreBase:
     """Build a KVStore of a registered type (``"local"``, ``"device"``, ...).
 
     Names are case-insensitive. A built-in type's module (:data:`BUILTIN_TYPES`) is
-    imported on its first use.
+    imported on its first use. ``timeout`` (seconds) bounds the waiting a type does while it
+    is built and in its blocking calls (a dist type waiting for its servers); types that wait
+    for nothing ignore it. Default: ``kvsync.defaults.DEFAULT_TIMEOUT``.
 
     Raises:
-        UnknownNameError: no type of that name is registered; lists the known names.
+        NameTypeError: ``name`` is not a ``str`` (a ``TypeError``).
+        UnknownNameError: no type of that name is registered; lists the known names (for
+            ``horovod`` and ``byteps``, what to use instead).
 
     Example:
         >>> create("no_such_store")  # doctest: +ELLIPSIS
@@ -407,12 +473,16 @@ def create(name: str = "local") -> KVStoreBase:
         kvsync.errors.UnknownNameError: unknown KVStore type 'no_such_store'; known: ...
     """
     if not isinstance(name, str):
-        raise UnknownNameError(f"a KVStore type name must be a str, got {type(name).__name__}")
+        raise NameTypeError(f"a KVStore type name must be a str, got {type(name).__name__}")
     name = name.lower()
     if name not in KVStoreBase._registry and name in BUILTIN_TYPES:
         importlib.import_module(BUILTIN_TYPES[name])  # registers the type
     klass = KVStoreBase._registry.get(name)
     if klass is None:
         known = ", ".join(KVStoreBase.known_names()) or "(none registered)"
+        instead = NOT_PROVIDED.get(name.lower())
+        if instead is not None:
+            raise UnknownNameError(f"KVStore type {name!r} is not provided by kvsync: "
+                                   f"{instead}; known: {known}")
         raise UnknownNameError(f"unknown KVStore type {name!r}; known: {known}")
-    return klass._create(name)
+    return klass._create(name, timeout=timeout)

@@ -1,5 +1,9 @@
 """The distributed KVStore types ``dist_sync``, ``dist_device_sync`` and ``dist_async``.
 
+MXNet's spellings ``dist_sync_device`` (= ``dist_device_sync``) and ``dist_async_device``
+are accepted too: in numpy "device" only means a key's per-device values are summed on the
+worker before the push, which every dist type does; ``async`` in the name makes it async.
+
 A worker holds one pipelined link per parameter server (see :mod:`kvsync.kv.dist_connect`
 for how they are found) and a :class:`~kvsync.kv.comm.Comm` that sends in the background.
 Each key's array lives on the servers as planned by :mod:`kvsync.kv.sharding`. ``push``
@@ -40,9 +44,7 @@ from kvsync.kv.base import (
     KVStoreBase,
     check_matches,
     check_writable,
-    group_pairs,
     normalize_key,
-    pair_row_ids,
 )
 from kvsync.kv.comm import Comm, Latch, Link, Op
 from kvsync.kv.compression import GradientCompression
@@ -68,7 +70,8 @@ class DistKVStore(ServerControl, KVStoreBase):
     in :mod:`kvsync.kv.dist_connect`), or directly from links for tests.
 
     Args:
-        name: ``dist_sync``, ``dist_device_sync`` or ``dist_async``.
+        name: ``dist_sync``, ``dist_device_sync`` or ``dist_async`` (or MXNet's
+            ``dist_sync_device`` / ``dist_async_device``).
         rank: this worker's rank; num_workers: the job's worker count.
         links: one pipelined link per server (``kvsync.client.Client`` objects).
         bound: arrays with more elements are split over all servers.
@@ -95,7 +98,8 @@ class DistKVStore(ServerControl, KVStoreBase):
         array([2., 2.])
     """
 
-    NAMES: ClassVar[tuple[str, ...]] = ("dist_sync", "dist_device_sync", "dist_async")
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "dist_sync", "dist_device_sync", "dist_async", "dist_sync_device", "dist_async_device")
 
     def __init__(
         self,
@@ -124,7 +128,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         self.timeout = float(timeout)
         self._plans: dict[Key, KeyPlan] = {}
         self._gc: GradientCompression | None = None
-        hello = PSHello(rank=rank, num_workers=num_workers, sync=name != "dist_async")
+        hello = PSHello(rank=rank, num_workers=num_workers, sync="async" not in name)
         self._call_all([hello] * len(self._links))
         self._shm_servers = frozenset(i for i, f in enumerate(flags) if f and shm_supported())
         self._shm = bool(self._shm_servers)
@@ -139,8 +143,9 @@ class DistKVStore(ServerControl, KVStoreBase):
         self._closed = False
 
     @classmethod
-    def _create(cls, name: str) -> DistKVStore:
-        job = connect()
+    def _create(cls, name: str, *, timeout: float | None = None) -> DistKVStore:
+        seconds = defaults.DEFAULT_TIMEOUT if timeout is None else timeout
+        job = connect(timeout=seconds)
         try:
             return cls(
                 name,
@@ -149,6 +154,7 @@ class DistKVStore(ServerControl, KVStoreBase):
                 links=job.links,
                 bound=job.bound,
                 shm=job.shm,
+                timeout=seconds,
             )
         except BaseException:
             job.close()
@@ -157,7 +163,7 @@ class DistKVStore(ServerControl, KVStoreBase):
     # --- properties -------------------------------------------------------------------------
     @property
     def type(self) -> str:
-        """The type name (``dist_sync``, ``dist_device_sync`` or ``dist_async``)."""
+        """The type name it was created with (``dist_sync``, ``dist_async``, ...)."""
         return self._type
 
     @property
@@ -196,7 +202,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         """
         self._comm.raise_errors()
         plans: list[tuple[KeyPlan, np.ndarray]] = []
-        for g in group_pairs(key, value):
+        for g in self._groups(key, value):
             if len(g.values) != 1 or g.key in self._plans:
                 raise InvalidArgumentError(
                     f"key {g.key!r} is already initialised or given {len(g.values)} values"
@@ -248,7 +254,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         if fast is not None:
             return fast
         out = []
-        for g in group_pairs(key, value, what=what):
+        for g in self._groups(key, value, what=what):
             plan = self._plan(g.key)
             for v in g.values:
                 check_matches(g.key, v, plan.shape, plan.dtype, what=what)
@@ -417,7 +423,9 @@ class DistKVStore(ServerControl, KVStoreBase):
         if out is None:
             many = isinstance(key, (list, tuple))
             keys = list(key) if many else [key]
-            plans = [self._plan(normalize_key(k)) for k in keys]
+            normalized = [normalize_key(k) for k in keys]
+            self._check_key_type(normalized)
+            plans = [self._plan(k) for k in normalized]
             fresh = [np.empty(p.shape, p.dtype) for p in plans]
             self.pull(keys, out=fresh, priority=priority)
             return fresh if many else fresh[0]
@@ -505,7 +513,7 @@ class DistKVStore(ServerControl, KVStoreBase):
             UninitializedKeyError, ShapeMismatchError, KeyTypeError: as :meth:`pull`.
         """
         self._comm.raise_errors()
-        pairs = pair_row_ids(key, out, row_ids)
+        pairs = self._row_id_pairs(key, out, row_ids)
         jobs = []
         for g in pairs.groups:
             plan = self._plan(g.key)

@@ -1,11 +1,13 @@
-"""The single-process KVStore types ``local`` and ``device`` (MXNet semantics over numpy).
+"""The single-process KVStore types ``local``, ``device`` and ``nccl`` (MXNet semantics over numpy).
 
 Both keep one array per key. A push sums the per-device values of a key (blocked and
 threaded, see :mod:`kvsync.kv.reduce`) and then either stores the sum or, with an updater
 set, calls ``updater(key, merged, stored)``, which updates ``stored`` in place. Pulls copy
 the stored value into the caller's arrays. ``device`` also accepts gradient compression
 (each device's value is quantised with its own residual, then dequantised and summed),
-as MXNet does; ``local`` refuses it, as MXNet does.
+as MXNet does; ``local`` refuses it, as MXNet does. ``nccl`` (MXNet's single-machine
+multi-GPU store) has ``device`` semantics here: per-device values summed, in numpy; like
+MXNet's, it refuses gradient compression.
 
 Every call validates all of its keys and values before it changes anything, so a bad
 call raises a :mod:`kvsync.errors` class and leaves the store as it was.
@@ -47,9 +49,7 @@ from kvsync.kv.base import (
     Value,
     check_matches,
     check_writable,
-    group_pairs,
     normalize_key,
-    pair_row_ids,
 )
 from kvsync.kv.compression import GradientCompression, create_compression
 from kvsync.kv.local_optimizer import UpdaterMixin
@@ -69,13 +69,13 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
     """MXNet's ``local`` / ``device`` KVStore: one process, values summed over devices.
 
     Args:
-        name: ``"local"`` or ``"device"`` (what :attr:`type` reports).
+        name: ``"local"``, ``"device"`` or ``"nccl"`` (what :attr:`type` reports).
 
     Raises:
         UnknownNameError: another name.
     """
 
-    NAMES: ClassVar[tuple[str, ...]] = ("local", "device")
+    NAMES: ClassVar[tuple[str, ...]] = ("local", "device", "nccl")
 
     def __init__(self, name: str = "local") -> None:
         if name not in LocalKVStore.NAMES:
@@ -91,13 +91,13 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         self._lock = threading.RLock()
 
     @classmethod
-    def _create(cls, name: str) -> LocalKVStore:
-        return cls(name)
+    def _create(cls, name: str, *, timeout: float | None = None) -> LocalKVStore:
+        return cls(name)  # nothing to wait for: the timeout does not apply
 
     # -- properties ---------------------------------------------------------------------
     @property
     def type(self) -> str:
-        """``"local"`` or ``"device"``."""
+        """``"local"``, ``"device"`` or ``"nccl"``."""
         return self._type
 
     @property
@@ -112,6 +112,11 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
 
     def is_capable(self, capability: str) -> bool:
         """Optimizers and row-sparse values: yes; gradient compression: ``device`` only.
+
+        Example:
+            >>> LocalKVStore("nccl").is_capable("gradient_compression")
+            False
+
 
         Raises:
             UnknownNameError: an unknown capability name.
@@ -128,7 +133,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
 
     # -- init / broadcast -----------------------------------------------------------------
     def _check_init(self, key: Any, value: Any) -> list[KeyGroup]:
-        groups = group_pairs(key, value)
+        groups = self._groups(key, value)
         for g in groups:
             if len(g.values) != 1:
                 raise InvalidArgumentError(
@@ -175,7 +180,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         with self._lock:
             groups = self._check_init(key, value)
             shapes = {g.key: (g.values[0].shape, g.values[0].dtype) for g in groups}
-            outs = group_pairs(key, out, what="out")
+            outs = self._groups(key, out, what="out")
             for g in outs:
                 shape, dtype = shapes[g.key]
                 for o in g.values:
@@ -194,7 +199,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
             ) from None
 
     def _check_push(self, key: Any, value: Any) -> list[KeyGroup]:
-        groups = group_pairs(key, value)
+        groups = self._groups(key, value)
         for g in groups:
             stored = self._stored(g.key)
             for v in g.values:
@@ -274,7 +279,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
 
     # -- pull -------------------------------------------------------------------------------
     def _check_pull(self, key: Any, out: Any) -> list[KeyGroup]:
-        groups = group_pairs(key, out, what="out")
+        groups = self._groups(key, out, what="out")
         for g in groups:
             stored = self._stored(g.key)
             for o in g.values:
@@ -322,7 +327,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
     def _pull_new(self, key: Any) -> Any:
         many = isinstance(key, (list, tuple))
         keys = list(key) if many else [key]
-        groups = group_pairs(keys, [_PLACEHOLDER] * len(keys), what="out")
+        groups = self._groups(keys, [_PLACEHOLDER] * len(keys), what="out")
         for g in groups:
             self._stored(g.key)
         fresh = [_copy(self._store[normalize_key(k)]) for k in keys]
@@ -402,7 +407,7 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
             UninitializedKeyError, ShapeMismatchError, KeyTypeError: as :meth:`pull`.
         """
         with self._lock:
-            pairs = pair_row_ids(key, out, row_ids)
+            pairs = self._row_id_pairs(key, out, row_ids)
             plans = []
             for g in pairs.groups:
                 stored = self._stored(g.key)
@@ -427,7 +432,8 @@ class LocalKVStore(UpdaterMixin, KVStoreBase):
         dequantised and summed; row-sparse values are summed uncompressed.
 
         Raises:
-            InvalidArgumentError: this store is of type ``local``, or bad parameters.
+            InvalidArgumentError: this store is of type ``local`` or ``nccl``, or bad
+                parameters.
             UnknownNameError: an unknown compression type.
         """
         if self._type != "device":
