@@ -15,7 +15,29 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.testing.child import StoreAddress
-from kvsync.testing.spawn import RankFunction, spawn_ranks
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvsync.testing.child import StoreAddress
+    from kvsync.testing.spawn import RankFunction, spawn_ranks
 
 __all__ = ["RankFunction", "StoreAddress", "spawn_ranks"]
+
+#: public name -> its module, imported on first use (PEP 562), so the pytest plugin (a
+#: submodule, loaded into every pytest run of an environment with kvsync installed) does not
+#: import the server and the store through this package.
+_LAZY = {
+    "RankFunction": "kvsync.testing.spawn",
+    "StoreAddress": "kvsync.testing.child",
+    "spawn_ranks": "kvsync.testing.spawn",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'kvsync.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value

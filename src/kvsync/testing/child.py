@@ -1,6 +1,6 @@
 """The program one process-mode rank of :func:`kvsync.testing.spawn_ranks` runs.
 
-``python -m kvsync.testing.child MODULE QUALNAME FILE RANK WORLD_SIZE HOST PORT RESULT``
+``python -m kvsync.testing MODULE QUALNAME FILE RANK WORLD_SIZE HOST PORT RESULT``
 imports ``MODULE`` (from ``FILE`` when it is not importable by name, and never as
 ``__main__``, so a script's main guard does not run again), calls
 ``QUALNAME(rank, world_size, StoreAddress(host, port))``, and writes the encoded return
@@ -90,6 +90,3 @@ def main(argv: Sequence[str]) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover - run as a program by spawn_ranks
-    sys.exit(main(sys.argv[1:]))

@@ -27,14 +27,18 @@ Example (a test module)::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from kvsync import defaults
-from kvsync.server import StoreServer
-from kvsync.store.tcp import TCPStore
-from kvsync.testing.spawn import RankFunction, spawn_ranks
+if TYPE_CHECKING:
+    from kvsync.server import StoreServer
+    from kvsync.store.tcp import TCPStore
+    from kvsync.testing.spawn import RankFunction
+
+# Strategy: the entry point loads this module into every pytest run of an environment
+# with kvsync installed, so it imports nothing of kvsync at start-up; each fixture imports
+# what it needs when a test uses it (tests/testing/test_plugin_import.py checks this).
 
 __all__ = ["kvsync_ranks", "kvsync_store", "kvsync_store_server", "kvsync_world_size"]
 
@@ -45,6 +49,9 @@ RankRunner = Callable[..., list[Any]]
 @pytest.fixture
 def kvsync_store_server() -> Iterator[StoreServer]:
     """A store server on a free 127.0.0.1 port for the duration of one test."""
+    from kvsync import defaults
+    from kvsync.server import StoreServer
+
     server = StoreServer(defaults.DEFAULT_HOST, 0).start()
     try:
         yield server
@@ -55,6 +62,8 @@ def kvsync_store_server() -> Iterator[StoreServer]:
 @pytest.fixture
 def kvsync_store(kvsync_store_server: StoreServer) -> Iterator[TCPStore]:
     """A client of ``kvsync_store_server`` with a 30-second timeout."""
+    from kvsync.store.tcp import TCPStore
+
     store = TCPStore(kvsync_store_server.host, kvsync_store_server.port, timeout=30)
     try:
         yield store
@@ -79,6 +88,8 @@ def kvsync_ranks(kvsync_world_size: int) -> RankRunner:
         mode: Literal["process", "thread"] = "process",
         timeout: float = 30.0,
     ) -> list[Any]:
+        from kvsync.testing.spawn import spawn_ranks
+
         size = kvsync_world_size if world_size is None else world_size
         return spawn_ranks(fn, size, mode=mode, timeout=timeout)
 

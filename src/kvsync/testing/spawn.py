@@ -2,8 +2,8 @@
 
 Strategy: the calling process hosts a :class:`~kvsync.server.StoreServer` on a free
 loopback port for the run. ``mode="thread"`` runs the ranks as threads of this process;
-``mode="process"`` starts one Python process per rank (``python -m
-kvsync.testing.child``), which imports the function by module and qualified name (so it
+``mode="process"`` starts one Python process per rank (``python -m kvsync.testing``,
+running :mod:`kvsync.testing.child`), which imports the function by module and qualified name (so it
 must be defined at module level, as with multiprocessing's spawn) and returns its result
 as JSON (:mod:`kvsync.testing.results`; nothing is pickled). Rank processes also get the
 environment ``kvsync-run`` exports, so ``kvsync.TCPStore()`` with no arguments works in
@@ -169,7 +169,7 @@ def _run_processes(
                 )
                 variables[env.KVSYNC_STORE_ADDR] = address.host
                 variables[env.KVSYNC_STORE_PORT] = str(address.port)
-                argv = [sys.executable, "-m", "kvsync.testing.child", fn.__module__,
+                argv = [sys.executable, "-m", "kvsync.testing", fn.__module__,
                         fn.__qualname__, module_file, str(rank), str(world_size),
                         address.host, str(address.port), str(Path(tmp) / f"{rank}.json")]
                 procs.append(subprocess.Popen(
