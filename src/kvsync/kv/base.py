@@ -482,7 +482,8 @@ def create(name: str = "local", *, timeout: float | None = None) -> KVStoreBase:
         known = ", ".join(KVStoreBase.known_names()) or "(none registered)"
         instead = NOT_PROVIDED.get(name.lower())
         if instead is not None:
-            raise UnknownNameError(f"KVStore type {name!r} is not provided by kvsync: "
-                                   f"{instead}; known: {known}")
+            raise UnknownNameError(
+                f"KVStore type {name!r} is not provided by kvsync: {instead}; known: {known}"
+            )
         raise UnknownNameError(f"unknown KVStore type {name!r}; known: {known}")
     return klass._create(name, timeout=timeout)
