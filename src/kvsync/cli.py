@@ -19,6 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kvsync import __version__
+from kvsync.options import Parser, add_logging_options, run_command
+
 __all__ = ["COMMANDS", "LazyCommandParser", "add_commands", "build_parser", "main"]
 
 #: subcommand -> (module implementing it, one-line help)
@@ -29,9 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyCommandParser(argparse.ArgumentParser):
+class LazyCommandParser(Parser):
     """A subcommand's parser whose options come from its module, imported the first time
-    the parser parses (that is, when the subcommand is on the command line).
+    the parser parses (that is, when the subcommand is on the command line). A top-level
+    command (``run_attr`` ``"_run"``) also gets ``-v``/``--log-level``; errors are one line.
 
     Args:
         module: the module providing ``add_arguments(parser)`` and ``run(args)``; empty
@@ -54,12 +58,18 @@ class LazyCommandParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         """Load the subcommand's options (once), then parse as usual."""
+        self.load()
+        return super().parse_known_args(args, namespace)
+
+    def load(self) -> None:
+        """Import the subcommand's module and add its options (once)."""
         if self._module:
             module = importlib.import_module(self._module)
             self._module = ""
             module.add_arguments(self)
+            if self._run_attr == "_run":
+                add_logging_options(self)
             self.set_defaults(**{self._run_attr: module.run})
-        return super().parse_known_args(args, namespace)
 
 
 def add_commands(
@@ -83,18 +93,17 @@ def add_commands(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvsync`` argument parser (a subcommand's options load when it is parsed)."""
-    parser = argparse.ArgumentParser(prog="kvsync", description=__doc__.splitlines()[0])
+    parser = Parser(prog="kvsync", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kvsync {__version__}")
     add_commands(parser, COMMANDS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kvsync`` console script; returns the exit code."""
+    """Entry point of the ``kvsync`` console script; returns the exit code (1 with one
+    line on stderr when the command fails, 2 for bad arguments)."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_command(f"kvsync {args.command}", args, args._run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "NODE_JOIN_TIMEOUT_SECONDS",
     "NODE_WAIT_NOTICE_SECONDS",
+    "PROGRESS_LOG_SECONDS",
     "PS_CHUNK_BYTES",
     "PS_PACK_MAX_BYTES",
     "PS_PACK_MIN_KEYS",
@@ -86,6 +87,8 @@ PS_WAITING_NOTICE_SECONDS: float = 1.0
 #: Big arrays travel to and from parameter servers in parts of at most this many bytes, so
 #: every receive buffer is small enough for the allocator to recycle (no fresh pages).
 PS_CHUNK_BYTES: int = 4 << 20
+#: A wait that lasts longer logs what it still waits for (and who is missing) this often.
+PROGRESS_LOG_SECONDS: float = 10.0
 #: Slices of at least this many bytes are kept in shared memory by parameter servers, and
 #: workers on the same host push and pull them through it instead of the socket.
 PS_SHM_MIN_BYTES: int = 1 << 20

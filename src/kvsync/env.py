@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar, overload
 
+from kvsync.errors import InvalidPortError
+
 __all__ = [
     "DMLC_NUM_SERVER",
     "DMLC_NUM_WORKER",
@@ -29,7 +31,9 @@ __all__ = [
     "DMLC_ROLE",
     "GROUP_RANK",
     "KVSYNC_BIGARRAY_BOUND",
+    "KVSYNC_LOG_LEVEL",
     "KVSYNC_NODE_ADDR",
+    "KVSYNC_PROGRESS_SECONDS",
     "KVSYNC_PS_SHM",
     "KVSYNC_SECRET",
     "KVSYNC_SERVER_SETUP",
@@ -42,12 +46,15 @@ __all__ = [
     "MASTER_ADDR",
     "MASTER_PORT",
     "MS_RECEIVE_MSG_TIMEOUT",
+    "MXNET_KVSTORE_BIGARRAY_BOUND",
+    "PS_VERBOSE",
     "RANK",
     "STORE_SERVER_CHOICES",
     "TORCHELASTIC_RESTART_COUNT",
     "TORCHELASTIC_USE_AGENT_STORE",
     "WORLD_SIZE",
     "Environment",
+    "check_port",
     "child_environment",
     "read",
     "worker_environment",
@@ -84,8 +91,17 @@ KVSYNC_SECRET = "KVSYNC_SECRET"
 KVSYNC_SERVER_SETUP = "KVSYNC_SERVER_SETUP"
 #: Arrays with more elements than this are split over all parameter servers.
 KVSYNC_BIGARRAY_BOUND = "KVSYNC_BIGARRAY_BOUND"
+#: Level of kvsync's loggers (``DEBUG``, ``INFO``, ``WARNING``, ... or a number); the
+#: launcher passes its ``--log-level`` to every child through it.
+KVSYNC_LOG_LEVEL = "KVSYNC_LOG_LEVEL"
+#: Seconds between "still waiting" log lines of a long wait (0 turns them off).
+KVSYNC_PROGRESS_SECONDS = "KVSYNC_PROGRESS_SECONDS"
 #: "0" keeps dist KVStore workers from using shared memory with servers on their host.
 KVSYNC_PS_SHM = "KVSYNC_PS_SHM"
+#: MXNet's name for KVSYNC_BIGARRAY_BOUND (read when that one is unset).
+MXNET_KVSTORE_BIGARRAY_BOUND = "MXNET_KVSTORE_BIGARRAY_BOUND"
+#: ps-lite's log switch (1: INFO, 2: DEBUG), read when KVSYNC_LOG_LEVEL is unset.
+PS_VERBOSE = "PS_VERBOSE"
 DMLC_ROLE = "DMLC_ROLE"
 DMLC_NUM_WORKER = "DMLC_NUM_WORKER"
 DMLC_NUM_SERVER = "DMLC_NUM_SERVER"
@@ -101,6 +117,37 @@ def _int(environ: Mapping[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+#: The highest TCP port number.
+MAX_PORT = 65535
+
+
+def check_port(port: int, what: str = "port") -> int:
+    """Return ``port`` if it is a TCP port number (0-65535; 0 means "pick a free one").
+
+    The socket layer silently wraps larger numbers (70000 binds 4464), so every place that
+    takes a port (API arguments, command-line flags, environment variables) checks it here.
+
+    Raises:
+        InvalidPortError: ``port`` is outside 0-65535; the message names ``what``.
+
+    Example:
+        >>> check_port(29500)
+        29500
+        >>> check_port(70000, "--port")
+        Traceback (most recent call last):
+        ...
+        kvsync.errors.InvalidPortError: --port=70000 is not a TCP port (0-65535)
+    """
+    if not 0 <= port <= MAX_PORT:
+        raise InvalidPortError(f"{what}={port} is not a TCP port (0-{MAX_PORT})")
+    return port
+
+
+def _port(environ: Mapping[str, str], name: str) -> int | None:
+    value = _int(environ, name)
+    return None if value is None else check_port(value, f"environment variable {name}")
 
 
 def _float(environ: Mapping[str, str], name: str) -> float | None:
@@ -148,6 +195,25 @@ def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(
         f"environment variable {name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)"
     )
+
+
+def _first(*values: _T | None) -> _T | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _ps_verbose(environ: Mapping[str, str]) -> str | None:
+    level = _int(environ, PS_VERBOSE)
+    if not level:
+        return None
+    return "INFO" if level == 1 else "DEBUG"
+
+
+def _bigarray_bound(environ: Mapping[str, str], name: str) -> int | None:
+    return _first(_int(environ, name), _int(environ, MXNET_KVSTORE_BIGARRAY_BOUND))
+
+
+def _log_level(environ: Mapping[str, str], name: str) -> str | None:
+    return _first(_str(environ, name), _ps_verbose(environ))
 
 
 def _store_server(environ: Mapping[str, str], name: str) -> str | None:
@@ -199,7 +265,7 @@ class Environment:
     """
 
     master_addr = _Variable(MASTER_ADDR, _str)
-    master_port = _Variable(MASTER_PORT, _int)
+    master_port = _Variable(MASTER_PORT, _port)
     rank = _Variable(RANK, _int)
     world_size = _Variable(WORLD_SIZE, _int)
     local_rank = _Variable(LOCAL_RANK, _int)
@@ -209,19 +275,21 @@ class Environment:
     use_agent_store = _Variable(TORCHELASTIC_USE_AGENT_STORE, _false_unless_set)
     restart_count = _Variable(TORCHELASTIC_RESTART_COUNT, _int)
     store_addr = _Variable(KVSYNC_STORE_ADDR, _str)
-    store_port = _Variable(KVSYNC_STORE_PORT, _int)
+    store_port = _Variable(KVSYNC_STORE_PORT, _port)
     store_server = _Variable(KVSYNC_STORE_SERVER, _store_server)
     store_exit_grace = _Variable(KVSYNC_STORE_EXIT_GRACE, _seconds)
     node_addr = _Variable(KVSYNC_NODE_ADDR, _str)
     secret = _Variable(KVSYNC_SECRET, _str)
     server_setup = _Variable(KVSYNC_SERVER_SETUP, _str)
-    bigarray_bound = _Variable(KVSYNC_BIGARRAY_BOUND, _int)
+    bigarray_bound = _Variable(KVSYNC_BIGARRAY_BOUND, _bigarray_bound)
     ps_shm = _Variable(KVSYNC_PS_SHM, _true_unless_set)
+    log_level = _Variable(KVSYNC_LOG_LEVEL, _log_level)
+    progress_seconds = _Variable(KVSYNC_PROGRESS_SECONDS, _seconds)
     dmlc_role = _Variable(DMLC_ROLE, _str)
     dmlc_num_worker = _Variable(DMLC_NUM_WORKER, _int)
     dmlc_num_server = _Variable(DMLC_NUM_SERVER, _int)
     dmlc_ps_root_uri = _Variable(DMLC_PS_ROOT_URI, _str)
-    dmlc_ps_root_port = _Variable(DMLC_PS_ROOT_PORT, _int)
+    dmlc_ps_root_port = _Variable(DMLC_PS_ROOT_PORT, _port)
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ

@@ -22,6 +22,7 @@ __all__ = [
     "AuthenticationError",
     "ErrorCode",
     "InvalidArgumentError",
+    "InvalidPortError",
     "KVStoreError",
     "KVSyncError",
     "KeyTypeError",
@@ -62,6 +63,10 @@ class PeerLostError(StoreConnectionError):
 
 class LimitExceededError(KVSyncError, ValueError):
     """A key, value, frame or count is over a configured cap; names the limit."""
+
+
+class InvalidPortError(KVSyncError, ValueError):
+    """A TCP port outside 0-65535 (given as an argument, a flag or a variable); names it."""
 
 
 class ProtocolError(KVSyncError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvsync import defaults
+from kvsync.env import check_port
 from kvsync.errors import StoreConnectionError, StoreTimeoutError
 
 __all__ = ["RETRYABLE", "Backoff", "connect", "is_loopback", "local_address_to", "resolve"]
@@ -103,11 +104,13 @@ def resolve(host: str, port: int) -> list[_AddrInfo]:
 
     Raises:
         StoreConnectionError: the host cannot be resolved (names host:port).
+        InvalidPortError: ``port`` is outside 0-65535.
 
     Example:
         >>> resolve("127.0.0.1", 80)[0][4]
         ('127.0.0.1', 80)
     """
+    check_port(port)
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:

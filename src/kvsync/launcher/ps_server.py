@@ -45,6 +45,7 @@ from kvsync.kv.compression import create_compression
 from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY, job_store
 from kvsync.kv.shm import SharedSegments, host_id, shm_supported
 from kvsync.optimizer import from_config, get_updater
+from kvsync.options import Parser, add_logging_options, run_command, seconds
 from kvsync.server import StoreServer
 from kvsync.server.ps import ParameterServerLogic
 from kvsync.server.ps_plugins import StatefulUpdater
@@ -124,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "$KVSYNC_SERVER_SETUP")
     parser.add_argument("--advertise-host", default=None,
                         help="address workers dial (default: the bind address)")
-    parser.add_argument("--stall-seconds", type=float, default=defaults.PS_STALL_SECONDS,
+    parser.add_argument("--stall-seconds", type=seconds, default=defaults.PS_STALL_SECONDS,
                         help="declare uneven dist_sync pushes after every worker waited this "
                         "long (default %(default)s)")
 
@@ -186,13 +187,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m kvsync.launcher.ps_server``: one parameter server of the job in the
     environment."""
-    parser = argparse.ArgumentParser(prog="python -m kvsync.launcher.ps_server",
-                                     description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m kvsync.launcher.ps_server",
+                    description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=None, help="address to bind (default "
                         f"${env.KVSYNC_NODE_ADDR}, else {defaults.DEFAULT_HOST})")
     add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING)
-    return run(parser.parse_args(argv))
+    add_logging_options(parser)
+    return run_command("kvsync parameter server", parser.parse_args(argv), run)
 
 
 if __name__ == "__main__":  # pragma: no cover - the launcher's server command

@@ -22,6 +22,7 @@ from types import FrameType
 from kvsync import defaults, env
 from kvsync.errors import StoreConnectionError
 from kvsync.launcher import ps_server
+from kvsync.options import port
 from kvsync.server import StoreServer
 
 __all__ = ["add_arguments", "run"]
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port,
         default=0,
         help="port to bind (default 0: a free port, printed at start)",
     )

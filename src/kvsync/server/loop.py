@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from kvsync import defaults
+from kvsync.env import check_port
 from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
@@ -510,6 +511,7 @@ def _listen(host: str, port: int, listen_fd: int | None, backlog: int) -> socket
         sock.listen(backlog)
         sock.setblocking(False)
         return sock
+    check_port(port)
     try:
         infos = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE

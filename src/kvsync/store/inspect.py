@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from kvsync import defaults
+from kvsync.options import port
 from kvsync.store.base import Store
 
 __all__ = ["add_arguments", "describe", "run"]
@@ -32,7 +33,7 @@ PREVIEW_CHARS = 48
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``kvsync inspect``."""
     parser.add_argument("--host", default=defaults.DEFAULT_HOST, help="store server address")
-    parser.add_argument("--port", type=int, required=True, help="store server port")
+    parser.add_argument("--port", type=port, required=True, help="store server port")
     parser.add_argument("--prefix", default="", help="only keys starting with PREFIX/")
     parser.add_argument("--values", action="store_true", help="show sizes and previews")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
