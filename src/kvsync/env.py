@@ -50,7 +50,9 @@ __all__ = [
     "PS_VERBOSE",
     "RANK",
     "STORE_SERVER_CHOICES",
+    "TORCHELASTIC_MAX_RESTARTS",
     "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_RUN_ID",
     "TORCHELASTIC_USE_AGENT_STORE",
     "WORLD_SIZE",
     "Environment",
@@ -73,6 +75,10 @@ MS_RECEIVE_MSG_TIMEOUT = "MS_RECEIVE_MSG_TIMEOUT"
 TORCHELASTIC_USE_AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"
 #: Set by torchrun: how many times its agent restarted the workers (0 on the first run).
 TORCHELASTIC_RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+#: Set by torchrun (and kvsync-run): the most restarts ``--max-restarts`` allows.
+TORCHELASTIC_MAX_RESTARTS = "TORCHELASTIC_MAX_RESTARTS"
+#: Set by torchrun (and kvsync-run): the job id given with ``--rdzv-id``.
+TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
 #: Where kvsync's own store server listens when it is not MASTER_ADDR:MASTER_PORT.
 KVSYNC_STORE_ADDR = "KVSYNC_STORE_ADDR"
 KVSYNC_STORE_PORT = "KVSYNC_STORE_PORT"

@@ -131,15 +131,43 @@ def test_async_applies_every_push_when_it_arrives() -> None:
     np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i0",), T)))[0], [-1.0, -1.0])
 
 
-def test_other_ranks_init_waits_for_rank_zero_and_reinit_is_refused() -> None:
+def test_other_ranks_init_waits_for_rank_zero_and_reinit_adopts_the_held_value() -> None:
     job = Job(2)
     rid, out = job.send(1, PSWaitInit(keys=("i1", "i2"), timeout_ms=T))
     assert out == []
     job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
     _, out = job.send(0, PSInit(keys=("i2",), values=(np.zeros(1),)))
     assert Outgoing(2, rid, OkReply()) in out
-    msg = error(job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),))), ErrorCode.KVSTORE_USAGE)
-    assert "1" in msg and "already" in msg
+    job.push(0, "i1", np.ones(1))
+    job.push(1, "i1", np.ones(1))  # round 1 closes: i1 holds 2
+    assert job.reply(0, PSInit(keys=("i1",), values=(np.full(1, 7.0),))) == OkReply()
+    np.testing.assert_array_equal(values(job.reply(1, job.pull_msg(("i1",), T)))[0], [2.0])
+    msg = error(job.reply(0, PSInit(keys=("i1",), values=(np.zeros(2),))),
+                ErrorCode.KVSTORE_USAGE)
+    assert "already initialised as float64[1]; init gave float64[2]" in msg
+
+
+def test_when_every_worker_left_open_rounds_are_discarded_for_a_restarted_group() -> None:
+    job = Job(2)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    job.push(0, "i1", np.ones(1))
+    job.push(1, "i1", np.ones(1))  # round 1 complete: 2
+    job.push(0, "i1", np.ones(1))  # round 2 open: rank 0 pushed, then the group dies
+    job.ps.drop_connection(1)
+    assert job.ps._keys["i1"].pushed == {0}  # rank 1 still connected: the round stays open
+    job.ps.drop_connection(2)
+    again = Job.__new__(Job)  # the restarted group: new connections 1 and 2, same server
+    again.ps, again.rid, again.now = job.ps, job.rid, job.now
+    for r in range(2):
+        assert again.reply(r, PSHello(rank=r, num_workers=2, sync=True)) == OkReply()
+    assert again.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),))) == OkReply()
+    rid, out = again.send(0, PSBarrier(timeout_ms=T))
+    assert out == []  # waits for rank 1 of the new group: the old rank 1 leaving is forgotten
+    _, out = again.send(1, PSBarrier(timeout_ms=T))
+    assert Outgoing(1, rid, OkReply()) in out
+    again.push(0, "i1", np.full(1, 10.0))  # no "pushed twice in one round" error
+    again.push(1, "i1", np.full(1, 10.0))
+    np.testing.assert_array_equal(values(again.reply(0, again.pull_msg(("i1",), T)))[0], [20.0])
 
 
 def test_bad_push_gets_a_typed_error_and_changes_nothing() -> None:

@@ -8,7 +8,9 @@ group, SIGKILL after the grace period, and the job's exit code is that child's
 (``128 + signal`` for a signal). A signal to the launcher itself stops the job the same
 way; a second one skips the grace period. When every worker has succeeded the job is
 done once the :class:`Coordinator` agrees (other nodes may still be working), and the
-servers, which serve until told to stop, are stopped with SIGTERM.
+servers, which serve until told to stop, are stopped with SIGTERM. With ``max_restarts``, a
+failing worker instead stops the other workers only (the servers keep running) and a new
+group of workers is started, up to that many times.
 
 Example:
     >>> import io, sys
@@ -30,7 +32,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +45,7 @@ __all__ = [
     "Coordinator",
     "JobResult",
     "LocalCoordinator",
+    "Respawn",
     "Supervisor",
     "exit_code_of",
 ]
@@ -191,6 +194,11 @@ class LocalCoordinator:
         """Nothing to tell."""
 
 
+#: ``respawn(restart, failed)``: the workers to start for restart number ``restart`` (1, 2,
+#: ...) after ``failed`` ended the previous group.
+Respawn = Callable[[int, ChildExit], Sequence[ChildSpec]]
+
+
 class _Child:
     def __init__(self, spec: ChildSpec, proc: subprocess.Popen[bytes], out: ChildOutput):
         self.spec = spec
@@ -213,6 +221,8 @@ class Supervisor:
         grace: seconds between SIGTERM and SIGKILL when stopping children.
         poll_interval: seconds between looks at the children.
         coordinator: tells when the whole (multi-node) job is done or failed elsewhere.
+        max_restarts: how many times a failing worker restarts the worker group.
+        respawn: builds the new group's specs (required with ``max_restarts``).
     """
 
     def __init__(
@@ -222,7 +232,15 @@ class Supervisor:
         grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
         poll_interval: float = 0.05,
         coordinator: Coordinator | None = None,
+        max_restarts: int = 0,
+        respawn: Respawn | None = None,
     ) -> None:
+        if max_restarts and respawn is None:
+            raise ValueError("max_restarts needs a respawn function")
+        self._max_restarts = max_restarts
+        self._respawn = respawn
+        #: how many times the worker group was restarted so far
+        self.restarts = 0
         self._router = router
         self._grace = grace
         self._poll = poll_interval
@@ -271,10 +289,14 @@ class Supervisor:
         Returns:
             The job's result; every child has exited (or been killed) when it returns.
         """
-        workers = [c for c in self._children if c.spec.role == "worker"]
         reported_done = False
         while True:
+            workers = [c for c in self._children if c.spec.role == "worker"]
             failed = self._first_failure()
+            if failed is not None and failed.spec.role == "worker" and (
+                    self.restarts < self._max_restarts and not self._signals):
+                self._restart(failed, workers)
+                continue
             if failed is not None:
                 reason = f"{failed.spec.name} failed (pid {failed.proc.pid})"
                 self._coordinator.report_failure(reason)
@@ -303,6 +325,15 @@ class Supervisor:
                 return child
         return None
 
+    def _restart(self, failed: _Child, workers: list[_Child]) -> None:
+        """Stop the worker group (not the servers) and start the next one."""
+        assert self._respawn is not None
+        self.restarts += 1
+        self._stop(workers, {failed.proc.pid})
+        ended = failed.exit()
+        self._children = [c for c in self._children if c.spec.role != "worker"]
+        self.start(self._respawn(self.restarts, ended))
+
     def _finish(self, code: int, reason: str, failed: _Child | None) -> JobResult:
         skip = set() if failed is None else {failed.proc.pid}
         stopped = self._stop_all(skip)
@@ -311,8 +342,12 @@ class Supervisor:
 
     def _stop_all(self, skip: set[int]) -> list[str]:
         """SIGTERM every child's process group, SIGKILL after the grace; wait for all."""
+        return self._stop(self._children, skip)
+
+    def _stop(self, children: list[_Child], skip: set[int]) -> list[str]:
+        """Stop ``children`` as :meth:`_stop_all` does; names those that were running."""
         stopped: list[str] = []
-        for child in self._children:
+        for child in children:
             child.stopping = True
             if child.proc.poll() is None and child.proc.pid not in skip:
                 stopped.append(child.spec.name)
@@ -320,13 +355,13 @@ class Supervisor:
         deadline = time.monotonic() + self._grace
         signals_seen = len(self._signals)
         while time.monotonic() < deadline and len(self._signals) == signals_seen:
-            if all(c.proc.poll() is not None for c in self._children):
+            if all(c.proc.poll() is not None for c in children):
                 break
             self._wake.wait(self._poll)
             self._wake.clear()
-        for child in self._children:
+        for child in children:
             _signal_group(child.proc.pid, signal.SIGKILL)
-        for child in self._children:
+        for child in children:
             try:
                 child.proc.wait(timeout=self._grace + 5.0)
             except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)

@@ -27,6 +27,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -67,13 +68,23 @@ class OutputRouter:
         stdout: binary stream receiving every child's stdout lines (the launcher's stdout).
         stderr: binary stream receiving every child's stderr lines.
         log_dir: when given, each child's unprefixed output is also written to
-            :func:`log_file_names` files in this directory (created if missing).
+            :func:`log_file_names` files in this directory (created if missing; a restarted
+            child appends to its files).
+        console: ``console(role, rank, stream)`` says whether that child's stream reaches
+            the destination streams (default: every one does); its files get it anyway.
     """
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        log_dir: Path | None = None,
+        console: Callable[[str, int, str], bool] | None = None,
+    ) -> None:
         self._dest = {"stdout": stdout, "stderr": stderr}
         self._lock = threading.Lock()
         self._log_dir = log_dir
+        self._console = console
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -86,10 +97,12 @@ class OutputRouter:
         for pipe, stream, name in ((stdout, "stdout", names[0]), (stderr, "stderr", names[1])):
             if pipe is None:
                 continue
-            tee = None if self._log_dir is None else (self._log_dir / name).open("wb")
+            tee = None if self._log_dir is None else (self._log_dir / name).open("ab")
+            shown = self._console is None or self._console(role, rank, stream)
             thread = threading.Thread(
                 target=self._pump,
-                args=(pipe, self._dest[stream], tee, child, stream == "stderr"),
+                args=(pipe, self._dest[stream] if shown else None, tee, child,
+                      stream == "stderr"),
                 name=f"kvsync-output-{role}-{rank}-{stream}",
                 daemon=True,
             )
@@ -105,7 +118,7 @@ class OutputRouter:
     def _pump(
         self,
         pipe: IO[bytes],
-        dest: BinaryIO,
+        dest: BinaryIO | None,
         tee: BinaryIO | None,
         child: ChildOutput,
         keep_tail: bool,
@@ -113,8 +126,9 @@ class OutputRouter:
         try:
             for piece in iter(lambda: pipe.readline(CHUNK_BYTES), b""):
                 line = piece if piece.endswith(b"\n") else piece + b"\n"
-                with self._lock:
-                    self._write(dest, child.prefix + line)
+                if dest is not None:
+                    with self._lock:
+                        self._write(dest, child.prefix + line)
                 if tee is not None:
                     tee.write(piece)
                     tee.flush()

@@ -41,9 +41,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kvsync import defaults, env
-from kvsync.launcher.agent import ChildSpec, Coordinator, JobResult, Supervisor
+from kvsync import defaults, env, log
+from kvsync.launcher import torchrun_args
+from kvsync.launcher.agent import ChildExit, ChildSpec, Coordinator, JobResult, Supervisor
 from kvsync.launcher.output import OutputRouter
+from kvsync.launcher.torchrun_args import nnodes, nproc_per_node, spellings
+from kvsync.options import (
+    Parser,
+    add_logging_options,
+    log_level,
+    non_negative,
+    port,
+    seconds,
+)
 
 __all__ = ["SERVER_MODULE", "build_parser", "child_specs", "main", "node_address"]
 
@@ -54,69 +64,45 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``kvsync-run`` argument parser."""
-    p = argparse.ArgumentParser(
+    """The ``kvsync-run`` argument parser (torchrun's flags: :mod:`.torchrun_args`)."""
+    p = Parser(
         prog="kvsync-run",
         description="Run a training script on several local ranks, torchrun-style, with "
         "kvsync's store server and parameter servers.",
     )
-    p.add_argument("--nproc-per-node", type=_positive, default=1, metavar="N",
-                   help="workers started by this launcher (default 1)")
-    p.add_argument("--nnodes", type=_positive, default=1, metavar="M",
-                   help="launchers (nodes) in the job (default 1)")
-    p.add_argument("--node-rank", type=_non_negative, default=0, metavar="R",
+    p.add_argument(*spellings("--nproc-per-node"), type=nproc_per_node, default=1,
+                   metavar="N", help="workers started by this launcher: a number, or 'cpu' / "
+                   "'auto' for one per CPU (default 1)")
+    p.add_argument("--nnodes", type=nnodes, default=1, metavar="M",
+                   help="launchers (nodes) in the job: M or M:M (default 1)")
+    p.add_argument(*spellings("--node-rank"), type=non_negative, default=0, metavar="R",
                    help="this launcher's node rank; rank 0 hosts the store (default 0)")
-    p.add_argument("--master-addr", default=defaults.DEFAULT_HOST, metavar="A",
+    p.add_argument(*spellings("--master-addr"), default=defaults.DEFAULT_HOST, metavar="A",
                    help=f"address of the job's store server (default {defaults.DEFAULT_HOST})")
-    p.add_argument("--master-port", type=_non_negative, default=0, metavar="P",
+    p.add_argument(*spellings("--master-port"), type=port, default=0, metavar="P",
                    help="port of the job's store server; 0 (default) picks a free one, "
                    "which only node rank 0 may do")
-    p.add_argument("--node-addr", metavar="A",
+    p.add_argument(*spellings("--node-addr"), metavar="A",
                    help="address of this node that the other nodes dial (its store and "
                    f"servers bind it); default ${env.KVSYNC_NODE_ADDR}, else this host's "
                    "address on the route to --master-addr (several nodes only)")
-    p.add_argument("--num-servers", type=_non_negative, default=0, metavar="S",
+    p.add_argument(*spellings("--num-servers"), type=non_negative, default=0, metavar="S",
                    help="parameter-server processes started by this launcher (default 0)")
-    p.add_argument("--server-setup", metavar="MODULE",
+    p.add_argument(*spellings("--server-setup"), metavar="MODULE",
                    help="module each parameter server imports first (custom updaters)")
-    p.add_argument("--log-dir", type=Path, metavar="D",
+    p.add_argument(*spellings("--log-dir"), type=Path, metavar="D",
                    help="also write each child's stdout and stderr to files in D")
-    p.add_argument("--grace", type=_seconds, default=defaults.SHUTDOWN_GRACE_SECONDS,
+    p.add_argument("--grace", type=seconds, default=defaults.SHUTDOWN_GRACE_SECONDS,
                    metavar="SECONDS", help="seconds between SIGTERM and SIGKILL when "
                    f"stopping children (default {defaults.SHUTDOWN_GRACE_SECONDS:g})")
     p.add_argument("-m", "--module", action="store_true",
                    help="run SCRIPT as a module (python -m SCRIPT)")
+    torchrun_args.add_arguments(p)
+    add_logging_options(p)
     p.add_argument("script", metavar="SCRIPT", help="the training script (or module with -m)")
     p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the script")
     return p
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
 
 
 def node_address(args: argparse.Namespace, environment: env.Environment) -> str | None:
@@ -139,8 +125,12 @@ def node_address(args: argparse.Namespace, environment: env.Environment) -> str 
     return local_address_to(args.master_addr) if args.nnodes > 1 else None
 
 
-def child_specs(args: argparse.Namespace, master_port: int) -> list[ChildSpec]:
-    """The servers then the workers this launcher starts, with their environments.
+def child_specs(
+    args: argparse.Namespace, master_port: int, *, restart: int = 0,
+    roles: tuple[str, ...] = ("server", "worker"),
+) -> list[ChildSpec]:
+    """The servers then the workers this launcher starts, with their environments
+    (``roles`` picks some; ``restart`` is the worker group's restart count).
 
     Example:
         >>> a = build_parser().parse_args(["--nproc-per-node", "2", "--nnodes", "2",
@@ -149,18 +139,22 @@ def child_specs(args: argparse.Namespace, master_port: int) -> list[ChildSpec]:
         [('server', 1, '0'), ('worker', 2, '0'), ('worker', 3, '1')]
     """
     n, s = args.nproc_per_node, args.num_servers
-    common = {env.KVSYNC_STORE_ADDR: args.master_addr, env.KVSYNC_STORE_PORT: str(master_port)}
+    common = {env.KVSYNC_STORE_ADDR: args.master_addr, env.KVSYNC_STORE_PORT: str(master_port),
+              **torchrun_args.torchelastic_environment(args, restart)}
     if args.server_setup:
         common[env.KVSYNC_SERVER_SETUP] = args.server_setup
     if args.node_addr:
         common[env.KVSYNC_NODE_ADDR] = args.node_addr
-    py = [sys.executable, "-u"]
-    target = ["-m", args.script] if args.module else [args.script]
+    level = log_level(args)
+    if level is not None:
+        common[env.KVSYNC_LOG_LEVEL] = str(level)
     specs = []
     for role, count, argv in (
-        ("server", s, [*py, "-m", SERVER_MODULE]),
-        ("worker", n, [*py, *target, *args.script_args]),
+        ("server", s, [sys.executable, "-u", "-m", SERVER_MODULE]),
+        ("worker", n, torchrun_args.worker_command(args)),
     ):
+        if role not in roles:
+            continue
         for local in range(count):
             rank = args.node_rank * count + local
             variables = env.worker_environment(
@@ -176,11 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kvsync-run``; returns the job's exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    torchrun_args.resolve(args, parser.error)
     if args.node_rank >= args.nnodes:
         parser.error(f"--node-rank {args.node_rank} must be below --nnodes {args.nnodes}")
     if args.node_rank > 0 and args.master_port == 0:
         parser.error("--master-port is required on node ranks above 0 (the port node 0 uses)")
-    router = OutputRouter(sys.stdout.buffer, sys.stderr.buffer, args.log_dir)
+    try:
+        log.configure(log_level(args))
+        log.configure_from_environment()
+    except ValueError as exc:
+        parser.error(str(exc))
+    router = OutputRouter(sys.stdout.buffer, sys.stderr.buffer, args.log_dir,
+                          console=torchrun_args.console_filter(args))
+    if args.log_dir is not None and (any(args.redirects.values()) or any(args.tee.values())):
+        _say(router, f"children's output is written to {args.log_dir}")
     return _run(args, router)
 
 
@@ -212,7 +215,15 @@ def _run(args: argparse.Namespace, router: OutputRouter) -> int:
             return 1
         with job_store:
             coordinator: Coordinator = job_store.coordinator()
-            supervisor = Supervisor(router, grace=args.grace, coordinator=coordinator)
+
+            def respawn(restart: int, failed: ChildExit) -> list[ChildSpec]:
+                _say(router, f"{failed.spec.name} failed with {failed.describe()}: restarting "
+                     f"the workers (restart {restart} of {args.max_restarts}); the store and "
+                     "the parameter servers keep running")
+                return child_specs(args, job_store.port, restart=restart, roles=("worker",))
+
+            supervisor = Supervisor(router, grace=args.grace, coordinator=coordinator,
+                                    max_restarts=args.max_restarts, respawn=respawn)
             try:
                 supervisor.start(child_specs(args, job_store.port))
             except OSError as exc:

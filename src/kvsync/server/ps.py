@@ -214,6 +214,22 @@ class ParameterServerLogic:
         logger.info("server %d: worker rank %d disconnected", self.server_index, rank)
         self._job.gone.add(rank)
         self._deferred.extend(self._parked.wake())
+        if not self._job.rank_of:  # every worker left: no open round can complete now
+            self._forget_worker_group()
+
+    def _forget_worker_group(self) -> None:
+        """Forget pushes into rounds that never completed, the barrier's arrivals and which
+        ranks left, so a restarted worker group (``kvsync-run --max-restarts``) starts from
+        the last completed round and waits for its ranks as a new job does."""
+        open_keys = [ks for ks in self._keys.values() if ks.pushed or ks.partial]
+        for ks in open_keys:
+            ks.discard_round()
+        self._job.barrier.clear()
+        self._job.gone.clear()
+        self._job.elsewhere.clear()
+        if open_keys:
+            logger.info("server %d: every worker left; discarded the open rounds of %d key(s)",
+                        self.server_index, len(open_keys))
 
     # --- public helpers ---------------------------------------------------------------------
 
@@ -254,15 +270,25 @@ class ParameterServerLogic:
         return OkReply()
 
     def _init(self, conn_id: int, request_id: int, msg: PSInit, now: float) -> object:
+        """Store new keys. A key this server already holds keeps its value (a worker group
+        restarted by the launcher adopts the trained value), if shape and dtype agree."""
         check_pairs(msg.keys, msg.values)
-        for k in msg.keys:
-            if k in self._keys:
-                raise RejectError(
-                    ErrorCode.KVSTORE_USAGE, f"key {key_of_wire(k)!r} is already initialised"
-                )
         for k, v in zip(msg.keys, msg.values, strict=True):
-            self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
-            self._counters.bytes_in += v.nbytes
+            held = self._keys.get(k)
+            if held is not None and (held.value.shape, held.value.dtype) != (v.shape, v.dtype):
+                raise RejectError(
+                    ErrorCode.KVSTORE_USAGE,
+                    f"key {key_of_wire(k)!r} is already initialised as "
+                    f"{held.value.dtype}{list(held.value.shape)}; init gave "
+                    f"{v.dtype}{list(v.shape)}")
+        adopted = [k for k in msg.keys if k in self._keys]
+        if adopted:
+            logger.info("server %d: init of %d key(s) it already holds (%s...): keeping their "
+                        "values", self.server_index, len(adopted), key_of_wire(adopted[0]))
+        for k, v in zip(msg.keys, msg.values, strict=True):
+            if k not in self._keys:
+                self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
+                self._counters.bytes_in += v.nbytes
         return OkReply()
 
     def _wait_init(self, conn_id: int, request_id: int, msg: PSWaitInit, now: float) -> object:

@@ -177,6 +177,12 @@ class KeyState:
         self._filled = 0
         return self._acc
 
+    def discard_round(self) -> None:
+        """Drop the open round's pushes and every half-received push; the value stays."""
+        self.pushed.clear()
+        self.partial.clear()
+        self._filled = 0
+
     def store_sum(self) -> None:
         """Without an updater the round's sum becomes the value: swap the two buffers."""
         assert self._acc is not None
