@@ -147,7 +147,7 @@ class DistKVStore(ServerControl, KVStoreBase):
         seconds = defaults.DEFAULT_TIMEOUT if timeout is None else timeout
         job = connect(timeout=seconds)
         try:
-            return cls(
+            kv = cls(
                 name,
                 rank=job.rank,
                 num_workers=job.num_workers,
@@ -159,6 +159,11 @@ class DistKVStore(ServerControl, KVStoreBase):
         except BaseException:
             job.close()
             raise
+        if job.report_to is not None:  # MXNet's launch model: count this worker done at exit
+            from kvsync.kv.dmlc import report_done_at_exit
+
+            report_done_at_exit(job.report_to, kv.close)
+        return kv
 
     # --- properties -------------------------------------------------------------------------
     @property

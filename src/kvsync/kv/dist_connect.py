@@ -29,6 +29,7 @@ from kvsync import defaults, env
 from kvsync.client import Client
 from kvsync.client.connect import is_loopback
 from kvsync.errors import InvalidArgumentError, StoreConnectionError, StoreTimeoutError
+from kvsync.kv import dmlc
 from kvsync.kv.shm import host_id
 from kvsync.store.tcp import TCPStore
 
@@ -57,13 +58,13 @@ def job_store(e: env.Environment, timeout: float) -> TCPStore:
     Raises:
         InvalidArgumentError: the variables are not set (not started by a launcher).
     """
-    if e.master_addr is None or e.master_port is None:
+    address = dmlc.store_address(e)
+    if address is None:
         raise InvalidArgumentError(
-            "a dist KVStore needs the job's store in MASTER_ADDR and MASTER_PORT: start the "
-            "job with kvsync-run --num-servers N, or set them (and RANK, WORLD_SIZE, "
-            "DMLC_NUM_SERVER) by hand")
-    return TCPStore(e.master_addr, e.master_port, is_master=False, timeout=timeout,
-                    wait_for_workers=False)
+            "a dist KVStore needs the job's store in MASTER_ADDR and MASTER_PORT (or MXNet's "
+            "DMLC_PS_ROOT_URI and DMLC_PS_ROOT_PORT): start the job with kvsync-run "
+            "--num-servers N, or set them (and RANK, WORLD_SIZE, DMLC_NUM_SERVER) by hand")
+    return TCPStore(*address, is_master=False, timeout=timeout, wait_for_workers=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class ServerLinks:
             them).
         bound: arrays with more elements are split over all servers.
         shm: per server, whether it runs on this worker's host and shared memory is on.
+        report_to: MXNet's launch model (a worker without RANK): the store to count this
+            worker done in when its process exits (see :mod:`kvsync.kv.dmlc`).
     """
 
     rank: int
@@ -139,6 +142,7 @@ class ServerLinks:
     links: list[Client]
     bound: int
     shm: list[bool]
+    report_to: tuple[str, int] | None = None
 
     def close(self) -> None:
         """Close every link."""
@@ -155,13 +159,18 @@ def connect(*, environ: Mapping[str, str] | None = None,
             environment. StoreTimeoutError: the servers did not register in time.
     """
     e = env.read(environ)
+    if e.dmlc_role in dmlc.SERVING_ROLES:
+        dmlc.run_role(e, timeout)  # MXNet's launch model: serve the role, then exit
     num_workers = e.world_size or e.dmlc_num_worker
-    if e.rank is None or not num_workers or not e.dmlc_num_server:
+    dmlc_worker = e.rank is None and e.dmlc_role == "worker"
+    if (e.rank is None and not dmlc_worker) or not num_workers or not e.dmlc_num_server:
         raise InvalidArgumentError(
             f"a dist KVStore needs RANK, WORLD_SIZE and DMLC_NUM_SERVER >= 1 in the environment "
             f"(got RANK={e.rank}, WORLD_SIZE={num_workers}, DMLC_NUM_SERVER={e.dmlc_num_server})"
-            "; start the job with kvsync-run --num-servers N")
+            "; start the job with kvsync-run --num-servers N, or set MXNet's DMLC_ROLE, "
+            "DMLC_NUM_WORKER, DMLC_NUM_SERVER and DMLC_PS_ROOT_URI/PORT")
     with job_store(e, timeout) as store:
+        rank = dmlc.worker_rank(store, e)
         addresses = server_addresses(store, e.dmlc_num_server, timeout)
     links: list[Client] = []
     try:
@@ -172,5 +181,8 @@ def connect(*, environ: Mapping[str, str] | None = None,
         raise
     here = host_id()
     shared = [e.ps_shm and server.host_id == here for server in addresses]
-    return ServerLinks(rank=e.rank, num_workers=num_workers, links=links,
-                       bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, shm=shared)
+    # MXNet's launch model: the scheduler ends the job when every worker reported done
+    report_to = dmlc.store_address(e) if dmlc_worker else None
+    return ServerLinks(rank=rank, num_workers=num_workers, links=links,
+                       bound=e.bigarray_bound or defaults.BIGARRAY_BOUND, shm=shared,
+                       report_to=report_to)
