@@ -32,15 +32,15 @@ def scenario(fn: Callable[[DistKVStore], dict[str, object]]) -> Callable[..., di
 def sync(store: DistKVStore) -> dict[str, object]:
     n, r = store.num_workers, store.rank
     store.init([3, 4], [np.zeros((50, 4), np.float32), np.zeros(7, np.float64)])  # 3 is split
-    store.init("bias", np.zeros(5, np.int64))
+    store.init(5, np.zeros(5, np.int64))  # one key type per store (MXNet's rule)
     for step in range(3):
         store.push([3, 4], [np.full((50, 4), r + step, np.float32), np.ones(7)], priority=step)
-        store.push("bias", [np.full(5, r, np.int64), np.full(5, 1, np.int64)])  # two devices
+        store.push(5, [np.full(5, r, np.int64), np.full(5, 1, np.int64)])  # two devices
         w = store.pull(3)
         assert np.array_equal(w, np.full((50, 4), sum(range(n)) + n * step, np.float32)), w
         assert np.array_equal(store.pull(4), np.full(7, float(n)))
         b = np.zeros(5, np.int64)
-        store.pull("bias", out=b)
+        store.pull(5, out=b)
         assert np.array_equal(b, np.full(5, sum(range(n)) + n)), b
     store.barrier()
     return {"stats": store.server_stats() if r == 0 else []}
@@ -107,17 +107,17 @@ def features(store: DistKVStore) -> dict[str, object]:
         shape_error = str(exc)
     assert np.array_equal(store.pull(0), w3)
     # row-sparse push and pull of requested rows only
-    store.init("emb", np.zeros((30, 3), np.float32))
-    store.push("emb", RowSparseArray(np.ones((2, 3), np.float32), [2, 25], (30, 3)))
+    store.init(1, np.zeros((30, 3), np.float32))
+    store.push(1, RowSparseArray(np.ones((2, 3), np.float32), [2, 25], (30, 3)))
     out = RowSparseArray.zeros((30, 3), np.float32)
-    store.row_sparse_pull("emb", out=out, row_ids=np.array([25, 2, 7]))
+    store.row_sparse_pull(1, out=out, row_ids=np.array([25, 2, 7]))
     assert out.indices.tolist() == [2, 7, 25], out
     assert np.allclose(out.data[[0, 2]], -0.5 * g) and np.allclose(out.data[1], 0), out.data
     # 2-bit compression: the servers decompress
     store.set_gradient_compression({"type": "2bit", "threshold": 0.25})
-    store.init("c", np.zeros(64, np.float32))
-    store.push("c", np.full(64, 0.3, np.float32))
-    c = store.pull("c")
+    store.init(2, np.zeros(64, np.float32))
+    store.push(2, np.full(64, 0.3, np.float32))
+    c = store.pull(2)
     assert np.allclose(c, -0.5 * 0.25 * g), c
     return {"shape_error": shape_error}
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(("workers", "servers"), [(2, 1), (4, 2)])
-def test_sync_rounds_with_int_str_and_split_keys(workers: int, servers: int) -> None:
+def test_sync_rounds_with_several_and_split_keys(workers: int, servers: int) -> None:
     with ps_job(servers, bound=100) as job:
         job.start_workers("sync", workers)
         stats = job.results()[0]["stats"]

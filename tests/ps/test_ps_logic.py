@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -554,3 +556,22 @@ def test_latch_reports_a_lost_server_link_rather_than_a_peer_lost_report() -> No
     with pytest.raises(StoreConnectionError, match=r"127\.0\.0\.1:5") as info:
         latch.wait(1.0)
     assert not isinstance(info.value, PeerLostError)
+
+
+def test_a_long_wait_is_logged_every_interval_naming_the_missing_ranks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = Job(3, progress_seconds=10.0)
+    job.reply(0, PSInit(keys=("i3",), values=(np.zeros(2),)))
+    job.push(0, "i3", np.ones(2))
+    _, out = job.send(0, job.pull_msg(("i3",), 60_000))
+    assert out == []  # parked: ranks 1 and 2 have not pushed
+    assert job.ps.next_deadline() == pytest.approx(10.0)
+    with caplog.at_level(logging.INFO, logger="kvsync.server.ps_wait"):
+        assert job.ps.expire(9.9) == []
+        assert not caplog.records
+        job.ps.expire(10.0)
+        assert caplog.records[-1].getMessage() == (
+            "server 0: rank 0 waiting for the round's pushes for keys [3] (ranks [1, 2] "
+            "missing), for 10 s so far")
+        assert job.ps.next_deadline() == pytest.approx(20.0)

@@ -172,9 +172,12 @@ def connect(
             if attempt:
                 logger.debug("connected to %s:%d after %d retries", host, port, attempt)
             return sock
-        delay = min(backoff.next_delay(), deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        delay = min(backoff.next_delay(), left)
         if delay <= 0:
             break
+        logger.info("connecting to store server %s:%d: attempt %d failed (%s); retrying for "
+                    "%.1f s more", host, port, attempt + 1, last, left)
         time.sleep(delay)
     raise StoreTimeoutError(
         f"could not connect to store server {host}:{port} within {timeout:g} s (last error: {last})"

@@ -46,6 +46,7 @@ from kvsync.kv.dist_connect import SERVER_COUNT_KEY, SERVER_HOST_KEY, SERVER_KEY
 from kvsync.kv.shm import SharedSegments, host_id, shm_supported
 from kvsync.optimizer import from_config, get_updater
 from kvsync.options import Parser, add_logging_options, run_command, seconds
+from kvsync.progress import interval as progress_interval
 from kvsync.server import StoreServer
 from kvsync.server.ps import ParameterServerLogic
 from kvsync.server.ps_plugins import StatefulUpdater
@@ -115,7 +116,8 @@ def make_logic(index: int, *, stall_seconds: float = defaults.PS_STALL_SECONDS
     return ParameterServerLogic(
         index, updater_from_config=_updater_from_config, updater_by_name=_updater_by_name,
         compression_from_params=create_compression, stall_seconds=stall_seconds,
-        shared=SharedSegments() if shm_supported() else None)
+        shared=SharedSegments() if shm_supported() else None,
+        progress_seconds=progress_interval())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -124,6 +124,7 @@ class ParameterServerLogic:
         compression_from_params: Callable[[dict[str, Any]], Compression | None] | None = None,
         stall_seconds: float = defaults.PS_STALL_SECONDS,
         shared: SharedMemory | None = None,
+        progress_seconds: float = defaults.PROGRESS_LOG_SECONDS,
     ) -> None:
         self.server_index = server_index
         self.shutdown_requested = False
@@ -140,7 +141,8 @@ class ParameterServerLogic:
         self._compression: Compression | None = None
         self._installed: dict[str, str] = {}  # what set_optimizer/compression last installed
         self._counters = Counters()
-        self._parked = ParkedRequests(server_index, self._keys, self._job, self._counters)
+        self._parked = ParkedRequests(server_index, self._keys, self._job, self._counters,
+                                      progress_every=progress_seconds)
         self._last_event = 0.0
         self._handlers: dict[type, Callable[[int, int, Any, float], object | None]] = {
             PSHello: self._hello,
@@ -556,7 +558,6 @@ def _park(
 ) -> object | None:
     """Park a request; the wake-up after the handler answers it at once when ready."""
     deadline = now + max(timeout_ms, 0) / 1000.0
-    self._parked.park(
-        Parked(kind, conn_id, request_id, self._job.rank_of[conn_id], deadline, keys, rows)
-    )
+    self._parked.park(Parked(kind, conn_id, request_id, self._job.rank_of[conn_id], deadline,
+                             keys, rows, since=now))
     return None

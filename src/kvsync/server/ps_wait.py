@@ -10,10 +10,12 @@ workers stuck on different servers are seen too.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvsync import defaults
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply, OkReply
 from kvsync.protocol.ps_messages import PSPackedReply, PSShmReply, PSValuesReply
@@ -22,6 +24,8 @@ from kvsync.server.ps_key_state import KeyState, rows_of
 from kvsync.server.router import Outgoing
 
 __all__ = ["Counters", "JobState", "Parked", "ParkedRequests"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -35,6 +39,7 @@ class Parked:
     deadline: float
     keys: tuple[str, ...] = ()
     rows: np.ndarray | None = None  # "rows": local row ids; "pull": [offsets, counts]
+    since: float = 0.0  # when it was parked
 
 
 @dataclass(slots=True)
@@ -64,11 +69,13 @@ class JobState:
 class ParkedRequests:
     """The parked requests of one server, over its keys, job and counters."""
 
-    def __init__(
-        self, server_index: int, keys: dict[str, KeyState], job: JobState, counters: Counters
-    ) -> None:
+    def __init__(self, server_index: int, keys: dict[str, KeyState], job: JobState,
+                 counters: Counters,
+                 progress_every: float = defaults.PROGRESS_LOG_SECONDS) -> None:
         self.where = f"server {server_index}"
         self.items: list[Parked] = []
+        self._every = progress_every
+        self._last_log = 0.0
         self._keys = keys
         self._job = job
         self._counters = counters
@@ -105,7 +112,14 @@ class ParkedRequests:
         return out
 
     def expire(self, now: float, last_event: float, stall: float) -> list[Outgoing]:
-        """Time out requests past their deadline; break a stall (uneven pushes)."""
+        """Time out requests past their deadline; break a stall (uneven pushes); every
+        ``progress_every`` seconds, log what the longest-waiting request waits for."""
+        due = self._progress_due()
+        if due is not None and now >= due:
+            oldest = min(self.items, key=lambda p: p.since)
+            self._last_log = now
+            logger.info("%s: %s, for %.0f s so far", self.where, self._waiting_text(oldest),
+                        now - oldest.since)
         out = []
         for p in [p for p in self.items if p.deadline <= now]:
             self.items.remove(p)
@@ -120,9 +134,17 @@ class ParkedRequests:
     def next_deadline(self, last_event: float, stall: float) -> float | None:
         """The earliest deadline, or when a stall will be declared."""
         times = [p.deadline for p in self.items]
+        due = self._progress_due()
+        if due is not None:
+            times.append(due)
         if self.stalled():
             times.append(last_event + stall)
         return min(times, default=None)
+
+    def _progress_due(self) -> float | None:
+        if not self.items or self._every <= 0:
+            return None
+        return max(min(p.since for p in self.items), self._last_log) + self._every
 
     def stalled(self) -> bool:
         """Whether every rank of the job is parked here, blocked on another server, or gone."""
@@ -198,6 +220,9 @@ class ParkedRequests:
         )
 
     def _timeout_text(self, p: Parked) -> str:
+        return f"{self.where}: {self._waiting_text(p, 'timed out waiting')}"
+
+    def _waiting_text(self, p: Parked, verb: str = "waiting") -> str:
         n = self._job.num_workers
         what = {
             "init": "keys to be initialised by rank 0",
@@ -220,11 +245,8 @@ class ParkedRequests:
             )
             missing = f" (ranks {m} missing)"
         keys = [key_of_wire(k) for k in p.keys[:5]]
-        return (
-            f"{self.where}: rank {p.rank} timed out waiting for {what}"
-            + (f" for keys {keys}" if keys else "")
-            + missing
-        )
+        return (f"rank {p.rank} {verb} for {what}"
+                + (f" for keys {keys}" if keys else "") + missing)
 
     def _error(self, p: Parked, code: ErrorCode, text: str) -> Outgoing:
         if p.kind == "barrier":

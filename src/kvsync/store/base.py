@@ -30,6 +30,8 @@ from typing import TypeVar
 
 from kvsync import defaults
 from kvsync.errors import RemoteProtocolError, StoreConnectionError, error_from_code
+from kvsync.progress import in_slices
+from kvsync.progress import interval as progress_interval
 from kvsync.protocol import messages as m
 from kvsync.store.arguments import (
     REPLY_GRACE_SECONDS,
@@ -221,8 +223,14 @@ class Store(abc.ABC):
             kvsync.errors.StoreTimeoutError: wait for keys ['a', 'b'] timed out after ...
         """
         key_tuple = check_keys(keys, "wait")
-        timeout_ms, reply_timeout = self._deadline(timeout)
-        self._request(m.Wait(key_tuple, timeout_ms), m.OkReply, reply_timeout)
+        total = self._timeout if timeout is None else to_seconds(timeout)
+
+        def attempt(seconds: float) -> None:
+            timeout_ms, reply_timeout = self._deadline(seconds)
+            self._request(m.Wait(key_tuple, timeout_ms), m.OkReply, reply_timeout)
+
+        # a long wait logs what is still missing every progress.interval() seconds
+        in_slices(attempt, total=total, every=progress_interval(), what="wait")
 
     def check(self, keys: str | Sequence[str]) -> bool:
         """Whether every key exists, without waiting.

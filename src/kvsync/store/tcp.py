@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -37,11 +38,14 @@ from typing import Any
 from kvsync import defaults, env
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
+from kvsync.progress import interval as progress_interval
 from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
 from kvsync.store.address import resolve_store_address
 from kvsync.store.base import Store, Timeout, to_seconds
 
 __all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
+
+logger = logging.getLogger(__name__)
 
 #: Reserved counter of clients that joined the store.
 JOINED_KEY = "__kvsync/joined"
@@ -235,11 +239,18 @@ class TCPStore(Store):
             return
         start = time.monotonic()
         deadline = start + self._timeout
+        every = progress_interval()
+        next_log = start + every
         for _ in range(1_000_000):
             joined = self.add(JOINED_KEY, 0)
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if joined >= n:
                 return
+            if every > 0 and now >= next_log:
+                next_log = now + every
+                logger.info("store at %s:%d: %d/%d clients joined after %.0f s (timeout %g s)",
+                            self._host, self._port, joined, n, now - start, self._timeout)
             if remaining <= 0:
                 raise StoreTimeoutError(
                     f"{joined}/{n} clients joined the store at {self._host}:{self._port}"
