@@ -78,17 +78,19 @@ def add_commands(
     *,
     dest: str = "command",
     run_attr: str = "_run",
-) -> None:
+) -> dict[str, LazyCommandParser]:
     """Add one lazily loaded subcommand per ``table`` entry (``name -> (module, help)``):
     its name lands in the namespace attribute ``dest``, its module's ``run`` in
-    ``run_attr``."""
+    ``run_attr``. Returns the subcommands' parsers by name."""
     sub = parser.add_subparsers(
         dest=dest, required=True, metavar=dest.upper(), parser_class=LazyCommandParser
     )
-    for name, (module_name, help_text) in table.items():
-        sub.add_parser(
+    return {
+        name: sub.add_parser(
             name, help=help_text, description=help_text, module=module_name, run_attr=run_attr
         )
+        for name, (module_name, help_text) in table.items()
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kvsync import kv
-from kvsync.bench.report import format_table, human_seconds
+from kvsync.bench.report import format_table, human_seconds, progress, results_of
 from kvsync.kv.base import KVStoreBase
 from kvsync.kv.compression import TwoBitCompression
 
@@ -210,12 +210,22 @@ def run(args: argparse.Namespace) -> int:
         f"KVStore {store.type!r}: float32, GB/s per array (one array's bytes / time of a call;"
         " median and best of the samples)"
     )
-    print(_table(bench_store(store, sizes, copies, args.repeat)))
+    progress(f"kvstore {store.type}: push/pull/pushpull of {len(sizes)} sizes x "
+             f"{len(copies)} copy counts")
+    rows = bench_store(store, sizes, copies, args.repeat)
+    print(_table(rows))
+    results = results_of(args)
+    results.add(f"KVStore {store.type!r} (seconds per call)", rows, y="seconds",
+                label=("op", "size", "copies"))
     ref = ", ".join(f"{k} {v}" for k, v in MXNET_REFERENCE.items())
     print(f"MXNet C++ local, 2 cores, 4 copies of 64M: {ref} GB/s/array")
     if not args.no_compression:
+        progress("kvstore: 2-bit compression")
+        rows = bench_compression(sizes, args.repeat)
         print()
-        print(_table(bench_compression(sizes, args.repeat)))
+        print(_table(rows))
+        results.add("2-bit compression (seconds per call)", rows, y="seconds",
+                    label=("op", "size"))
     close = getattr(store, "close", None)
     if close is not None:
         close()

@@ -13,6 +13,7 @@ two network namespaces instead (:mod:`kvsync.bench.kvstore_hosts`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import socket
 import statistics
@@ -24,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from kvsync import env
-from kvsync.bench.report import format_table, human_bytes, human_seconds
+from kvsync.bench.report import format_table, human_bytes, human_seconds, progress, results_of
 from kvsync.launcher.run import SERVER_MODULE
 
-__all__ = ["MXNET_PS_REFERENCE", "report", "run_children", "run_dist", "worker_main"]
+__all__ = ["MXNET_PS_REFERENCE", "Round", "report", "run_children", "run_dist", "worker_main"]
 
 #: MXNet's C++ ps-lite dist_sync, 2 workers, 1 server, 2 cores: seconds per push+pull round.
 MXNET_PS_REFERENCE = {16 << 20: 0.249, 64 << 20: 1.344}
@@ -186,9 +187,22 @@ def _round(results: list[dict[str, Any]], n: int) -> float:
     return float(max(statistics.median(r["rounds"][str(n)]) for r in results))
 
 
+@dataclasses.dataclass
+class Round:
+    """One size's push+pull round: its median time and algorithm bandwidth."""
+
+    elements: int
+    seconds: float
+    gbps: float
+
+
 def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
     """Run the benchmark on this host and print its tables; returns 0."""
+    progress(f"kvstore {args.type}: {args.workers} workers, {args.servers} servers, "
+             f"{len(sizes)} sizes")
     dist = _dist(args, sizes)
+    if args.vs == "gloo":
+        progress("torch gloo all_reduce, the same sizes")
     gloo = _gloo_results(args, sizes) if args.vs == "gloo" else None
     report(args, sizes, dist, gloo,
            f"{args.workers} workers, {args.servers} servers", reference=True)
@@ -207,8 +221,10 @@ def report(args: argparse.Namespace, sizes: list[int], dist: list[dict[str, Any]
     if gloo is not None:
         headers += ["gloo all_reduce", "gloo GB/s", "x gloo"]
     rows = []
+    rounds = []
     for n in sizes:
         t = _round(dist, n)
+        rounds.append(Round(n, t, 4 * n / t / 1e9))
         row: list[object] = [f"{n:,}", human_bytes(4 * n), human_seconds(t),
                              f"{4 * n / t / 1e9:.2f}"]
         if "MXNet ps-lite" in headers:
@@ -219,6 +235,8 @@ def report(args: argparse.Namespace, sizes: list[int], dist: list[dict[str, Any]
             row += [human_seconds(g), f"{4 * n / g / 1e9:.2f}", f"{g / t:.2f}"]
         rows.append(row)
     print(format_table(headers, rows))
+    results_of(args).add(f"KVStore {args.type!r}: push+pull round", rounds, y="seconds",
+                         label=("elements",))
     step = max(r["small_step"] for r in dist)
     print(f"{args.small_keys} small keys (16 float32) per step, push+pull: "
           f"{human_seconds(step)} per step = {args.small_keys / step:,.0f} keys/s per worker")

@@ -1,4 +1,9 @@
-"""Plain-text tables and number formatting shared by every benchmark scenario.
+"""Tables, number formatting, progress lines and saved results of the benchmark scenarios.
+
+A scenario prints its tables and also hands its rows (dataclasses) to :class:`Results`,
+which ``kvsync bench ... --json FILE`` writes as JSON and ``--plot FILE`` draws as bar
+charts (with matplotlib, the optional ``plot`` extra: ``pip install kvsync[plot]``).
+:func:`progress` tells the terminal (stderr) what is being measured while it runs.
 
 Example:
     >>> print(format_table(["op", "median"], [["get", "52.1 us"]]))
@@ -9,9 +14,96 @@ Example:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["format_table", "human_bytes", "human_seconds"]
+__all__ = [
+    "Results",
+    "format_table",
+    "human_bytes",
+    "human_seconds",
+    "progress",
+    "results_of",
+]
+
+_START = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One ``[bench +12.3 s] message`` line on stderr: what is being measured now."""
+    sys.stderr.write(f"[bench +{time.monotonic() - _START:.1f} s] {message}\n")
+    sys.stderr.flush()
+
+
+@dataclasses.dataclass
+class _Table:
+    title: str
+    y: str  # the field charted
+    label: tuple[str, ...]  # fields naming a bar
+    rows: list[dict[str, Any]]
+
+
+class Results:
+    """The tables of one benchmark run, for ``--json`` and ``--plot``.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Row:
+        ...     op: str
+        ...     seconds: float
+        >>> r = Results()
+        >>> r.add("latency", [Row("get", 5e-5)], y="seconds", label=("op",))
+        >>> r.as_json()["tables"][0]["rows"]
+        [{'op': 'get', 'seconds': 5e-05}]
+    """
+
+    def __init__(self) -> None:
+        self.tables: list[_Table] = []
+
+    def add(self, title: str, rows: Sequence[Any], *, y: str, label: Sequence[str]) -> None:
+        """Record dataclass ``rows`` under ``title``; ``y`` is charted per ``label``."""
+        self.tables.append(_Table(title, y, tuple(label), [dataclasses.asdict(r) for r in rows]))
+
+    def as_json(self) -> dict[str, Any]:
+        """Every table, as JSON-able data."""
+        return {"tables": [dataclasses.asdict(t) for t in self.tables]}
+
+    def write_json(self, path: Path) -> None:
+        """Write :meth:`as_json` to ``path``."""
+        path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
+
+    def plot(self, path: Path) -> bool:
+        """Draw one bar chart per table into ``path`` (PNG, SVG, ... by its suffix).
+
+        Returns:
+            False (drawing nothing) when matplotlib is not installed.
+        """
+        try:
+            import matplotlib  # type: ignore[import-not-found]  # the optional plot extra
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+        except ImportError:
+            return False
+        tables = [t for t in self.tables if t.rows]
+        fig, axes = plt.subplots(len(tables), 1, figsize=(9, 3.2 * max(len(tables), 1)),
+                                 squeeze=False)
+        for ax, table in zip(axes[:, 0], tables, strict=True):
+            names = [" ".join(str(r[f]) for f in table.label) for r in table.rows]
+            ax.barh(names, [float(r[table.y]) for r in table.rows])
+            ax.set_title(table.title)
+            ax.set_xlabel(table.y)
+            ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return True
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -48,3 +140,16 @@ def human_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:g} {unit}"
     return f"{n:g} B"
+
+
+def results_of(args: argparse.Namespace) -> Results:
+    """The :class:`Results` a scenario adds its tables to (a new one when run alone).
+
+    Example:
+        >>> ns = argparse.Namespace(); results_of(ns) is results_of(ns)
+        True
+    """
+    results = getattr(args, "results", None)
+    if results is None:
+        results = args.results = Results()
+    return results

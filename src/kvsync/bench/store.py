@@ -38,7 +38,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvsync.bench.report import format_table, human_bytes, human_seconds
+from kvsync.bench.report import (
+    format_table,
+    human_bytes,
+    human_seconds,
+    progress,
+    results_of,
+)
 from kvsync.bench.store_backends import (
     BACKENDS,
     Backend,
@@ -564,15 +570,24 @@ def run(args: argparse.Namespace) -> int:
             compare = False
     ours: list[Row] = []
     theirs: list[Row] = []
-    for name in names:
+    for i, name in enumerate(names, 1):
+        progress(f"store {name} ({i}/{len(names)}): kvsync")
         ours += SCENARIOS[name](ours_backend, params)
         if compare:
+            progress(f"store {name} ({i}/{len(names)}): torch")
             theirs += SCENARIOS[name](BACKENDS["torch"], params)
     crossed = [n for n in names if n in TORCH_CLIENT_SCENARIOS] if compare else []
     for name in crossed:
         ours += bench_torch_client(name, BACKENDS["torch-on-kvsync"], params)
         theirs += bench_torch_client(name, BACKENDS["torch-process"], params)
     print(_table(ours, theirs if compare else None))
+    results = results_of(args)
+    for who, rows in (("kvsync", ours), ("torch", theirs)):
+        for kind, unit in (("time", "seconds"), ("rate", "ops/s"), ("MB/s", "MB/s")):
+            of_kind = [r for r in rows if r.kind == kind]
+            if of_kind:
+                results.add(f"{who} store ({unit})", of_kind, y="value",
+                            label=("scenario", "metric"))
     notes = [NOTES[placement], *([NOTES["torch"]] if compare else []), NOTES["common"]]
     if "busy-master" in names:
         notes.append(NOTES["busy-master"])
