@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from kvsync.errors import ErrorCode
@@ -352,3 +354,21 @@ def test_a_dropped_connection_leaves_its_arrival_counted_but_nothing_parked(
     st.drop_connection(1)
     assert st.parked == 0 and st.next_deadline() is None
     assert replies(st.handle(2, 1, m.Barrier("b", 2, 1000), now=0.0)) == {(2, 1): m.OkReply()}
+
+
+def test_the_longest_parked_request_is_logged_every_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    st = StoreState(progress_seconds=10.0)
+    st.handle(1, 1, m.Barrier("ready", 3, 60_000), 0.0)
+    st.handle(2, 2, m.Barrier("ready", 3, 60_000), 5.0)
+    assert st.next_deadline() == pytest.approx(10.0)
+    with caplog.at_level(logging.INFO, logger="kvsync.server.state"):
+        assert st.expire(9.0) == []
+        assert not caplog.records
+        assert st.expire(10.0) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 request(s) parked; the longest waiting: 2/3 ranks reached barrier 'ready' after "
+        "10.00 s"]
+    assert st.next_deadline() == pytest.approx(20.0)
+    assert StoreState(progress_seconds=0).next_deadline() is None

@@ -42,6 +42,7 @@ from typing import Any
 from kvsync import defaults
 from kvsync.env import check_port
 from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
+from kvsync.progress import interval as progress_interval
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
 from kvsync.protocol.messages import ErrorReply
@@ -140,7 +141,9 @@ class StoreServer:
             max_frame_bytes=_frame_cap(max_key_bytes, max_value_bytes),
         )
         self.logic: ServerLogic = logic or StoreState(
-            max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
+            progress_seconds=progress_interval(),
         )
         self._secret = secret
         self._listener = _listen(host, port, listen_fd, backlog)

@@ -131,9 +131,12 @@ class StoreState:
         *,
         max_key_bytes: int = defaults.MAX_KEY_BYTES,
         max_value_bytes: int = defaults.MAX_VALUE_BYTES,
+        progress_seconds: float = defaults.PROGRESS_LOG_SECONDS,
     ) -> None:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
+        self._progress_every = progress_seconds  # log the longest wait this often (0: never)
+        self._last_progress = 0.0
         self._values: dict[str, Buffer] = {}
         self._queues: dict[str, deque[Buffer]] = {}
         self._waiters = WaiterIndex()  # Wait, blocking Get/MultiGet: by first missing key
@@ -191,14 +194,28 @@ class StoreState:
         """Answer parked requests past their deadline with TIMEOUT errors naming what is
         missing and how long they waited."""
         expired = [*self._waiters.pop_expired(now), *self._pops.pop_expired(now)]
-        return [Outgoing(w.conn_id, w.request_id, self._timeout_reply(w, now)) for w in expired]
+        out = [Outgoing(w.conn_id, w.request_id, self._timeout_reply(w, now)) for w in expired]
+        due, oldest = self._progress_due()
+        if oldest is not None and due is not None and now >= due:
+            self._last_progress = now
+            logger.info("%d request(s) parked; the longest waiting: %s", self.parked,
+                        self._wait_text(oldest, now, timed_out=False))
+        return out
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a parked request, ``None`` when nothing is parked."""
-        waits, pops = self._waiters.next_deadline(), self._pops.next_deadline()
-        if waits is None or pops is None:
-            return pops if waits is None else waits
-        return min(waits, pops)
+        """The earliest deadline of a parked request (or of its next "still waiting" log
+        line), ``None`` when nothing is parked."""
+        times = [self._waiters.next_deadline(), self._pops.next_deadline(),
+                 self._progress_due()[0]]
+        return min((t for t in times if t is not None), default=None)
+
+    def _progress_due(self) -> tuple[float | None, Waiter | None]:
+        """When the next "still waiting" line is due, and the request it will name."""
+        if self._progress_every <= 0 or not self.parked:
+            return None, None
+        oldest = min((w for w in (self._waiters.oldest(), self._pops.oldest()) if w),
+                     key=lambda w: w.parked_at)
+        return max(oldest.parked_at, self._last_progress) + self._progress_every, oldest
 
     def drop_connection(self, conn_id: int) -> None:
         """Forget the parked requests of ``conn_id``."""
@@ -294,12 +311,17 @@ class StoreState:
         index.park(w, key)
 
     def _timeout_reply(self, w: Waiter, now: float) -> ErrorReply:
-        waited = f"{now - w.parked_at:.2f} s"
+        return ErrorReply(ErrorCode.TIMEOUT, self._wait_text(w, now, timed_out=True))
+
+    def _wait_text(self, w: Waiter, now: float, *, timed_out: bool) -> str:
+        """What a parked request waits for and what is still missing."""
+        seconds = f"{now - w.parked_at:.2f} s"
+        waited = f"{'timed out after' if timed_out else 'waiting for'} {seconds}"
         msg = w.msg
         if isinstance(msg, QueuePop):
-            text = f"queue_pop of {msg.key!r} timed out after {waited}; the queue is still empty"
+            text = f"queue_pop of {msg.key!r} {waited}; the queue is still empty"
         elif isinstance(msg, Get):
-            text = f"get of key {msg.key!r} timed out after {waited}; the key is still missing"
+            text = f"get of key {msg.key!r} {waited}; the key is still missing"
         elif isinstance(msg, _BarrierWait):
             b = msg.barrier
             try:
@@ -307,18 +329,15 @@ class StoreState:
                 arrived = str(min(count, b.world_size))
             except RejectError:  # the counter was overwritten meanwhile
                 arrived = "?"
-            text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {waited}"
+            text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {seconds}"
         elif isinstance(msg, CountBarrier):
-            text = (
-                f"barrier {msg.key!r} timed out after {waited}; its count is still below"
-                f" {msg.world_size}"
-            )
+            text = f"barrier {msg.key!r} {waited}; its count is still below {msg.world_size}"
         else:
             keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
             missing = [k for k in keys if not self._exists(k)]
             op = "wait for" if isinstance(msg, Wait) else "multi_get of"
-            text = f"{op} keys {list(keys)} timed out after {waited}; still missing: {missing}"
-        return ErrorReply(ErrorCode.TIMEOUT, text)
+            text = f"{op} keys {list(keys)} {waited}; still missing: {missing}"
+        return text
 
     def _block_on(self, conn_id: int, request_id: int, msg: object, keys: tuple[str, ...],
                   timeout_ms: int, now: float) -> object | None:  # fmt: skip

@@ -136,6 +136,11 @@ class WaiterIndex:
             expired.append(w)
         return expired
 
+    def oldest(self) -> Waiter | None:
+        """The live waiter parked longest ago (a scan: for rare progress reports)."""
+        return min((w for ws in self._by_conn.values() for w in ws),
+                   key=lambda w: w.parked_at, default=None)
+
     def next_deadline(self) -> float | None:
         """The earliest deadline of a live waiter, or ``None`` when nothing is parked."""
         heap = self._heap
