@@ -73,10 +73,7 @@ def non_negative(text: str) -> int:
         >>> non_negative("3")
         3
     """
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
+    return _at_least(text, 0, "must not be negative")
 
 
 def positive(text: str) -> int:
@@ -88,10 +85,7 @@ def positive(text: str) -> int:
         ...
         argparse.ArgumentTypeError: must be at least 1, got '0'
     """
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
+    return _at_least(text, 1, "must be at least 1")
 
 
 def seconds(text: str) -> float:
@@ -107,6 +101,13 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
+
+
+def _at_least(text: str, low: int, rule: str) -> int:
+    value = _integer(text)
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
     return value
 
 
