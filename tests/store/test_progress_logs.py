@@ -31,24 +31,35 @@ def test_a_long_wait_logs_the_missing_keys_and_its_error_gives_the_whole_time(
             with pytest.raises(StoreTimeoutError, match=r"still missing: \['gone'\].*in all"):
                 store.wait(["here", "gone"], timeout=0.7)
     lines = _messages(caplog, "kvsync.progress")
-    assert 2 <= len(lines) <= 4, lines
+    assert 1 <= len(lines) <= 4, lines  # slices of 0.2 s in 0.7 s (fewer on a busy machine)
     assert all("still missing: ['gone']" in line for line in lines)
     assert lines[0].startswith("wait: still waiting after 0 s of 0.7 s")
 
 
 @pytest.mark.timeout(20)
-def test_a_wait_that_succeeds_after_a_slice_returns(
-    fast_progress: None, caplog: pytest.LogCaptureFixture
+def test_a_wait_goes_on_after_a_logged_slice_and_returns_when_the_key_comes(
+    fast_progress: None,
 ) -> None:
-    import threading
-
     with TCPStore("127.0.0.1", 0, is_master=True, timeout=10) as store:
-        timer = threading.Timer(0.5, store.set, ("late", "1"))
-        timer.start()
-        with caplog.at_level(logging.INFO, logger="kvsync.progress"):
+
+        class SetOnProgress(logging.Handler):  # runs between two slices of the wait
+            def emit(self, record: logging.LogRecord) -> None:
+                self.lines.append(record.getMessage())
+                store.set("late", "1")
+
+        handler = SetOnProgress()
+        handler.lines = []  # type: ignore[attr-defined]
+        logger = logging.getLogger("kvsync.progress")
+        logger.addHandler(handler)
+        old_level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
             store.wait(["late"], timeout=5)
-        timer.join()
-    assert _messages(caplog, "kvsync.progress")  # it waited more than one slice
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+    assert len(handler.lines) == 1  # type: ignore[attr-defined]
+    assert "still missing: ['late']" in handler.lines[0]  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(20)
