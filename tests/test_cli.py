@@ -91,3 +91,12 @@ def test_configure_sets_the_kvsync_hierarchy_level_and_refuses_nonsense() -> Non
             log.configure_from_environment({"KVSYNC_LOG_LEVEL": "chatty"})
     finally:
         logger.setLevel(before)
+
+
+@pytest.mark.parametrize("variable", [("KVSYNC_LOG_LEVEL", "loud"), ("MASTER_PORT", "abc")])
+def test_kvsync_run_with_a_bad_variable_fails_in_one_line(variable: tuple[str, str]) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "KVSYNC_"))}
+    done = subprocess.run([sys.executable, "-m", "kvsync.run", "x.py"],
+                          env={**environ, variable[0]: variable[1]}, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    assert variable[0] in _one_error_line(done, "kvsync-run")

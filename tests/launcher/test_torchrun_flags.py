@@ -245,3 +245,23 @@ def test_without_restarts_left_the_job_fails_with_the_workers_code(tmp_path: Pat
     assert done.stderr.count("restarting the workers") == 1
     attempts = [line for line in done.stdout.splitlines() if line.startswith("[worker 0]")]
     assert attempts == ["[worker 0] attempt 0", "[worker 0] attempt 1"]
+
+
+@pytest.mark.slow
+def test_the_launchers_log_level_reaches_the_ranks_kvsync_loggers(tmp_path: Path) -> None:
+    script = _script(
+        tmp_path,
+        "lvl.py",
+        """
+        import logging
+        import kvsync
+
+        with kvsync.TCPStore(timeout=20) as store:  # applies KVSYNC_LOG_LEVEL, once
+            print("level", logging.getLogger("kvsync.store").getEffectiveLevel(), flush=True)
+        """,
+    )
+    done = _run("--nproc-per-node", "1", "-v", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[worker 0] level 20"]
+    done = _run("--nproc-per-node", "1", script)
+    assert done.stdout.splitlines() == ["[worker 0] level 30"]  # Python's default: WARNING

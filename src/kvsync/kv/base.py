@@ -40,6 +40,7 @@ from kvsync.errors import (
     ShapeMismatchError,
     UnknownNameError,
 )
+from kvsync.log import configure_from_environment as configure_logging_from_environment
 from kvsync.protocol.wire_keys import Key
 from kvsync.sparse import RowSparseArray
 
@@ -472,6 +473,7 @@ def create(name: str = "local", *, timeout: float | None = None) -> KVStoreBase:
         ...
         kvsync.errors.UnknownNameError: unknown KVStore type 'no_such_store'; known: ...
     """
+    configure_logging_from_environment()  # KVSYNC_LOG_LEVEL from a launcher: once per process
     if not isinstance(name, str):
         raise NameTypeError(f"a KVStore type name must be a str, got {type(name).__name__}")
     name = name.lower()

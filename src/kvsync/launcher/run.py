@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kvsync import defaults, env, log
+from kvsync import defaults, env
 from kvsync.launcher import torchrun_args
 from kvsync.launcher.agent import ChildExit, ChildSpec, Coordinator, JobResult, Supervisor
 from kvsync.launcher.output import OutputRouter
@@ -52,6 +52,7 @@ from kvsync.options import (
     log_level,
     non_negative,
     port,
+    run_command,
     seconds,
 )
 
@@ -175,16 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--node-rank {args.node_rank} must be below --nnodes {args.nnodes}")
     if args.node_rank > 0 and args.master_port == 0:
         parser.error("--master-port is required on node ranks above 0 (the port node 0 uses)")
-    try:
-        log.configure(log_level(args))
-        log.configure_from_environment()
-    except ValueError as exc:
-        parser.error(str(exc))
     router = OutputRouter(sys.stdout.buffer, sys.stderr.buffer, args.log_dir,
                           console=torchrun_args.console_filter(args))
     if args.log_dir is not None and (any(args.redirects.values()) or any(args.tee.values())):
         _say(router, f"children's output is written to {args.log_dir}")
-    return _run(args, router)
+    # logging from -v/--log-level (else KVSYNC_LOG_LEVEL); any error is one line, exit 1
+    return run_command("kvsync-run", args, lambda a: _run(a, router))
 
 
 def _say(router: OutputRouter, message: str) -> None:

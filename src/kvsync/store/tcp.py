@@ -35,7 +35,7 @@ import time
 import weakref
 from typing import Any
 
-from kvsync import defaults, env
+from kvsync import defaults, env, log
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
 from kvsync.progress import interval as progress_interval
@@ -191,6 +191,7 @@ class TCPStore(Store):
         if server is not None and server not in env.STORE_SERVER_CHOICES:
             raise ValueError(f"server must be one of {env.STORE_SERVER_CHOICES}, got {server!r}")
         e = env.read()
+        log.configure_from_environment()  # KVSYNC_LOG_LEVEL from a launcher: once per process
         from_env = host_name is None and port is None
         if from_env and world_size is None:
             world_size = e.world_size
