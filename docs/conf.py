@@ -23,3 +23,6 @@ autodoc_typehints = "description"
 napoleon_google_docstring = True
 html_theme = "alabaster"
 suppress_warnings = ["ref.python"]
+# anchors for "## headings", so [text](#heading) links resolve with every myst-parser version
+# (myst-parser 4, the newest for Python 3.10, needs this setting)
+myst_heading_anchors = 3
