@@ -49,6 +49,7 @@ def _long_flags(parser: argparse.ArgumentParser) -> set[str]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
+                getattr(sub, "load", lambda: None)()  # a lazy subcommand's options
                 flags |= _long_flags(sub)
         elif action.option_strings and action.dest != "help":
             flags.add(next(f for f in action.option_strings if f.startswith("--")))

@@ -75,9 +75,12 @@ _K = TypeVar("_K", bound="type[KVStoreBase]")
 BUILTIN_TYPES: dict[str, str] = {
     "local": "kvsync.kv.local",
     "device": "kvsync.kv.local",
+    "nccl": "kvsync.kv.local",
     "dist_sync": "kvsync.kv.dist",
     "dist_device_sync": "kvsync.kv.dist",
+    "dist_sync_device": "kvsync.kv.dist",
     "dist_async": "kvsync.kv.dist",
+    "dist_async_device": "kvsync.kv.dist",
 }
 
 
