@@ -44,7 +44,7 @@ class LazyCommandParser(Parser):
 
     Example:
         >>> p = argparse.ArgumentParser(prog="kvsync")
-        >>> add_commands(p, {"inspect": ("kvsync.store.inspect", "show keys")})
+        >>> _ = add_commands(p, {"inspect": ("kvsync.store.inspect", "show keys")})
         >>> args = p.parse_args(["inspect", "--port", "7000"])
         >>> args.port, args._run.__module__
         (7000, 'kvsync.store.inspect')
