@@ -150,7 +150,8 @@ class ThreadHost:
     def leave(self) -> None:
         """Stop the server once its clients disconnected, at most ``grace`` seconds from
         now (logged): at once when none is connected, else from a background thread (see
-        :func:`join_leaving`). Does nothing in a forked child."""
+        :func:`join_leaving`), or from the calling thread at interpreter exit where Python
+        (3.12 and later) starts no new thread. Does nothing in a forked child."""
         if os.getpid() != self._pid:
             return
         connections = lambda: self.server.connections  # noqa: E731
@@ -164,9 +165,13 @@ class ThreadHost:
             self.server.close()
 
         thread = threading.Thread(target=serve_then_close, name="kvsync-leave", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # Python >= 3.12 starts no thread at exit: serve from this one
+            serve_then_close()
+            return
         _leaving[:] = [t for t in _leaving if t.is_alive()]
         _leaving.append(thread)
-        thread.start()
 
     def __repr__(self) -> str:
         return f"ThreadHost({self.server!r})"
