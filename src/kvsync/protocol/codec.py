@@ -43,7 +43,16 @@ from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION, Payload
 from kvsync.protocol.messages import STORE_MESSAGE_OF, Opcode
 from kvsync.protocol.ps_messages import PS_MESSAGE_OF
 
-__all__ = ["DECODERS", "ENCODERS", "MESSAGE_OF", "OPCODE_OF", "Limits", "decode", "encode_frame"]
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "MESSAGE_OF",
+    "OPCODE_OF",
+    "Limits",
+    "check_prefix",
+    "decode",
+    "encode_frame",
+]
 
 #: opcode -> message class: every message the wire knows (store and parameter server).
 MESSAGE_OF: dict[Opcode, type] = {**STORE_MESSAGE_OF, **PS_MESSAGE_OF}
@@ -423,6 +432,30 @@ def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> 
     if encode is None:
         raise LocalProtocolError(f"{type(msg).__name__} is not a protocol message")
     return encode(request_id, msg, limits)
+
+
+def check_prefix(opcode: int, prefix: bytes, limits: Limits) -> None:
+    """Refuse a payload from its leading bytes: a key, value or item count whose length
+    prefix is there and over its cap (a field cut short is not an error here: the whole
+    payload decides).
+
+    Raises:
+        LimitExceededError: a field in ``prefix`` claims more than its cap.
+
+    Example:
+        >>> from kvsync.protocol.messages import Opcode
+        >>> check_prefix(Opcode.SET, b"\\x03\\x00\\x00\\x00abc", Limits(max_key_bytes=8))
+        >>> check_prefix(Opcode.SET, b"\\x09\\x00\\x00\\x00", Limits(max_key_bytes=8))
+        Traceback (most recent call last):
+        ...
+        kvsync.errors.LimitExceededError: Set.key is 9 bytes, over the limit of 8 bytes
+    """
+    try:
+        decode(opcode, memoryview(prefix), limits)
+    except LimitExceededError:
+        raise
+    except RemoteProtocolError:  # cut short (or bad): the whole payload decides
+        pass
 
 
 def decode(opcode: int, payload: Payload, limits: Limits) -> object:

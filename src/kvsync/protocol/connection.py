@@ -29,6 +29,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from typing import Final, NamedTuple
 
 from kvsync.errors import (
@@ -41,8 +42,22 @@ from kvsync.errors import (
     error_from_code,
 )
 from kvsync.protocol import handshake
-from kvsync.protocol.codec import DECODERS, ENCODERS, MESSAGE_OF, Limits, encode_frame
-from kvsync.protocol.framing import PROTOCOL_VERSION, SMALL_FRAME, FrameBuffer, Landed, Landing
+from kvsync.protocol.codec import (
+    DECODERS,
+    ENCODERS,
+    MESSAGE_OF,
+    Limits,
+    check_prefix,
+    encode_frame,
+)
+from kvsync.protocol.framing import (
+    PROTOCOL_VERSION,
+    SMALL_FRAME,
+    FrameBuffer,
+    Landed,
+    Landing,
+    ReceiveBudget,
+)
 from kvsync.protocol.messages import (
     HANDSHAKE_OPCODES,
     Auth,
@@ -64,6 +79,9 @@ __all__ = [
 ]
 
 _REPLY_MIN: Final = 0x80
+#: Longest frame payload accepted before the handshake completes (Hello, Auth and their
+#: replies are a few dozen bytes): an unauthenticated peer cannot make a server read more.
+HANDSHAKE_FRAME_BYTES: Final = 4096
 Buffers = list[bytes | bytearray | memoryview]
 _Encode = Callable[[int, object, Limits | None], Buffers]
 
@@ -123,6 +141,11 @@ class Connection:
             uses generous ones and learns the server's in the handshake).
         secret: shared secret for HMAC authentication, or ``None``.
         token: source of random nonces (tests may inject a deterministic one).
+        budget: the server-wide allowance for half-received frames, or ``None``.
+
+    The frame buffer refers to nothing of this object's, so a dropped connection is freed
+    by reference counting, its buffers at once; :meth:`close` frees them even while
+    something still refers to it.
     """
 
     def __init__(
@@ -132,6 +155,7 @@ class Connection:
         limits: Limits | None = None,
         secret: str | bytes | None = None,
         token: Callable[[int], bytes] = secrets.token_bytes,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.role = role
         self.limits = limits or (
@@ -140,7 +164,12 @@ class Connection:
         self.peer_limits: Limits | None = None
         self._secret = handshake.secret_bytes(secret)
         self._token = token
-        self._frames = FrameBuffer(_OPCODES, self.limits.max_frame_bytes)
+        self._frames = FrameBuffer(
+            _OPCODES,
+            self.limits.max_frame_bytes,
+            check_prefix=partial(_check_prefix, self.limits),
+            budget=budget,
+        )
         self._error: KVSyncError | None = None
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
@@ -164,12 +193,39 @@ class Connection:
         ready = state is _State.READY
         self._sendable = _SENDABLE[self.role] if ready else {}
         self._receivable = _RECEIVABLE[self.role] if ready else frozenset()
+        cap = self.limits.max_frame_bytes
+        self._frames.max_length = cap if ready else min(cap, HANDSHAKE_FRAME_BYTES)
+        self._frames.cap_name = "max_frame_bytes" if ready else "before the handshake completes"
 
     @property
     def last_request_id(self) -> int | None:
         """The request id of the last frame header received (``0`` after bytes that cannot
         be kvsync), ``None`` before the first: what an error reply should answer."""
         return self._frames.last_request_id
+
+    @property
+    def held(self) -> int:
+        """Bytes reserved for the big frame being received (``0`` between big frames)."""
+        return self._frames.held
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return self._frames.mid_frame
+
+    def close(self) -> None:
+        """Release every received byte and reservation now; the object is unusable after.
+
+        Example:
+            >>> c = Connection(Role.SERVER); c.receive_data(b"KVS"); c.mid_frame
+            True
+            >>> c.close(); c.mid_frame, c.handshake_complete
+            (False, False)
+        """
+        self._frames.discard()
+        self._outbox = []
+        if self._error is None:
+            self._error = LocalProtocolError("connection closed")
 
     @property
     def handshake_complete(self) -> bool:
@@ -373,6 +429,10 @@ class Connection:
         if type(msg) not in _REPLY_TYPES:
             raise RemoteProtocolError(f"a server may not send {type(msg).__name__} here")
         return Event(request_id, msg)
+
+
+def _check_prefix(limits: Limits, opcode: int, prefix: bytes) -> None:
+    check_prefix(opcode, prefix, limits)
 
 
 _OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
