@@ -17,10 +17,15 @@ __all__ = [
     "CONNECT_BACKOFF_MIN",
     "DEFAULT_HOST",
     "DEFAULT_TIMEOUT",
+    "FRAME_TIMEOUT_SECONDS",
+    "HANDSHAKE_TIMEOUT_SECONDS",
+    "IDLE_TIMEOUT_SECONDS",
     "LISTEN_BACKLOG",
+    "MAX_CONNECTIONS",
     "MAX_FRAME_BYTES",
     "MAX_KEYS_PER_REQUEST",
     "MAX_KEY_BYTES",
+    "MAX_PENDING_BYTES",
     "MAX_VALUE_BYTES",
     "NODE_JOIN_TIMEOUT_SECONDS",
     "NODE_WAIT_NOTICE_SECONDS",
@@ -51,6 +56,20 @@ MAX_VALUE_BYTES: int = 1 << 30
 MAX_FRAME_BYTES: int = MAX_VALUE_BYTES + 2 * MAX_KEY_BYTES + 4096
 #: Most keys one multi_get / multi_set / wait may name.
 MAX_KEYS_PER_REQUEST: int = 1 << 20
+#: A server drops a connection that has not finished the handshake (and authentication)
+#: this many seconds after it was accepted.
+HANDSHAKE_TIMEOUT_SECONDS: float = 5.0
+#: A server drops a connection whose half-received frame got no byte for this long.
+FRAME_TIMEOUT_SECONDS: float = 10.0
+#: A server drops a connection with nothing parked and no traffic for this long; ``0``
+#: never does (training jobs sit idle for hours between rendezvous).
+IDLE_TIMEOUT_SECONDS: float = 0.0
+#: Connections a server holds at most; the next one gets an error reply saying so.
+MAX_CONNECTIONS: int = 16384
+#: Bytes a server reserves at most, over all connections, for frames half received
+#: (big payloads reserve memory as their bytes arrive); a frame that would need more is
+#: refused. Never below one whole frame (a value at its cap must fit).
+MAX_PENDING_BYTES: int = 4 << 30
 #: listen() backlog of the server socket; sized for thousands of ranks connecting at once.
 LISTEN_BACKLOG: int = 4096
 #: Where ``TCPStore(is_master=True)`` runs its server: "thread" (a thread of the master

@@ -31,7 +31,12 @@ __all__ = [
     "DMLC_ROLE",
     "GROUP_RANK",
     "KVSYNC_BIGARRAY_BOUND",
+    "KVSYNC_FRAME_TIMEOUT",
+    "KVSYNC_HANDSHAKE_TIMEOUT",
+    "KVSYNC_IDLE_TIMEOUT",
     "KVSYNC_LOG_LEVEL",
+    "KVSYNC_MAX_CONNECTIONS",
+    "KVSYNC_MAX_PENDING_BYTES",
     "KVSYNC_NODE_ADDR",
     "KVSYNC_PROGRESS_SECONDS",
     "KVSYNC_PS_SHM",
@@ -91,6 +96,12 @@ KVSYNC_STORE_EXIT_GRACE = "KVSYNC_STORE_EXIT_GRACE"
 #: The address this node's listening sockets bind and register in a multi-host job
 #: (``kvsync-run --node-addr``); default: this host's address on the route to MASTER_ADDR.
 KVSYNC_NODE_ADDR = "KVSYNC_NODE_ADDR"
+#: Server limits (``kvsync serve`` flags of the same names; defaults in kvsync.defaults).
+KVSYNC_HANDSHAKE_TIMEOUT = "KVSYNC_HANDSHAKE_TIMEOUT"
+KVSYNC_FRAME_TIMEOUT = "KVSYNC_FRAME_TIMEOUT"
+KVSYNC_IDLE_TIMEOUT = "KVSYNC_IDLE_TIMEOUT"
+KVSYNC_MAX_CONNECTIONS = "KVSYNC_MAX_CONNECTIONS"
+KVSYNC_MAX_PENDING_BYTES = "KVSYNC_MAX_PENDING_BYTES"
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"
 #: A module a parameter-server process imports before serving (``kvsync-run --server-setup``).
@@ -285,6 +296,11 @@ class Environment:
     store_server = _Variable(KVSYNC_STORE_SERVER, _store_server)
     store_exit_grace = _Variable(KVSYNC_STORE_EXIT_GRACE, _seconds)
     node_addr = _Variable(KVSYNC_NODE_ADDR, _str)
+    handshake_timeout = _Variable(KVSYNC_HANDSHAKE_TIMEOUT, _seconds)
+    frame_timeout = _Variable(KVSYNC_FRAME_TIMEOUT, _seconds)
+    idle_timeout = _Variable(KVSYNC_IDLE_TIMEOUT, _seconds)
+    max_connections = _Variable(KVSYNC_MAX_CONNECTIONS, _int)
+    max_pending_bytes = _Variable(KVSYNC_MAX_PENDING_BYTES, _int)
     secret = _Variable(KVSYNC_SECRET, _str)
     server_setup = _Variable(KVSYNC_SERVER_SETUP, _str)
     bigarray_bound = _Variable(KVSYNC_BIGARRAY_BOUND, _bigarray_bound)

@@ -24,8 +24,9 @@ from kvsync.errors import StoreConnectionError
 from kvsync.launcher import ps_server
 from kvsync.options import port
 from kvsync.server import StoreServer
+from kvsync.server.guard import ServerSettings
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "settings_of"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +56,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backlog", type=int, default=defaults.LISTEN_BACKLOG,
                         help="listen() backlog (default %(default)s)")  # fmt: skip
+    _add_limit_arguments(parser)
     parser.add_argument("--role", choices=("store", "server"), default="store",
                         help="store: a standalone store; server: a parameter server of the "
                         "job in MASTER_ADDR/MASTER_PORT (see kvsync.launcher.ps_server)")
     ps_server.add_arguments(parser)
+
+
+#: flag -> (ServerSettings field, type, help); each default is the KVSYNC_* variable's
+#: value when set, else kvsync.defaults'.
+_LIMITS: dict[str, tuple[str, type, str]] = {
+    "--handshake-timeout": ("handshake_timeout", float,
+                            "seconds a new connection has to finish the handshake"),
+    "--frame-timeout": ("frame_timeout", float,
+                        "seconds a half-received frame may go without a byte arriving"),
+    "--idle-timeout": ("idle_timeout", float,
+                       "seconds a connection with nothing parked may stay silent (0: forever)"),
+    "--max-connections": ("max_connections", int, "connections held at most"),
+    "--max-pending-bytes": ("max_pending_bytes", int,
+                            "bytes reserved at most for half-received frames, all connections"),
+}  # fmt: skip
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    settings = ServerSettings.from_environment(env.read())
+    for flag, (field, kind, text) in _LIMITS.items():
+        variable = "KVSYNC_" + field.upper()
+        parser.add_argument(flag, type=kind, default=getattr(settings, field),
+                            help=f"{text} (default %(default)s; env {variable})")  # fmt: skip
+
+
+def settings_of(args: argparse.Namespace) -> ServerSettings:
+    """The :class:`ServerSettings` that ``kvsync serve``'s limit flags give.
+
+    Raises:
+        ValueError: a limit is out of range.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); add_arguments(p)
+        >>> settings_of(p.parse_args(["--idle-timeout", "60"])).idle_timeout
+        60.0
+    """
+    return ServerSettings(**{field: getattr(args, field) for field, _, _ in _LIMITS.values()})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
             max_value_bytes=args.max_value_bytes,
             secret=env.read().secret,
             backlog=args.backlog,
+            settings=settings_of(args),
         )
-    except StoreConnectionError as exc:
+    except (StoreConnectionError, ValueError) as exc:
         print(f"kvsync serve: {exc}", file=sys.stderr)
         return 1
 

@@ -24,6 +24,14 @@ kvsync frames start with ``K``) is a torch client and gets a
 (:func:`_dialect`); its requests reach the same ``logic``, and its replies are encoded by
 the session (torch's protocol has no error reply: a failed torch connection just closes).
 A server with a shared secret refuses torch clients: torch's protocol cannot authenticate.
+
+Limits (:class:`~kvsync.server.guard.ServerSettings`): a :class:`ConnectionGuard` holds the
+handshake, half-received-frame and idle deadlines and is checked like a parked request's;
+a connection past one gets an error reply and is closed. Connections beyond
+``max_connections`` get an error reply at once. Big payloads reserve memory from one
+:class:`~kvsync.protocol.framing.ReceiveBudget` as their bytes arrive. A failed or dropped
+connection's protocol object is closed at once, so its buffers are freed then, not by the
+cycle collector.
 """
 
 from __future__ import annotations
@@ -39,13 +47,15 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from kvsync import defaults
+from kvsync import defaults, env
 from kvsync.env import check_port
-from kvsync.errors import ErrorCode, KVSyncError, StoreConnectionError
+from kvsync.errors import ErrorCode, KVSyncError, LimitExceededError, StoreConnectionError
 from kvsync.progress import interval as progress_interval
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
+from kvsync.protocol.framing import ReceiveBudget
 from kvsync.protocol.messages import ErrorReply
+from kvsync.server.guard import ConnectionGuard, ServerSettings
 from kvsync.server.router import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
 from kvsync.server.torch_session import TorchSession
@@ -74,7 +84,8 @@ class _Peer:
     """Per-connection state the loop keeps (the protocol state lives in ``proto``)."""
 
     __slots__ = (
-        "addr", "closing", "conn_id", "encode", "events", "outq", "pending", "proto", "ready",
+        "addr", "closing", "conn_id", "encode", "events", "inflight", "outq", "pending", "proto",
+        "ready",
         "sock",
     )  # fmt: skip
 
@@ -89,6 +100,7 @@ class _Peer:
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
         self.closing: float | None = None  # monotonic deadline once the protocol failed
         self.ready = False  # handshake complete: no more handshake frames to send
+        self.inflight = 0  # requests received and not answered yet (parked ones)
 
 
 def _frame_cap(max_key_bytes: int, max_value_bytes: int) -> int:
@@ -108,6 +120,9 @@ class StoreServer:
         max_value_bytes: largest value accepted.
         secret: shared secret clients must prove they know (HMAC handshake), or ``None``.
         backlog: ``listen()`` backlog.
+        settings: connection limits (deadlines, connection count, memory for
+            half-received frames); default: :mod:`kvsync.defaults` with what the
+            environment sets over them (``KVSYNC_HANDSHAKE_TIMEOUT`` ...).
 
     Raises:
         StoreConnectionError: the address cannot be resolved or bound (names host:port).
@@ -134,6 +149,7 @@ class StoreServer:
         max_value_bytes: int = defaults.MAX_VALUE_BYTES,
         secret: str | bytes | None = None,
         backlog: int = defaults.LISTEN_BACKLOG,
+        settings: ServerSettings | None = None,
     ) -> None:
         self.limits = Limits(
             max_key_bytes=max_key_bytes,
@@ -146,6 +162,10 @@ class StoreServer:
             progress_seconds=progress_interval(),
         )
         self._secret = secret
+        self.settings = settings or ServerSettings.from_environment(env.read())
+        whole_value = max_value_bytes + 2 * max_key_bytes + 4096  # one value at its cap fits
+        self.budget = ReceiveBudget(max(self.settings.max_pending_bytes, whole_value))
+        self._guard = ConnectionGuard(self.settings)
         self._listener = _listen(host, port, listen_fd, backlog)
         self.host, self.port = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
@@ -240,6 +260,9 @@ class StoreServer:
         if self._accept_resume is not None:
             resume = self._accept_resume
             deadline = resume if deadline is None else min(deadline, resume)
+        guard = self._guard.next_deadline()
+        if guard is not None:
+            deadline = guard if deadline is None else min(deadline, guard)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         for key, mask in self._selector.select(timeout):
             data = key.data
@@ -254,6 +277,11 @@ class StoreServer:
         now = time.monotonic()
         if deadline is not None and deadline <= now:  # requests parked in this turn expire
             self._deliver(self.logic.expire(now))  # later: their deadline is the next one
+        if guard is not None and guard <= now:
+            for conn_id, exc in self._guard.expired(now, self._busy):
+                peer = self._peers.get(conn_id)
+                if peer is not None and peer.closing is None:
+                    self._fail(peer, exc)
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
@@ -264,6 +292,10 @@ class StoreServer:
         if self._accept_resume is not None and now >= self._accept_resume:
             self._accept_resume = None
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
+
+    def _busy(self, conn_id: int) -> bool:
+        peer = self._peers.get(conn_id)
+        return peer is not None and peer.inflight > 0
 
     def _on_wake(self, sock: socket.socket, mask: int) -> None:
         try:
@@ -295,6 +327,13 @@ class StoreServer:
             peer = _Peer(conn_id, sock, f"{addr[0]}:{addr[1]}")
             self._peers[conn_id] = peer
             self._selector.register(sock, selectors.EVENT_READ, peer)
+            if len(self._peers) - len(self._closing) > self.settings.max_connections:
+                self._fail(peer, LimitExceededError(
+                    f"store server {self.address} already holds"
+                    f" {self.settings.max_connections} connections (max_connections);"
+                    " refusing this one"))  # fmt: skip
+                continue
+            self._guard.accepted(conn_id, time.monotonic())
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
     def _dialect(self, peer: _Peer) -> bool:
@@ -322,7 +361,9 @@ class StoreServer:
             peer.proto, peer.encode = session, lambda o: session.encode(o.request_id, o.reply)
             logger.debug("connection %d from %s speaks torch's protocol", peer.conn_id, peer.addr)
         else:
-            peer.proto = Connection(Role.SERVER, limits=self.limits, secret=self._secret)
+            peer.proto = Connection(
+                Role.SERVER, limits=self.limits, secret=self._secret, budget=self.budget
+            )
         return True
 
     def _on_readable(self, peer: _Peer) -> None:
@@ -349,6 +390,8 @@ class StoreServer:
             del buf  # no view into the connection's buffer outlives the receive
             proto.advance(n)
             events, error = drain_events(proto)
+            mid_frame = proto.mid_frame if type(proto) is Connection else False
+            self._guard.received(peer.conn_id, time.monotonic(), mid_frame)
             if not self._process(peer, events, error) or (n < size and n < _STREAMING):
                 return
 
@@ -363,7 +406,10 @@ class StoreServer:
         if not peer.ready:  # handshake frames may have been answered
             mine += proto.data_to_send()
             peer.ready = proto.handshake_complete
+            if peer.ready:
+                self._guard.handshaken(conn_id)
         if events:
+            peer.inflight += len(events)
             now = time.monotonic()
             handle = self.logic.handle
             encode = peer.encode
@@ -377,6 +423,7 @@ class StoreServer:
                 for o in out:  # usually just its reply
                     if o.conn_id == conn_id:
                         mine += encode(o)
+                        peer.inflight -= 1
                     else:
                         others.append(o)
             if others:  # wake-ups of other connections, queued in one go
@@ -411,8 +458,15 @@ class StoreServer:
 
     def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
         logger.info("closing connection from %s: %s", peer.addr, exc)
-        if not isinstance(peer.proto, TorchSession):  # torch's protocol has no error reply
-            self._queue(peer, encode_error(peer.proto.last_request_id or 0, exc))
+        proto = peer.proto
+        if proto is None:  # not a byte from it yet: a silent peer, or one over a limit
+            proto = peer.proto = Connection(Role.SERVER, limits=self.limits)
+        if type(proto) is Connection:  # torch's protocol has no error reply
+            if not peer.ready:  # a HelloReply answered before the bad frame goes out first
+                self._queue(peer, proto.data_to_send())
+            self._queue(peer, encode_error(proto.last_request_id or 0, exc))
+            proto.close()  # its buffers are freed now, whatever still refers to it
+        self._guard.dropped(peer.conn_id)
         self._flush(peer)
         if peer.conn_id not in self._peers:
             return
@@ -439,10 +493,13 @@ class StoreServer:
 
     def _deliver(self, outgoing: Iterable[Outgoing]) -> None:
         """Queue replies on their connections, to be flushed at the end of the turn."""
+        now = time.monotonic()
         for out in outgoing:
             peer = self._peers.get(out.conn_id)
             if peer is None or peer.closing is not None:
                 continue  # the client went away while its request was parked
+            peer.inflight -= 1
+            self._guard.sent(peer.conn_id, now)
             self._queue(peer, peer.encode(out))
             if peer.proto.error is not None:  # a torch peer whose parked request failed
                 self._fail(peer, peer.proto.error)
@@ -495,6 +552,9 @@ class StoreServer:
             pass
         peer.sock.close()
         peer.outq.clear()
+        if type(peer.proto) is Connection:  # its buffers and budget are freed now, not by
+            peer.proto.close()  # the cycle collector
+        self._guard.dropped(peer.conn_id)
         self.logic.drop_connection(peer.conn_id)
 
 
