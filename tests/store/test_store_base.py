@@ -15,7 +15,8 @@ from kvsync.errors import (
 )
 from kvsync.protocol import messages as m
 from kvsync.store import HashStore, Store
-from kvsync.store.base import REPLY_GRACE_SECONDS, to_seconds
+from kvsync.store.arguments import reply_timeout
+from kvsync.store.base import to_seconds
 
 
 class Scripted(Store):
@@ -73,8 +74,8 @@ def test_timeouts_accept_seconds_and_timedelta() -> None:
     s.wait("k", timeout=timedelta(seconds=3))
     s.wait(["k"])
     (w1, t1), (w2, t2) = s.sent
-    assert w1 == m.Wait(("k",), 3000) and t1 == 3 + REPLY_GRACE_SECONDS
-    assert w2 == m.Wait(("k",), 2000) and t2 == 2 + REPLY_GRACE_SECONDS
+    assert w1 == m.Wait(("k",), 3000) and t1 == reply_timeout(3) <= 3 * 1.05
+    assert w2 == m.Wait(("k",), 2000) and t2 == reply_timeout(2) <= 2 * 1.05
     s.set_timeout(timedelta(seconds=7))
     assert s.timeout == timedelta(seconds=7)
 

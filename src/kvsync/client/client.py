@@ -81,6 +81,23 @@ def array_landing(out: np.ndarray) -> Landing | None:
     return Landing(int(Opcode.PS_VALUES), prefix, out.reshape(-1).view("u1").data, value)
 
 
+def _describe(msg: object) -> str:
+    """A request named for a timeout error: its type and the key(s) it names.
+
+    Example:
+        >>> from kvsync.protocol.messages import Wait
+        >>> _describe(Wait(("a", "b"), 5000))
+        "Wait of keys ['a', 'b']"
+    """
+    name = type(msg).__name__
+    keys = getattr(msg, "keys", None)
+    if isinstance(keys, tuple):
+        shown = list(keys[:8])
+        return f"{name} of keys {shown}{' ...' if len(keys) > 8 else ''}"
+    key = getattr(msg, "key", None)
+    return name if key is None else f"{name} of key {key!r}"
+
+
 def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
     """Set ``SO_RCVTIMEO``/``SO_SNDTIMEO`` (at least 1 ms: zero would mean "forever")."""
     usec = max(1000, min(int(seconds * 1e6), 1 << 40))
@@ -100,6 +117,7 @@ class Client:
         connect_timeout: seconds to keep retrying the connection and the handshake (a
             server started later is waited for); default ``timeout``.
         retry_log_level: the logging level of each failed connection attempt.
+        peer_name: what errors call the server (``"parameter server"`` for a KVStore's).
 
     Raises:
         StoreConnectionError: unresolvable host or non-retryable connect error.
@@ -125,13 +143,15 @@ class Client:
         timeout_hint: str = "",
         connect_timeout: float | None = None,
         retry_log_level: int = logging.DEBUG,
+        peer_name: str = "store server",
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.timeout_hint = timeout_hint
         self.address = f"{host}:{port}"
+        self.peer = f"{peer_name} {self.address}"  # how errors name the server
         connect_timeout = timeout if connect_timeout is None else connect_timeout
         deadline = time.monotonic() + connect_timeout
-        self._sock = connect(host, port, connect_timeout, Backoff(), retry_log_level)
+        self._sock = connect(host, port, connect_timeout, Backoff(), retry_log_level, peer_name)
         self._proto = Connection(Role.CLIENT, secret=secret)
         # Blocking, with kernel timeouts bounding every call; both set now, so that a first
         # request pays no extra system calls.
@@ -170,15 +190,15 @@ class Client:
                 n = sock.recv_into(proto.receive_buffer())
             except TimeoutError as exc:
                 raise StoreTimeoutError(
-                    f"store server {self.address} did not complete the handshake in time"
+                    f"{self.peer} did not complete the handshake in time"
                 ) from exc
             except OSError as exc:
                 raise StoreConnectionError(
-                    f"connection to store server {self.address} failed during the handshake: {exc}"
+                    f"connection to {self.peer} failed during the handshake: {exc}"
                 ) from exc
             if n == 0:
                 raise StoreConnectionError(
-                    f"store server {self.address} closed the connection during the handshake"
+                    f"{self.peer} closed the connection during the handshake"
                 )
             proto.advance(n)
             proto.next_event()
@@ -225,7 +245,7 @@ class Client:
                     if type(reply) is ErrorReply:
                         raise error_from_code(reply.code, reply.message)
                     return reply
-            return self._read_reply(request_id, deadline, timeout, events)
+            return self._read_reply(request_id, deadline, timeout, events, msg)
         finally:
             lock.acquire()
             try:
@@ -236,7 +256,7 @@ class Client:
                 lock.release()
 
     def _read_reply(
-        self, request_id: int, deadline: float, timeout: float, events: list[Event]
+        self, request_id: int, deadline: float, timeout: float, events: list[Event], msg: object
     ) -> object:
         """The general end of :meth:`call` (the reader role held): file ``events`` and any
         other replies read, until the reply to ``request_id`` is there or the deadline."""
@@ -253,7 +273,7 @@ class Client:
                 return _unwrap(reply)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._no_reply(request_id, timeout)
+                raise self._no_reply(request_id, timeout, msg)
             try:
                 events = self._read(remaining)
             except KVSyncError as exc:
@@ -269,10 +289,8 @@ class Client:
     def _read_error(self, exc: OSError | None) -> StoreConnectionError:
         """The error for a failed receive (``None``: the server closed the connection)."""
         if exc is None:
-            return StoreConnectionError(
-                f"store server {self.address} closed the connection (server gone?)"
-            )
-        return StoreConnectionError(f"lost the connection to store server {self.address}: {exc}")
+            return StoreConnectionError(f"{self.peer} closed the connection (server gone?)")
+        return StoreConnectionError(f"lost the connection to {self.peer}: {exc}")
 
     def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
@@ -335,10 +353,11 @@ class Client:
             if ev.request_id in self._waiting:
                 self._results[ev.request_id] = ev.message
 
-    def _no_reply(self, request_id: int, timeout: float) -> StoreTimeoutError:
+    def _no_reply(self, request_id: int, timeout: float, msg: object = None) -> StoreTimeoutError:
+        what = "" if msg is None else f" ({_describe(msg)})"
         return StoreTimeoutError(
-            f"no reply from store server {self.address} to request {request_id}"
-            f" within {timeout:g} s{self.timeout_hint}"
+            f"no reply from {self.peer} to request {request_id} within {timeout:g} s{what}"
+            f"{self.timeout_hint}"
         )
 
     def _read(self, timeout: float) -> list[Event]:
@@ -371,7 +390,8 @@ class Client:
 
         Raises:
             StoreConnectionError: the connection is lost or the server closed it.
-            KVSyncError: the server sent bad bytes (even after good replies).
+            KVSyncError: the server sent bad bytes (even after good replies), or its error
+                reply for the whole connection (request id 0), as its class.
         """
         proto = self._proto
         buf = proto.receive_buffer()
@@ -400,6 +420,12 @@ class Client:
             events, error = drain_events(proto)
             if type(event) is Event:
                 events.insert(0, event)
+        for ev in events:  # request id 0: the server's reason for closing this connection
+            if ev.request_id == 0 and type(ev.message) is ErrorReply:
+                raise error_from_code(
+                    ev.message.code,
+                    f"{self.peer} closed this connection: {ev.message.message}",
+                )
         if error is not None:  # bad bytes, even after good replies: fail anyway
             raise error
         return events, n, size
@@ -426,12 +452,10 @@ class Client:
         except OSError as exc:
             if isinstance(exc, BlockingIOError):  # SO_SNDTIMEO: no progress for that long
                 error = StoreConnectionError(
-                    f"store server {self.address} did not accept data for {self.timeout:g} s"
+                    f"{self.peer} did not accept data for {self.timeout:g} s"
                 )
             else:
-                error = StoreConnectionError(
-                    f"lost the connection to store server {self.address}: {exc}"
-                )
+                error = StoreConnectionError(f"lost the connection to {self.peer}: {exc}")
             self._fail(error)
             raise error from exc
 
@@ -464,7 +488,7 @@ class Client:
 
     def close(self) -> None:
         """Close the connection; later calls raise :class:`StoreConnectionError`."""
-        self._fail(StoreConnectionError(f"client of store server {self.address} is closed"))
+        self._fail(StoreConnectionError(f"client of {self.peer} is closed"))
 
     def __del__(self) -> None:  # an unclosed client must not leak its socket
         sock = getattr(self, "_sock", None)

@@ -131,10 +131,12 @@ def connect(
     timeout: float,
     backoff: Backoff | None = None,
     retry_log_level: int = logging.DEBUG,
+    peer_name: str = "store server",
 ) -> socket.socket:
     """A connected TCP socket (``TCP_NODELAY``, blocking) to ``host:port``, retrying
     refused/unreachable attempts with jittered backoff until ``timeout`` seconds pass.
-    Each failed attempt is logged at ``retry_log_level``.
+    Each failed attempt is logged at ``retry_log_level``; ``peer_name`` names the server
+    in errors.
 
     Raises:
         StoreConnectionError: unresolvable host, or a non-retryable socket error.
@@ -155,7 +157,7 @@ def connect(
                 sock.close()
                 if not _retryable(exc):
                     raise StoreConnectionError(
-                        f"cannot connect to store server {host}:{port}: {exc}"
+                        f"cannot connect to {peer_name} {host}:{port}: {exc}"
                     ) from exc
                 last = exc
                 logger.log(
@@ -180,5 +182,5 @@ def connect(
                     "%.1f s more", host, port, attempt + 1, last, left)
         time.sleep(delay)
     raise StoreTimeoutError(
-        f"could not connect to store server {host}:{port} within {timeout:g} s (last error: {last})"
+        f"could not connect to {peer_name} {host}:{port} within {timeout:g} s (last error: {last})"
     )

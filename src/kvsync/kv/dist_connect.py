@@ -112,7 +112,7 @@ def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Clien
     """A link to ``server``; each failed attempt logged, the server named on failure."""
     try:
         return Client(server.host, server.port, timeout=timeout, secret=secret,
-                      retry_log_level=logging.WARNING)
+                      retry_log_level=logging.WARNING, peer_name="parameter server")
     except (StoreTimeoutError, StoreConnectionError) as exc:
         hint = ""
         if is_loopback(server.host) and server.host_id != host_id():

@@ -21,6 +21,7 @@ __all__ = [
     "check_key",
     "check_keys",
     "check_world_size",
+    "reply_timeout",
     "to_buffer",
     "to_ms",
     "to_seconds",
@@ -30,9 +31,26 @@ __all__ = [
 Value: TypeAlias = "str | bytes | bytearray | memoryview"
 #: A timeout: seconds (int or float) or a ``datetime.timedelta``.
 Timeout: TypeAlias = "float | timedelta"
-#: Extra seconds a client waits for the reply of a request the server may park for
-#: ``timeout``, so that the server's TIMEOUT reply (which names what is missing) wins.
+#: Most extra seconds a client waits for the reply of a request the server may park for
+#: ``timeout``, so that the server's TIMEOUT reply (which names what is missing) wins;
+#: see :func:`reply_timeout` (the grace is 3% of the timeout, at least 50 ms).
 REPLY_GRACE_SECONDS: float = 1.0
+_GRACE_FRACTION = 0.03
+_GRACE_MIN = 0.05
+
+
+def reply_timeout(seconds: float) -> float:
+    """How long a client waits for the reply of a request the server parks for
+    ``seconds``: a little longer, so the server's own timeout reply arrives first, but
+    never more than 3% (or 50 ms) longer, so a frozen server cannot stretch a timeout.
+
+    Example:
+        >>> reply_timeout(5.0), reply_timeout(0.1), reply_timeout(300.0)
+        (5.15, 0.15000000000000002, 301.0)
+    """
+    return seconds + min(REPLY_GRACE_SECONDS, max(_GRACE_MIN, _GRACE_FRACTION * seconds))
+
+
 _MAX_TIMEOUT_MS = 1 << 62
 
 

@@ -40,6 +40,7 @@ from kvsync.store.arguments import (
     check_key,
     check_keys,
     check_world_size,
+    reply_timeout,
     to_buffer,
     to_ms,
     to_seconds,
@@ -81,7 +82,7 @@ class Store(abc.ABC):
     def _use_timeout(self, seconds: float) -> None:
         """Make ``seconds`` the default timeout (with its :meth:`_deadline`, made once)."""
         self._timeout = seconds
-        self._default_deadline = (to_ms(seconds), seconds + REPLY_GRACE_SECONDS)
+        self._default_deadline = (to_ms(seconds), reply_timeout(seconds))
 
     # --- the one method a concrete store implements ---------------------------------------
 
@@ -92,7 +93,7 @@ class Store(abc.ABC):
         Args:
             msg: a request of :mod:`kvsync.protocol.messages`.
             timeout: seconds to wait for the reply. For requests the server may park
-                (their ``timeout_ms``) it already includes :data:`REPLY_GRACE_SECONDS`.
+                (their ``timeout_ms``) it is :func:`~kvsync.store.arguments.reply_timeout`.
 
         Returns:
             The reply message; an :class:`~kvsync.protocol.messages.ErrorReply` may be
@@ -121,7 +122,7 @@ class Store(abc.ABC):
         if timeout is None:
             return self._default_deadline
         seconds = to_seconds(timeout)
-        return to_ms(seconds), seconds + REPLY_GRACE_SECONDS
+        return to_ms(seconds), reply_timeout(seconds)
 
     # --- the Store API --------------------------------------------------------------------
 
