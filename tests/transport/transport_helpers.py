@@ -102,15 +102,27 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: ``kvsync serve`` with Python's cycle collector off (buffers must be freed without it).
+_SERVE_GC_OFF = (
+    "import argparse, gc, sys; gc.disable(); from kvsync.launcher import serve;"
+    " p = argparse.ArgumentParser(); serve.add_arguments(p);"
+    " sys.exit(serve.run(p.parse_args(sys.argv[1:])))"
+)
+
+
 @contextmanager
-def serve_subprocess(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
-    """Run ``python -m kvsync.launcher.serve --port 0 ARGS``; yield (proc, host, port)."""
+def serve_subprocess(
+    *args: str, gc_disabled: bool = False, **env: str
+) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """Run ``python -m kvsync.launcher.serve --port 0 ARGS`` (with ``gc.disable()`` first
+    when ``gc_disabled``; ``env`` added to its environment); yield (proc, host, port)."""
+    entry = ["-c", _SERVE_GC_OFF] if gc_disabled else ["-m", "kvsync.launcher.serve"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvsync.launcher.serve", "--port", "0", *args],
+        [sys.executable, *entry, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=child_env(),
+        env=child_env(**env),
     )
     try:
         assert proc.stdout is not None
@@ -125,3 +137,12 @@ def serve_subprocess(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, i
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
