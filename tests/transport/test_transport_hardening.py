@@ -21,12 +21,15 @@ from kvsync.client import Client
 from kvsync.compat.torch import TCPStore as TorchFlavourStore
 from kvsync.errors import (
     LimitExceededError,
+    StoreConnectionError,
     StoreTimeoutError,
+    VersionMismatchError,
     error_from_code,
 )
-from kvsync.protocol.connection import Connection, Role
+from kvsync.protocol.connection import Connection, Event, Role
 from kvsync.protocol.framing import pack_header
 from kvsync.protocol.messages import ErrorReply, Opcode, Ping, Wait
+from kvsync.server import StoreServer
 from kvsync.store.tcp import TCPStore
 
 MiB = 1 << 20
@@ -270,3 +273,32 @@ def test_a_connection_level_error_reply_is_shown_instead_of_a_closed_connection(
         with pytest.raises(StoreTimeoutError, match="idle_timeout"):  # and stays failed
             client.call(Ping())
         client.close()
+
+
+# --- small fixes -------------------------------------------------------------------------
+
+
+def test_a_hello_and_a_bad_frame_in_one_read_get_the_hello_reply_before_the_error() -> None:
+    with StoreServer(port=0).start() as server:
+        raw = RawClient(server.port, handshake=False)
+        hello = raw.proto.data_to_send()
+        raw.sock.sendall(join(hello) + b"GARBAGE!" * 8)
+        data = raw.read_until_eof()
+        client = Connection(Role.CLIENT)
+        client.receive_data(data)
+        first = client.next_event()  # the HelloReply completes the handshake
+        assert client.handshake_complete
+        assert isinstance(first, Event) and first.request_id == 0  # the connection's error
+        exc = error_from_code(first.message.code, first.message.message)
+        assert isinstance(exc, VersionMismatchError)
+        assert "not speaking the kvsync protocol" in str(exc)
+        raw.close()
+
+
+def test_errors_of_a_kvstore_link_call_the_server_a_parameter_server() -> None:
+    server = StoreServer(port=0).start()
+    link = Client("127.0.0.1", server.port, timeout=5, peer_name="parameter server")
+    server.close()
+    with pytest.raises(StoreConnectionError, match=r"^parameter server 127\.0\.0\.1:\d+ closed"):
+        link.call(Ping())
+    link.close()
