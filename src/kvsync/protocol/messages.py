@@ -45,6 +45,8 @@ __all__ = [
     "Get",
     "Hello",
     "HelloReply",
+    "Identify",
+    "Inspect",
     "IntReply",
     "KeysReply",
     "ListKeys",
@@ -101,6 +103,8 @@ class Opcode(IntEnum):
     QUEUE_LEN = 0x1E
     PING = 0x1F
     BARRIER = 0x20
+    INSPECT = 0x21
+    IDENTIFY = 0x22
     # Parameter-server requests (owner: dist; classes at the end of this file)
     PS_HELLO = 0x40
     PS_INIT = 0x41
@@ -318,6 +322,22 @@ class Barrier:
     timeout_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Inspect:
+    """What the server is doing, for ``kvsync inspect``: its counters (connections,
+    requests by type, bytes in and out, uptime, memory held by half-received frames) and
+    its parked requests. Reply: :class:`ValueReply` holding a JSON object
+    (``docs/protocol.md`` lists its fields)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identify:
+    """Tell the server this connection's rank (shown by ``kvsync inspect``). Reply:
+    :class:`OkReply`."""
+
+    rank: int
+
+
 # --- Replies ------------------------------------------------------------------------------
 
 
@@ -393,6 +413,8 @@ STORE_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.QUEUE_LEN: QueueLen,
     Opcode.PING: Ping,
     Opcode.BARRIER: Barrier,
+    Opcode.INSPECT: Inspect,
+    Opcode.IDENTIFY: Identify,
     Opcode.OK: OkReply,
     Opcode.VALUE: ValueReply,
     Opcode.VALUES: ValuesReply,
