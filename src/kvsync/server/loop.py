@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import json
 import logging
 import selectors
 import socket
@@ -54,7 +55,7 @@ from kvsync.progress import interval as progress_interval
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
 from kvsync.protocol.framing import ReceiveBudget
-from kvsync.protocol.messages import ErrorReply
+from kvsync.protocol.messages import ErrorReply, Identify, Inspect, OkReply, ValueReply
 from kvsync.server.guard import ConnectionGuard, ServerSettings
 from kvsync.server.router import Outgoing, ServerLogic
 from kvsync.server.state import StoreState
@@ -85,8 +86,7 @@ class _Peer:
 
     __slots__ = (
         "addr", "closing", "conn_id", "encode", "events", "inflight", "outq", "pending", "proto",
-        "ready",
-        "sock",
+        "rank", "ready", "sock",
     )  # fmt: skip
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: str, proto: Any = None) -> None:
@@ -101,6 +101,7 @@ class _Peer:
         self.closing: float | None = None  # monotonic deadline once the protocol failed
         self.ready = False  # handshake complete: no more handshake frames to send
         self.inflight = 0  # requests received and not answered yet (parked ones)
+        self.rank: int | None = None  # what the client said (Identify)
 
 
 def _frame_cap(max_key_bytes: int, max_value_bytes: int) -> int:
@@ -166,6 +167,14 @@ class StoreServer:
         whole_value = max_value_bytes + 2 * max_key_bytes + 4096  # one value at its cap fits
         self.budget = ReceiveBudget(max(self.settings.max_pending_bytes, whole_value))
         self._guard = ConnectionGuard(self.settings)
+        self._started = time.monotonic()
+        self._requests: collections.defaultdict[type, int] = collections.defaultdict(int)
+        self._bytes_in = self._bytes_out = 0
+        #: requests the loop answers itself (about connections, not the store)
+        self._own: dict[type, Callable[[_Peer, Any, float], object]] = {
+            Inspect: self._inspect,
+            Identify: self._identify,
+        }
         self._listener = _listen(host, port, listen_fd, backlog)
         self.host, self.port = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
@@ -390,6 +399,7 @@ class StoreServer:
             del buf  # no view into the connection's buffer outlives the receive
             proto.advance(n)
             events, error = drain_events(proto)
+            self._bytes_in += n
             mid_frame = proto.mid_frame if type(proto) is Connection else False
             self._guard.received(peer.conn_id, time.monotonic(), mid_frame)
             if not self._process(peer, events, error) or (n < size and n < _STREAMING):
@@ -413,9 +423,16 @@ class StoreServer:
             now = time.monotonic()
             handle = self.logic.handle
             encode = peer.encode
+            requests, own = self._requests, self._own
             for request_id, msg in events:
+                kind = type(msg)
+                requests[kind] += 1
                 try:
-                    out = handle(conn_id, request_id, msg, now)
+                    if kind in own:
+                        reply = own[kind](peer, msg, now)
+                        out = [Outgoing(conn_id, request_id, reply)]
+                    else:
+                        out = handle(conn_id, request_id, msg, now)
                 except Exception as exc:  # a logic bug must not stop the server for everyone
                     logger.exception("server logic failed on %s", type(msg).__name__)
                     text = f"server failed on {type(msg).__name__}: {exc!r}"
@@ -439,6 +456,34 @@ class StoreServer:
             return conn_id in self._peers  # False when the send failed
         return True
 
+    # --- requests about the server itself ----------------------------------------------
+
+    def _identify(self, peer: _Peer, msg: Identify, now: float) -> object:
+        peer.rank = msg.rank
+        return OkReply()
+
+    def _inspect(self, peer: _Peer, msg: Inspect, now: float) -> object:
+        """What ``kvsync inspect`` shows: counters and parked requests, as JSON."""
+        waiting = getattr(self.logic, "waiting", None)
+        waiters: list[dict[str, Any]] = waiting(now) if waiting is not None else []
+        for w in waiters:
+            who = self._peers.get(w["conn"])
+            w["peer"] = who.addr if who is not None else None
+            w["rank"] = who.rank if who is not None else None
+        report = {
+            "server": self.address,
+            "uptime_s": round(now - self._started, 3),
+            "connections": len(self._peers) - len(self._closing),
+            "requests": {k.__name__: n for k, n in self._requests.items()},
+            "bytes_in": self._bytes_in,
+            "bytes_out": self._bytes_out,
+            "pending_bytes": self.budget.held,
+            "pending_budget": self.budget.limit,
+            "parked": len(waiters),
+            "waiters": waiters,
+        }
+        return ValueReply(json.dumps(report).encode())
+
     def _send(self, peer: _Peer, buffers: list[_Buffer]) -> None:
         """Send ``buffers`` to ``peer``: at once when they are one buffer with nothing queued
         before it (the usual small reply), else (or what is left) queued for the flush."""
@@ -451,6 +496,7 @@ class StoreServer:
             except OSError as exc:
                 self._drop(peer, f"send failed: {exc}")
                 return
+            self._bytes_out += sent
             if sent == len(data):
                 return
             buffers = [memoryview(data)[sent:]]
@@ -524,6 +570,7 @@ class StoreServer:
                 self._drop(peer, f"send failed: {exc}")
                 return
             peer.pending -= sent
+            self._bytes_out += sent
             while sent:
                 head = outq[0]
                 if sent >= len(head):

@@ -169,9 +169,14 @@ class ParameterServerLogic:
     # --- ServerLogic ------------------------------------------------------------------------
 
     def handle(self, conn_id: int, request_id: int, msg: object, now: float) -> list[Outgoing]:
-        """Carry out one request; returns its reply (unless parked) and any woken replies."""
-        self._last_event = now
+        """Carry out one request; returns its reply (unless parked) and any woken replies.
+
+        PSStats may come from any connection (``kvsync inspect``) and is no job event.
+        """
         out, self._deferred = self._deferred, []
+        if type(msg) is PSStats:
+            return [*out, Outgoing(conn_id, request_id, self._stats(conn_id, request_id, msg, now))]
+        self._last_event = now
         handler = self._handlers.get(type(msg))
         try:
             if handler is None:
@@ -237,8 +242,17 @@ class ParameterServerLogic:
 
     def stats(self) -> dict[str, Any]:
         """Counters of this server: bytes in (pushes, inits) and out (pulls), keys held,
-        and pushes that came through shared memory (from workers on its host)."""
-        c = self._counters
+        and pushes that came through shared memory (from workers on its host); and for
+        ``kvsync inspect rounds`` the open rounds (which ranks pushed each key and who is
+        missing), the ranks in the barrier and the parked requests."""
+        c, n = self._counters, self._job.num_workers
+        rounds = [
+            {"key": str(ks.key), "round": ks.round, "pushed": sorted(ks.pushed),
+             "partial": sorted(ks.partial), "missing": ks.missing(n)}
+            for ks in self._keys.values() if ks.pushed or ks.partial
+        ]  # fmt: skip
+        parked = [{"kind": p.kind, "rank": p.rank, "keys": [str(key_of_wire(k)) for k in p.keys]}
+                  for p in self._parked.items]  # fmt: skip
         return {
             "server": self.server_index,
             "bytes_in": c.bytes_in,
@@ -249,6 +263,8 @@ class ParameterServerLogic:
             "shm_pushes": c.shm_pushes,
             "keys": len(self._keys),
             "elements": sum(int(k.value.size) for k in self._keys.values()),
+            "num_workers": n, "rounds": rounds, "barrier": sorted(self._job.barrier),
+            "parked": parked,
         }
 
     # --- handlers ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kvsync.errors import ErrorCode
 from kvsync.protocol.messages import ErrorReply
@@ -122,6 +122,11 @@ class Router:
         """The earliest deadline over every logic."""
         deadlines = [d for d in (lg.next_deadline() for lg in self._logics) if d is not None]
         return min(deadlines, default=None)
+
+    def waiting(self, now: float) -> list[dict[str, Any]]:
+        """The parked requests of every logic that can list them (see
+        :meth:`~kvsync.server.state.StoreState.waiting`)."""
+        return [w for lg in self._logics if hasattr(lg, "waiting") for w in lg.waiting(now)]
 
     def drop_connection(self, conn_id: int) -> None:
         """Tell every logic that ``conn_id`` is gone."""

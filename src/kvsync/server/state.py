@@ -33,6 +33,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode
@@ -227,6 +228,39 @@ class StoreState:
     def parked(self) -> int:
         """How many requests are parked right now."""
         return len(self._waiters) + len(self._pops)
+
+    def waiting(self, now: float) -> list[dict[str, Any]]:
+        """The parked requests, longest waiting first: connection, request id, operation,
+        the keys (or barrier, or queue) it waits for, seconds waited and its timeout.
+
+        Example:
+            >>> from kvsync.protocol.messages import Wait
+            >>> st = StoreState(); _ = st.handle(4, 1, Wait(("a",), 5000), now=0.0)
+            >>> [(w["op"], w["keys"], w["waited_s"], w["timeout_s"]) for w in st.waiting(2.0)]
+            [('wait', ['a'], 2.0, 5.0)]
+        """
+        out = [
+            {
+                "conn": w.conn_id,
+                "request": w.request_id,
+                **self._waits_for(w.msg),
+                "waited_s": round(now - w.parked_at, 3),
+                "timeout_s": round(w.deadline - w.parked_at, 3),
+            }
+            for w in [*self._waiters.live(), *self._pops.live()]
+        ]
+        return sorted(out, key=lambda d: -d["waited_s"])
+
+    def _waits_for(self, msg: object) -> dict[str, Any]:
+        """What a parked request waits for: its operation and keys still missing."""
+        if isinstance(msg, QueuePop | Get):
+            return {"op": "queue_pop" if isinstance(msg, QueuePop) else "get", "keys": [msg.key]}
+        if isinstance(msg, _BarrierWait):
+            b = msg.barrier
+            return {"op": "barrier", "keys": [b.key], "world_size": b.world_size}
+        keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
+        missing = [k for k in keys if not self._exists(k)]
+        return {"op": "wait" if isinstance(msg, Wait) else "multi_get", "keys": missing}
 
     # --- checks and helpers -------------------------------------------------------------
 

@@ -124,6 +124,10 @@ class WaiterIndex:
             self.finish(w)
         return len(waiters)
 
+    def live(self) -> list[Waiter]:
+        """Every live parked waiter (for inspection; not a hot path)."""
+        return [w for waiters in self._by_conn.values() for w in waiters]
+
     def pop_expired(self, now: float) -> list[Waiter]:
         """Remove and return the live waiters whose deadline is ``<= now``, earliest first."""
         expired: list[Waiter] = []
