@@ -24,6 +24,7 @@ from kvsync import defaults, env
 from kvsync.errors import StoreTimeoutError
 from kvsync.launcher.agent import Coordinator, LocalCoordinator
 from kvsync.server import StoreServer
+from kvsync.server.guard import ServerSettings
 from kvsync.store.base import Store
 from kvsync.store.tcp import TCPStore
 
@@ -136,7 +137,8 @@ class JobStore:
         server = None
         if args.node_rank == 0:
             server = StoreServer(bind or args.master_addr, args.master_port,
-                                 secret=environment.secret).start()
+                                 secret=environment.secret,
+                                 settings=ServerSettings.from_environment(environment)).start()
             say(f"store server listening on {server.host}:{server.port} "
                 f"(node 0 of {args.nnodes})")
         client = None

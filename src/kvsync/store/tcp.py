@@ -39,6 +39,7 @@ from kvsync import defaults, env, log
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
 from kvsync.progress import interval as progress_interval
+from kvsync.protocol import messages as m
 from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
 from kvsync.store.address import resolve_store_address
 from kvsync.store.base import Store, Timeout, to_seconds
@@ -222,6 +223,8 @@ class TCPStore(Store):
                                   timeout_hint=hint)  # fmt: skip
             if self._recv_timeout is None:  # nothing to adjust: requests go straight out
                 self._call = self._client.call  # type: ignore[method-assign]
+            if e.rank is not None:  # so that ``kvsync inspect waiters`` can name the rank
+                self._request(m.Identify(e.rank), m.OkReply)
             self._join(wait_for_workers)
         except BaseException:
             self.close()
