@@ -98,14 +98,9 @@ class FaultProxy:
     def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
         buf = b""
         seen = 0
-        for _ in range(1_000_000):
-            try:
-                data = client.recv(1 << 16)
-            except OSError:
-                data = b""
-            if not data:
-                _shut(server)
-                return
+
+        def forward(data: bytes) -> bool:
+            nonlocal buf, seen
             buf += data
             while len(buf) >= HEADER_SIZE:
                 size = HEADER_SIZE + unpack_header(buf).length
@@ -118,22 +113,17 @@ class FaultProxy:
                     _send(server, frame[: max(HEADER_SIZE, size // 2)])
                     _shut(server)
                     _shut(client)
-                    return
+                    return False
                 if fault is Fault.DELAY:
                     time.sleep(self.delay)
                 if fault is not Fault.DROP:
                     _send(server, frame)
+            return True
+
+        _pump(client, server, forward)
 
     def _copy(self, src: socket.socket, dst: socket.socket) -> None:
-        for _ in range(1_000_000):
-            try:
-                data = src.recv(1 << 16)
-            except OSError:
-                data = b""
-            if not data:
-                _shut(dst)
-                return
-            _send(dst, data)
+        _pump(src, dst, lambda data: _send(dst, data) or True)
 
     def close(self) -> None:
         _shut(self._listener)  # wakes the accept loop
@@ -143,6 +133,20 @@ class FaultProxy:
             s.close()
         for t in self._threads:
             t.join(timeout=5)
+
+
+def _pump(src: socket.socket, dst: socket.socket, forward: Callable[[bytes], bool]) -> None:
+    """Read ``src`` until it ends (then shut ``dst``) or ``forward`` says to stop."""
+    for _ in range(1_000_000):
+        try:
+            data = src.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            _shut(dst)
+            return
+        if not forward(data):
+            return
 
 
 def _send(sock: socket.socket, data: bytes) -> None:
