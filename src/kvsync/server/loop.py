@@ -167,7 +167,7 @@ class StoreServer:
         whole_value = max_value_bytes + 2 * max_key_bytes + 4096  # one value at its cap fits
         self.budget = ReceiveBudget(max(self.settings.max_pending_bytes, whole_value))
         self._guard = ConnectionGuard(self.settings)
-        self._started = time.monotonic()
+        self._started = self._woke = time.monotonic()
         self._requests: collections.defaultdict[type, int] = collections.defaultdict(int)
         self._bytes_in = self._bytes_out = 0
         #: requests the loop answers itself (about connections, not the store)
@@ -273,7 +273,9 @@ class StoreServer:
         if guard is not None:
             deadline = guard if deadline is None else min(deadline, guard)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        for key, mask in self._selector.select(timeout):
+        ready = self._selector.select(timeout)
+        self._woke = time.monotonic()  # the time of this turn's reads, for their deadlines
+        for key, mask in ready:
             data = key.data
             if type(data) is _Peer:
                 if mask & selectors.EVENT_WRITE:
@@ -342,7 +344,7 @@ class StoreServer:
                     f" {self.settings.max_connections} connections (max_connections);"
                     " refusing this one"))  # fmt: skip
                 continue
-            self._guard.accepted(conn_id, time.monotonic())
+            self._guard.accepted(conn_id, self._woke)
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
     def _dialect(self, peer: _Peer) -> bool:
@@ -401,7 +403,7 @@ class StoreServer:
             events, error = drain_events(proto)
             self._bytes_in += n
             mid_frame = proto.mid_frame if type(proto) is Connection else False
-            self._guard.received(peer.conn_id, time.monotonic(), mid_frame)
+            self._guard.received(peer.conn_id, self._woke, mid_frame)
             if not self._process(peer, events, error) or (n < size and n < _STREAMING):
                 return
 
