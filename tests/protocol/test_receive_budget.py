@@ -86,3 +86,11 @@ def test_small_frames_take_nothing_from_the_budget() -> None:
     conn = _ready(ReceiveBudget(1))
     event = _feed(conn, b"".join(bytes(b) for b in encode_frame(5, Set("k", b"v" * 5_000))))
     assert event.message == Set("k", b"v" * 5_000)  # type: ignore[attr-defined]
+
+
+def test_before_the_handshake_only_small_frames_are_read() -> None:
+    budget = ReceiveBudget(1 << 30)
+    conn = Connection(Role.SERVER, budget=budget)  # no Hello yet
+    with pytest.raises(LimitExceededError, match="before the handshake completes"):
+        _feed(conn, _set_prefix(b"k", 100_000))
+    assert budget.held == 0  # refused from the header: nothing reserved
