@@ -8,6 +8,10 @@ covered by the pure state machine's test and the hardening tests).
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -167,6 +171,17 @@ class ServerModel(RuleBasedStateMachine):
         else:
             self.pops.append((client, rid, key))
 
+    @rule(first=CLIENTS, second=CLIENTS)
+    def barrier(self, first: int, second: int) -> None:
+        """Two clients (or one, twice, on one connection: then both in one generation)
+        meet at a barrier of two."""
+        rid = self.park(first, m.Barrier("bar", 2, _PARK_MS))
+        assert self.call(second, m.Barrier("bar", 2, _PARK_MS)) == m.OkReply()
+        assert self.clients[first].result(rid, timeout=10) == m.OkReply()
+        count = int(self.values.get("bar/arrived", b"0")) + 2
+        self.values["bar/arrived"] = str(count).encode()
+        self.values[f"bar/done/{count // 2 - 1}"] = b"1"
+
     @precondition(lambda self: bool(self.waits or self.pops))
     @rule(client=CLIENTS)
     def reconnect(self, client: int) -> None:
@@ -175,6 +190,16 @@ class ServerModel(RuleBasedStateMachine):
         self.clients[client] = self._connect()
         self.waits = [w for w in self.waits if w[0] != client]
         self.pops = [p for p in self.pops if p[0] != client]
+        for _ in range(200):  # until the server has seen the close (bounded: 2 s)
+            if self.inspect()["parked"] == len(self.waits) + len(self.pops):
+                break
+            time.sleep(0.01)
+
+    def inspect(self) -> dict[str, Any]:
+        reply = self.call(2, m.Inspect())
+        assert isinstance(reply, m.ValueReply)
+        report: dict[str, Any] = json.loads(bytes(reply.value))
+        return report
 
     def _result(self, client: int, rid: int) -> object:
         try:
@@ -183,6 +208,17 @@ class ServerModel(RuleBasedStateMachine):
             return exc
 
     # --- invariants ---------------------------------------------------------------------
+
+    @invariant()
+    def the_server_lists_what_is_parked_and_holds_no_half_frames(self) -> None:
+        report = self.inspect()
+        assert report["pending_bytes"] == 0 and report["connections"] == 3
+        parked = sorted((w["op"], tuple(w["keys"])) for w in report["waiters"])
+        expected = [
+            ("wait", tuple(k for k in keys if not self.exists(k))) for _, _, keys in self.waits
+        ]
+        expected += [("queue_pop", (key,)) for _, _, key in self.pops]
+        assert parked == sorted(expected)
 
     @invariant()
     def keys_match(self) -> None:
