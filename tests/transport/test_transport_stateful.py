@@ -191,7 +191,8 @@ class ServerModel(RuleBasedStateMachine):
         self.waits = [w for w in self.waits if w[0] != client]
         self.pops = [p for p in self.pops if p[0] != client]
         for _ in range(200):  # until the server has seen the close (bounded: 2 s)
-            if self.inspect()["parked"] == len(self.waits) + len(self.pops):
+            report = self.inspect()
+            if report["connections"] == 3 and report["parked"] == len(self.waits) + len(self.pops):
                 break
             time.sleep(0.01)
 
