@@ -23,8 +23,7 @@ from types import TracebackType
 from kvsync import defaults, env
 from kvsync.errors import StoreTimeoutError
 from kvsync.launcher.agent import Coordinator, LocalCoordinator
-from kvsync.server import StoreServer
-from kvsync.server.guard import ServerSettings
+from kvsync.server import ServerSettings, StoreServer
 from kvsync.store.base import Store
 from kvsync.store.tcp import TCPStore
 

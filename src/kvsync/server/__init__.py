@@ -2,9 +2,10 @@
 
 :mod:`kvsync.server.state` (``StoreState``) and :mod:`kvsync.server.router` (``Router``,
 ``Outgoing``) decide what to answer with no I/O; :class:`StoreServer`
-(:mod:`kvsync.server.loop`) moves the bytes; :mod:`kvsync.server.host` runs a master's
-server on a thread or in a child process. Processes that only serve (``kvsync serve``, the
-parameter servers) are entry points of the layer above, :mod:`kvsync.launcher`.
+(:mod:`kvsync.server.loop`) moves the bytes under the connection limits of
+:class:`ServerSettings` (:mod:`kvsync.server.guard`); :mod:`kvsync.server.host` runs a
+master's server on a thread or in a child process. Processes that only serve (``kvsync
+serve``, the parameter servers) are entry points of the layer above, :mod:`kvsync.launcher`.
 
 Example:
     >>> with StoreServer(port=0).start() as server:
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from kvsync.server.guard import ServerSettings
 from kvsync.server.loop import StoreServer
 
-__all__ = ["StoreServer"]
+__all__ = ["ServerSettings", "StoreServer"]
