@@ -111,8 +111,14 @@ def server_addresses(store: TCPStore, num_servers: int,
 def _dial(server: RegisteredServer, timeout: float, secret: str | None) -> Client:
     """A link to ``server``; each failed attempt logged, the server named on failure."""
     try:
-        return Client(server.host, server.port, timeout=timeout, secret=secret,
-                      retry_log_level=logging.WARNING, peer_name="parameter server")
+        return Client(
+            server.host,
+            server.port,
+            timeout=timeout,
+            secret=secret,
+            retry_log_level=logging.WARNING,
+            peer_name="parameter server",
+        )
     except (StoreTimeoutError, StoreConnectionError) as exc:
         hint = ""
         if is_loopback(server.host) and server.host_id != host_id():

@@ -135,9 +135,12 @@ class JobStore:
         """
         server = None
         if args.node_rank == 0:
-            server = StoreServer(bind or args.master_addr, args.master_port,
-                                 secret=environment.secret,
-                                 settings=ServerSettings.from_environment(environment)).start()
+            server = StoreServer(
+                bind or args.master_addr,
+                args.master_port,
+                secret=environment.secret,
+                settings=ServerSettings.from_environment(environment),
+            ).start()
             say(f"store server listening on {server.host}:{server.port} "
                 f"(node 0 of {args.nnodes})")
         client = None

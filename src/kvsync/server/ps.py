@@ -263,7 +263,9 @@ class ParameterServerLogic:
             "shm_pushes": c.shm_pushes,
             "keys": len(self._keys),
             "elements": sum(int(k.value.size) for k in self._keys.values()),
-            "num_workers": n, "rounds": rounds, "barrier": sorted(self._job.barrier),
+            "num_workers": n,
+            "rounds": rounds,
+            "barrier": sorted(self._job.barrier),
             "parked": parked,
         }
 
