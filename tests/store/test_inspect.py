@@ -152,7 +152,7 @@ def test_inspect_with_a_wrong_secret_fails_in_one_line(
         for what in ("stats", "keys"):
             assert run(parse([what, "--port", str(server.port)])) == 1
             err = capsys.readouterr().err
-            assert err.count("\n") == 1 and err.startswith("kvsync inspect: cannot inspect")
+            assert err.count("\n") == 1 and err.startswith("kvsync inspect: error: cannot inspect")
             assert "secret" in err
 
 

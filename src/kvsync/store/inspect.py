@@ -318,14 +318,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = address(args.host, args.port, e)
     except ValueError as exc:
-        sys.stderr.write(f"kvsync inspect: {exc}\n")
+        sys.stderr.write(f"kvsync inspect: error: {exc}\n")
         return 1
     fetch, table, as_json = _SHOW[args.what]
     try:
         data = fetch(host, port, args, e.secret)
     except (KVSyncError, OSError, ValueError) as exc:
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        sys.stderr.write(f"kvsync inspect: cannot inspect {host}:{port}: {line}\n")
+        sys.stderr.write(f"kvsync inspect: error: cannot inspect {host}:{port}: {line}\n")
         return 1
     text = json.dumps(as_json(data), indent=2) if args.json else table(data, args)
     sys.stdout.write(text + "\n")
