@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
+import numpy as np
 import pytest
 
 from kvsync import kv
@@ -45,3 +47,36 @@ def test_bench_sizes_parse_and_reject_nonsense() -> None:
     assert (
         bench.run(_args("--sizes", "1K", "--copies", "1", "--repeat", "1", "--no-compression")) == 0
     )
+
+
+def test_model_shapes_are_resnet50s_161_tensors_and_mlp40() -> None:
+    from kvsync.bench.kvstore_model import model_shapes
+
+    shapes = model_shapes("resnet50")
+    assert len(shapes) == 161
+    assert shapes[0] == (64, 3, 7, 7) and shapes[-2:] == [(1000, 2048), (1000,)]
+    assert sum(int(np.prod(s)) for s in shapes) == 25_557_032  # torchvision's count
+    assert model_shapes("mlp40") == [(512, 512), (512,)] * 20
+    with pytest.raises(ValueError, match="unknown model"):
+        model_shapes("vgg")
+
+
+@pytest.mark.timeout(120)
+def test_model_step_bench_prints_keys_one_key_and_ddp_rows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--type", "dist_sync", "--model", "mlp40", "--repeat", "1"]
+    if importlib.util.find_spec("torch") is not None:
+        argv += ["--vs", "gloo"]
+    assert bench.run(_args(*argv)) == 0
+    out = capsys.readouterr().out
+    assert "model mlp40: 40 float32 arrays" in out
+    for row in (
+        "keys, no optimizer",
+        "one key, no optimizer",
+        "keys, SGD on the server",
+        "one key, SGD on the server",
+    ):
+        assert f"\n{row} " in out
+    if "--vs" in argv:
+        assert "\nDDP-style step (1 buckets of <= 25 MB) " in out

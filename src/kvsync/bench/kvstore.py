@@ -181,7 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dist.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     dist.add_argument("--servers", type=int, default=1, help="server processes (default 1)")
     dist.add_argument("--small-keys", type=int, default=1000, help="small keys per step")
-    dist.add_argument("--vs", choices=["gloo"], help="also time torch gloo all_reduce")
+    dist.add_argument(
+        "--vs",
+        choices=["gloo"],
+        help="also time torch gloo all_reduce (with --model: a DDP-style step)",
+    )
     dist.add_argument(
         "--hosts",
         type=int,
@@ -190,11 +194,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="2: run the job on two hosts made of network namespaces joined by "
         "a veth pair (root), beside gloo all_reduce across the same two",
     )
+    dist.add_argument(
+        "--model",
+        choices=["mlp40", "resnet50"],
+        help="time a training step of this model's parameter shapes instead "
+        "(kvsync.bench.kvstore_model)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the tables; returns 0."""
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if args.type.startswith("dist") and args.model:
+        from kvsync.bench.kvstore_model import run_model
+
+        return run_model(args)
     if args.type.startswith("dist") and getattr(args, "hosts", 1) > 1:
         from kvsync.bench.kvstore_hosts import run_hosts  # its module imports kvstore_dist
 

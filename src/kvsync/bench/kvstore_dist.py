@@ -28,7 +28,16 @@ from kvsync import env
 from kvsync.bench.report import format_table, human_bytes, human_seconds, progress, results_of
 from kvsync.launcher.run import SERVER_MODULE
 
-__all__ = ["MXNET_PS_REFERENCE", "Round", "report", "run_children", "run_dist", "worker_main"]
+__all__ = [
+    "MXNET_PS_REFERENCE",
+    "Round",
+    "free_port",
+    "report",
+    "run_children",
+    "run_dist",
+    "run_job",
+    "worker_main",
+]
 
 #: MXNet's C++ ps-lite dist_sync, 2 workers, 1 server, 2 cores: seconds per push+pull round.
 MXNET_PS_REFERENCE = {16 << 20: 0.249, 64 << 20: 1.344}
@@ -111,7 +120,8 @@ def worker_main(argv: list[str]) -> int:
     return 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port the OS says is free on 127.0.0.1 (for a child job's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -142,7 +152,9 @@ def run_children(cmds: list[tuple[list[str], dict[str, str]]],
     return out
 
 
-def _dist(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
+def run_job(args: argparse.Namespace, cmd: list[str]) -> list[dict[str, Any]]:
+    """Run ``cmd`` as the ``args.workers`` workers of a job with ``args.servers`` parameter
+    servers and a store on this host; the JSON each worker printed last."""
     from kvsync.server import StoreServer
 
     with StoreServer().start() as store:
@@ -159,8 +171,6 @@ def _dist(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, Any]]:
                                     env=environment("server", s, args.servers))
                    for s in range(args.servers)]
         try:
-            cmd = [sys.executable, "-m", _MODULE, args.type, ",".join(map(str, sizes)),
-                   str(args.repeat), str(args.small_keys)]
             return run_children([(cmd, environment("worker", r, args.workers))
                                   for r in range(args.workers)], timeout=600)
         finally:
@@ -175,7 +185,7 @@ def _gloo_results(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, 
     except ImportError:
         print("--vs gloo: torch is not importable; gloo columns skipped")
         return None
-    common = {env.MASTER_ADDR: "127.0.0.1", env.MASTER_PORT: str(_free_port()),
+    common = {env.MASTER_ADDR: "127.0.0.1", env.MASTER_PORT: str(free_port()),
               env.WORLD_SIZE: str(args.workers)}
     cmd = [sys.executable, "-m", _MODULE, "gloo", ",".join(map(str, sizes)), str(args.repeat)]
     return run_children([(cmd, env.child_environment({**common, env.RANK: str(r)}))
@@ -200,7 +210,9 @@ def run_dist(args: argparse.Namespace, sizes: list[int]) -> int:
     """Run the benchmark on this host and print its tables; returns 0."""
     progress(f"kvstore {args.type}: {args.workers} workers, {args.servers} servers, "
              f"{len(sizes)} sizes")
-    dist = _dist(args, sizes)
+    cmd = [sys.executable, "-m", _MODULE, args.type, ",".join(map(str, sizes)),
+           str(args.repeat), str(args.small_keys)]  # fmt: skip
+    dist = run_job(args, cmd)
     if args.vs == "gloo":
         progress("torch gloo all_reduce, the same sizes")
     gloo = _gloo_results(args, sizes) if args.vs == "gloo" else None
