@@ -163,11 +163,13 @@ class Op:
     lo: int = 0  # first row within the server's slice
     count: int = 1  # rows
     future: Future[Any] | Latch | None = None
-    nbytes: int = 0
+    nbytes: int = 0  # array bytes on the socket (0 for shared memory): batches are cut by it
     settled: bool = False
 
 
-_BATCHABLE = frozenset({"push", "cpush", "pull"})
+#: Kinds whose ops for one server travel together (one message, one reply); so a step's
+#: shared-memory pushes and pulls cost one round trip per server, not one per key.
+_BATCHABLE = frozenset({"push", "cpush", "pull", "push_shm", "pull_shm"})
 
 
 class Comm:
@@ -313,9 +315,11 @@ class Comm:
                 timeout_ms=timeout_ms,
             )
         elif first.kind == "push_shm":
-            msg = PSPushShm(key=first.wire, path=first.path)
+            msg = PSPushShm(
+                keys=tuple(op.wire for op in batch), paths=tuple(op.path for op in batch)
+            )
         elif first.kind == "pull_shm":
-            msg = PSPullShm(key=first.wire, timeout_ms=timeout_ms)
+            msg = PSPullShm(keys=tuple(op.wire for op in batch), timeout_ms=timeout_ms)
         elif first.kind == "push_rows":
             assert first.rows is not None and first.value is not None
             msg = PSPushRows(key=first.wire, rows=first.rows, data=first.value)
@@ -352,14 +356,15 @@ class Comm:
 
     def _deliver(self, batch: list[Op], reply: object) -> None:
         if batch[0].kind == "pull_shm":
-            op = batch[0]
-            if not isinstance(reply, PSShmReply) or op.out is None:
+            if not isinstance(reply, PSShmReply) or len(reply.paths) != len(batch):
                 raise error_from_code(ErrorCode.PROTOCOL, f"unexpected {type(reply).__name__}")
-            src = self._shared.attach(reply.path, op.out.nbytes)
-            np.copyto(op.out, src.view(op.out.dtype).reshape(op.out.shape))
-            if op.future is not None:
-                op.future.set_result(op.out)
-            op.settled = True
+            for op, path in zip(batch, reply.paths, strict=True):
+                assert op.out is not None
+                src = self._shared.attach(path, op.out.nbytes)
+                np.copyto(op.out, src.view(op.out.dtype).reshape(op.out.shape))
+                if op.future is not None:
+                    op.future.set_result(op.out)
+                op.settled = True
             return
         if batch[0].kind not in ("pull", "pull_rows"):
             return

@@ -390,7 +390,7 @@ class DistKVStore(ServerControl, KVStoreBase):
             seg[2].wait(self._reply_wait)
         np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
         seg[2] = Latch(1)
-        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2], nbytes=part.nbytes)
+        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2])
 
     def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
         ops = []
@@ -474,7 +474,7 @@ class DistKVStore(ServerControl, KVStoreBase):
                         out=view,
                         lo=max(lo, 0),
                         count=view.shape[0] if view.ndim else 1,
-                        nbytes=view.nbytes,
+                        nbytes=0 if lo < 0 else view.nbytes,
                     )
                 )
             rest = [o for o in dense if o is not target]

@@ -205,29 +205,30 @@ class PSWaiting:
 
 @dataclass(frozen=True, slots=True)
 class PSPushShm:
-    """Push a whole slice that a worker on the same host wrote into its shared-memory
-    segment ``path`` (``/proc/<pid>/fd/<fd>``, see kvsync.kv.shm); the server reads it
-    before replying, so the worker may reuse the segment after the reply. Reply: OkReply."""
+    """Push whole slices that a worker on the same host wrote into its shared-memory
+    segments: ``keys[i]``'s slice is in ``paths[i]`` (``/proc/<pid>/fd/<fd>``, see
+    kvsync.kv.shm). Each key is its own push, as in PSPush; the server reads them before
+    replying, so the worker may reuse the segments after the reply. Reply: OkReply."""
 
-    key: str
-    path: str
+    keys: tuple[str, ...]
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class PSPullShm:
-    """Like PSPull of a whole slice, answered with where the slice lives in the server's
+    """Like PSPull of whole slices, answered with where each slice lives in the server's
     shared memory instead of its bytes. Reply: PSShmReply."""
 
-    key: str
+    keys: tuple[str, ...]
     timeout_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class PSShmReply:
-    """The shared-memory segment holding the slice a PSPullShm asked for (unchanged until
-    the asking worker pushes the key again)."""
+    """The shared-memory segments holding the slices a PSPullShm asked for, in key order
+    (each unchanged until the asking worker pushes its key again)."""
 
-    path: str
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,28 +401,40 @@ class ParameterServerLogic:
         return OkReply()
 
     def _push_shm(self, conn_id: int, request_id: int, msg: PSPushShm, now: float) -> object:
+        """Every key is checked before any is accepted, as in :meth:`_push_parts`."""
         rank = self._job.rank_of[conn_id]
-        ks = self._key(msg.key)
-        if self._attach is None:
+        attach = self._attach
+        if attach is None:
             raise RejectError(
                 ErrorCode.KVSTORE_USAGE, f"server {self.server_index} has no shared memory"
             )
-        self._check_round(ks, rank)
-        ks.check_order(rank, 0)
-        grad = self._attach(msg.path, ks.value.nbytes).view(ks.value.dtype)
-        self._counters.bytes_in += ks.value.nbytes
-        self._counters.shm_pushes += 1
-        self._accept(ks, rank, 0, grad.reshape(ks.value.shape))
+        if len(msg.keys) != len(msg.paths) or len(set(msg.keys)) != len(msg.keys):
+            raise RejectError(
+                ErrorCode.KVSTORE_USAGE,
+                "shared-memory push: keys and paths differ in length, or a key appears twice",
+            )
+        states = [self._key(k) for k in msg.keys]
+        for ks in states:
+            self._check_round(ks, rank)
+            ks.check_order(rank, 0)
+        grads = [
+            attach(path, ks.value.nbytes).view(ks.value.dtype).reshape(ks.value.shape)
+            for ks, path in zip(states, msg.paths, strict=True)
+        ]
+        for ks, grad in zip(states, grads, strict=True):
+            self._counters.bytes_in += ks.value.nbytes
+            self._counters.shm_pushes += 1
+            self._accept(ks, rank, 0, grad)
         return OkReply()
 
     def _pull_shm(self, conn_id: int, request_id: int, msg: PSPullShm, now: float) -> object:
-        if not self._key(msg.key).value_path:
-            raise RejectError(
-                ErrorCode.KVSTORE_USAGE,
-                f"key {key_of_wire(msg.key)!r} is not in shared memory on "
-                f"server {self.server_index}",
-            )
-        return _park(self, "shm", conn_id, request_id, (msg.key,), msg.timeout_ms, now)
+        for k in msg.keys:
+            if not self._key(k).value_path:
+                raise RejectError(
+                    ErrorCode.KVSTORE_USAGE,
+                    f"key {key_of_wire(k)!r} is not in shared memory on server {self.server_index}",
+                )
+        return _park(self, "shm", conn_id, request_id, msg.keys, msg.timeout_ms, now)
 
     def _pull(self, conn_id: int, request_id: int, msg: PSPull, now: float) -> object:
         if not len(msg.keys) == len(msg.offsets) == len(msg.counts):

@@ -164,8 +164,8 @@ class ParkedRequests:
             return None
         if p.kind == "shm":
             self._counters.pulls += 1
-            self._counters.bytes_out += states[0].value.nbytes
-            return PSShmReply(path=states[0].value_path)
+            self._counters.bytes_out += sum(ks.value.nbytes for ks in states)
+            return PSShmReply(paths=tuple(ks.value_path for ks in states))
         if p.kind == "rows":
             assert p.rows is not None
             values: tuple[np.ndarray, ...] = (states[0].value[p.rows],)
