@@ -53,8 +53,10 @@ def test_uneven_pushes_on_different_servers_give_a_clear_error_within_seconds(
     with ps_job(2, stall=1.0) as job:
         job.start_workers(scenario, 2)
         res = job.results()
-    expected = ["round 1 has pushes from ranks [0] but not from [1]",
-                "round 2 has pushes from ranks [1] but not from [0]"]
+    expected = [
+        "round 1 has pushes from ranks [0] but not from [1]",
+        "round 2 has pushes from ranks [1] but not from [0]",
+    ]
     uneven = 0
     for rank, r in enumerate(res):
         text = str(r["error"])
@@ -100,3 +102,15 @@ def test_big_arrays_through_shared_memory_or_socket_parts(shm: str) -> None:
         job.start_workers("big", 2, KVSYNC_PS_SHM=shm)
         res = job.results()
     assert all(r["shm"] is (shm == "1" and shm_supported()) for r in res)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["dist_sync", "dist_async"])
+def test_bucketed_steps_give_the_bits_of_per_key_steps_for_every_rule_and_compression(
+    kind: str,
+) -> None:
+    with ps_job(2, bound=300_000) as job:
+        job.start_workers("bucketed", 2, KVSYNC_TEST_KV_TYPE=kind)
+        res = job.results(timeout=140)
+    assert all(r["mismatched"] == [] for r in res), res
+    assert all(r["shm"] is shm_supported() for r in res)
