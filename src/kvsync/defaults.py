@@ -41,6 +41,9 @@ __all__ = [
     "SHUTDOWN_GRACE_SECONDS",
     "STORE_EXIT_GRACE_SECONDS",
     "STORE_SERVER",
+    "TORCH_MAX_KEYS_PER_REQUEST",
+    "TORCH_MAX_KEY_BYTES",
+    "TORCH_MAX_VALUE_BYTES",
     "TORCH_PARK_SECONDS",
 ]
 
@@ -70,6 +73,11 @@ MAX_CONNECTIONS: int = 16384
 #: (big payloads reserve memory as their bytes arrive); a frame that would need more is
 #: refused. Never below one whole frame (a value at its cap must fit).
 MAX_PENDING_BYTES: int = 4 << 30
+#: The caps of torch's (libuv) store server, which a kvsync client of a torch server checks
+#: before sending: torch's server closes the connection on a request over them.
+TORCH_MAX_KEY_BYTES: int = 8 * 1024
+TORCH_MAX_VALUE_BYTES: int = 8 * 1024 * 1024
+TORCH_MAX_KEYS_PER_REQUEST: int = 128 * 1024
 #: listen() backlog of the server socket; sized for thousands of ranks connecting at once.
 LISTEN_BACKLOG: int = 4096
 #: Where ``TCPStore(is_master=True)`` runs its server: "thread" (a thread of the master

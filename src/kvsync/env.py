@@ -24,6 +24,7 @@ from typing import Generic, TypeVar, overload
 from kvsync.errors import InvalidPortError
 
 __all__ = [
+    "DIALECT_CHOICES",
     "DMLC_NUM_SERVER",
     "DMLC_NUM_WORKER",
     "DMLC_PS_ROOT_PORT",
@@ -43,6 +44,7 @@ __all__ = [
     "KVSYNC_SECRET",
     "KVSYNC_SERVER_SETUP",
     "KVSYNC_STORE_ADDR",
+    "KVSYNC_STORE_DIALECT",
     "KVSYNC_STORE_EXIT_GRACE",
     "KVSYNC_STORE_PORT",
     "KVSYNC_STORE_SERVER",
@@ -102,6 +104,10 @@ KVSYNC_FRAME_TIMEOUT = "KVSYNC_FRAME_TIMEOUT"
 KVSYNC_IDLE_TIMEOUT = "KVSYNC_IDLE_TIMEOUT"
 KVSYNC_MAX_CONNECTIONS = "KVSYNC_MAX_CONNECTIONS"
 KVSYNC_MAX_PENDING_BYTES = "KVSYNC_MAX_PENDING_BYTES"
+#: The protocol a TCPStore client speaks: "kvsync" or "torch" (kvsync.store.dialect).
+KVSYNC_STORE_DIALECT = "KVSYNC_STORE_DIALECT"
+#: The values :data:`KVSYNC_STORE_DIALECT` takes (any case).
+DIALECT_CHOICES = ("kvsync", "torch")
 #: Shared secret for the HMAC handshake (optional).
 KVSYNC_SECRET = "KVSYNC_SECRET"
 #: A module a parameter-server process imports before serving (``kvsync-run --server-setup``).
@@ -237,6 +243,10 @@ def _store_server(environ: Mapping[str, str], name: str) -> str | None:
     return _choice(environ, name, STORE_SERVER_CHOICES)
 
 
+def _store_dialect(environ: Mapping[str, str], name: str) -> str | None:
+    return _choice(environ, name, DIALECT_CHOICES)
+
+
 def _false_unless_set(environ: Mapping[str, str], name: str) -> bool:
     return _bool(environ, name, False)
 
@@ -301,6 +311,7 @@ class Environment:
     idle_timeout = _Variable(KVSYNC_IDLE_TIMEOUT, _seconds)
     max_connections = _Variable(KVSYNC_MAX_CONNECTIONS, _int)
     max_pending_bytes = _Variable(KVSYNC_MAX_PENDING_BYTES, _int)
+    store_dialect = _Variable(KVSYNC_STORE_DIALECT, _store_dialect)
     secret = _Variable(KVSYNC_SECRET, _str)
     server_setup = _Variable(KVSYNC_SERVER_SETUP, _str)
     bigarray_bound = _Variable(KVSYNC_BIGARRAY_BOUND, _bigarray_bound)

@@ -39,6 +39,7 @@ __all__ = [
     "StoreTimeoutError",
     "UninitializedKeyError",
     "UnknownNameError",
+    "UnsupportedOperationError",
     "VersionMismatchError",
     "code_for",
     "error_from_code",
@@ -87,6 +88,11 @@ class VersionMismatchError(RemoteProtocolError):
 
 class AuthenticationError(KVSyncError, PermissionError):
     """The shared-secret handshake failed."""
+
+
+class UnsupportedOperationError(KVSyncError, NotImplementedError):
+    """The server's protocol cannot express the operation (a kvsync client of a torch store
+    server); names the operation and the server."""
 
 
 class ServerError(KVSyncError, RuntimeError):

@@ -37,6 +37,10 @@ class Flavour:
     id: str
     open: Opener
     blocking_get: bool
+    #: The server is torch's (kvsync's client speaking torch's protocol).
+    torch_server: bool = False
+    #: The longest key the server accepts, in bytes (as its error message names it).
+    key_cap: int = 4096
 
 
 @contextlib.contextmanager
@@ -87,6 +91,26 @@ def prefixed(inner: Opener, prefix: str = "pfx") -> Opener:
     return open_
 
 
+def torch_served(make_client: Callable[[str, int, float], Store]) -> Opener:
+    """An opener that starts torch's own store server (``torch.distributed.TCPStore``, the
+    libuv backend) on a free loopback port; skips the test when torch is not installed."""
+
+    @contextlib.contextmanager
+    def open_(timeout: float) -> Iterator[Connect]:
+        import datetime
+
+        dist = pytest.importorskip("torch.distributed")
+        server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                               timeout=datetime.timedelta(seconds=timeout))  # fmt: skip
+        port = server.port
+        try:
+            yield lambda: make_client("127.0.0.1", port, timeout)
+        finally:
+            del server  # torch's server stops with its last reference
+
+    return open_
+
+
 class TorchFlavourHashStore(HashStore):
     """HashStore with PyTorch's blocking ``get``: runs the blocking-get specs in process."""
 
@@ -111,6 +135,18 @@ def _torch_compat(host: str, port: int, timeout: float) -> Store:
     return TCPStore(host, port, timeout=timeout)
 
 
+def _torch_dialect(host: str, port: int, timeout: float) -> Store:
+    from kvsync.store.tcp import TCPStore
+
+    return TCPStore(host, port, timeout=timeout, dialect="torch")
+
+
+def _torch_dialect_compat(host: str, port: int, timeout: float) -> Store:
+    from kvsync.compat.torch import TCPStore
+
+    return TCPStore(host, port, timeout=timeout, dialect="torch")
+
+
 FLAVOURS: list[Flavour] = [
     Flavour("hash", in_process(lambda t: HashStore(timeout=t)), blocking_get=False),
     Flavour("prefix-hash", prefixed(in_process(lambda t: HashStore(timeout=t))), False),
@@ -120,6 +156,22 @@ FLAVOURS: list[Flavour] = [
     Flavour("compat-torch", served(_torch_compat), blocking_get=True),
     # added by transport: the master store itself (its server runs in this process)
     Flavour("tcp-master", in_process(_tcp_master), blocking_get=False),
+    # kvsync's client of torch's own server (dialect="torch")
+    Flavour("torch-server", torch_served(_torch_dialect), False, torch_server=True, key_cap=8191),
+    Flavour(
+        "prefix-torch-server",
+        prefixed(torch_served(_torch_dialect)),
+        False,
+        torch_server=True,
+        key_cap=8191,
+    ),
+    Flavour(
+        "compat-torch-server",
+        torch_served(_torch_dialect_compat),
+        True,
+        torch_server=True,
+        key_cap=8191,
+    ),
 ]
 
 
@@ -130,6 +182,9 @@ def flavour(request: pytest.FixtureRequest) -> Flavour:
         pytest.skip(f"{f.id}: get of a missing key does not block in this flavour")
     if request.node.get_closest_marker("nonblocking_get_only") and f.blocking_get:
         pytest.skip(f"{f.id}: get of a missing key blocks in this flavour")
+    only = request.node.get_closest_marker("kvsync_server_only")
+    if only and f.torch_server:
+        pytest.skip(f"{f.id}: torch's server differs here: {only.args[0]}")
     return f
 
 
@@ -157,3 +212,6 @@ def any_store(connect: Connect) -> Store:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "blocking_get_only: needs a flavour whose get blocks")
     config.addinivalue_line("markers", "nonblocking_get_only: needs get of missing -> b''")
+    config.addinivalue_line(
+        "markers", "kvsync_server_only(reason): a kvsync-server behaviour torch's server lacks"
+    )

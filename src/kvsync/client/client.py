@@ -191,6 +191,7 @@ class Client:
             except TimeoutError as exc:
                 raise StoreTimeoutError(
                     f"{self.peer} did not complete the handshake in time"
+                    " (a torch store server stays silent: use TCPStore(..., dialect='torch'))"
                 ) from exc
             except OSError as exc:
                 raise StoreConnectionError(

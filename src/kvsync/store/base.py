@@ -45,6 +45,7 @@ from kvsync.store.arguments import (
     to_ms,
     to_seconds,
 )
+from kvsync.store.sync import barrier as sync_barrier
 
 __all__ = ["REPLY_GRACE_SECONDS", "Store", "Timeout", "Value", "to_seconds"]
 
@@ -74,6 +75,9 @@ class Store(abc.ABC):
     #: ``False``: a missing key reads as ``b""`` (the reference document); ``True``: ``get``
     #: and ``multi_get`` wait for the key until the timeout (PyTorch).
     _blocking_get: bool = False
+    #: ``True``: :meth:`barrier` is one server request; ``False`` (a client of a torch
+    #: server, which has no such request): :func:`kvsync.store.sync.barrier`'s add/set/wait.
+    _server_barrier: bool = True
 
     def __init__(self, timeout: Timeout = defaults.DEFAULT_TIMEOUT) -> None:
         self._closed = False
@@ -369,6 +373,7 @@ class Store(abc.ABC):
         generation when its last one arrives. The keys it leaves (``<key>/arrived`` and
         ``<key>/done/<generation>``) are those of :func:`kvsync.store.sync.barrier`, which
         builds the same barrier from ``add``/``set``/``wait``, so callers of either meet.
+        A client of a torch store server (which has no such request) runs that function.
 
         Raises:
             TypeError: ``key`` is not ``str`` or ``world_size`` not an ``int``.
@@ -382,6 +387,8 @@ class Store(abc.ABC):
             >>> s.barrier("start", world_size=1); s.get("start/arrived")
             b'1'
         """
+        if not self._server_barrier:
+            return sync_barrier(self, key, world_size, timeout)
         if type(key) is not str:
             key = check_key(key)
         if type(world_size) is not int or world_size < 1:

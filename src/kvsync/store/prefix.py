@@ -75,6 +75,7 @@ class PrefixStore(Store):
         self._prefix = prefix
         self._store = store
         self._blocking_get = store._blocking_get
+        self._server_barrier = store._server_barrier
 
     @property
     def underlying_store(self) -> Store:

@@ -12,10 +12,15 @@ Where the address comes from when none is given (first match wins):
 
 1. ``KVSYNC_STORE_ADDR``/``KVSYNC_STORE_PORT`` (``kvsync-run`` hosts the store there):
    every rank is a client.
-2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): rank 0 publishes its address in torch's
-   agent store (:mod:`kvsync.store.address`, which applies all four rules).
+2. ``TORCHELASTIC_USE_AGENT_STORE`` (torchrun): every rank is a client of torch's agent
+   store on ``MASTER_ADDR``:``MASTER_PORT``, in torch's protocol
+   (:mod:`kvsync.store.address`, which applies all four rules).
 3. ``MASTER_ADDR``/``MASTER_PORT``: rank 0 (or a process without ``RANK``) hosts.
 4. Nothing: an embedded single-process store on a free loopback port.
+
+A client speaks kvsync's protocol or torch's (a torch store server, such as torchrun's agent
+store): :mod:`kvsync.store.dialect` decides, from ``dialect=``, ``KVSYNC_STORE_DIALECT`` or
+whether the address is torchrun's agent store.
 
 Joining: when ``world_size`` is given (as ``WORLD_SIZE`` is under a launcher), every
 non-master adds 1 to the reserved counter :data:`JOINED_KEY`, and with ``wait_for_workers``
@@ -43,6 +48,7 @@ from kvsync.protocol import messages as m
 from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
 from kvsync.store.address import resolve_store_address
 from kvsync.store.base import Store, Timeout, to_seconds
+from kvsync.store.dialect import choose_dialect, open_client
 
 __all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
 
@@ -123,7 +129,7 @@ def _close_at_exit() -> None:
 
 
 def _from_environment(
-    e: env.Environment, host: str | None, port: int | None, is_master: bool, timeout: float
+    e: env.Environment, host: str | None, port: int | None, is_master: bool
 ) -> tuple[str, int, bool, int | None]:
     """(host, port, is_master, listen_fd) following the module's rules."""
     if host is not None or port is not None:
@@ -133,7 +139,7 @@ def _from_environment(
                 raise ValueError(f"TCPStore({host!r}) needs a port (or MASTER_PORT set)")
             port = e.master_port
         return host, port, is_master, None
-    a = resolve_store_address(e, timeout=timeout)
+    a = resolve_store_address(e)
     return a.host, a.port, bool(a.is_master or is_master), a.listen_fd
 
 
@@ -156,6 +162,9 @@ class TCPStore(Store):
             ``"process"`` (a child process that serves the socket bound here: its event
             loop does not wait for this process's GIL, at about half a second more to
             construct). ``None``: ``KVSYNC_STORE_SERVER``, else ``"thread"``.
+        dialect: (keyword) the protocol a client speaks, ``"kvsync"`` or ``"torch"`` (a
+            torch store server); default from ``KVSYNC_STORE_DIALECT``, else ``"torch"``
+            for torchrun's agent store, else ``"kvsync"`` (:mod:`kvsync.store.dialect`).
 
     ``MS_RECEIVE_MSG_TIMEOUT`` (seconds), when set, is the reply timeout of each request
     (requests that wait on the server get at least their own timeout); the timeout error
@@ -187,6 +196,8 @@ class TCPStore(Store):
         master_listen_fd: int | None = None,
         use_libuv: bool = True,
         server: str | None = None,
+        *,
+        dialect: str | None = None,
     ) -> None:
         super().__init__(timeout)
         if server is not None and server not in env.STORE_SERVER_CHOICES:
@@ -198,9 +209,8 @@ class TCPStore(Store):
             world_size = e.world_size
         if world_size is not None and (not isinstance(world_size, int) or world_size < 1):
             raise ValueError(f"world_size must be a positive int or None, got {world_size!r}")
-        host, port, is_master, fd = _from_environment(
-            e, host_name, port, bool(is_master), self._timeout
-        )
+        host, port, is_master, fd = _from_environment(e, host_name, port, bool(is_master))
+        wanted = choose_dialect(dialect, e, host, port, is_master=is_master)
         listen_fd = master_listen_fd if master_listen_fd is not None else fd
         self._world_size, self._is_master, self._multi = world_size, is_master, multi_tenant
         self._recv_timeout = e.receive_timeout
@@ -219,11 +229,13 @@ class TCPStore(Store):
             )
         dial = defaults.DEFAULT_HOST if host in ("", "0.0.0.0", "::") else host
         try:
-            self._client = Client(dial, port, timeout=self._timeout, secret=e.secret,
-                                  timeout_hint=hint)  # fmt: skip
+            self._client = open_client(dial, port, wanted, timeout=self._timeout,
+                                       secret=e.secret, timeout_hint=hint)  # fmt: skip
+            self._server_barrier = isinstance(self._client, Client)
             if self._recv_timeout is None:  # nothing to adjust: requests go straight out
                 self._call = self._client.call  # type: ignore[method-assign]
-            if e.rank is not None:  # so that ``kvsync inspect waiters`` can name the rank
+            if e.rank is not None and self._server_barrier:  # a kvsync server: so that
+                # ``kvsync inspect waiters`` can name the rank (torch's protocol cannot)
                 self._request(m.Identify(e.rank), m.OkReply)
             self._join(wait_for_workers)
         except BaseException:
@@ -287,6 +299,11 @@ class TCPStore(Store):
     def world_size(self) -> int | None:
         """The ``world_size`` given (or from ``WORLD_SIZE``); ``None`` if not fixed."""
         return self._world_size
+
+    @property
+    def dialect(self) -> str:
+        """The protocol this store speaks to its server: ``"kvsync"`` or ``"torch"``."""
+        return "kvsync" if isinstance(self._client, Client) else "torch"
 
     @property
     def is_master(self) -> bool:
