@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kvsync.server import StoreServer
 
@@ -23,7 +24,7 @@ WORKER = str(HERE / "dist_worker.py")
 
 @dataclass
 class Job:
-    store: StoreServer
+    store: Any  # a kvsync StoreServer, or torch's own TCPStore server
     env: dict[str, str]
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
     workers: list[subprocess.Popen[str]] = field(default_factory=list)
@@ -62,13 +63,27 @@ def _kill(p: subprocess.Popen[str]) -> None:
             stream.close()
 
 
+def _torch_job_store() -> Any:
+    """torch's own store server, as torchrun's agent would host it (needs torch)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                         timeout=datetime.timedelta(seconds=60))
+
+
 @contextmanager
 def ps_job(num_servers: int, *, bound: int = 1_000_000, stall: float = 5.0,
-           setup: str | None = None) -> Iterator[Job]:
-    """A job store plus ``num_servers`` server processes; workers are added by the test."""
-    store = StoreServer().start()
+           setup: str | None = None, torch_store: bool = False) -> Iterator[Job]:
+    """A job store plus ``num_servers`` server processes; workers are added by the test.
+    With ``torch_store`` the job store is torch's server and the processes see torchrun's
+    variables, so they reach it in torch's protocol."""
+    store = _torch_job_store() if torch_store else StoreServer().start()
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
            "DMLC_NUM_SERVER": str(num_servers), "KVSYNC_BIGARRAY_BOUND": str(bound)}
+    if torch_store:
+        env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
     job = Job(store, env)
     try:
         cmd = [sys.executable, "-m", "kvsync.launcher.ps_server", "--stall-seconds", str(stall)]
@@ -86,4 +101,5 @@ def ps_job(num_servers: int, *, bound: int = 1_000_000, stall: float = 5.0,
     finally:
         for p in job.workers + job.servers:
             _kill(p)
-        store.close()
+        if not torch_store:  # (torch's server stops when its last reference goes)
+            store.close()

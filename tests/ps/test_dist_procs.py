@@ -21,6 +21,18 @@ def test_sync_rounds_with_several_and_split_keys(workers: int, servers: int) -> 
         assert min(ins) > 0.25 * sum(ins), ins
 
 
+@pytest.mark.torch
+def test_sync_rounds_with_torchs_store_as_the_job_registry() -> None:
+    pytest.importorskip("torch.distributed")
+    with ps_job(1, bound=100, torch_store=True) as job:
+        assert job.env["TORCHELASTIC_USE_AGENT_STORE"] == "True"
+        job.start_workers("sync", 2)
+        stats = job.results()[0]["stats"]
+        registered = job.store.get("kvsync/ps/server/0").decode()  # torch's client reads it
+    assert isinstance(stats, list) and len(stats) == 1
+    assert registered.startswith("127.0.0.1:")
+
+
 def test_async_applies_every_push_on_the_server() -> None:
     with ps_job(2) as job:
         job.start_workers("asynchronous", 2, KVSYNC_TEST_KV_TYPE="dist_async")
