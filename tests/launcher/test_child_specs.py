@@ -32,6 +32,8 @@ def test_every_child_is_told_where_the_launchers_store_is() -> None:
         assert spec.env["KVSYNC_STORE_PORT"] == "6123"
         assert spec.env["MASTER_PORT"] == "6123"
         assert spec.env["DMLC_PS_ROOT_PORT"] == "6123"
+        # torchrun's convention: MASTER_ADDR:MASTER_PORT is an agent store to join, not bind
+        assert spec.env["TORCHELASTIC_USE_AGENT_STORE"] == "True"
 
 
 def test_ranks_are_global_over_nodes_and_counts_cover_the_whole_job() -> None:

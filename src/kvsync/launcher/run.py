@@ -19,8 +19,10 @@ launchers wait until every node joined before starting their children.
 Each launcher starts ``--num-servers`` parameter servers (``python -m
 kvsync.launcher.ps_server``, ``DMLC_ROLE=server``) and ``--nproc-per-node`` workers,
 exports the variables of :func:`kvsync.env.worker_environment` plus ``KVSYNC_STORE_ADDR`` /
-``KVSYNC_STORE_PORT``, and supervises them (:mod:`kvsync.launcher.agent`). Ranks: worker
-``RANK = node_rank * nproc_per_node + local_rank``; server ``RANK = node_rank *
+``KVSYNC_STORE_PORT`` and, as torchrun does, ``TORCHELASTIC_USE_AGENT_STORE=True``
+(``MASTER_ADDR``:``MASTER_PORT`` is the launcher's store, which torch's ``env://`` joins as
+a client instead of binding it), and supervises them (:mod:`kvsync.launcher.agent`).
+Ranks: worker ``RANK = node_rank * nproc_per_node + local_rank``; server ``RANK = node_rank *
 num_servers + i``, with ``WORLD_SIZE`` and ``DMLC_NUM_WORKER`` the number of workers and
 ``DMLC_NUM_SERVER`` the number of servers of the whole job. The exit code is the first
 failing child's (``128 + signal`` when it was killed), ``128 + signal`` when the launcher
@@ -141,6 +143,7 @@ def child_specs(
     """
     n, s = args.nproc_per_node, args.num_servers
     common = {env.KVSYNC_STORE_ADDR: args.master_addr, env.KVSYNC_STORE_PORT: str(master_port),
+              env.TORCHELASTIC_USE_AGENT_STORE: "True",
               **torchrun_args.torchelastic_environment(args, restart)}
     if args.server_setup:
         common[env.KVSYNC_SERVER_SETUP] = args.server_setup
