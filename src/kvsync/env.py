@@ -300,7 +300,6 @@ class Environment:
     group_rank = _Variable(GROUP_RANK, _int)
     receive_timeout = _Variable(MS_RECEIVE_MSG_TIMEOUT, _float)
     use_agent_store = _Variable(TORCHELASTIC_USE_AGENT_STORE, _false_unless_set)
-    restart_count = _Variable(TORCHELASTIC_RESTART_COUNT, _int)
     store_addr = _Variable(KVSYNC_STORE_ADDR, _str)
     store_port = _Variable(KVSYNC_STORE_PORT, _port)
     store_server = _Variable(KVSYNC_STORE_SERVER, _store_server)
