@@ -132,3 +132,15 @@ def test_dialect_torch_for_a_master_or_with_a_secret_is_refused(
     monkeypatch.setenv("KVSYNC_SECRET", "s3cret")
     with pytest.raises(ValueError, match="cannot authenticate"):
         TCPStore("127.0.0.1", 1, dialect="torch")
+
+
+def test_an_unclosed_client_closes_its_socket_when_collected(torch_server: Any) -> None:
+    import gc
+
+    from kvsync.client.torch import TorchClient
+
+    client = TorchClient("127.0.0.1", torch_server.port, timeout=5)
+    sock = client._sock
+    del client
+    gc.collect()
+    assert sock.fileno() == -1

@@ -199,6 +199,11 @@ class TorchClient:
         """Close the connection; later calls raise :class:`StoreConnectionError`."""
         self._fail(StoreConnectionError(f"client of torch store {self.address} is closed"))
 
+    def __del__(self) -> None:  # an unclosed client must not leak its socket
+        sock = getattr(self, "_sock", None)
+        if sock is not None and getattr(self, "_error", True) is None:
+            sock.close()
+
     def __enter__(self) -> TorchClient:
         return self
 
