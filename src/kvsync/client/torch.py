@@ -233,8 +233,11 @@ class TorchClient:
         except OSError as exc:
             raise self._lost(what, exc) from exc
 
-    def _receive(self, deadline: float, what: str) -> Any:
-        """The next reply; :class:`StoreTimeoutError` (connection kept) at ``deadline``."""
+    def _receive(self, deadline: float, what: str, *, cancellable: bool = False) -> Any:
+        """The next reply, or :class:`StoreTimeoutError` at ``deadline``. A late reply would
+        be taken for the next request's (torch's replies carry no request id), so the
+        connection is closed then, unless the request is ``cancellable`` (a WAIT, which
+        CANCEL_WAIT brings back in step)."""
         for _ in range(1_000_000):
             try:
                 event = self._proto.next_event()
@@ -244,9 +247,13 @@ class TorchClient:
                 return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise StoreTimeoutError(
-                    f"no reply from torch store {self.address} to {what} in time{self.timeout_hint}"
+                error = StoreTimeoutError(
+                    f"no reply from torch store {self.address} to {what} in time"
+                    f"{'' if cancellable else ' (connection closed)'}{self.timeout_hint}"
                 )
+                if not cancellable:
+                    self._fail(error)
+                raise error
             try:
                 self._sock.settimeout(remaining)
                 n, _ = self._proto.receive_from(self._sock.recv_into)
@@ -279,7 +286,7 @@ class TorchClient:
         """WAIT with torch's cancel dance; the timeout error names the missing keys."""
         self._send(self._proto.send(tw.Wait(_wires(keys))), "wait")
         try:
-            self._receive(time.monotonic() + timeout, "wait")
+            self._receive(time.monotonic() + timeout, "wait", cancellable=True)
             return
         except StoreTimeoutError:
             pass
