@@ -219,13 +219,13 @@ class TorchClient:
 
     def _ask(self, request: object, timeout: float) -> Any:
         """Send one torch request and return its decoded reply (``None`` if it has none)."""
-        what = _describe(request)
-        self._send(self._proto.send(request), what)
+        self._send(self._proto.send(request), request)
         if not self._proto.awaiting_replies:
             return None
-        return self._receive(time.monotonic() + timeout, what)
+        return self._receive(time.monotonic() + timeout, request)
 
-    def _send(self, parts: list[Any], what: str) -> None:
+    def _send(self, parts: list[Any], what: object) -> None:
+        """Send one request's buffers; ``what`` (the request, or a label) names it in errors."""
         try:
             self._sock.settimeout(max(self.timeout, 0.001))
             for part in parts:  # small fields come joined; a big value is its own part
@@ -233,7 +233,7 @@ class TorchClient:
         except OSError as exc:
             raise self._lost(what, exc) from exc
 
-    def _receive(self, deadline: float, what: str, *, cancellable: bool = False) -> Any:
+    def _receive(self, deadline: float, what: object, *, cancellable: bool = False) -> Any:
         """The next reply, or :class:`StoreTimeoutError` at ``deadline``. A late reply would
         be taken for the next request's (torch's replies carry no request id), so the
         connection is closed then, unless the request is ``cancellable`` (a WAIT, which
@@ -248,7 +248,7 @@ class TorchClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = StoreTimeoutError(
-                    f"no reply from torch store {self.address} to {what} in time"
+                    f"no reply from torch store {self.address} to {_describe(what)} in time"
                     f"{'' if cancellable else ' (connection closed)'}{self.timeout_hint}"
                 )
                 if not cancellable:
@@ -263,11 +263,11 @@ class TorchClient:
                 raise self._lost(what, exc) from exc
             if n == 0:
                 raise self._lost(what, "the server closed the connection")
-        raise StoreConnectionError(f"torch store {self.address} never completed {what}")
+        raise StoreConnectionError(f"torch store {self.address} never completed {_describe(what)}")
 
-    def _lost(self, what: str, cause: object) -> KVSyncError:
+    def _lost(self, what: object, cause: object) -> KVSyncError:
         error: KVSyncError = StoreConnectionError(
-            f"lost the connection to torch store {self.address} during {what}: {cause} "
+            f"lost the connection to torch store {self.address} during {_describe(what)}: {cause} "
             "(a torch server closes a connection on a request it cannot serve, such as an "
             "add to a value that is not an integer)"
         )
@@ -306,7 +306,10 @@ class TorchClient:
 
 
 def _describe(request: object) -> str:
-    """``"add of 'n'"``: the request's name and its user key (not its value)."""
+    """``"add of 'n'"``: the request's name and its user key (not its value); a label
+    as it is. Built only for an error message."""
+    if isinstance(request, str):
+        return request
     name = type(request).__name__.lower()
     key = getattr(request, "key", None)
     return name if key is None else f"{name} of {key[1:]!r}"
