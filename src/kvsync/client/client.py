@@ -29,10 +29,10 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kvsync.client.connect import Backoff, connect
+from kvsync.client.lifetime import ConnectionLifetime
 from kvsync.errors import (
     KVSyncError,
     StoreConnectionError,
@@ -104,7 +104,7 @@ def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> Non
     sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000))
 
 
-class Client:
+class Client(ConnectionLifetime):
     """A connection to a kvsync server.
 
     Args:
@@ -481,28 +481,3 @@ class Client:
             except OSError:
                 pass
             self._sock.close()
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection is closed or lost."""
-        return self._error is not None
-
-    def close(self) -> None:
-        """Close the connection; later calls raise :class:`StoreConnectionError`."""
-        self._fail(StoreConnectionError(f"client of {self.peer} is closed"))
-
-    def __del__(self) -> None:  # an unclosed client must not leak its socket
-        sock = getattr(self, "_sock", None)
-        if sock is not None and getattr(self, "_error", True) is None:
-            sock.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Client({self.address}{', closed' if self.closed else ''})"

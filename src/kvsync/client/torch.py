@@ -36,11 +36,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from kvsync import defaults
 from kvsync.client.connect import Backoff, connect
+from kvsync.client.lifetime import ConnectionLifetime
 from kvsync.errors import (
     KVSyncError,
     LimitExceededError,
@@ -106,7 +106,7 @@ def _value(value: m.Buffer, key: str) -> m.Buffer:
     return value
 
 
-class TorchClient:
+class TorchClient(ConnectionLifetime):
     """A connection to a torch store server, with :class:`~kvsync.client.Client`'s API.
 
     Args:
@@ -133,6 +133,7 @@ class TorchClient:
         2
     """
 
+
     def __init__(
         self,
         host: str,
@@ -144,6 +145,7 @@ class TorchClient:
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.address = f"{host}:{port}"
+        self.peer = f"torch store {self.address}"
         self.timeout_hint = timeout_hint
         connect_timeout = timeout if connect_timeout is None else connect_timeout
         deadline = time.monotonic() + connect_timeout
@@ -189,31 +191,6 @@ class TorchClient:
             if self._error is not None:
                 raise type(self._error)(str(self._error))
             return handler(self, msg, self.timeout if timeout is None else timeout)
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection is closed or lost."""
-        return self._error is not None
-
-    def close(self) -> None:
-        """Close the connection; later calls raise :class:`StoreConnectionError`."""
-        self._fail(StoreConnectionError(f"client of torch store {self.address} is closed"))
-
-    def __del__(self) -> None:  # an unclosed client must not leak its socket
-        sock = getattr(self, "_sock", None)
-        if sock is not None and getattr(self, "_error", True) is None:
-            sock.close()
-
-    def __enter__(self) -> TorchClient:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TorchClient({self.address}{', closed' if self.closed else ''})"
 
     # --- one round trip -------------------------------------------------------------------
 
