@@ -80,4 +80,6 @@ def test_torch_env_init_and_all_reduce_work_under_kvsync_run(tmp_path: Path) -> 
                            str(script)], capture_output=True, text=True, timeout=80)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(line for line in done.stdout.splitlines() if ": [" in line) == [
-        "[worker 0] rank 0: [3, 3]", "[worker 1] rank 1: [3, 3]"]
+        "[worker 0] rank 0: [3, 3]",
+        "[worker 1] rank 1: [3, 3]",
+    ]

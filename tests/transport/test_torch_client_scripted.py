@@ -138,3 +138,19 @@ def test_a_server_that_closes_mid_request_names_the_request(
     client = scripted(lambda req: (None, []))
     with pytest.raises(StoreConnectionError, match="during add of 'word'"):
         client.call(m.Add("word", 1))
+
+
+def test_naming_the_missing_keys_waits_for_the_checks_as_long_as_any_request(
+    scripted: Callable[[Script], TorchClient],
+) -> None:
+    def script(req: object) -> tuple[float | None, list[object]]:
+        if isinstance(req, tw.CancelWait):
+            return 0.0, [tw.WaitCanceled()]
+        if isinstance(req, tw.Check):  # slower than the wait's own 0.1 s
+            return 0.3, [tw.CheckReply(False)]
+        return 0.0, []
+
+    client = scripted(script)
+    with pytest.raises(StoreTimeoutError, match=r"still missing: \['k'\]"):
+        client.call(m.Wait(("k",), 100), timeout=1)
+    assert not client.closed

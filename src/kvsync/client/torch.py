@@ -273,7 +273,9 @@ class TorchClient(ConnectionLifetime):
             self._receive(time.monotonic() + _CANCEL_GRACE, "cancel_wait")
             return
         missing = [
-            k for k in keys[:_NAMED_MISSING] if not self._ask(tw.Check((_wire(k),)), timeout).ready
+            k
+            for k in keys[:_NAMED_MISSING]
+            if not self._ask(tw.Check((_wire(k),)), self.timeout).ready
         ]
         more = " and more" if len(keys) > _NAMED_MISSING else ""
         raise StoreTimeoutError(
