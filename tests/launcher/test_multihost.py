@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,7 +183,13 @@ def test_a_worker_killed_on_one_host_stops_both_launchers_leaving_no_process(
     assert codes[1] == 128 + signal.SIGKILL, out1
     assert "worker 1 (pid" in out1 and "signal SIGKILL" in out1
     assert codes[0] != 0, out0
-    assert "job stopped by node 1: worker 1 failed" in out0 or "[1] disconnected" in out0, out0
+    # Node 0 stops for whichever failure it sees first, and both are right: node 1's report
+    # of its dead worker, or one of its own children failing because worker 1 is gone (a
+    # barrier of the parameter servers names rank 1 as disconnected, a worker loses a
+    # server...), which the launcher reports as that child's exit code or signal.
+    remote = "job stopped by node 1: worker 1 failed" in out0
+    own = re.search(r"\b(worker|server) \d+ \(pid \d+\) ended with (exit code [1-9]|signal )", out0)
+    assert remote or own, out0
     assert wait_dead(pids, timeout=10) == []
 
 
