@@ -186,4 +186,13 @@ def test_the_example_of_docs_torch_md_runs() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "torch.md").read_text()
     block = text.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(block, "docs/torch.md", "exec"), {})
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(block, "docs/torch.md", "exec"), namespace)
+    finally:  # a failing example must not leave its server running for later tests
+        server = namespace.get("server")
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
+        if server is not None and not server.stdout.closed:
+            server.stdout.close()
