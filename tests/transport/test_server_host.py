@@ -70,7 +70,11 @@ def running(pid: int) -> bool:
 def children() -> set[int]:
     out: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        out.update(int(p) for p in (task / "children").read_text().split())
+        try:
+            listed = (task / "children").read_text()
+        except FileNotFoundError:  # the thread ended since the listing (another test's)
+            continue
+        out.update(int(p) for p in listed.split())
     return out
 
 
