@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -216,9 +217,13 @@ def test_max_restarts_restarts_the_workers_and_training_resumes_from_the_servers
         timeout=110,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "worker 1 failed with signal SIGKILL: restarting the workers (restart 1 of 2)" in (
-        done.stderr
-    )
+    # worker 1 kills itself; the launcher may see worker 0 fail first (its parameter-server
+    # barrier names rank 1 as disconnected): either way it is restart 1 of 2
+    assert re.search(
+        r"worker (1 failed with signal SIGKILL|0 failed with exit code 1): "
+        r"restarting the workers \(restart 1 of 2\)",
+        done.stderr,
+    ), done.stderr
     lines = set(done.stdout.splitlines())
     assert {
         "[worker 0] restart 0 rank 0 resumes at step 0",
