@@ -21,6 +21,7 @@ both timeouts are set right after the handshake, so a first request makes no ext
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
@@ -41,8 +42,8 @@ from kvsync.errors import (
 )
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, drain_events
-from kvsync.protocol.framing import HEADER_SIZE, SMALL_FRAME, Landing
-from kvsync.protocol.messages import ErrorReply, Opcode
+from kvsync.protocol.framing import HEADER_SIZE, NO_REPLY, SMALL_FRAME, Landing
+from kvsync.protocol.messages import ErrorReply, Opcode, Ping
 from kvsync.protocol.ps_messages import PSValuesReply
 
 if TYPE_CHECKING:  # a store client never imports numpy; arrays come from its callers
@@ -57,6 +58,8 @@ _READ_SLICE = 1.0
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 _NO_REPLY = object()
+#: Longest wait in :meth:`Client.close` for the server to confirm the posts before it.
+_FLUSH_TIMEOUT = 5.0
 
 
 def _unwrap(reply: object) -> object:
@@ -173,6 +176,9 @@ class Client(ConnectionLifetime):
         self._results: dict[int, object] = {}
         self._waiting: set[int] = set()
         self._error: KVSyncError | None = None
+        self._posted_error: KVSyncError | None = None  # a posted request's, not raised yet
+        self._last_posted = 0  # request id (sans NO_REPLY) of the last post
+        self._last_replied = 0  # of the last call answered: every request before it is done
 
     # --- connection set-up ----------------------------------------------------------------
 
@@ -217,6 +223,8 @@ class Client(ConnectionLifetime):
         """
         if timeout is None:
             timeout = self.timeout
+        if self._posted_error is not None:
+            self._raise_posted()
         # (the locks are taken with acquire/release: in this hot path ``with`` costs more)
         lock = self._lock
         lock.acquire()
@@ -242,6 +250,7 @@ class Client(ConnectionLifetime):
                 except KVSyncError as exc:
                     raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
                 if len(events) == 1 and events[0].request_id == request_id:  # ours, alone
+                    self._last_replied = request_id
                     reply = events[0].message
                     if type(reply) is ErrorReply:
                         raise error_from_code(reply.code, reply.message)
@@ -289,9 +298,55 @@ class Client(ConnectionLifetime):
 
     def _read_error(self, exc: OSError | None) -> StoreConnectionError:
         """The error for a failed receive (``None``: the server closed the connection)."""
+        posted = self._posted_error
+        if exc is None and posted is not None:  # the server closes after a refused frame
+            return StoreConnectionError(f"{self.peer} closed the connection: {posted}")
         if exc is None:
             return StoreConnectionError(f"{self.peer} closed the connection (server gone?)")
         return StoreConnectionError(f"lost the connection to {self.peer}: {exc}")
+
+    def post(self, msg: object) -> None:
+        """Send ``msg`` and do not wait for its reply: the server answers it only if it
+        fails (:data:`~kvsync.protocol.framing.NO_REPLY`), and that error is raised by the
+        first :meth:`call`, :meth:`submit` or :meth:`post` that starts after it arrived.
+        For requests whose only answer is ``OkReply`` (``Set``), as torch's SET.
+
+        Raises:
+            LimitExceededError: a key or value is over the server's caps (nothing sent).
+            StoreConnectionError: the connection is lost or closed.
+            KVSyncError subclasses: an earlier posted request's error (nothing sent).
+        """
+        if self._posted_error is not None:
+            self._raise_posted()
+        if self._error is not None:
+            self._raise_if_failed()
+        send_lock = self._send_lock
+        send_lock.acquire()
+        try:
+            request_id = next(self._ids)
+            self._send_all(self._proto.send(request_id | NO_REPLY, msg))
+            self._last_posted = request_id
+        finally:
+            send_lock.release()
+
+    def close(self) -> None:
+        """Close the connection; later calls raise :class:`StoreConnectionError`.
+
+        Posts not yet followed by an answered call are confirmed first (a ``Ping``, for
+        at most :data:`_FLUSH_TIMEOUT` seconds), so that a value set just before
+        ``close()`` is on the server when it returns, for every other client to read.
+        """
+        if self._last_posted > self._last_replied and self._error is None:
+            with contextlib.suppress(KVSyncError):
+                self.call(Ping(), min(self.timeout, _FLUSH_TIMEOUT))
+        super().close()
+
+    def _raise_posted(self) -> None:
+        """Raise (once) the error the server answered a posted request with."""
+        with self._lock:
+            err, self._posted_error = self._posted_error, None
+        if err is not None:
+            raise err
 
     def submit(self, msg: object, into: np.ndarray | None = None) -> int:
         """Send ``msg`` without waiting; returns the request id to pass to :meth:`result`.
@@ -304,6 +359,8 @@ class Client(ConnectionLifetime):
             LimitExceededError: a key or value is over the server's caps (nothing sent).
             StoreConnectionError: the connection is lost or closed.
         """
+        if self._posted_error is not None:
+            self._raise_posted()
         self._raise_if_failed()
         with self._send_lock:
             request_id = next(self._ids)
@@ -421,15 +478,26 @@ class Client(ConnectionLifetime):
             events, error = drain_events(proto)
             if type(event) is Event:
                 events.insert(0, event)
-        for ev in events:  # request id 0: the server's reason for closing this connection
-            if ev.request_id == 0 and type(ev.message) is ErrorReply:
-                raise error_from_code(
+        for ev in events:
+            if ev.request_id == 0 and type(ev.message) is ErrorReply:  # the server's reason
+                raise error_from_code(  # for closing this connection
                     ev.message.code,
                     f"{self.peer} closed this connection: {ev.message.message}",
                 )
+            if ev.request_id >= NO_REPLY:  # a posted request failed: the next one raises it
+                self._posted(ev.message)
         if error is not None:  # bad bytes, even after good replies: fail anyway
             raise error
         return events, n, size
+
+    def _posted(self, reply: object) -> None:
+        """Keep the first error a posted request was answered with (other replies to
+        posted requests, from a server that answers them anyway, are dropped)."""
+        if type(reply) is ErrorReply:
+            err = error_from_code(reply.code, f"an earlier set failed: {reply.message}")
+            with self._lock:
+                if self._posted_error is None:
+                    self._posted_error = err
 
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """Send one frame's buffers whole; a failure fails the client and is raised as

@@ -62,6 +62,7 @@ __all__ = [
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
+    "NO_REPLY",
     "PEEK_BYTES",
     "PROTOCOL_VERSION",
     "SMALL_FRAME",
@@ -85,6 +86,10 @@ PROTOCOL_VERSION: int = 1
 HEADER: struct.Struct = struct.Struct("<4sBBHQQ")
 #: Bytes in a frame header.
 HEADER_SIZE: int = HEADER.size
+#: A request id with this bit set asks for no reply unless the request fails: the server
+#: answers such a request only with an ``ErrorReply`` (kvsync's ``set``, like torch's
+#: SET, does not wait for the server).
+NO_REPLY: Final = 1 << 63
 #: Payloads up to this size are cut out of the scratch buffer; larger ones get their own.
 SMALL_FRAME: Final = 8 * 1024
 _SCRATCH: Final = 4 * 1024  # initial size: 10,000 idle connections hold 40 MB

@@ -54,7 +54,7 @@ from kvsync.errors import ErrorCode, KVSyncError, LimitExceededError, StoreConne
 from kvsync.progress import interval as progress_interval
 from kvsync.protocol.codec import Limits, encode_frame
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
-from kvsync.protocol.framing import ReceiveBudget
+from kvsync.protocol.framing import NO_REPLY, ReceiveBudget
 from kvsync.protocol.messages import ErrorReply, Identify, Inspect, OkReply, ValueReply
 from kvsync.server.guard import ConnectionGuard, ServerSettings
 from kvsync.server.router import Outgoing, ServerLogic
@@ -608,7 +608,10 @@ class StoreServer:
 
 
 def _encode(out: Outgoing) -> list[_Buffer]:
-    """The buffers of one reply (an error reply if the logic produced an unencodable one)."""
+    """The buffers of one reply (an error reply if the logic produced an unencodable one);
+    none for a request that asked for no reply (:data:`NO_REPLY`) and did not fail."""
+    if out.request_id >= NO_REPLY and type(out.reply) is not ErrorReply:
+        return []
     try:
         return encode_frame(out.request_id, out.reply)
     except KVSyncError as exc:  # a logic bug: answer with an error, keep serving

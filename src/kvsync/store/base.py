@@ -104,6 +104,13 @@ class Store(abc.ABC):
             returned or already raised as its :mod:`kvsync.errors` class.
         """
 
+    def _post(self, msg: object) -> None:
+        """Send a request whose only answer is ``OkReply`` (a ``Set``); a store whose
+        ``set`` does not wait (the torch flavour of a remote one) sends it without waiting
+        for the server, which answers only a failure, raised by a later request. Here: a
+        call."""
+        self._request(msg, m.OkReply)
+
     # --- plumbing -------------------------------------------------------------------------
 
     def _request(self, msg: object, reply_type: type[_R], timeout: float | None = None) -> _R:
@@ -133,6 +140,13 @@ class Store(abc.ABC):
     def set(self, key: str, value: Value) -> None:
         """Store ``value`` under ``key``, overwriting any previous value.
 
+        Returns once the server has stored it; except in the torch flavour
+        (:class:`kvsync.compat.torch.TCPStore`, whose ``get`` waits for its key), which
+        returns once the request is sent, as torch's does: the server handles one
+        connection's requests in order, so every later request of this store sees the
+        value, a failure the server reports is raised by the next request, and
+        ``close()`` returns once the server has every value set before it.
+
         Raises:
             TypeError: ``key`` is not ``str`` or ``value`` is not ``str``/bytes-like.
             LimitExceededError: the key or value is over the store's cap.
@@ -146,7 +160,9 @@ class Store(abc.ABC):
             key = check_key(key)
         if type(value) is not bytes:
             value = to_buffer(value, key)
-        self._request(m.Set(key, value), m.OkReply)
+        if self._closed:
+            raise StoreConnectionError(f"{self!r} is closed")
+        self._post(m.Set(key, value))
 
     def get(self, key: str) -> bytes:
         """The value under ``key``; ``b""`` if missing (the torch flavour waits instead).

@@ -87,21 +87,29 @@ class PrefixStore(Store):
         """The prefix (without the trailing ``/``)."""
         return self._prefix
 
-    def _call(self, msg: object, timeout: float) -> object:
+    def _prefixed(self, msg: object) -> object:
+        """``msg`` with the prefix in front of its key(s)."""
         kind = type(msg)
         p = f"{self._prefix}/"
         if kind in _KEY_FIELD:
             name = _KEY_FIELD[kind]
-            msg = dataclasses.replace(msg, **{name: p + getattr(msg, name)})  # type: ignore[type-var]
-        elif kind in _KEYS_FIELD:
+            return dataclasses.replace(msg, **{name: p + getattr(msg, name)})  # type: ignore[type-var]
+        if kind in _KEYS_FIELD:
             name = _KEYS_FIELD[kind]
             keys = tuple(p + k for k in getattr(msg, name))
-            msg = dataclasses.replace(msg, **{name: keys})  # type: ignore[type-var]
-        reply = self._store._call(msg, timeout)
-        if isinstance(reply, m.KeysReply) and kind is m.ListKeys:
+            return dataclasses.replace(msg, **{name: keys})  # type: ignore[type-var]
+        return msg
+
+    def _call(self, msg: object, timeout: float) -> object:
+        reply = self._store._call(self._prefixed(msg), timeout)
+        if isinstance(reply, m.KeysReply) and type(msg) is m.ListKeys:
+            p = f"{self._prefix}/"
             n = len(p)
             return m.KeysReply(tuple(k[n:] for k in reply.keys if k.startswith(p)))
         return reply
+
+    def _post(self, msg: object) -> None:
+        self._store._post(self._prefixed(msg))
 
     def _repr_fields(self) -> str:
         return f"prefix={self._prefix!r}, store={self._store!r}, "

@@ -234,6 +234,9 @@ class TCPStore(Store):
             self._server_barrier = isinstance(self._client, Client)
             if self._recv_timeout is None:  # nothing to adjust: requests go straight out
                 self._call = self._client.call  # type: ignore[method-assign]
+            if self._blocking_get and self._server_barrier:  # torch's semantics: set does
+                # not wait for the server (a get, which waits for its key, cannot miss it)
+                self._post = self._client.post  # type: ignore[method-assign,union-attr]
             if e.rank is not None and self._server_barrier:  # a kvsync server: so that
                 # ``kvsync inspect waiters`` can name the rank (torch's protocol cannot)
                 self._request(m.Identify(e.rank), m.OkReply)
