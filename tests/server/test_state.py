@@ -372,3 +372,28 @@ def test_the_longest_parked_request_is_logged_every_interval(
         "10.00 s"]
     assert st.next_deadline() == pytest.approx(20.0)
     assert StoreState(progress_seconds=0).next_deadline() is None
+
+
+def test_next_deadline_does_not_scan_the_parked_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop asks for the next deadline every turn: a scan of the parked requests there
+    # made a barrier of n ranks cost n^2 (regression: the progress line's "oldest" lookup).
+    from kvsync.server.waiters import WaiterIndex
+
+    scans = 0
+    oldest = WaiterIndex.oldest
+
+    def counted(self: WaiterIndex) -> object:
+        nonlocal scans
+        scans += 1
+        return oldest(self)
+
+    monkeypatch.setattr(WaiterIndex, "oldest", counted)
+    st = StoreState(progress_seconds=10.0)
+    for conn in range(200):
+        assert st.handle(conn, 1, m.Wait((f"k{conn % 7}",), 60_000), now=conn / 1000) == []
+        assert st.next_deadline() == 10.0  # the first line's time: 10 s after the first park
+        assert st.expire(now=conn / 1000) == []
+    assert scans == 0 and st.parked == 200
+    st.expire(now=10.0)  # the line is due: one scan names the longest waiting
+    assert scans == 2  # (one per index)
+    assert st.next_deadline() == 20.0

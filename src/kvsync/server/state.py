@@ -138,6 +138,7 @@ class StoreState:
         self.max_value_bytes = max_value_bytes
         self._progress_every = progress_seconds  # log the longest wait this often (0: never)
         self._last_progress = 0.0
+        self._progress_at: float | None = None  # when to look at the progress line next
         self._values: dict[str, Buffer] = {}
         self._queues: dict[str, deque[Buffer]] = {}
         self._waiters = WaiterIndex()  # Wait, blocking Get/MultiGet: by first missing key
@@ -196,27 +197,33 @@ class StoreState:
         missing and how long they waited."""
         expired = [*self._waiters.pop_expired(now), *self._pops.pop_expired(now)]
         out = [Outgoing(w.conn_id, w.request_id, self._timeout_reply(w, now)) for w in expired]
-        due, oldest = self._progress_due()
-        if oldest is not None and due is not None and now >= due:
-            self._last_progress = now
-            logger.info("%d request(s) parked; the longest waiting: %s", self.parked,
-                        self._wait_text(oldest, now, timed_out=False))
+        if self._progress_at is not None and now >= self._progress_at:
+            self._progress(now)
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked request (or of its next "still waiting" log
-        line), ``None`` when nothing is parked."""
-        times = [self._waiters.next_deadline(), self._pops.next_deadline(),
-                 self._progress_due()[0]]
+        line), ``None`` when nothing is parked. (Constant time: the loop asks every turn.)"""
+        if self._progress_at is not None and not self.parked:
+            self._progress_at = None  # the next park schedules it again
+        times = (self._waiters.next_deadline(), self._pops.next_deadline(), self._progress_at)
         return min((t for t in times if t is not None), default=None)
 
-    def _progress_due(self) -> tuple[float | None, Waiter | None]:
-        """When the next "still waiting" line is due, and the request it will name."""
-        if self._progress_every <= 0 or not self.parked:
-            return None, None
+    def _progress(self, now: float) -> None:
+        """Log the "still waiting" line if it is due, naming the longest-waiting request, and
+        schedule the next look (a scan of the parked requests: once per line at most)."""
         oldest = min((w for w in (self._waiters.oldest(), self._pops.oldest()) if w),
-                     key=lambda w: w.parked_at)
-        return max(oldest.parked_at, self._last_progress) + self._progress_every, oldest
+                     key=lambda w: w.parked_at, default=None)  # fmt: skip
+        if oldest is None:
+            self._progress_at = None  # the next park schedules it again
+            return
+        due = max(oldest.parked_at, self._last_progress) + self._progress_every
+        if now >= due:
+            self._last_progress = now
+            logger.info("%d request(s) parked; the longest waiting: %s", self.parked,
+                        self._wait_text(oldest, now, timed_out=False))  # fmt: skip
+            due = now + self._progress_every
+        self._progress_at = due
 
     def drop_connection(self, conn_id: int) -> None:
         """Forget the parked requests of ``conn_id``."""
@@ -338,11 +345,12 @@ class StoreState:
             return exc.reply()
         return _OK
 
-    @staticmethod
-    def _park(index: WaiterIndex, conn_id: int, request_id: int, msg: object, key: str,
+    def _park(self, index: WaiterIndex, conn_id: int, request_id: int, msg: object, key: str,
               timeout_ms: int, now: float) -> None:  # fmt: skip
         w = Waiter(conn_id, request_id, msg, parked_at=now, deadline=now + timeout_ms / 1000.0)
         index.park(w, key)
+        if self._progress_at is None and self._progress_every > 0:
+            self._progress_at = now + self._progress_every
 
     def _timeout_reply(self, w: Waiter, now: float) -> ErrorReply:
         return ErrorReply(ErrorCode.TIMEOUT, self._wait_text(w, now, timed_out=True))

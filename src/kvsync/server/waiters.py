@@ -63,15 +63,17 @@ class WaiterIndex:
         self._by_conn: dict[int, dict[Waiter, None]] = {}
         self._heap: list[tuple[float, int, Waiter]] = []
         self._dead = 0
+        self._live = 0
         self._seq = itertools.count()
 
     def __len__(self) -> int:
         """Number of live parked waiters."""
-        return sum(len(ws) for ws in self._by_conn.values())
+        return self._live
 
     def park(self, waiter: Waiter, key: str) -> None:
         """Index a new waiter under ``key``, its connection and its deadline."""
         waiter.seq = next(self._seq)
+        self._live += 1
         self._by_conn.setdefault(waiter.conn_id, {})[waiter] = None
         heapq.heappush(self._heap, (waiter.deadline, waiter.seq, waiter))
         self.reindex(waiter, key)
@@ -155,6 +157,7 @@ class WaiterIndex:
 
     def _forget(self, waiter: Waiter) -> None:
         waiter.done = True
+        self._live -= 1
         self._unindex_key(waiter)
         conn = self._by_conn.get(waiter.conn_id)
         if conn is not None:
