@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSHello:
     """First message of a worker connection: who it is and which mode the job runs in.
     Every worker of a job must agree on ``num_workers`` and ``sync``. Reply: OkReply."""
@@ -59,7 +59,7 @@ class PSHello:
     sync: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSInit:
     """Rank 0 stores the initial value of each key (the row slice this server holds).
     A key already initialised is an INVALID_ARGUMENT error. Reply: OkReply."""
@@ -68,7 +68,7 @@ class PSInit:
     values: tuple[NDArray, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSWaitInit:
     """Other ranks' ``init``: park until every key exists (rank 0's init wins).
     Reply: OkReply, or an ErrorReply (TIMEOUT, or CONNECTION when rank 0 is gone)."""
@@ -77,7 +77,7 @@ class PSWaitInit:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPush:
     """Push gradient rows per key: ``values[i]`` holds rows ``offsets[i]...`` of the slice
     this server keeps for ``keys[i]`` (a big slice travels as several parts, in row order;
@@ -93,7 +93,7 @@ class PSPush:
     compressed: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPushRows:
     """Push a row-sparse gradient slice: ``rows`` are row numbers local to the slice this
     server holds, ``data`` has one row per entry. Reply: OkReply."""
@@ -103,7 +103,7 @@ class PSPushRows:
     data: NDArray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPull:
     """Read rows ``offsets[i]`` to ``offsets[i] + counts[i]`` of each key's slice; in sync
     mode wait until every round this worker pushed into has been applied.
@@ -115,7 +115,7 @@ class PSPull:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPullRows:
     """Read only ``rows`` (local row numbers) of one key's slice, with the same waiting
     rule as PSPull. Reply: PSValuesReply with one array of ``len(rows)`` rows."""
@@ -125,7 +125,7 @@ class PSPullRows:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSSetOptimizer:
     """Install an optimizer from its JSON config (``Optimizer.to_config()``); the name must
     be registered in the server process. Reply: OkReply or ErrorReply (UNKNOWN_NAME)."""
@@ -133,7 +133,7 @@ class PSSetOptimizer:
     config: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSSetUpdater:
     """Install an updater registered on the server by name (kvsync.server.ps
     ``register_updater``), with JSON ``params``. Reply: OkReply or UNKNOWN_NAME."""
@@ -142,7 +142,7 @@ class PSSetUpdater:
     params: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSSetCompression:
     """Gradient-compression parameters (JSON) used to decompress compressed pushes.
     Reply: OkReply."""
@@ -150,21 +150,21 @@ class PSSetCompression:
     params: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSSaveStates:
     """The server updater's state (``Updater.get_states``). Reply: ValueReply."""
 
     dump_optimizer: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSLoadStates:
     """Restore the updater's state saved by PSSaveStates. Reply: OkReply."""
 
     data: Buffer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSBarrier:
     """Park until every worker has entered the barrier. Reply: OkReply, or an ErrorReply
     naming the ranks that left or never came."""
@@ -172,17 +172,17 @@ class PSBarrier:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSStats:
     """Counters of this server (bytes in/out, keys, rounds) as JSON. Reply: ValueReply."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSShutdown:
     """Ask the server process to exit once it has replied. Reply: OkReply."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPushPacked:
     """PSPush of many small parts of one dtype, concatenated (flattened) into ``data`` in
     key order; each part holds ``counts[i]`` rows of its key's slice from row
@@ -194,7 +194,7 @@ class PSPushPacked:
     counts: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSWaiting:
     """This worker is (``waiting``) or is no longer blocked on a request to *another*
     server, so this one can tell when every worker is stuck (uneven pushes across servers).
@@ -203,7 +203,7 @@ class PSWaiting:
     waiting: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPushShm:
     """Push whole slices that a worker on the same host wrote into its shared-memory
     segments: ``keys[i]``'s slice is in ``paths[i]`` (``/proc/<pid>/fd/<fd>``, see
@@ -214,7 +214,7 @@ class PSPushShm:
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPullShm:
     """Like PSPull of whole slices, answered with where each slice lives in the server's
     shared memory instead of its bytes. Reply: PSShmReply."""
@@ -223,7 +223,7 @@ class PSPullShm:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSShmReply:
     """The shared-memory segments holding the slices a PSPullShm asked for, in key order
     (each unchanged until the asking worker pushes its key again)."""
@@ -231,7 +231,7 @@ class PSShmReply:
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSPackedReply:
     """The arrays answering a PSPull of many small keys of one dtype, flattened and
     concatenated in request order (the worker knows each one's size)."""
@@ -239,7 +239,7 @@ class PSPackedReply:
     data: NDArray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PSValuesReply:
     """Arrays answering PSPull / PSPullRows, in request order."""
 
