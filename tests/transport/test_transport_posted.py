@@ -5,13 +5,14 @@ The kvsync flavour's ``set``, whose ``get`` does not wait for a key, still waits
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
-from transport_helpers import RawClient, child_env
+from transport_helpers import RawClient, child_env, serve_subprocess
 
 from kvsync import TCPStore as KVSyncTCPStore
 from kvsync.client import Client
@@ -118,3 +119,26 @@ def test_the_kvsync_flavour_set_waits_so_another_connection_reads_it_at_once() -
             for i in range(50):
                 writer.set(f"k{i}", b"v")
                 assert reader.get(f"k{i}") == b"v"
+
+
+def test_a_forked_copy_closing_the_store_leaves_the_parents_connection_alone() -> None:
+    # regression: close() in a forked child (a DataLoader worker holding the rank's store)
+    # shut the shared socket down, and with posts unconfirmed it would send a Ping on it
+    # and read the parent's replies
+    with serve_subprocess() as (_, host, port):
+        store = TCPStore(host, port, timeout=10)
+        store.set("before-fork", b"1")  # posted, not confirmed yet: close() would Ping
+        pid = os.fork()
+        if pid == 0:  # the child: close its copy, nothing else
+            code = 0
+            try:
+                store.close()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get("before-fork") == b"1"  # the parent's connection still works
+        store.set("after-fork", b"2")
+        assert store.get("after-fork") == b"2"
+        store.close()

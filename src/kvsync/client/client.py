@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import struct
 import threading
@@ -177,6 +178,7 @@ class Client(ConnectionLifetime):
         self._waiting: set[int] = set()
         self._error: KVSyncError | None = None
         self._posted_error: KVSyncError | None = None  # a posted request's, not raised yet
+        self._pid = os.getpid()  # a forked copy must not touch the parent's connection
         self._last_posted = 0  # request id (sans NO_REPLY) of the last post
         self._last_replied = 0  # of the last call answered: every request before it is done
 
@@ -335,7 +337,13 @@ class Client(ConnectionLifetime):
         Posts not yet followed by an answered call are confirmed first (a ``Ping``, for
         at most :data:`_FLUSH_TIMEOUT` seconds), so that a value set just before
         ``close()`` is on the server when it returns, for every other client to read.
+        In a process forked after the client was made, only this process's descriptor is
+        closed: the connection stays the parent's.
         """
+        if os.getpid() != self._pid:  # a forked copy: close this process's descriptor only
+            self._error = StoreConnectionError(f"client of {self.peer} is closed")
+            self._sock.close()  # (no Ping, no shutdown: the connection is the parent's)
+            return
         if self._last_posted > self._last_replied and self._error is None:
             with contextlib.suppress(KVSyncError):
                 self.call(Ping(), min(self.timeout, _FLUSH_TIMEOUT))
@@ -544,8 +552,9 @@ class Client(ConnectionLifetime):
         if self._error is None:
             self._error = exc
             logger.debug("client of %s failed: %s", self.address, exc)
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in poll
-            except OSError:
-                pass
+            if os.getpid() == self._pid:  # (a forked copy's would cut the parent's too)
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv
+                except OSError:
+                    pass
             self._sock.close()
