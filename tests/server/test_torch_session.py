@@ -155,3 +155,91 @@ def test_requests_before_garbage_are_served_then_the_session_fails() -> None:
     with pytest.raises(RemoteProtocolError, match="unknown torch query type 254"):
         session.next_event()
     assert isinstance(session.error, RemoteProtocolError)
+
+
+def _answered(out: list[Any]) -> set[tuple[int, int]]:
+    return {(o.conn_id, o.request_id) for o in out if o.reply == m.OkReply()}
+
+
+def test_count_barriers_of_different_sizes_on_one_key_pass_as_the_count_reaches_them() -> None:
+    st = StoreState()
+    assert st.handle(1, 1, CountBarrier("b", 5, 10_000), now=0.0) == []  # count 1
+    assert st.handle(2, 1, CountBarrier("b", 3, 10_000), now=0.0) == []  # 2
+    assert _answered(st.handle(3, 1, CountBarrier("b", 3, 10_000), now=0.0)) == {(3, 1), (2, 1)}
+    st.handle(4, 1, m.Set("b", b"word"), now=0.0)  # not a count: everyone keeps waiting
+    assert st.parked == 1
+    assert _answered(st.handle(4, 2, m.Set("b", b"7"), now=0.0)) == {(4, 2), (1, 1)}
+    assert st.parked == 0
+    assert _answered(st.handle(5, 1, CountBarrier("b", 5, 10_000), now=0.0)) == {(5, 1)}
+
+
+def test_a_parked_count_barrier_shows_in_inspect() -> None:
+    # regression: kvsync inspect waiters failed (AttributeError) on a parked torch BARRIER
+    st = StoreState()
+    st.handle(1, 1, CountBarrier("b", 3, 5_000), now=0.0)
+    (w,) = st.waiting(1.0)
+    assert (w["op"], w["keys"], w["world_size"], w["waited_s"]) == ("barrier", ["b"], 3, 1.0)
+
+
+def test_count_barrier_arrivals_do_not_look_at_every_parked_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # regression: each arrival re-checked every parked caller (n^2 for n ranks)
+    from kvsync.server.waiters import WaiterIndex
+
+    looked = 0
+    take = WaiterIndex.take
+
+    def counted(self: WaiterIndex, key: str) -> list[Any]:
+        nonlocal looked
+        got = take(self, key)
+        looked += len(got)
+        return got
+
+    monkeypatch.setattr(WaiterIndex, "take", counted)
+    st = StoreState()
+    for conn in range(300):
+        assert st.handle(conn, 1, CountBarrier("b", 301, 60_000), now=0.0) == []
+    assert looked == 0 and st.parked == 300
+    assert len(_answered(st.handle(300, 1, CountBarrier("b", 301, 60_000), now=0.0))) == 301
+
+
+def test_timed_out_count_barriers_are_dropped_not_answered_again() -> None:
+    st = StoreState()
+    for conn in range(200):  # time out: their entries are compacted away as more park
+        st.handle(conn, 1, CountBarrier("b", 10_000, 100), now=0.0)
+    assert len(st.expire(now=1.0)) == 200 and st.parked == 0
+    assert st.handle(500, 1, CountBarrier("b", 202, 60_000), now=2.0) == []
+    assert len(st._counts["b"]) < 200  # (compacted on the way)
+    out = st.handle(501, 1, CountBarrier("b", 202, 60_000), now=2.0)
+    assert _answered(out) == {(500, 1), (501, 1)}
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 6), st.booleans()), min_size=1, max_size=40
+    )
+)
+def test_count_barriers_match_a_model(steps: list[tuple[int, int, bool]]) -> None:
+    # model: a parked caller is answered exactly when the key's count reaches its size
+    state = StoreState()
+    counts: dict[str, int] = {}
+    parked: dict[tuple[int, int], tuple[str, int]] = {}
+    for i, (k, size, expire) in enumerate(steps):
+        key = f"k{k}"
+        if expire:  # time out everything parked so far, as the loop would
+            out = state.expire(now=float(i) + 100.0)
+            assert {(o.conn_id, o.request_id) for o in out} == set(parked)
+            parked.clear()
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        out = state.handle(i, 1, CountBarrier(key, size, 50_000), now=float(i))
+        expected = {c for c, (kk, s) in parked.items() if kk == key and s <= counts[key]}
+        if counts[key] < size:
+            parked[(i, 1)] = (key, size)
+        else:
+            expected.add((i, 1))
+        assert _answered(out) == expected
+        for c in expected:
+            parked.pop(c, None)
+        assert state.parked == len(parked)

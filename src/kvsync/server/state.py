@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -143,6 +144,9 @@ class StoreState:
         self._queues: dict[str, deque[Buffer]] = {}
         self._waiters = WaiterIndex()  # Wait, blocking Get/MultiGet: by first missing key
         self._pops = WaiterIndex()  # blocking QueuePop: by queue key
+        #: torch BARRIER waiters (parked in _waiters under no key) by counter key: a heap
+        #: by world size, so an arrival answers those it completes without a scan
+        self._counts: dict[str, list[tuple[int, int, Waiter]]] = {}
         self._out: list[Outgoing] = []
         self._handlers: dict[type, Callable[[int, int, object, float], object | None]] = {
             Set: self._set,
@@ -265,6 +269,8 @@ class StoreState:
         if isinstance(msg, _BarrierWait):
             b = msg.barrier
             return {"op": "barrier", "keys": [b.key], "world_size": b.world_size}
+        if isinstance(msg, CountBarrier):
+            return {"op": "barrier", "keys": [msg.key], "world_size": msg.world_size}
         keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
         missing = [k for k in keys if not self._exists(k)]
         return {"op": "wait" if isinstance(msg, Wait) else "multi_get", "keys": missing}
@@ -307,6 +313,8 @@ class StoreState:
         self._values[key] = value
         if self._waiters.has_waiters(key):
             self._wake_keys(key)
+        if key in self._counts:
+            self._wake_counts(key)
 
     def _first_missing(self, keys: tuple[str, ...]) -> str | None:
         """The first of ``keys`` that does not exist, ``None`` if all do (a loop, not a
@@ -316,16 +324,25 @@ class StoreState:
                 return k
         return None
 
+    def _wake_counts(self, key: str) -> None:
+        """Answer the torch BARRIER waiters of counter ``key`` whose world size its value
+        reached (a value that is not a decimal integer keeps them waiting)."""
+        heap = self._counts[key]
+        try:
+            count = self._counter(key)
+        except RejectError:
+            return
+        while heap and (heap[0][2].done or heap[0][0] <= count):
+            w = heapq.heappop(heap)[2]
+            if not w.done:  # (else timed out or its connection closed meanwhile)
+                self._waiters.finish(w)
+                self._out.append(Outgoing(w.conn_id, w.request_id, _OK))
+        if not heap:
+            del self._counts[key]
+
     def _wake_keys(self, key: str) -> None:
         for w in self._waiters.take(key):
             msg = w.msg
-            if type(msg) is CountBarrier:  # waits for a count, not for keys
-                if not self._reached(msg):
-                    self._waiters.reindex(w, key)
-                    continue
-                self._waiters.finish(w)
-                self._out.append(Outgoing(w.conn_id, w.request_id, _OK))
-                continue
             keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
             missing = self._first_missing(keys)
             if missing is not None:
@@ -345,12 +362,13 @@ class StoreState:
             return exc.reply()
         return _OK
 
-    def _park(self, index: WaiterIndex, conn_id: int, request_id: int, msg: object, key: str,
-              timeout_ms: int, now: float) -> None:  # fmt: skip
+    def _park(self, index: WaiterIndex, conn_id: int, request_id: int, msg: object,
+              key: str | None, timeout_ms: int, now: float) -> Waiter:  # fmt: skip
         w = Waiter(conn_id, request_id, msg, parked_at=now, deadline=now + timeout_ms / 1000.0)
         index.park(w, key)
         if self._progress_at is None and self._progress_every > 0:
             self._progress_at = now + self._progress_every
+        return w
 
     def _timeout_reply(self, w: Waiter, now: float) -> ErrorReply:
         return ErrorReply(ErrorCode.TIMEOUT, self._wait_text(w, now, timed_out=True))
@@ -580,12 +598,6 @@ class StoreState:
         self.drop_connection(conn_id)
         return _OK
 
-    def _reached(self, msg: CountBarrier) -> bool:
-        try:
-            return self._counter(msg.key) >= msg.world_size
-        except RejectError:  # overwritten with something else meanwhile: keep waiting
-            return False
-
     def _count_barrier(self, conn_id: int, request_id: int, msg: object, now: float) -> object:
         """torch's BARRIER: count this arrival at ``key``; answered once the count reaches
         ``world_size`` (every parked caller is woken by the store that completes it)."""
@@ -598,5 +610,10 @@ class StoreState:
             return _OK
         if msg.timeout_ms == 0:
             return self._timeout_reply(Waiter(conn_id, request_id, msg, now, now), now)
-        self._park(self._waiters, conn_id, request_id, msg, msg.key, msg.timeout_ms, now)
+        w = self._park(self._waiters, conn_id, request_id, msg, None, msg.timeout_ms, now)
+        heap = self._counts.setdefault(msg.key, [])
+        if len(heap) >= 64 and len(heap) & (len(heap) - 1) == 0:  # at 64, 128, 256, ...:
+            heap[:] = [e for e in heap if not e[2].done]  # drop the timed-out (amortized)
+            heapq.heapify(heap)
+        heapq.heappush(heap, (msg.world_size, w.seq, w))
         return None

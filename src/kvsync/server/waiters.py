@@ -70,13 +70,15 @@ class WaiterIndex:
         """Number of live parked waiters."""
         return self._live
 
-    def park(self, waiter: Waiter, key: str) -> None:
-        """Index a new waiter under ``key``, its connection and its deadline."""
+    def park(self, waiter: Waiter, key: str | None) -> None:
+        """Index a new waiter under ``key`` (``None``: under no key, for a waiter its owner
+        wakes by other means), its connection and its deadline."""
         waiter.seq = next(self._seq)
         self._live += 1
         self._by_conn.setdefault(waiter.conn_id, {})[waiter] = None
         heapq.heappush(self._heap, (waiter.deadline, waiter.seq, waiter))
-        self.reindex(waiter, key)
+        if key is not None:
+            self.reindex(waiter, key)
 
     def reindex(self, waiter: Waiter, key: str) -> None:
         """Move a live waiter to be woken by ``key`` instead (it still misses that key)."""
@@ -144,8 +146,11 @@ class WaiterIndex:
 
     def oldest(self) -> Waiter | None:
         """The live waiter parked longest ago (a scan: for rare progress reports)."""
-        return min((w for ws in self._by_conn.values() for w in ws),
-                   key=lambda w: w.parked_at, default=None)
+        return min(
+            (w for ws in self._by_conn.values() for w in ws),
+            key=lambda w: w.parked_at,
+            default=None,
+        )
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a live waiter, or ``None`` when nothing is parked."""
