@@ -33,6 +33,7 @@ __all__ = [
     "PS_CHUNK_BYTES",
     "PS_PACK_MAX_BYTES",
     "PS_PACK_MIN_KEYS",
+    "PS_PUSH_LINGER_SECONDS",
     "PS_REPLY_GRACE_SECONDS",
     "PS_SHM_MIN_BYTES",
     "PS_STALL_SECONDS",
@@ -124,6 +125,10 @@ PS_SHM_MIN_BYTES: int = 1 << 20
 #: the cost.
 PS_PACK_MIN_KEYS: int = 8
 PS_PACK_MAX_BYTES: int = 1 << 20
+#: A worker's pushes wait in a bucket per server until a call needs them sent (a pull,
+#: ``wait``, a barrier), the bucket holds PS_CHUNK_BYTES, or the oldest waited this long
+#: (seconds): so pushes of one key per call go out as one message per server.
+PS_PUSH_LINGER_SECONDS: float = 0.002
 #: torch's server never times out a WAIT or BARRIER (its client sends CANCEL_WAIT when its
 #: own timeout passes); kvsync's parks them this long, then closes that connection (the
 #: event loop's select() takes at most ~24 days).

@@ -89,13 +89,16 @@ def _bucket_grads(rank: int, step: int) -> list[np.ndarray]:
 def bucketed(store: DistKVStore) -> dict[str, object]:
     """Every update rule (and none) x every compression: a step's keys pushed and pulled in
     one call each (bucketed: one message per server and kind) give the same bits as the same
-    keys pushed and pulled one call per key (one message each). In dist_async the ranks
-    take turns, so the order of the updates is fixed."""
+    keys pushed and pulled one call per key (one message each), and as the same keys pushed
+    one call per key in gluon's style (priority -i, held in the per-server buckets until
+    the pulls) and pulled one call per key. In dist_async the ranks take turns, so the
+    order of the updates is fixed."""
     r, async_ = store.rank, store.type == "dist_async"
     n = len(BUCKET_SHAPES)
     together, alone = list(range(n)), list(range(n, 2 * n))  # same values all along
+    apart = list(range(2 * n, 3 * n))
     init = [np.linspace(-1, 1, int(np.prod(s)), dtype=np.float32).reshape(s) for s in BUCKET_SHAPES]
-    store.init(together + alone, init + init)
+    store.init(together + alone + apart, init * 3)
     mismatched, step = [], 0
     for comp in ("none", "1bit", "2bit"):
         store.set_gradient_compression({"type": comp, "threshold": 0.5})
@@ -111,12 +114,19 @@ def bucketed(store: DistKVStore) -> dict[str, object]:
                         for k, g in zip(alone, grads, strict=True):
                             store.push(k, g)
                             store.wait()  # nothing else queued: a message of its own
+                        for i, (k, g) in enumerate(zip(apart, grads, strict=True)):
+                            store.push(k, g, priority=-i)  # held until the pulls
                     if async_:
                         store.barrier()
                 got = store.pull(together)
                 for k, g in zip(alone, got, strict=True):
                     if not np.array_equal(store.pull(k), g):
                         mismatched.append(f"{comp} {rule} step {step} key {k}")
+                for i, (k, g) in enumerate(zip(apart, got, strict=True)):
+                    out = np.empty_like(g)
+                    store.pull(k, out=out, priority=-i)
+                    if not np.array_equal(out, g):
+                        mismatched.append(f"{comp} {rule} step {step} key {k} (apart)")
             store.barrier()
     return {"mismatched": mismatched, "shm": bool(store._segments_of)}
 

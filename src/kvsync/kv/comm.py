@@ -1,14 +1,21 @@
 """The worker's communication thread: pushes and pulls sent in priority order, batched.
 
 Strategy. ``push`` only queues an :class:`Op` and returns, so sending overlaps the caller's
-next computation. One sender thread pops queued ops highest ``priority`` first (a later op
-of the same key never overtakes an earlier one: its priority is capped by the pending
-one's, and ties go in program order), packs consecutive small ops of one kind for one
-server into one message, and *submits* it on that server's pipelined link without waiting
-for the reply. One reaper thread per server collects replies in order: a pull's arrays are
-copied into the caller's output views, a failed push is remembered and raised by the
-worker's next call. A pull sent after a push of the same key travels on the same
-connection, so the server sees it after the push.
+next computation. Pushes are *held*: they wait in the queue until a call needs them sent
+(an op that is not held, such as a pull, or :meth:`Comm.flush`), until the held ops carry
+:data:`BATCH_BYTES` (a full bucket), or until the oldest waited
+``PS_PUSH_LINGER_SECONDS``; so pushes of one key per call (MXNet's gluon ``Trainer``) still
+travel as one message per server and bucket. One sender thread pops queued ops highest
+``priority`` first (a later op of the same key never overtakes an earlier one: its priority
+is capped by the pending one's, and ties go in program order), packs consecutive ops of one
+kind for one server into one message of at most :data:`BATCH_BYTES`, and *submits* it on
+that server's pipelined link without waiting for the reply (a shared-memory push is copied
+into its segment there, so one bucket's copy overlaps the server's work on the last). One
+reaper thread per server collects replies in order: a pull's arrays are copied into the
+caller's output views, a failed push is remembered and raised by the worker's next call
+(a message the server refuses fails all its keys; the error names the key at fault). A
+pull sent after a push of the same key travels on the same connection, so the server sees
+it after the push.
 
 Arrays are never copied on the way out: a pushed array is referenced until its message
 has been handed to the link, so the caller must not modify it before its next pull or
@@ -27,6 +34,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -62,8 +70,9 @@ __all__ = ["BATCH_BYTES", "BATCH_KEYS", "Comm", "Latch", "Link", "Op"]
 
 logger = logging.getLogger(__name__)
 
-#: Most bytes of array data one batched message carries (bigger arrays travel alone).
-BATCH_BYTES = 4 << 20
+#: Most bytes of array data one batched message carries (bigger arrays travel alone), and
+#: the held pushes that are sent without waiting for a call that needs them.
+BATCH_BYTES = defaults.PS_CHUNK_BYTES
 #: Most keys one batched message carries.
 BATCH_KEYS = 4096
 
@@ -163,8 +172,11 @@ class Op:
     lo: int = 0  # first row within the server's slice
     count: int = 1  # rows
     future: Future[Any] | Latch | None = None
-    nbytes: int = 0  # array bytes on the socket (0 for shared memory): batches are cut by it
+    nbytes: int = 0  # array bytes on the socket: what one turn of the sender takes is cut by it
+    shm: int = 0  # bytes through shared memory (push_shm: copied from value into out)
+    after: Latch | None = None  # push_shm: the last push from the segment, read first
     settled: bool = False
+    held: bool = False  # queued by a push: may wait for more (see the module docstring)
 
 
 #: Kinds whose ops for one server travel together (one message, one reply); so a step's
@@ -190,6 +202,11 @@ class Comm:
         self._heap: list[tuple[int, int, Op]] = []
         self._seq = itertools.count()
         self._pending: dict[str, tuple[int, int]] = {}  # wire -> (count queued, min prio)
+        self._held = 0  # bytes of held ops in the heap
+        self._held_n = 0  # and their number
+        self._held_since = 0.0  # when the first of them was queued
+        self._release = False  # send everything queued, held or not
+        self._linger = defaults.PS_PUSH_LINGER_SECONDS
         self._outstanding = 0
         self._errors: list[BaseException] = []
         self._closing = False
@@ -208,8 +225,11 @@ class Comm:
 
     # --- queueing (caller's thread) ---------------------------------------------------------
 
-    def enqueue_many(self, ops: Sequence[Op], priority: int) -> None:
+    def enqueue_many(self, ops: Sequence[Op], priority: int, *, hold: bool = False) -> None:
         """Queue several ops of one call at ``priority`` (one lock round trip).
+
+        With ``hold`` (pushes) they may wait for more ops of a bucket; otherwise they and
+        everything queued before them are sent at once.
 
         Raises:
             KVSyncError: the KVStore is closed, or the first error a background push met
@@ -220,13 +240,27 @@ class Comm:
             if self._closing:
                 raise KVSyncError("the KVStore is closed")
             pending, heap, seq = self._pending, self._heap, self._seq
+            wake = not heap or not hold
+            held = self._held
+            if hold:
+                if not self._held_n:
+                    self._held_since = time.monotonic()
+                self._held_n += len(ops)
             for op in ops:
                 count, prio = pending.get(op.wire, (0, priority))
                 prio = min(prio, priority) if count else priority
                 pending[op.wire] = (count + 1, prio)
                 heapq.heappush(heap, (-prio, next(seq), op))
+                if hold:
+                    op.held = True
+                    held += op.nbytes + op.shm
+            if not hold or held >= BATCH_BYTES:  # a call needs them, or a full bucket
+                wake = wake or not self._release
+                self._release = True
+            self._held = held
             self._outstanding += len(ops)
-            self._cv.notify_all()
+            if wake:
+                self._cv.notify_all()
 
     def flush(self, timeout: float) -> None:
         """Wait until every queued op has been answered; raise the first failure.
@@ -235,6 +269,9 @@ class Comm:
             StoreTimeoutError: ops are still outstanding after ``timeout`` seconds.
         """
         with self._cv:
+            if self._heap:
+                self._release = True
+                self._cv.notify_all()
             if not self._cv.wait_for(lambda: self._outstanding == 0, timeout):
                 raise StoreTimeoutError(
                     f"{self._outstanding} pushes/pulls still unanswered after {timeout} s"
@@ -263,22 +300,39 @@ class Comm:
     # --- sender thread ----------------------------------------------------------------------
 
     def _take(self) -> list[Op] | None:
+        """The next ops to send, once some may go (see the module docstring); ``None``
+        when closing with nothing queued."""
         with self._cv:
-            while not self._heap and not self._closing:
-                self._cv.wait()
-            if not self._heap:
-                return None
+            for _ in range(1 << 40):  # bounded: each turn waits or returns
+                if self._heap and (self._release or self._closing):
+                    break
+                if not self._heap:
+                    if self._closing:
+                        return None
+                    self._cv.wait()
+                    continue
+                left = self._held_since + self._linger - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
             ops: list[Op] = []
             size = 0
-            while self._heap and (not ops or size + self._heap[0][2].nbytes <= BATCH_BYTES):
-                op = heapq.heappop(self._heap)[2]
+            heap, pending = self._heap, self._pending
+            while heap and (not ops or size + heap[0][2].nbytes <= BATCH_BYTES):
+                op = heapq.heappop(heap)[2]
                 size += op.nbytes
                 ops.append(op)
-                count, prio = self._pending[op.wire]
+                if op.held:
+                    self._held -= op.nbytes + op.shm
+                    self._held_n -= 1
+                count, prio = pending[op.wire]
                 if count == 1:
-                    del self._pending[op.wire]
+                    del pending[op.wire]
                 else:
-                    self._pending[op.wire] = (count - 1, prio)
+                    pending[op.wire] = (count - 1, prio)
+            if not heap:
+                self._release = False
+                self._held = self._held_n = 0
             return ops
 
     def _send_loop(self) -> None:
@@ -315,6 +369,12 @@ class Comm:
                 timeout_ms=timeout_ms,
             )
         elif first.kind == "push_shm":
+            try:
+                for op in batch:
+                    self._fill(op)
+            except Exception as exc:
+                self._finish(batch, exc)
+                return
             msg = PSPushShm(
                 keys=tuple(op.wire for op in batch), paths=tuple(op.path for op in batch)
             )
@@ -336,6 +396,22 @@ class Comm:
         for op in batch:
             op.value = None  # the message holds what it needs
         self._inflight[first.server].put((rid, batch))
+
+    def _fill(self, op: Op) -> None:
+        """Copy a shared-memory push into its segment, once the server has read the last
+        push from it (in sync mode a pull of the key came between, so it has).
+
+        Raises:
+            StoreTimeoutError: the server never answered the last push from the segment.
+        """
+        wait = self._timeout + defaults.PS_REPLY_GRACE_SECONDS
+        if op.after is not None and not op.after.done(wait):
+            raise StoreTimeoutError(
+                f"push of key {op.wire}: the server did not read the previous push from its "
+                f"shared segment within {wait:g} s"
+            )
+        assert op.out is not None and op.value is not None
+        np.copyto(op.out, op.value)
 
     # --- reaper threads ---------------------------------------------------------------------
 
@@ -447,4 +523,4 @@ class _Batch:
     def add(self, op: Op) -> None:
         self.ops.append(op)
         self.wires.add(op.wire)
-        self.nbytes += op.nbytes
+        self.nbytes += op.nbytes + op.shm

@@ -99,7 +99,12 @@ class DistKVStore(ServerControl, KVStoreBase):
     """
 
     NAMES: ClassVar[tuple[str, ...]] = (
-        "dist_sync", "dist_device_sync", "dist_async", "dist_sync_device", "dist_async_device")
+        "dist_sync",
+        "dist_device_sync",
+        "dist_async",
+        "dist_sync_device",
+        "dist_async_device",
+    )
 
     def __init__(
         self,
@@ -294,8 +299,12 @@ class DistKVStore(ServerControl, KVStoreBase):
         """Queue the per-key sums of ``value`` for the servers and return at once.
 
         The arrays are sent without copying: do not modify them before the next ``pull``
-        of the key (or :meth:`wait`). Errors the servers report (a push twice in one
-        ``dist_sync`` round, ...) are raised by this worker's next call.
+        of the key (or :meth:`wait`). Pushes wait in a bucket per server (see
+        :mod:`kvsync.kv.comm`) until a call needs them (a ``pull``, ``wait``, a barrier,
+        ``set_optimizer``, ...), the bucket is full, or ``PS_PUSH_LINGER_SECONDS`` passed;
+        so pushing one key per call costs about what one call of all keys costs. Errors
+        the servers report (a push twice in one ``dist_sync`` round, ...) are raised by
+        this worker's next call (``push``, ``pull``, ``wait``, ...).
 
         Raises:
             UninitializedKeyError, ShapeMismatchError, KeyTypeError, InvalidArgumentError:
@@ -359,7 +368,7 @@ class DistKVStore(ServerControl, KVStoreBase):
                             nbytes=part.nbytes,
                         )
                     )
-        self._comm.enqueue_many(ops, priority)
+        self._comm.enqueue_many(ops, priority, hold=True)
 
     def _pieces(self, plan: KeyPlan, array: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """Parts of ``array`` per server: whole slices that travel through shared memory
@@ -380,17 +389,26 @@ class DistKVStore(ServerControl, KVStoreBase):
                     yield s.server, lo, rows
 
     def _shm_push(self, plan: KeyPlan, server: int, part: np.ndarray) -> Op:
-        """Copy ``part`` into this worker's segment for (key, server); once the previous
-        push from it was read by the server."""
+        """A push of ``part`` through this worker's segment for (key, server): the sender
+        copies it in (so a bucket's copy overlaps the server's work on the last one) once
+        the server has read the previous push from that segment."""
         seg = self._segments_of.get((plan.wire, server))
         if seg is None:
             path, buf = self._segments.create(part.nbytes)
             seg = self._segments_of[(plan.wire, server)] = [path, buf, None]
-        if seg[2] is not None:
-            seg[2].wait(self._reply_wait)
-        np.copyto(seg[1].view(part.dtype).reshape(part.shape), part)
-        seg[2] = Latch(1)
-        return Op("push_shm", server, plan.wire, path=seg[0], future=seg[2])
+        op = Op(
+            "push_shm",
+            server,
+            plan.wire,
+            value=part,
+            out=seg[1].view(part.dtype).reshape(part.shape),
+            path=seg[0],
+            future=Latch(1),
+            shm=part.nbytes,
+            after=seg[2],
+        )
+        seg[2] = op.future
+        return op
 
     def _row_ops(self, plan: KeyPlan, rs: RowSparseArray) -> list[Op]:
         ops = []
@@ -475,6 +493,7 @@ class DistKVStore(ServerControl, KVStoreBase):
                         lo=max(lo, 0),
                         count=view.shape[0] if view.ndim else 1,
                         nbytes=0 if lo < 0 else view.nbytes,
+                        shm=view.nbytes if lo < 0 else 0,
                     )
                 )
             rest = [o for o in dense if o is not target]

@@ -1,0 +1,266 @@
+"""Held pushes (the per-server buckets of :mod:`kvsync.kv.comm`): pushes of one key per call
+wait until a call needs them, a bucket is full, or the linger passed; order, values and
+errors stay MXNet's."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from dist_fakes import FakeLink, FakeServer, run_workers
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvsync import defaults, errors
+from kvsync.kv.comm import BATCH_BYTES, Comm, Latch, Op
+from kvsync.kv.dist import DistKVStore
+from kvsync.protocol.messages import OkReply
+from kvsync.protocol.ps_messages import PSPull, PSPush, PSPushPacked, PSValuesReply
+
+
+class RecordingLink:
+    """A server in a dict: a push stores its values, a pull answers the stored ones; every
+    message is recorded (kind, keys) in arrival order."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.messages: list[tuple[str, tuple[str, ...]]] = []
+        self._replies: dict[int, object] = {}
+        self._ids = itertools.count(1)
+        self._cv = threading.Condition()
+
+    def submit(self, msg: object, into: np.ndarray | None = None) -> int:
+        with self._cv:
+            rid = next(self._ids)
+            reply: object = OkReply()
+            if isinstance(msg, PSPushPacked):
+                self.messages.append(("push", msg.keys))
+                for k, v in zip(msg.keys, msg.data.reshape(-1), strict=True):
+                    self.values[k] = float(v)
+            elif isinstance(msg, PSPush):
+                self.messages.append(("push", msg.keys))
+                for k, a in zip(msg.keys, msg.values, strict=True):
+                    self.values[k] = float(a.reshape(-1)[0])
+            else:
+                assert isinstance(msg, PSPull)
+                self.messages.append(("pull", msg.keys))
+                reply = PSValuesReply(
+                    values=tuple(np.array([self.values.get(k, 0.0)]) for k in msg.keys)
+                )
+            self._replies[rid] = reply
+            self._cv.notify_all()
+            return rid
+
+    def result(self, rid: int, timeout: float | None = None) -> object:
+        with self._cv:
+            assert self._cv.wait_for(lambda: rid in self._replies, timeout)
+            return self._replies.pop(rid)
+
+    def pushes(self) -> int:
+        with self._cv:
+            return sum(kind == "push" for kind, _ in self.messages)
+
+
+KEYS = [f"i{k}" for k in range(6)]
+
+
+class HeldPushes(RuleBasedStateMachine):
+    """Any interleaving of pushes, pulls and flushes over 2 servers, at any priorities:
+    pushes stay held until a pull or a flush; a pull sees every earlier push of its key
+    (per-key program order), whatever the priorities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links = [RecordingLink(), RecordingLink()]
+        self.comm = Comm(self.links, timeout=5.0)
+        self.comm._linger = 60.0  # held until a call needs them (no time-based sends here)
+        self.model: dict[str, float] = {}
+        self.version = itertools.count(1)
+        self.sent = 0  # push messages the links had when the held pushes began
+        self.holding = False
+
+    @staticmethod
+    def server(wire: str) -> int:
+        return int(wire[1:]) % 2
+
+    @rule(wire=st.sampled_from(KEYS), priority=st.integers(-3, 3))
+    def push(self, wire: str, priority: int) -> None:
+        v = float(next(self.version))
+        value = np.array([v])
+        self.comm.enqueue_many(
+            [Op("push", self.server(wire), wire, value=value, nbytes=value.nbytes)],
+            priority,
+            hold=True,
+        )
+        self.model[wire] = v
+        if not self.holding:
+            self.holding, self.sent = True, sum(link.pushes() for link in self.links)
+
+    @rule(wires=st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True),
+          priority=st.integers(-3, 3))  # fmt: skip
+    def pull(self, wires: list[str], priority: int) -> None:
+        outs = [np.full(1, -1.0) for _ in wires]
+        latch = Latch(len(wires))
+        ops = [Op("pull", self.server(w), w, out=o, nbytes=8, future=latch)
+               for w, o in zip(wires, outs, strict=True)]  # fmt: skip
+        self.comm.enqueue_many(ops, priority)
+        latch.wait(5.0)
+        self.holding = False
+        for w, o in zip(wires, outs, strict=True):
+            assert o[0] == self.model.get(w, 0.0), (w, o[0], self.model)
+
+    @rule()
+    def flush(self) -> None:
+        self.comm.flush(5.0)
+        self.holding = False
+        for w, v in self.model.items():
+            assert self.links[self.server(w)].values[w] == v
+
+    @precondition(lambda self: self.holding)
+    @invariant()
+    def held_pushes_are_not_sent(self) -> None:
+        assert sum(link.pushes() for link in self.links) == self.sent
+
+    def teardown(self) -> None:
+        self.comm.close()
+
+
+TestHeldPushes = HeldPushes.TestCase
+TestHeldPushes.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[FakeServer]]:
+    ss = [FakeServer(i, stall_seconds=1.0) for i in range(2)]
+    yield ss
+    for s in ss:
+        s.stop()
+
+
+class CountingLink(FakeLink):
+    """A FakeLink that counts the push messages it carries."""
+
+    def __init__(self, server: FakeServer) -> None:
+        super().__init__(server)
+        self.push_messages = 0
+
+    def submit(self, msg: object, into: object = None) -> int:
+        if isinstance(msg, PSPush | PSPushPacked):
+            self.push_messages += 1
+        return super().submit(msg, into)
+
+
+def test_pushes_of_one_key_per_call_travel_as_one_message_per_server(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "PS_PUSH_LINGER_SECONDS", 30.0)
+    links = [CountingLink(s) for s in servers]
+    kv = DistKVStore("dist_sync", rank=0, num_workers=1, links=links, timeout=10)
+    try:
+        keys = list(range(40))
+        kv.init(keys, [np.zeros(16, np.float32) for _ in keys])
+        for i in keys:  # gluon's Trainer: one call per key, the last layers first
+            kv.push(i, np.full(16, i, np.float32), priority=-i)
+        assert [link.push_messages for link in links] == [0, 0]  # held
+        outs = [kv.pull(i, priority=-i) for i in keys]
+    finally:
+        kv.close()
+    # key 0's push goes first with its pull right behind it (priority 0), then one message
+    # per server with the other keys
+    assert sum(link.push_messages for link in links) == 3
+    for i, o in enumerate(outs):
+        np.testing.assert_array_equal(o, np.full(16, i, np.float32))
+
+
+def test_a_full_bucket_goes_without_waiting_for_a_pull(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "PS_PUSH_LINGER_SECONDS", 30.0)
+    links = [CountingLink(s) for s in servers]
+    kv = DistKVStore("dist_async", rank=0, num_workers=1, links=links[:1], timeout=10)
+    try:
+        rows = BATCH_BYTES // 4 // 1024 // 2 + 1  # two of them fill a bucket
+        kv.init([0, 1], [np.zeros((rows, 1024), np.float32)] * 2)
+        kv.push(0, np.ones((rows, 1024), np.float32))
+        time.sleep(0.05)
+        assert links[0].push_messages == 0
+        kv.push(1, np.ones((rows, 1024), np.float32))
+        for _ in range(200):  # bounded: at most 10 s
+            if servers[0].logic.stats()["pushes"] == 2:
+                break
+            time.sleep(0.05)
+        assert servers[0].logic.stats()["pushes"] == 2
+    finally:
+        kv.close()
+
+
+def test_a_held_push_goes_after_the_linger_without_another_call(
+    servers: list[FakeServer],
+) -> None:
+    kv = DistKVStore("dist_async", rank=0, num_workers=1, links=[FakeLink(servers[0])], timeout=10)
+    try:
+        kv.init("w", np.zeros(4))
+        kv.push("w", np.ones(4))
+        for _ in range(200):  # bounded: at most 10 s
+            if servers[0].logic.stats()["pushes"] == 1:
+                break
+            time.sleep(0.05)
+        assert servers[0].logic.stats()["pushes"] == 1
+    finally:
+        kv.close()
+
+
+def test_a_server_error_inside_a_bucket_is_raised_by_the_next_call_naming_the_key(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "PS_PUSH_LINGER_SECONDS", 30.0)
+
+    def step(kv: DistKVStore) -> np.ndarray:
+        keys = list(range(8))
+        kv.init(keys, [np.zeros(3)] * 8)
+        if kv.rank == 0:
+            for k in keys:
+                kv.push(k, np.ones(3))
+            kv.push(5, np.ones(3))  # twice in the round: the server refuses it
+            with pytest.raises(errors.InvalidArgumentError, match="key 5 twice"):
+                kv.wait()
+        kv.barrier()
+        if kv.rank == 1:
+            for k in keys:
+                kv.push(k, np.ones(3))
+        return np.stack(kv.pull(keys))
+
+    for got in run_workers(2, servers, step):
+        np.testing.assert_array_equal(got, np.full((8, 3), 2.0))
+
+
+class _Swallowing(FakeLink):
+    """A link whose server never answers a push (a stuck server)."""
+
+    def submit(self, msg: object, into: object = None) -> int:
+        if isinstance(msg, PSPush | PSPushPacked):
+            return next(self.rids)  # no reply will ever come
+        return super().submit(msg, into)
+
+
+def test_a_bucket_a_stuck_server_never_answers_times_out_at_the_next_call(
+    servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "PS_REPLY_GRACE_SECONDS", 0.5)
+    kv = DistKVStore("dist_async", rank=0, num_workers=1, timeout=1.0,
+                     links=[_Swallowing(servers[0])])  # fmt: skip
+    try:
+        kv.init([0, 1, 2], [np.zeros(3)] * 3)
+        for k in range(3):
+            kv.push(k, np.ones(3))
+        start = time.monotonic()
+        with pytest.raises(errors.StoreTimeoutError):
+            kv.wait()
+        assert time.monotonic() - start < 5.0
+    finally:
+        kv.close()
