@@ -1,9 +1,11 @@
 """``kvsync bench kvstore --type dist_sync --model mlp40|resnet50 [--vs gloo]``.
 
 A training step of a real model's parameter shapes, not one array: every worker pushes
-every gradient and pulls every weight (one ``push`` and one ``pull`` call over all keys),
-with the update on the servers (rows "SGD on the server") or none ("no optimizer"). Beside
-it, the same bytes as one key, so the per-key cost is visible. With ``--vs gloo`` the same
+every gradient and pulls every weight (one ``push`` and one ``pull`` call over all keys;
+rows "a call per key": one ``push`` per key, then one ``pull`` per key, with priority ``-i``
+as gluon's ``Trainer`` calls them), with the update on the servers (rows "SGD on the
+server") or none ("no optimizer"). Beside it, the same bytes as one key, so the per-key
+cost is visible. With ``--vs gloo`` the same
 tensors go through a DDP-style step: the gradients copied into 25 MB buckets (in reverse
 order, as DDP fills them during backward), gloo ``all_reduce`` of each bucket (all in
 flight at once), the averaged gradients copied back, and ``torch.optim.SGD`` on each worker.
@@ -21,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -113,6 +116,13 @@ def _kv_worker(kind: str, model: str, repeat: int) -> dict[str, list[float]]:
             [rng.standard_normal(s, np.float32) for s in shp],
             [np.empty(s, np.float32) for s in shp],
         )
+
+    def per_key(k: Any, g: Any, w: Any) -> None:
+        for i, (key, grad) in enumerate(zip(k, g, strict=True)):
+            kv.push(key, grad, priority=-i)
+        for i, (key, weight) in enumerate(zip(k, w, strict=True)):
+            kv.pull(key, out=weight, priority=-i)
+
     out: dict[str, list[float]] = {}
     for opt in ("no optimizer", "SGD on the server"):
         if opt != "no optimizer":
@@ -125,6 +135,10 @@ def _kv_worker(kind: str, model: str, repeat: int) -> dict[str, list[float]]:
 
             out[f"{name}, {opt}"] = _steps(step, kv.barrier, repeat)
             kv.barrier()
+        out[f"keys, a call per key, {opt}"] = _steps(
+            functools.partial(per_key, *arrays["keys"]), kv.barrier, repeat
+        )
+        kv.barrier()
     kv.close()
     return out
 
