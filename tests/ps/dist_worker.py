@@ -127,6 +127,8 @@ def bucketed(store: DistKVStore) -> dict[str, object]:
                     store.pull(k, out=out, priority=-i)
                     if not np.array_equal(out, g):
                         mismatched.append(f"{comp} {rule} step {step} key {k} (apart)")
+                if async_:  # nobody's next push may land while another rank still pulls
+                    store.barrier()
             store.barrier()
     return {"mismatched": mismatched, "shm": bool(store._segments_of)}
 

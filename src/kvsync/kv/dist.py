@@ -304,7 +304,9 @@ class DistKVStore(ServerControl, KVStoreBase):
         ``set_optimizer``, ...), the bucket is full, or ``PS_PUSH_LINGER_SECONDS`` passed;
         so pushing one key per call costs about what one call of all keys costs. Errors
         the servers report (a push twice in one ``dist_sync`` round, ...) are raised by
-        this worker's next call (``push``, ``pull``, ``wait``, ...).
+        this worker's first call after the server's answer came; :meth:`wait` waits for
+        the answers, so it raises them at the latest. A message the server refuses fails
+        as a whole (the other keys of its bucket with it); the error names the key.
 
         Raises:
             UninitializedKeyError, ShapeMismatchError, KeyTypeError, InvalidArgumentError:
