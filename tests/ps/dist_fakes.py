@@ -95,6 +95,19 @@ class FakeLink:
             s.deliver(s.logic.expire(time.monotonic()))
 
 
+class SilentLink(FakeLink):
+    """A link whose server never answers messages of the ``silent`` types (a stuck server)."""
+
+    def __init__(self, server: FakeServer, silent: tuple[type, ...]) -> None:
+        super().__init__(server)
+        self.silent = silent
+
+    def submit(self, msg: object, into: object = None) -> int:
+        if isinstance(msg, self.silent):
+            return next(self.rids)  # swallowed: no reply will ever come
+        return super().submit(msg, into)
+
+
 def run_workers(
     n: int,
     servers: list[FakeServer],

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from dist_fakes import FakeLink, FakeServer, run_workers
+from dist_fakes import FakeLink, FakeServer, SilentLink, run_workers
 
 from kvsync import defaults, errors
 from kvsync.kv.dist import DistKVStore
@@ -273,15 +273,6 @@ def test_one_shm_flag_per_server_is_required(servers: list[FakeServer]) -> None:
         )
 
 
-class _NoRowReplies(FakeLink):
-    """A link whose server never answers a PSPullRows (a stuck server)."""
-
-    def submit(self, msg: object, into: object = None) -> int:
-        if isinstance(msg, PSPullRows):
-            return next(self.rids)  # swallowed: no reply will ever come
-        return super().submit(msg, into)
-
-
 def test_row_sparse_pull_from_a_stuck_server_fails_after_timeout_plus_grace(
     servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,7 +280,7 @@ def test_row_sparse_pull_from_a_stuck_server_fails_after_timeout_plus_grace(
     # the link's own wait, so neither outlasts the other).
     monkeypatch.setattr(defaults, "PS_REPLY_GRACE_SECONDS", 0.5)
     kv = DistKVStore("dist_sync", rank=0, num_workers=1, timeout=1.0,
-                     links=[_NoRowReplies(s) for s in servers])  # fmt: skip
+                     links=[SilentLink(s, (PSPullRows,)) for s in servers])  # fmt: skip
     try:
         kv.init("emb", np.zeros((4, 2)))  # small: on one server, so the other is told
         out = RowSparseArray.zeros((4, 2), np.float64)
