@@ -10,7 +10,10 @@ travel as one message per server and bucket. One sender thread pops queued ops h
 is capped by the pending one's, and ties go in program order), packs consecutive ops of one
 kind for one server into one message of at most :data:`BATCH_BYTES`, and *submits* it on
 that server's pipelined link without waiting for the reply (a shared-memory push is copied
-into its segment there, so one bucket's copy overlaps the server's work on the last). One
+into its segment there, so one bucket's copy overlaps the server's work on the last). A
+call that waits next (a pull, :meth:`Comm.flush`) sends the queue itself when the sender
+thread is idle, saving a thread hand-off, which on a busy machine costs more than the
+sending. One
 reaper thread per server collects replies in order: a pull's arrays are copied into the
 caller's output views, a failed push is remembered and raised by the worker's next call
 (a message the server refuses fails all its keys; the error names the key at fault). A
@@ -206,6 +209,7 @@ class Comm:
         self._held_n = 0  # and their number
         self._held_since = 0.0  # when the first of them was queued
         self._release = False  # send everything queued, held or not
+        self._sending = threading.Lock()  # held by the one thread sending (order per link)
         self._linger = defaults.PS_PUSH_LINGER_SECONDS
         self._outstanding = 0
         self._errors: list[BaseException] = []
@@ -259,8 +263,10 @@ class Comm:
                 self._release = True
             self._held = held
             self._outstanding += len(ops)
-            if wake:
+            if wake and hold:
                 self._cv.notify_all()
+        if not hold:
+            self._drain()
 
     def flush(self, timeout: float) -> None:
         """Wait until every queued op has been answered; raise the first failure.
@@ -271,7 +277,8 @@ class Comm:
         with self._cv:
             if self._heap:
                 self._release = True
-                self._cv.notify_all()
+        self._drain()
+        with self._cv:
             if not self._cv.wait_for(lambda: self._outstanding == 0, timeout):
                 raise StoreTimeoutError(
                     f"{self._outstanding} pushes/pulls still unanswered after {timeout} s"
@@ -299,22 +306,27 @@ class Comm:
 
     # --- sender thread ----------------------------------------------------------------------
 
-    def _take(self) -> list[Op] | None:
-        """The next ops to send, once some may go (see the module docstring); ``None``
-        when closing with nothing queued."""
+    def _wait_for_work(self) -> bool:
+        """Wait until queued ops may go (see the module docstring); ``False`` when closing
+        with nothing queued."""
         with self._cv:
             for _ in range(1 << 40):  # bounded: each turn waits or returns
                 if self._heap and (self._release or self._closing):
-                    break
+                    return True
                 if not self._heap:
                     if self._closing:
-                        return None
+                        return False
                     self._cv.wait()
                     continue
                 left = self._held_since + self._linger - time.monotonic()
                 if left <= 0:
-                    break
+                    return True
                 self._cv.wait(left)
+        return False
+
+    def _pop(self) -> list[Op]:
+        """Pop the next ops to send: at most :data:`BATCH_BYTES` on the socket."""
+        with self._cv:
             ops: list[Op] = []
             size = 0
             heap, pending = self._heap, self._pending
@@ -335,10 +347,23 @@ class Comm:
                 self._held = self._held_n = 0
             return ops
 
+    def _drain(self) -> None:
+        """Send everything queued from the calling thread, when no other thread is sending
+        (a call that waits next sends its own ops: no hand-off to the sender thread)."""
+        if not self._sending.acquire(blocking=False):
+            return  # the sender thread is sending: it takes these next
+        try:
+            while ops := self._pop():
+                for batch in _batches(ops):
+                    self._send(batch)
+        finally:
+            self._sending.release()
+
     def _send_loop(self) -> None:
-        while (ops := self._take()) is not None:
-            for batch in _batches(ops):
-                self._send(batch)
+        while self._wait_for_work():
+            with self._sending:
+                for batch in _batches(self._pop()):
+                    self._send(batch)
 
     def _send(self, batch: list[Op]) -> None:
         first = batch[0]
