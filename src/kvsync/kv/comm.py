@@ -13,12 +13,11 @@ that server's pipelined link without waiting for the reply (a shared-memory push
 into its segment there, so one bucket's copy overlaps the server's work on the last). A
 call that waits next (a pull, :meth:`Comm.flush`) sends the queue itself when the sender
 thread is idle, saving a thread hand-off, which on a busy machine costs more than the
-sending. One
-reaper thread per server collects replies in order: a pull's arrays are copied into the
-caller's output views, a failed push is remembered and raised by the worker's next call
-(a message the server refuses fails all its keys; the error names the key at fault). A
-pull sent after a push of the same key travels on the same connection, so the server sees
-it after the push.
+sending. One reaper thread per server collects replies in order: a pull's arrays are
+copied into the caller's output views, a failed push is remembered and raised by the
+worker's next call (a message the server refuses fails all its keys; the error names the
+key at fault). A pull sent after a push of the same key travels on the same connection, so
+the server sees it after the push.
 
 Arrays are never copied on the way out: a pushed array is referenced until its message
 has been handed to the link, so the caller must not modify it before its next pull or
