@@ -69,8 +69,11 @@ def test_kvsync_store_dialect_steers_an_explicit_address(
 def test_kvsyncs_protocol_against_a_torch_server_times_out_saying_which_dialect_to_use(
     torch_server: Any,
 ) -> None:
-    with pytest.raises(StoreTimeoutError, match="dialect='torch'"):
-        TCPStore("127.0.0.1", torch_server.port, timeout=0.5)
+    with TCPStore("127.0.0.1", torch_server.port, timeout=0.5) as store:  # (no round trip)
+        with pytest.raises(StoreTimeoutError, match="dialect='torch'"):
+            store.set("k", "v")  # the first request waits for the HelloReply
+    with pytest.raises(StoreTimeoutError, match="dialect='torch'"):  # a store that joins
+        TCPStore("127.0.0.1", torch_server.port, world_size=2, timeout=0.5)
 
 
 def test_an_add_to_a_non_integer_drops_the_connection_and_the_error_names_the_key(

@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from transport_helpers import serve_subprocess
@@ -13,12 +14,27 @@ from transport_helpers import serve_subprocess
 from kvsync.client import Backoff, Client, connect
 from kvsync.errors import (
     AuthenticationError,
+    ErrorCode,
     LimitExceededError,
+    ServerError,
     StoreConnectionError,
     StoreTimeoutError,
 )
-from kvsync.protocol.messages import Add, Get, IntReply, OkReply, Ping, Set, Wait
+from kvsync.protocol.connection import Connection, Event, Role
+from kvsync.protocol.framing import NO_REPLY
+from kvsync.protocol.messages import (
+    Add,
+    ErrorReply,
+    Get,
+    Identify,
+    IntReply,
+    OkReply,
+    Ping,
+    Set,
+    Wait,
+)
 from kvsync.server import StoreServer
+from kvsync.store.tcp import TCPStore
 
 
 def free_port() -> int:
@@ -182,8 +198,11 @@ def test_matching_secrets_connect_and_others_are_refused() -> None:
             assert c.call(Ping()) == OkReply()
         with pytest.raises(AuthenticationError):
             Client("127.0.0.1", srv.port, timeout=5, secret="wrong")
-        with pytest.raises(AuthenticationError, match="KVSYNC_SECRET"):
-            Client("127.0.0.1", srv.port, timeout=5)
+        with Client("127.0.0.1", srv.port, timeout=5) as none:  # no round trip made yet:
+            with pytest.raises(AuthenticationError, match="KVSYNC_SECRET"):
+                none.call(Ping())  # the first request reads the HelloReply's challenge
+            with pytest.raises(AuthenticationError, match="KVSYNC_SECRET"):
+                none.call(Ping())  # and the client stays failed
         with Client("127.0.0.1", srv.port, timeout=5, secret=b"s3cret") as c:
             assert c.call(Ping()) == OkReply()
 
@@ -207,3 +226,96 @@ def test_connect_and_reply_timeouts_are_separate() -> None:
         with Client("127.0.0.1", srv.port, timeout=0.2, connect_timeout=5) as c:
             with pytest.raises(StoreTimeoutError, match=r"0\.2 s"):
                 c.call(Wait(("x",), 60_000))
+
+
+# --- the handshake's round trip and requests sent ahead ---------------------------------
+
+
+class _ScriptedServer:
+    """A kvsync server on a thread that answers one connection from a script: for each
+    request (in order) the reply the script gives (to a posted request, NO_REPLY, only an
+    error); it stops when the client closes."""
+
+    def __init__(self, answer: Callable[[object], object]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.requests: list[Event] = []
+        self._answer = answer
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(10)
+        sock, _ = self.listener.accept()
+        sock.settimeout(10)
+        proto = Connection(Role.SERVER)
+        with sock:
+            for _ in range(1000):
+                data = sock.recv(65536)
+                if not data:
+                    return
+                proto.receive_data(data)
+                out = []
+                for _ in range(100):
+                    event = proto.next_event()
+                    out += proto.data_to_send()  # the HelloReply, once the Hello is in
+                    if not isinstance(event, Event):
+                        break
+                    self.requests.append(event)
+                    reply = self._answer(event.message)
+                    if event.request_id < NO_REPLY or isinstance(reply, ErrorReply):
+                        out += proto.send(event.request_id, reply)
+                sock.sendall(b"".join(bytes(b) for b in out))
+
+    def close(self) -> None:
+        self._thread.join(10)
+        self.listener.close()
+
+
+def test_without_a_secret_the_constructor_makes_no_round_trip() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never answers
+        start = time.monotonic()
+        with Client("127.0.0.1", silent.getsockname()[1], timeout=0.5) as c:
+            assert time.monotonic() - start < 0.4  # not a timeout's worth of waiting
+            with pytest.raises(StoreTimeoutError, match=r"handshake within 0\.5 s"):
+                c.call(Ping())  # the first request waits for the HelloReply
+            assert not c.closed  # a timeout, as any other: the client stays usable
+            with pytest.raises(StoreTimeoutError, match="dialect='torch'"):
+                c.result(c.submit(Ping()), timeout=0.5)
+            with pytest.raises(StoreTimeoutError, match="dialect='torch'"):
+                c.post(Ping())  # a post reads it first too
+
+
+def test_the_first_request_reads_the_server_caps_before_it_is_sent() -> None:
+    with StoreServer(port=0, max_key_bytes=8).start() as srv:
+        with Client("127.0.0.1", srv.port, timeout=5) as c:  # HelloReply unread yet
+            with pytest.raises(LimitExceededError, match="limit of 8 bytes"):
+                c.submit(Get("k" * 9, False, 0))  # refused here, nothing sent
+            assert c.call(Ping()) == OkReply()
+
+
+def test_a_store_with_a_rank_posts_its_identify_and_a_refusal_surfaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refusal = ErrorReply(int(ErrorCode.INVALID_ARGUMENT), "rank refused")
+    server = _ScriptedServer(lambda msg: refusal if isinstance(msg, Identify) else IntReply(1))
+    monkeypatch.setenv("RANK", "5")
+    store = TCPStore("127.0.0.1", server.port, timeout=5)  # the Identify is not waited for
+    with pytest.raises(ServerError, match="rank refused"):
+        store.add("k", 1)
+        store.add("k", 1)  # (the refusal is raised by the request after it arrived)
+    store.close()
+    server.close()
+    first = server.requests[0]
+    assert first.message == Identify(5) and first.request_id >= NO_REPLY
+
+
+def test_a_store_with_a_rank_is_named_by_its_posted_identify(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = _ScriptedServer(lambda msg: IntReply(1) if isinstance(msg, Add) else OkReply())
+    monkeypatch.setenv("RANK", "3")
+    with TCPStore("127.0.0.1", server.port, timeout=5) as store:
+        assert store.add("k", 1) == 1  # no reply to the Identify came first
+    server.close()
+    assert [type(e.message).__name__ for e in server.requests] == ["Identify", "Add"]

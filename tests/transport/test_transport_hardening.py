@@ -204,8 +204,9 @@ def test_an_idle_limit_closes_idle_connections_but_not_those_with_a_parked_reque
 def test_connections_over_the_maximum_get_an_error_saying_so() -> None:
     with serve_subprocess("--max-connections", "3") as (_, _, port):
         clients = [Client("127.0.0.1", port, timeout=5) for _ in range(3)]
-        with pytest.raises(LimitExceededError, match=r"3 connections.*max_connections"):
-            Client("127.0.0.1", port, timeout=5)
+        with Client("127.0.0.1", port, timeout=5) as fourth:  # (no round trip yet)
+            with pytest.raises(LimitExceededError, match=r"3 connections.*max_connections"):
+                fourth.call(Ping())
         clients.pop().close()
         assert wait_until(lambda: _can_connect(port), 5.0)
         for c in clients:

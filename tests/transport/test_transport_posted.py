@@ -47,6 +47,7 @@ def test_the_server_answers_a_posted_request_only_when_it_fails() -> None:
 def test_a_posted_failure_is_raised_by_the_next_request() -> None:
     with StoreServer(max_value_bytes=8).start() as server:
         with Client("127.0.0.1", server.port, timeout=5) as c:
+            c.call(Ping())  # the HelloReply is read (the first request reads it)
             c._proto.peer_limits = Limits()  # as if the client missed the server's cap
             c.post(Set("k", b"v"))
             c.post(Set("big", b"x" * 9))  # sent: the server refuses it and closes
@@ -61,6 +62,7 @@ def test_a_posted_failure_is_raised_by_the_next_request() -> None:
 def test_a_posted_failure_read_by_another_request_is_kept_for_the_next() -> None:
     with StoreServer(max_value_bytes=8).start() as server:
         with Client("127.0.0.1", server.port, timeout=5) as c:
+            c.call(Ping())  # the HelloReply is read (the first request reads it)
             c._proto.peer_limits = Limits()
             rid = c.submit(Wait(("never",), 60_000))  # parked: its reader sees the refusal
             c.post(Set("big", b"x" * 9))

@@ -16,7 +16,13 @@ The socket stays in blocking mode with kernel send/receive timeouts (``SO_SNDTIM
 ``SO_RCVTIMEO``), so a request costs one ``send`` and one ``recv_into`` and no ``poll``:
 the reader blocks in ``recv_into`` for at most :data:`_READ_SLICE` seconds at a time (or
 what is left of its deadline) and only changes the kernel timeout when that value changes;
-both timeouts are set right after the handshake, so a first request makes no extra calls.
+both timeouts are set right after connecting, so a first request makes no extra calls.
+
+Without a secret the constructor sends the ``Hello`` and does not wait: the first request
+reads the ``HelloReply`` (usually there by then) before it goes out, as it is checked
+against the server's caps that the reply carries; so a version mismatch, a server that
+wants a secret or a silent peer is raised by the first request. With a secret the
+constructor waits for the challenge and answers it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from kvsync.errors import (
 from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, drain_events
 from kvsync.protocol.framing import HEADER_SIZE, NO_REPLY, SMALL_FRAME, Landing
+from kvsync.protocol.handshake import secret_bytes
 from kvsync.protocol.messages import ErrorReply, Opcode, Ping
 from kvsync.protocol.ps_messages import PSValuesReply
 
@@ -59,6 +66,7 @@ _READ_SLICE = 1.0
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 _NO_REPLY = object()
+_HELLO = 0  # the request id the Hello carries
 #: Longest wait in :meth:`Client.close` for the server to confirm the posts before it.
 _FLUSH_TIMEOUT = 5.0
 
@@ -118,15 +126,18 @@ class Client(ConnectionLifetime):
             ``connect_timeout`` is given).
         secret: shared secret for the HMAC handshake, or ``None``.
         timeout_hint: text appended to reply-timeout errors (e.g. which variable to raise).
-        connect_timeout: seconds to keep retrying the connection and the handshake (a
-            server started later is waited for); default ``timeout``.
+        connect_timeout: seconds to keep retrying the connection (a server started later
+            is waited for), and for the handshake with a secret; default ``timeout``.
         retry_log_level: the logging level of each failed connection attempt.
         peer_name: what errors call the server (``"parameter server"`` for a KVStore's).
 
     Raises:
         StoreConnectionError: unresolvable host or non-retryable connect error.
-        StoreTimeoutError: the server did not accept or finish the handshake in time.
-        VersionMismatchError, AuthenticationError: the handshake failed.
+        StoreTimeoutError: the server did not accept the connection (or, with a secret,
+            finish the handshake) in time.
+        VersionMismatchError, AuthenticationError: the handshake failed (without a secret,
+            raised by the first request, which reads the server's HelloReply; so is a
+            StoreTimeoutError when that reply does not come within ``timeout``).
 
     Example:
         >>> from kvsync.server import StoreServer
@@ -161,11 +172,22 @@ class Client(ConnectionLifetime):
         # request pays no extra system calls.
         self._recv_timeout = min(timeout, _READ_SLICE)  # the SO_RCVTIMEO last set
         self._send_timeout = timeout  # the SO_SNDTIMEO last set
+        #: The HelloReply is still to be read (by the first request): see _await_hello.
+        self._hello_pending = secret_bytes(secret) is None
         try:
-            self._handshake(deadline)
-            self._sock.settimeout(None)
-            _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, self._recv_timeout)
-            _set_kernel_timeout(self._sock, socket.SO_SNDTIMEO, self._send_timeout)
+            if self._hello_pending:  # the Hello goes now; its reply is read later
+                self._sock.settimeout(None)
+                self._set_timeouts()
+                try:
+                    self._sock.sendall(b"".join(self._proto.data_to_send()))
+                except OSError as exc:
+                    raise StoreConnectionError(
+                        f"cannot send the Hello to {self.peer}: {exc}"
+                    ) from exc
+            else:  # with a secret: the challenge is answered now
+                self._handshake(deadline)
+                self._sock.settimeout(None)
+                self._set_timeouts()
         except BaseException:
             self._sock.close()
             raise
@@ -175,7 +197,8 @@ class Client(ConnectionLifetime):
         self._cond = threading.Condition(self._lock)
         self._reading = False
         self._results: dict[int, object] = {}
-        self._waiting: set[int] = set()
+        # (while the HelloReply is pending, its place: so call() goes through submit())
+        self._waiting: set[int] = {_HELLO} if self._hello_pending else set()
         self._error: KVSyncError | None = None
         self._posted_error: KVSyncError | None = None  # a posted request's, not raised yet
         self._pid = os.getpid()  # a forked copy must not touch the parent's connection
@@ -213,6 +236,54 @@ class Client(ConnectionLifetime):
             proto.next_event()
         raise StoreConnectionError(f"handshake with {self.address} did not finish")
 
+    def _set_timeouts(self) -> None:
+        _set_kernel_timeout(self._sock, socket.SO_RCVTIMEO, self._recv_timeout)
+        _set_kernel_timeout(self._sock, socket.SO_SNDTIMEO, self._send_timeout)
+
+    def _await_hello(self, timeout: float) -> None:
+        """Read the HelloReply that the constructor did not wait for, waiting at most
+        ``timeout`` seconds (the send lock is held: nothing else is in flight before it).
+        A request is checked against the server's caps, which it carries, before it is
+        sent.
+
+        Raises:
+            StoreTimeoutError: no HelloReply in time (the client stays usable, as after
+                any timeout: the next request waits for it again).
+            KVSyncError: the handshake failed (the client fails with it too).
+        """
+        self._raise_if_failed()
+        deadline = time.monotonic() + timeout
+        for _ in range(10_000):
+            if self._proto.handshake_complete:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreTimeoutError(
+                    f"{self.peer} did not complete the handshake within {timeout:g} s"
+                    " (a torch store server stays silent: use TCPStore(...,"
+                    f" dialect='torch')){self.timeout_hint}"
+                )
+            try:
+                if self._read(remaining):  # nothing was sent: no reply can come
+                    raise StoreConnectionError(f"{self.peer} answered before the handshake")
+            except KVSyncError as exc:
+                raise self._failed_read(exc)  # noqa: B904 (exc is, or caused, the error)
+        else:
+            raise self._failed_read(
+                StoreConnectionError(f"handshake with {self.address} did not finish")
+            )
+        self._hello_pending = False
+        with self._cond:
+            self._waiting.discard(_HELLO)
+
+    def _first_call(self, msg: object, timeout: float) -> object:
+        """:meth:`call` while the HelloReply is unread: it is read first (within
+        ``timeout``), then the request goes as usual."""
+        with self._send_lock:
+            if self._hello_pending:
+                self._await_hello(timeout)
+        return self.call(msg, timeout)
+
     # --- requests -----------------------------------------------------------------------
 
     def call(self, msg: object, timeout: float | None = None) -> object:
@@ -235,6 +306,8 @@ class Client(ConnectionLifetime):
             self._reading = True
         lock.release()
         if not alone:
+            if self._hello_pending:
+                return self._first_call(msg, timeout)
             return self.result(self.submit(msg), timeout)
         try:  # holding the reader role with nothing else in flight: send, read until ours
             deadline = time.monotonic() + timeout
@@ -325,6 +398,8 @@ class Client(ConnectionLifetime):
         send_lock = self._send_lock
         send_lock.acquire()
         try:
+            if self._hello_pending:
+                self._await_hello(self.timeout)
             request_id = next(self._ids)
             self._send_all(self._proto.send(request_id | NO_REPLY, msg))
             self._last_posted = request_id
@@ -371,6 +446,8 @@ class Client(ConnectionLifetime):
             self._raise_posted()
         self._raise_if_failed()
         with self._send_lock:
+            if self._hello_pending:
+                self._await_hello(self.timeout)
             request_id = next(self._ids)
             parts = self._proto.send(request_id, msg)
             with self._cond:

@@ -237,9 +237,10 @@ class TCPStore(Store):
             if self._blocking_get and self._server_barrier:  # torch's semantics: set does
                 # not wait for the server (a get, which waits for its key, cannot miss it)
                 self._post = self._client.post  # type: ignore[method-assign,union-attr]
-            if e.rank is not None and self._server_barrier:  # a kvsync server: so that
-                # ``kvsync inspect waiters`` can name the rank (torch's protocol cannot)
-                self._request(m.Identify(e.rank), m.OkReply)
+            if e.rank is not None and isinstance(self._client, Client):  # kvsync's server:
+                # so that ``kvsync inspect waiters`` can name the rank (torch's protocol
+                # cannot); posted: only a refusal is answered, raised by the next request
+                self._client.post(m.Identify(e.rank))
             self._join(wait_for_workers)
         except BaseException:
             self.close()
@@ -268,8 +269,15 @@ class TCPStore(Store):
                 return
             if every > 0 and now >= next_log:
                 next_log = now + every
-                logger.info("store at %s:%d: %d/%d clients joined after %.0f s (timeout %g s)",
-                            self._host, self._port, joined, n, now - start, self._timeout)
+                logger.info(
+                    "store at %s:%d: %d/%d clients joined after %.0f s (timeout %g s)",
+                    self._host,
+                    self._port,
+                    joined,
+                    n,
+                    now - start,
+                    self._timeout,
+                )
             if remaining <= 0:
                 raise StoreTimeoutError(
                     f"{joined}/{n} clients joined the store at {self._host}:{self._port}"
