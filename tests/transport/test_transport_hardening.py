@@ -26,9 +26,10 @@ from kvsync.errors import (
     VersionMismatchError,
     error_from_code,
 )
+from kvsync.protocol.codec import encode_frame
 from kvsync.protocol.connection import Connection, Event, Role
 from kvsync.protocol.framing import pack_header
-from kvsync.protocol.messages import ErrorReply, Opcode, Ping, Wait
+from kvsync.protocol.messages import ErrorReply, OkReply, Opcode, Ping, Wait
 from kvsync.server import StoreServer
 from kvsync.store.tcp import TCPStore
 
@@ -293,6 +294,19 @@ def test_a_hello_and_a_bad_frame_in_one_read_get_the_hello_reply_before_the_erro
         exc = error_from_code(first.message.code, first.message.message)
         assert isinstance(exc, VersionMismatchError)
         assert "not speaking the kvsync protocol" in str(exc)
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_first_read_bigger_than_the_sniffing_buffer_is_all_handled() -> None:
+    with StoreServer(port=0).start() as server:  # the first read lands in 4 KiB of its own
+        raw = RawClient(server.port, handshake=False)
+        pings = b"".join(join(encode_frame(i, Ping())) for i in range(1, 401))  # 9.6 kB
+        raw.sock.sendall(join(raw.proto.data_to_send()) + pings)
+        events = raw.events(400)
+        assert raw.proto.handshake_complete
+        assert [e.request_id for e in events] == list(range(1, 401))
+        assert all(e.message == OkReply() for e in events)
         raw.close()
 
 

@@ -21,8 +21,10 @@ only that connection is affected. ``close()`` wakes the loop through a socketpai
 Both protocols on one port: a connection whose first byte is ``00`` (torch's VALIDATE;
 kvsync frames start with ``K``) is a torch client and gets a
 :class:`~kvsync.server.torch_session.TorchSession` in place of the kvsync ``Connection``
-(:func:`_dialect`); its requests reach the same ``logic``, and its replies are encoded by
-the session (torch's protocol has no error reply: a failed torch connection just closes).
+(``StoreServer._on_first_bytes``, which reads a connection's first bytes into one buffer
+of the server's, with no ``MSG_PEEK`` and no protocol object for a peer that sent nothing
+yet); its requests reach the same ``logic``, and its replies are encoded by the session
+(torch's protocol has no error reply: a failed torch connection just closes).
 A server with a shared secret refuses torch clients: torch's protocol cannot authenticate.
 
 Limits (:class:`~kvsync.server.guard.ServerSettings`): a :class:`ConnectionGuard` holds the
@@ -71,6 +73,7 @@ _ACCEPTS_PER_EVENT = 256
 _HIGH_WATER = 64 << 20  # stop reading a client with this many reply bytes unsent
 _STREAMING = 64 * 1024  # a receive buffer this big is a payload in flight: read on
 _CLOSE_GRACE = 1.0
+_SNIFF_BYTES = 4096  # a connection's first read: its Hello (or torch's VALIDATE) and more
 _ACCEPT_PAUSE = 0.1  # seconds accepts pause when the process is out of descriptors
 _OUT_OF_RESOURCES = {
     errno.EMFILE,
@@ -183,6 +186,7 @@ class StoreServer:
             s.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._sniff = bytearray(_SNIFF_BYTES)  # every connection's first read lands here
         self._peers: dict[int, _Peer] = {}
         self._dirty: dict[int, _Peer] = {}
         self._closing: dict[int, _Peer] = {}
@@ -347,41 +351,54 @@ class StoreServer:
             self._guard.accepted(conn_id, self._woke)
             self._on_readable(peer)  # its Hello is often there already: saves a loop turn
 
-    def _dialect(self, peer: _Peer) -> bool:
-        """Give ``peer`` the protocol object its first byte calls for (peeked, not read):
-        False while no byte has arrived (or the peer left)."""
+    def _on_first_bytes(self, peer: _Peer) -> None:
+        """Read ``peer``'s first bytes (into the server's one sniffing buffer: no protocol
+        object is made for a peer that sent nothing yet) and give it the protocol object
+        they call for, fed with them; then handle them as any read."""
+        sniff = self._sniff
         try:
-            first = peer.sock.recv(1, socket.MSG_PEEK)
+            n = peer.sock.recv_into(sniff)
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError as exc:
             self._drop(peer, f"receive failed: {exc}")
-            return False
-        if not first:
+            return
+        if n == 0:
             self._drop(peer, "client closed the connection")
-            return False
-        if first == b"\x00" and self._secret is not None:
+            return
+        proto: Connection | TorchSession
+        if sniff[0] == 0 and self._secret is not None:
             logger.warning(
                 "refusing a torch client from %s: this server requires a shared secret and"
                 " torch's protocol cannot authenticate", peer.addr,
             )  # fmt: skip
             self._drop(peer, "torch client on a server with a shared secret")
-            return False
-        if first == b"\x00":
+            return
+        if sniff[0] == 0:
             session = TorchSession(self.limits)
-            peer.proto, peer.encode = session, lambda o: session.encode(o.request_id, o.reply)
+            peer.encode = lambda o: session.encode(o.request_id, o.reply)
+            proto = session
             logger.debug("connection %d from %s speaks torch's protocol", peer.conn_id, peer.addr)
         else:
-            peer.proto = Connection(
+            proto = Connection(
                 Role.SERVER, limits=self.limits, secret=self._secret, budget=self.budget
             )
-        return True
+        peer.proto = proto
+        with memoryview(sniff) as view:
+            _feed(proto, view[:n])
+        events, error = drain_events(peer.proto)  # (either protocol's events)
+        self._bytes_in += n
+        mid_frame = proto.mid_frame if type(proto) is Connection else False
+        self._guard.received(peer.conn_id, self._woke, mid_frame)
+        if self._process(peer, events, error) and n == len(sniff):  # more may be there
+            self._on_readable(peer)
 
     def _on_readable(self, peer: _Peer) -> None:
         if peer.closing is not None:
             self._discard_input(peer)
             return
-        if peer.proto is None and not self._dialect(peer):
+        if peer.proto is None:
+            self._on_first_bytes(peer)
             return
         proto = peer.proto
         recv_into = peer.sock.recv_into
@@ -605,6 +622,17 @@ class StoreServer:
             peer.proto.close()  # the cycle collector
         self._guard.dropped(peer.conn_id)
         self.logic.drop_connection(peer.conn_id)
+
+
+def _feed(proto: Connection | TorchSession, data: memoryview) -> None:
+    """Copy ``data`` into ``proto``'s receive buffers (through ``receive_buffer``)."""
+    while data.nbytes:
+        buf = proto.receive_buffer()
+        n = min(len(buf), data.nbytes)
+        buf[:n] = data[:n]
+        del buf  # no view into the protocol's buffer outlives the copy
+        proto.advance(n)
+        data = data[n:]
 
 
 def _encode(out: Outgoing) -> list[_Buffer]:
