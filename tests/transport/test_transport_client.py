@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from transport_helpers import serve_subprocess
 
-from kvsync.client import Backoff, Client, connect
+from kvsync.client import Backoff, Client, connect, resolve
 from kvsync.errors import (
     AuthenticationError,
     ErrorCode,
@@ -319,3 +319,11 @@ def test_a_store_with_a_rank_is_named_by_its_posted_identify(
         assert store.add("k", 1) == 1  # no reply to the Identify came first
     server.close()
     assert [type(e.message).__name__ for e in server.requests] == ["Identify", "Add"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "::1", "::ffff:127.0.0.1", "127.1"])
+def test_a_numeric_host_resolves_as_getaddrinfo_would_without_a_lookup(host: str) -> None:
+    expected = socket.getaddrinfo(
+        host, 29500, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )[0]
+    assert resolve(host, 29500)[0] == expected

@@ -36,6 +36,11 @@ RETRYABLE: tuple[type[OSError], ...] = (
 _RETRYABLE_ERRNO = {101, 111, 113, 104, 110}  # ENETUNREACH ECONNREFUSED EHOSTUNREACH ...
 
 _AddrInfo = tuple[Any, ...]
+#: Families whose plain numeric addresses skip getaddrinfo, with their address tails.
+_NUMERIC: tuple[tuple[socket.AddressFamily, tuple[int, ...]], ...] = (
+    (socket.AF_INET, ()),
+    (socket.AF_INET6, (0, 0)),  # flowinfo, scope id
+)
 _RNG = random.Random()  # shared by Backoff objects: one is made per connection
 
 
@@ -107,11 +112,17 @@ def resolve(host: str, port: int) -> list[_AddrInfo]:
         InvalidPortError: ``port`` is outside 0-65535.
 
     Example:
-        >>> resolve("127.0.0.1", 80)[0][4]
-        ('127.0.0.1', 80)
+        >>> resolve("127.0.0.1", 80)[0][4], resolve("::1", 80)[0][4]
+        (('127.0.0.1', 80), ('::1', 80, 0, 0))
     """
     check_port(port)
-    try:
+    for family, addr in _NUMERIC:  # the usual: an address in its plain form, no lookup
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, *addr))]
+    try:  # a numeric form inet_pton does not take (a scope id, a short IPv4 form)
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:
         pass
@@ -178,8 +189,14 @@ def connect(
         delay = min(backoff.next_delay(), left)
         if delay <= 0:
             break
-        logger.info("connecting to store server %s:%d: attempt %d failed (%s); retrying for "
-                    "%.1f s more", host, port, attempt + 1, last, left)
+        logger.info(
+            "connecting to store server %s:%d: attempt %d failed (%s); retrying for %.1f s more",
+            host,
+            port,
+            attempt + 1,
+            last,
+            left,
+        )
         time.sleep(delay)
     raise StoreTimeoutError(
         f"could not connect to {peer_name} {host}:{port} within {timeout:g} s (last error: {last})"
