@@ -115,6 +115,19 @@ def test_importing_a_layer_loads_nothing_from_above_it(layer: str) -> None:
     assert not bad, f"{code!r} loads {bad}"
 
 
+@pytest.mark.timeout(40)
+def test_a_store_client_loads_no_numpy_no_event_loop_and_no_torch_codec() -> None:
+    loaded = set(loaded_after("import kvsync; kvsync.TCPStore"))
+    unwanted = {
+        "numpy",  # until an array travels
+        "kvsync.server.loop",  # the server's event loop: a master loads it to host one
+        "kvsync.server.host",
+        "kvsync.client.torch",  # torch's protocol: a store that speaks it loads it
+        "kvsync.protocol.torch_wire",
+    }
+    assert not loaded & unwanted, sorted(loaded & unwanted)
+
+
 @functools.cache
 def numpy_own_imports() -> frozenset[str]:
     """What ``import numpy`` loads by itself in a fresh interpreter (on Python 3.10 numpy 2.2

@@ -7,7 +7,11 @@
 master's server on a thread or in a child process. Processes that only serve (``kvsync
 serve``, the parameter servers) are entry points of the layer above, :mod:`kvsync.launcher`.
 
+Both names are imported on first use (PEP 562): ``import kvsync.server.state``, as the
+in-process ``HashStore`` does, loads no event loop.
+
 Example:
+    >>> from kvsync.server import StoreServer
     >>> with StoreServer(port=0).start() as server:
     ...     server.port > 0
     True
@@ -15,7 +19,27 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.server.guard import ServerSettings
-from kvsync.server.loop import StoreServer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvsync.server.guard import ServerSettings
+    from kvsync.server.loop import StoreServer
 
 __all__ = ["ServerSettings", "StoreServer"]
+
+#: public name -> the module it comes from.
+_LAZY = {"ServerSettings": "kvsync.server.guard", "StoreServer": "kvsync.server.loop"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'kvsync.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

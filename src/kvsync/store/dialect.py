@@ -36,9 +36,13 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvsync import env
 from kvsync.client import Client
-from kvsync.client.torch import TorchClient
+
+if TYPE_CHECKING:  # torch's codec is imported only by a store that speaks it
+    from kvsync.client.torch import TorchClient
 
 __all__ = ["DIALECTS", "choose_dialect", "open_client"]
 
@@ -119,4 +123,6 @@ def open_client(
             f"{env.KVSYNC_SECRET} is set but the store at {host}:{port} speaks torch's "
             "protocol, which cannot authenticate; unset one of them"
         )
+    from kvsync.client.torch import TorchClient
+
     return TorchClient(host, port, timeout=timeout, timeout_hint=timeout_hint)

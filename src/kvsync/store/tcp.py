@@ -38,17 +38,19 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvsync import defaults, env, log
 from kvsync.client import Client
 from kvsync.errors import StoreTimeoutError
 from kvsync.progress import interval as progress_interval
 from kvsync.protocol import messages as m
-from kvsync.server.host import ChildHost, ThreadHost, host_server, join_leaving
 from kvsync.store.address import resolve_store_address
 from kvsync.store.base import Store, Timeout, to_seconds
 from kvsync.store.dialect import choose_dialect, open_client
+
+if TYPE_CHECKING:  # the server layer is imported by a master only (import time)
+    from kvsync.server.host import ChildHost, ThreadHost
 
 __all__ = ["JOINED_DONE_KEY", "JOINED_KEY", "TCPStore"]
 
@@ -78,6 +80,8 @@ def _acquire_server(
             entry[1] += 1
             shared: ThreadHost | ChildHost = entry[0]
             return shared
+        from kvsync.server.host import host_server  # (a client never loads the server)
+
         grace = defaults.STORE_EXIT_GRACE_SECONDS
         if e.store_exit_grace is not None:
             grace = e.store_exit_grace
@@ -117,6 +121,8 @@ def _close_at_exit() -> None:
     wait for them (see :mod:`kvsync.server.host`)."""
     if _exit_hook_pid != os.getpid():
         return
+    from kvsync.server.host import join_leaving  # (loaded: the hook comes with a server)
+
     stores = list(_open_stores)
     for store in stores:
         store._close_connection()
