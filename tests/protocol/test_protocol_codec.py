@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ from protocol_strategies import any_message, message_strategy, normalize
 import kvsync.protocol
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
 from kvsync.protocol.codec import MESSAGE_OF, Limits, decode, encode_frame
+from kvsync.protocol.connection import Connection, Role
 from kvsync.protocol.fields import BIG_BUFFER, FIELD_CODECS, SCALAR_CODES
 from kvsync.protocol.framing import HEADER, HEADER_SIZE, MAGIC, PROTOCOL_VERSION, unpack_header
 from kvsync.protocol.messages import (
@@ -277,3 +281,31 @@ def test_any_edit_of_a_payload_gives_a_message_or_a_kvsync_error(
         assert edit != "none" or len(payload) > 12  # refused: edited, or over a cap
         return
     assert type(out) is cls
+
+
+@pytest.mark.timeout(40)
+def test_parameter_server_messages_compile_on_first_use_in_a_fresh_process() -> None:
+    from kvsync.protocol.ps_messages import PSBarrier
+
+    client = Connection(Role.CLIENT)
+    hello = b"".join(bytes(b) for b in client.data_to_send())
+    frame = b"".join(bytes(b) for b in encode_frame(7, PSBarrier(timeout_ms=5)))
+    script = f"""
+import sys
+from kvsync.protocol.connection import Connection, Role
+assert "kvsync.protocol.ps_messages" not in sys.modules  # a store's modules alone
+server = Connection(Role.SERVER)
+server.receive_data(bytes.fromhex("{hello.hex()}") + bytes.fromhex("{frame.hex()}"))
+event = server.next_event()  # a parameter-server frame: its messages are compiled now
+print(type(event.message).__name__, event.request_id, event.message.timeout_ms)
+from kvsync.protocol import codec, ps_messages
+encoder = codec.ENCODERS[ps_messages.PSBarrier]
+codec.register(ps_messages.PS_MESSAGE_OF)
+print(codec.ENCODERS[ps_messages.PSBarrier] is encoder)  # compiled once
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PSBarrier", "7", "5", "True"]

@@ -52,7 +52,6 @@ from kvsync.protocol.connection import NEED_DATA, Connection, Event, Role, drain
 from kvsync.protocol.framing import HEADER_SIZE, NO_REPLY, SMALL_FRAME, Landing
 from kvsync.protocol.handshake import secret_bytes
 from kvsync.protocol.messages import ErrorReply, Opcode, Ping
-from kvsync.protocol.ps_messages import PSValuesReply
 
 if TYPE_CHECKING:  # a store client never imports numpy; arrays come from its callers
     import numpy as np
@@ -85,6 +84,8 @@ def array_landing(out: np.ndarray) -> Landing | None:
     are cut from the scratch buffer anyway)."""
     if not (out.flags.c_contiguous and out.flags.writeable) or out.nbytes <= SMALL_FRAME:
         return None
+    from kvsync.protocol.ps_messages import PSValuesReply  # (a store client never loads it)
+
     value = PSValuesReply(values=(out,))
     parts = encode_frame(0, value)  # the reply's bytes: its leading ones, then out's data
     if len(parts) < 2 or memoryview(parts[-1]).nbytes != out.nbytes:

@@ -15,7 +15,10 @@ Example:
 
 from __future__ import annotations
 
-from kvsync.protocol import messages, ps_messages
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kvsync.protocol import messages
 from kvsync.protocol.codec import Limits, decode, encode_frame
 from kvsync.protocol.connection import (
     NEED_DATA,
@@ -27,6 +30,9 @@ from kvsync.protocol.connection import (
     encode_error,
 )
 from kvsync.protocol.framing import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Landing
+
+if TYPE_CHECKING:
+    from kvsync.protocol import ps_messages
 
 __all__ = [
     "HEADER_SIZE",
@@ -46,3 +52,10 @@ __all__ = [
     "messages",
     "ps_messages",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``ps_messages`` is imported on first use: a store client never compiles its codecs
+    if name == "ps_messages":
+        return importlib.import_module("kvsync.protocol.ps_messages")
+    raise AttributeError(f"module 'kvsync.protocol' has no attribute {name!r}")

@@ -1,7 +1,10 @@
 """Message <-> frame bytes, compiled once per message class from its field annotations.
 
-Strategy: at import every class of :data:`MESSAGE_OF` is compiled into one encoder and one
-decoder; adding a message needs no code here. Its fields are cut into steps: a run of
+Strategy: every message class is compiled once into one encoder and one decoder; adding a
+message needs no code here. The store's messages are compiled at import, the parameter
+server's when :mod:`kvsync.protocol.ps_messages` is first imported (it calls
+:func:`register`), which the first frame of one of their opcodes does too: a store client
+never pays for them. Its fields are cut into steps: a run of
 fixed-size fields (``int``, ``bool``, ``float``) is one fused ``struct.Struct``; any other
 field is one entry of :data:`~kvsync.protocol.fields.FIELD_CODECS`. Encoding gathers the
 pieces, packs the header in front and joins the small pieces into one ``bytes``; values of
@@ -24,9 +27,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import operator
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kvsync.errors import LimitExceededError, LocalProtocolError, RemoteProtocolError
@@ -41,7 +45,6 @@ from kvsync.protocol.fields import (
 )
 from kvsync.protocol.framing import HEADER, MAGIC, PROTOCOL_VERSION, Payload
 from kvsync.protocol.messages import STORE_MESSAGE_OF, Opcode
-from kvsync.protocol.ps_messages import PS_MESSAGE_OF
 
 __all__ = [
     "DECODERS",
@@ -52,12 +55,17 @@ __all__ = [
     "check_prefix",
     "decode",
     "encode_frame",
+    "on_register",
+    "register",
 ]
 
-#: opcode -> message class: every message the wire knows (store and parameter server).
-MESSAGE_OF: dict[Opcode, type] = {**STORE_MESSAGE_OF, **PS_MESSAGE_OF}
+#: opcode -> message class: every message compiled so far (the store's from import on, the
+#: parameter server's once :mod:`kvsync.protocol.ps_messages` is imported).
+MESSAGE_OF: dict[Opcode, type] = {}
 #: message class -> opcode.
-OPCODE_OF: dict[type, Opcode] = {cls: op for op, cls in MESSAGE_OF.items()}
+OPCODE_OF: dict[type, Opcode] = {}
+#: Where the messages of opcodes with no class yet are defined (imported on first use).
+_DEFINED_IN = "kvsync.protocol.ps_messages"
 
 Buffers = list[bytes | bytearray | memoryview]
 _SCALAR_TYPES: dict[str, type] = {"int": int, "bool": bool, "float": float}
@@ -400,15 +408,60 @@ def _group(parts: list[Any]) -> Buffers:
     return out
 
 
-_COMPILED = [_Compiled(cls, int(op)) for op, cls in MESSAGE_OF.items()]
 #: message class -> its encoder ``(request_id, msg, limits) -> buffers`` (see encode_frame).
-ENCODERS: dict[type, Callable[[int, object, Limits | None], Buffers]] = {
-    c.cls: c.encoder() for c in _COMPILED
-}
-#: opcode -> its decoder ``(payload, limits) -> message`` (see decode).
-DECODERS: dict[int, Callable[[Payload, Limits], object]] = {
-    c.opcode: c.decoder() for c in _COMPILED
-}
+ENCODERS: dict[type, Callable[[int, object, Limits | None], Buffers]] = {}
+#: opcode -> its decoder ``(payload, limits) -> message`` (see decode); an opcode whose
+#: class is not compiled yet has one that imports it first.
+DECODERS: dict[int, Callable[[Payload, Limits], object]] = {}
+_LISTENERS: list[Callable[[Mapping[Opcode, type]], None]] = []
+
+
+def register(messages: Mapping[Opcode, type]) -> None:
+    """Compile ``messages`` (opcode -> class) into :data:`ENCODERS` and :data:`DECODERS`,
+    each class once (a second call for it changes nothing), and tell the listeners.
+
+    Example:
+        >>> from kvsync.protocol.messages import STORE_MESSAGE_OF, Opcode
+        >>> enc = ENCODERS[STORE_MESSAGE_OF[Opcode.PING]]
+        >>> register(STORE_MESSAGE_OF); ENCODERS[STORE_MESSAGE_OF[Opcode.PING]] is enc
+        True
+    """
+    new = {op: cls for op, cls in messages.items() if MESSAGE_OF.get(op) is not cls}
+    if not new:
+        return
+    for op, cls in new.items():
+        compiled = _Compiled(cls, int(op))
+        ENCODERS[cls] = compiled.encoder()
+        DECODERS[int(op)] = compiled.decoder()
+    MESSAGE_OF.update(new)
+    OPCODE_OF.update({cls: op for op, cls in new.items()})
+    for listener in _LISTENERS:
+        listener(new)
+
+
+def on_register(listener: Callable[[Mapping[Opcode, type]], None]) -> None:
+    """Call ``listener`` with every batch :func:`register` compiles from now on (and once
+    now with :data:`MESSAGE_OF`): how :mod:`kvsync.protocol.connection` keeps its tables."""
+    _LISTENERS.append(listener)
+    listener(dict(MESSAGE_OF))
+
+
+def _decode_after_import(opcode: int) -> Callable[[Payload, Limits], object]:
+    """The decoder of ``opcode`` until its class is compiled: it imports the module that
+    defines it (which registers it), then decodes with the real one."""
+
+    def decode(payload: Payload, limits: Limits) -> object:
+        importlib.import_module(_DEFINED_IN)
+        real = DECODERS[opcode]
+        if real is decode:  # not defined there after all
+            raise RemoteProtocolError(f"unknown opcode 0x{opcode:02x}")
+        return real(payload, limits)
+
+    return decode
+
+
+register(STORE_MESSAGE_OF)
+DECODERS.update({int(op): _decode_after_import(int(op)) for op in Opcode if op not in MESSAGE_OF})
 
 
 def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> Buffers:

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from enum import Enum
 from functools import partial
 from typing import Final, NamedTuple
@@ -49,6 +49,7 @@ from kvsync.protocol.codec import (
     Limits,
     check_prefix,
     encode_frame,
+    on_register,
 )
 from kvsync.protocol.framing import (
     PROTOCOL_VERSION,
@@ -65,6 +66,7 @@ from kvsync.protocol.messages import (
     Hello,
     HelloReply,
     OkReply,
+    Opcode,
 )
 
 __all__ = [
@@ -174,7 +176,7 @@ class Connection:
         self._state = _State.READY
         self._dispatch: _Handler = Connection._on_reply
         self._sendable: dict[type, _Encode] = {}  # what send() takes (set by _enter)
-        self._receivable: frozenset[type] = frozenset()  # what needs no handler (ditto)
+        self._receivable: Collection[type] = frozenset()  # what needs no handler (ditto)
         self._outbox: Buffers = []
         self._nonce = b""
         self._challenge = b""
@@ -435,20 +437,33 @@ def _check_prefix(limits: Limits, opcode: int, prefix: bytes) -> None:
     check_prefix(opcode, prefix, limits)
 
 
-_OPCODES: frozenset[int] = frozenset(int(op) for op in MESSAGE_OF)
-_REPLY_TYPES: frozenset[type] = frozenset(c for op, c in MESSAGE_OF.items() if op >= _REPLY_MIN)
+#: Every opcode of the wire (one whose class is not compiled yet is imported on first use).
+_OPCODES: frozenset[int] = frozenset(int(op) for op in Opcode)
 _HANDSHAKE_TYPES: frozenset[type] = frozenset(MESSAGE_OF[op] for op in HANDSHAKE_OPCODES)
-_NOT_REQUESTS: frozenset[type] = _REPLY_TYPES | _HANDSHAKE_TYPES
+# The tables below cover every message class compiled so far; _learn adds those compiled
+# later (the parameter server's) in place, so connections that hold them see them too.
+_REPLY_TYPES: set[type] = set()
+_NOT_REQUESTS: set[type] = set(_HANDSHAKE_TYPES)
 #: role -> the message types it may send once the handshake is complete, with their encoders.
-_SENDABLE: dict[Role, dict[type, _Encode]] = {
-    Role.SERVER: {cls: ENCODERS[cls] for cls in _REPLY_TYPES},
-    Role.CLIENT: {cls: ENCODERS[cls] for cls in set(MESSAGE_OF.values()) - _REPLY_TYPES},
-}
+_SENDABLE: dict[Role, dict[type, _Encode]] = {Role.SERVER: {}, Role.CLIENT: {}}
 #: role -> the message types the handshake-complete handler passes on as events.
-_RECEIVABLE: dict[Role, frozenset[type]] = {
-    Role.SERVER: frozenset(MESSAGE_OF.values()) - _NOT_REQUESTS,
-    Role.CLIENT: _REPLY_TYPES,
-}
+_RECEIVABLE: dict[Role, set[type]] = {Role.SERVER: set(), Role.CLIENT: _REPLY_TYPES}
+
+
+def _learn(messages: Mapping[Opcode, type]) -> None:
+    """Add newly compiled message classes to the tables above."""
+    for op, cls in messages.items():
+        if op >= _REPLY_MIN:
+            _REPLY_TYPES.add(cls)
+            _NOT_REQUESTS.add(cls)
+            _SENDABLE[Role.SERVER][cls] = ENCODERS[cls]
+        else:
+            _SENDABLE[Role.CLIENT][cls] = ENCODERS[cls]
+            if cls not in _HANDSHAKE_TYPES:
+                _RECEIVABLE[Role.SERVER].add(cls)
+
+
+on_register(_learn)
 _Handler = Callable[[Connection, int, object], "Event | None"]
 #: (role, state) -> what to do with the next decoded message.
 _HANDLERS: dict[tuple[Role, _State], _Handler] = {

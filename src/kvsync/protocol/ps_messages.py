@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvsync.protocol.codec import register
 from kvsync.protocol.messages import Buffer, NDArray, Opcode
 
 __all__ = [
@@ -271,3 +272,5 @@ PS_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.PS_SHM: PSShmReply,
     Opcode.PS_PACKED: PSPackedReply,
 }
+
+register(PS_MESSAGE_OF)  # compiled once, now: the first use of a parameter-server message
