@@ -19,8 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kvsync.lazy import lazy_names
 
 if TYPE_CHECKING:
     from kvsync.server.guard import ServerSettings
@@ -30,16 +31,4 @@ __all__ = ["ServerSettings", "StoreServer"]
 
 #: public name -> the module it comes from.
 _LAZY = {"ServerSettings": "kvsync.server.guard", "StoreServer": "kvsync.server.loop"}
-
-
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'kvsync.server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -15,9 +15,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from kvsync.lazy import lazy_names
 from kvsync.store.base import Store
 
 if TYPE_CHECKING:
@@ -29,16 +29,4 @@ __all__ = ["HashStore", "PrefixStore", "Store"]
 #: public name -> its module, imported on first use (PEP 562): ``kvsync.TCPStore`` loads
 #: neither the in-process store's request logic nor the prefix wrapper.
 _LAZY = {"HashStore": "kvsync.store.hash", "PrefixStore": "kvsync.store.prefix"}
-
-
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'kvsync.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

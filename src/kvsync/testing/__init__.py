@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kvsync.lazy import lazy_names
 
 if TYPE_CHECKING:
     from kvsync.testing.child import StoreAddress
@@ -32,12 +33,4 @@ _LAZY = {
     "StoreAddress": "kvsync.testing.child",
     "spawn_ranks": "kvsync.testing.spawn",
 }
-
-
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is None:
-        raise AttributeError(f"module 'kvsync.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
