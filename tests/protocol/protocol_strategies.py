@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import kvsync.protocol.ps_messages  # noqa: F401 (compiled on first use: every message now)
 from kvsync.protocol.codec import MESSAGE_OF, encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event
 from kvsync.protocol.fields import BIG_BUFFER

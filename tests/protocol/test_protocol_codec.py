@@ -309,3 +309,8 @@ print(codec.ENCODERS[ps_messages.PSBarrier] is encoder)  # compiled once
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["PSBarrier", "7", "5", "True"]
+
+
+def test_the_message_tables_cover_every_opcode_once_ps_messages_is_imported() -> None:
+    # (the strategies import it: the property tests above cover every message)
+    assert set(MESSAGE_OF) == set(Opcode)
