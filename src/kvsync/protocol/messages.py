@@ -394,7 +394,8 @@ Message: TypeAlias = (
 )
 
 #: opcode -> handshake, Store API or reply message class (the parameter server's are in
-#: :mod:`kvsync.protocol.ps_messages`; :data:`kvsync.protocol.codec.MESSAGE_OF` has both).
+#: :mod:`kvsync.protocol.ps_messages`; :data:`kvsync.protocol.codec.MESSAGE_OF` has both
+#: once that is imported).
 STORE_MESSAGE_OF: dict[Opcode, type] = {
     Opcode.HELLO: Hello,
     Opcode.HELLO_REPLY: HelloReply,
