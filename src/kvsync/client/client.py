@@ -580,7 +580,8 @@ class Client(ConnectionLifetime):
         """Keep the first error a posted request was answered with (other replies to
         posted requests, from a server that answers them anyway, are dropped)."""
         if type(reply) is ErrorReply:
-            err = error_from_code(reply.code, f"an earlier set failed: {reply.message}")
+            text = f"a request sent without waiting (a set, the Identify) failed: {reply.message}"
+            err = error_from_code(reply.code, text)
             with self._lock:
                 if self._posted_error is None:
                     self._posted_error = err
