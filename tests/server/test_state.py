@@ -8,6 +8,7 @@ import pytest
 
 from kvsync.errors import ErrorCode
 from kvsync.protocol import messages as m
+from kvsync.protocol.torch_requests import CountBarrier
 from kvsync.server.state import Outgoing, Router, StoreState
 
 
@@ -292,14 +293,14 @@ def test_barrier_timeout_says_how_many_arrived_and_how_long(st: StoreState) -> N
     st.handle(2, 1, m.Barrier("b", 4, 2000), now=0.1)
     (out,) = st.expire(0.75)
     assert out.conn_id == 1 and out.reply.code == ErrorCode.TIMEOUT
-    assert out.reply.message == "2/4 ranks reached barrier 'b' after 0.75 s"
+    assert out.reply.message == ("2/4 ranks reached barrier 'b' after 0.75 s; ranks unknown")
     assert st.parked == 1  # the other arrival waits on
 
 
 def test_barrier_with_timeout_zero_counts_the_arrival_and_times_out(st: StoreState) -> None:
     (out,) = st.handle(1, 1, m.Barrier("b", 2, 0), now=0.0)
     assert out.reply == m.ErrorReply(
-        ErrorCode.TIMEOUT, "1/2 ranks reached barrier 'b' after 0.00 s"
+        ErrorCode.TIMEOUT, "1/2 ranks reached barrier 'b' after 0.00 s; ranks unknown"
     )
     assert st.parked == 0
     assert st.handle(1, 2, m.Add("b/arrived", 0), now=0.0)[0].reply == m.IntReply(1)
@@ -344,7 +345,7 @@ def test_barrier_timeout_survives_a_counter_overwritten_meanwhile(st: StoreState
     st.handle(1, 1, m.Barrier("b", 2, 100), now=0.0)
     st.handle(2, 1, m.Set("b/arrived", b"junk"), now=0.0)
     (out,) = st.expire(1.0)
-    assert out.reply.message == "?/2 ranks reached barrier 'b' after 1.00 s"
+    assert out.reply.message == "?/2 ranks reached barrier 'b' after 1.00 s; ranks unknown"
 
 
 def test_a_dropped_connection_leaves_its_arrival_counted_but_nothing_parked(
@@ -369,7 +370,8 @@ def test_the_longest_parked_request_is_logged_every_interval(
         assert st.expire(10.0) == []
     assert [r.getMessage() for r in caplog.records] == [
         "2 request(s) parked; the longest waiting: 2/3 ranks reached barrier 'ready' after "
-        "10.00 s"]
+        "10.00 s; ranks unknown"
+    ]
     assert st.next_deadline() == pytest.approx(20.0)
     assert StoreState(progress_seconds=0).next_deadline() is None
 
@@ -397,3 +399,85 @@ def test_next_deadline_does_not_scan_the_parked_requests(monkeypatch: pytest.Mon
     st.expire(now=10.0)  # the line is due: one scan names the longest waiting
     assert scans == 2  # (one per index)
     assert st.next_deadline() == 20.0
+
+
+# --- a barrier names the ranks still missing when every arrival said its rank -------------
+
+
+def test_barrier_progress_line_names_exactly_the_missing_ranks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    st = StoreState(progress_seconds=30.0)
+    for conn, rank in enumerate([0, 7, 1, 2, 4, 6], start=1):
+        assert st.handle(conn, 1, m.Barrier("ready", 8, 600_000, rank), now=0.0) == []
+    with caplog.at_level(logging.INFO, logger="kvsync.server.state"):
+        assert st.expire(30.0) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "6 request(s) parked; the longest waiting: 6/8 ranks reached barrier 'ready' after "
+        "30.00 s; missing ranks 3, 5"
+    ]
+    (w, *_) = st.waiting(30.0)
+    assert (w["op"], w["world_size"], w["missing_ranks"]) == ("barrier", 8, [3, 5])
+
+
+def test_barrier_timeout_names_the_missing_ranks_including_its_own_arrival(
+    st: StoreState,
+) -> None:
+    st.handle(1, 1, m.Barrier("b", 3, 500, 2), now=0.0)
+    st.handle(2, 1, m.Barrier("b", 3, 500, 0), now=0.0)
+    out = st.expire(0.5)  # both time out together: each text still counts both ranks
+    assert [o.reply.message for o in out] == [
+        "2/3 ranks reached barrier 'b' after 0.50 s; missing ranks 1"
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("ranks", "why"),
+    [
+        ([0, -1], "an arrival without RANK"),
+        ([0, 5], "a rank outside range(world_size)"),
+        ([1, 1], "a rank arriving twice"),
+    ],
+)
+def test_barrier_says_ranks_unknown_when_they_cannot_be_told(
+    st: StoreState, ranks: list[int], why: str
+) -> None:
+    for conn, rank in enumerate(ranks, start=1):
+        st.handle(conn, 1, m.Barrier("b", 4, 1000, rank), now=0.0)
+    assert [w["missing_ranks"] for w in st.waiting(0.5)] == [None, None], why
+    texts = {o.reply.message for o in st.expire(1.0)}
+    assert texts == {"2/4 ranks reached barrier 'b' after 1.00 s; ranks unknown"}, why
+
+
+def test_barrier_ranks_unknown_when_an_arrival_used_add_and_wait(st: StoreState) -> None:
+    st.handle(1, 1, m.Add("b/arrived", 1), now=0.0)  # kvsync.store.sync.barrier: no rank
+    st.handle(1, 2, m.Wait(("b/done/0",), 1000), now=0.0)
+    st.handle(2, 1, m.Barrier("b", 3, 1000, 1), now=0.0)
+    (w,) = [w for w in st.waiting(0.5) if w["op"] == "barrier"]
+    assert w["missing_ranks"] is None
+
+
+def test_a_barrier_arrival_lost_with_its_connection_makes_the_ranks_unknown(
+    st: StoreState,
+) -> None:
+    st.handle(1, 1, m.Barrier("b", 3, 1000, 0), now=0.0)
+    st.drop_connection(1)  # still counted, its rank forgotten with it
+    st.handle(2, 1, m.Barrier("b", 3, 1000, 1), now=0.0)
+    (w,) = st.waiting(0.5)
+    assert w["missing_ranks"] is None
+
+
+def test_barrier_rank_records_end_with_their_generation(st: StoreState) -> None:
+    st.handle(1, 1, m.Barrier("b", 2, 1000, 0), now=0.0)
+    st.handle(2, 1, m.Barrier("b", 2, 1000, 1), now=0.0)  # generation 0 complete
+    st.handle(1, 2, m.Barrier("b", 2, 1000, 1), now=0.0)  # generation 1: rank 1 again is fine
+    (w,) = st.waiting(0.1)
+    assert w["missing_ranks"] == [0]
+
+
+def test_torch_count_barrier_progress_says_ranks_unknown(st: StoreState) -> None:
+    st.handle(1, 1, CountBarrier("b", 2, 1000), now=0.0)
+    (out,) = st.expire(1.0)
+    assert out.reply.message.endswith(
+        "its count is still below 2; ranks unknown (torch's protocol does not send them)"
+    )

@@ -204,9 +204,10 @@ class StoreModel(RuleBasedStateMachine):
             assert reply is None
             self.parked[self.last_id] = (tuple(keys), self.now + timeout_ms / 1000)
 
-    @rule(key=KEYS, world_size=st.integers(1, 3), timeout_ms=st.integers(0, 3000))
-    def barrier(self, key: str, world_size: int, timeout_ms: int) -> None:
-        reply, others = self.send(m.Barrier(key, world_size, timeout_ms))
+    @rule(key=KEYS, world_size=st.integers(1, 3), timeout_ms=st.integers(0, 3000),
+          rank=st.integers(-1, 3))  # fmt: skip
+    def barrier(self, key: str, world_size: int, timeout_ms: int, rank: int) -> None:
+        reply, others = self.send(m.Barrier(key, world_size, timeout_ms, rank))
         arrived = f"{key}/arrived"
         if arrived in self.queues:
             assert isinstance(reply, m.ErrorReply) and reply.code == ErrorCode.INVALID_ARGUMENT
@@ -227,6 +228,8 @@ class StoreModel(RuleBasedStateMachine):
         elif timeout_ms == 0:
             assert isinstance(reply, m.ErrorReply) and reply.code == ErrorCode.TIMEOUT
             assert f"/{world_size} ranks reached barrier {key!r}" in reply.message
+            said = reply.message.rsplit("; ", 1)[1]
+            assert said == "ranks unknown" or said.startswith("missing ranks ")
         else:
             assert reply is None
             self.parked[self.last_id] = ((done,), self.now + timeout_ms / 1000)
@@ -265,6 +268,11 @@ class StoreModel(RuleBasedStateMachine):
         for k in ("a", "b"):
             qlen, _ = self.send(m.QueueLen(k))
             assert qlen == m.IntReply(len(self.queues.get(k, ())))
+
+    @invariant()
+    def barrier_rank_records_live_only_while_someone_waits(self) -> None:
+        parked_flags = {keys[0] for keys, _ in self.parked.values() if len(keys) == 1}
+        assert set(self.state._arrivals) <= parked_flags  # no leak after timeouts or drops
 
     @invariant()
     def parked_and_deadline_match(self) -> None:

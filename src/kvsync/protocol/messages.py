@@ -317,12 +317,15 @@ class Barrier:
     adds 1 to the counter ``<key>/arrived``; the call that completes a group of
     ``world_size`` (generation ``(count - 1) // world_size``) sets ``<key>/done/<gen>`` and
     is answered at once, the others are parked until that flag exists. The keys are those
-    of :func:`kvsync.store.sync.barrier`, so callers of either meet. Reply:
-    :class:`OkReply`, or an :class:`ErrorReply` (TIMEOUT) saying how many arrived."""
+    of :func:`kvsync.store.sync.barrier`, so callers of either meet. ``rank`` is the
+    caller's rank, ``-1`` when it does not know it: the server names the ranks still
+    missing from those of the parked arrivals. Reply: :class:`OkReply`, or an
+    :class:`ErrorReply` (TIMEOUT) saying how many arrived and which ranks are missing."""
 
     key: str
     world_size: int
     timeout_ms: int
+    rank: int = -1
 
 
 @dataclass(slots=True)

@@ -147,6 +147,9 @@ class StoreState:
         #: torch BARRIER waiters (parked in _waiters under no key) by counter key: a heap
         #: by world size, so an arrival answers those it completes without a scan
         self._counts: dict[str, list[tuple[int, int, Waiter]]] = {}
+        #: the ranks (``-1``: unknown) of a parked barrier generation's arrivals, by its
+        #: done flag; forgotten once the generation completes or nobody waits for it
+        self._arrivals: dict[str, list[int]] = {}
         self._out: list[Outgoing] = []
         self._handlers: dict[type, Callable[[int, int, object, float], object | None]] = {
             Set: self._set,
@@ -201,6 +204,8 @@ class StoreState:
         missing and how long they waited."""
         expired = [*self._waiters.pop_expired(now), *self._pops.pop_expired(now)]
         out = [Outgoing(w.conn_id, w.request_id, self._timeout_reply(w, now)) for w in expired]
+        if expired and self._arrivals:
+            self._forget_arrivals()
         if self._progress_at is not None and now >= self._progress_at:
             self._progress(now)
         return out
@@ -232,6 +237,8 @@ class StoreState:
     def drop_connection(self, conn_id: int) -> None:
         """Forget the parked requests of ``conn_id``."""
         n = self._waiters.drop_connection(conn_id) + self._pops.drop_connection(conn_id)
+        if n and self._arrivals:
+            self._forget_arrivals()
         if n:
             logger.debug("dropped %d parked request(s) of connection %d", n, conn_id)
 
@@ -268,9 +275,15 @@ class StoreState:
             return {"op": "queue_pop" if isinstance(msg, QueuePop) else "get", "keys": [msg.key]}
         if isinstance(msg, _BarrierWait):
             b = msg.barrier
-            return {"op": "barrier", "keys": [b.key], "world_size": b.world_size}
-        if isinstance(msg, CountBarrier):
-            return {"op": "barrier", "keys": [msg.key], "world_size": msg.world_size}
+            return {
+                "op": "barrier",
+                "keys": [b.key],
+                "world_size": b.world_size,
+                "missing_ranks": self._missing_ranks(msg),
+            }
+        if isinstance(msg, CountBarrier):  # torch's protocol does not say who arrived
+            return {"op": "barrier", "keys": [msg.key], "world_size": msg.world_size,
+                    "missing_ranks": None}  # fmt: skip
         keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
         missing = [k for k in keys if not self._exists(k)]
         return {"op": "wait" if isinstance(msg, Wait) else "multi_get", "keys": missing}
@@ -349,6 +362,8 @@ class StoreState:
                 self._waiters.reindex(w, missing)
                 continue
             self._waiters.finish(w)
+            if type(msg) is _BarrierWait:  # its generation is complete (the flag was set)
+                self._arrivals.pop(msg.keys[0], None)
             self._out.append(Outgoing(w.conn_id, w.request_id, self._answer(msg)))
 
     def _answer(self, msg: object) -> object:
@@ -384,20 +399,56 @@ class StoreState:
             text = f"get of key {msg.key!r} {waited}; the key is still missing"
         elif isinstance(msg, _BarrierWait):
             b = msg.barrier
-            try:
-                count = self._counter(barrier_counter(b.key)) - msg.generation * b.world_size
-                arrived = str(min(count, b.world_size))
-            except RejectError:  # the counter was overwritten meanwhile
-                arrived = "?"
-            text = f"{arrived}/{b.world_size} ranks reached barrier {b.key!r} after {seconds}"
+            arrived = self._arrived(msg)
+            absent = self._missing_ranks(msg)
+            who = (
+                "ranks unknown"
+                if absent is None
+                else "missing ranks " + ", ".join(map(str, absent))
+            )
+            text = (
+                f"{'?' if arrived is None else arrived}/{b.world_size} ranks reached"
+                f" barrier {b.key!r} after {seconds}; {who}"
+            )
         elif isinstance(msg, CountBarrier):
-            text = f"barrier {msg.key!r} {waited}; its count is still below {msg.world_size}"
+            text = (
+                f"barrier {msg.key!r} {waited}; its count is still below {msg.world_size}"
+                "; ranks unknown (torch's protocol does not send them)"
+            )
         else:
             keys: tuple[str, ...] = msg.keys  # type: ignore[attr-defined]
             missing = [k for k in keys if not self._exists(k)]
             op = "wait for" if isinstance(msg, Wait) else "multi_get of"
             text = f"{op} keys {list(keys)} {waited}; still missing: {missing}"
         return text
+
+    def _arrived(self, wait: _BarrierWait) -> int | None:
+        """How many callers reached ``wait``'s generation (``None``: its counter was
+        overwritten meanwhile)."""
+        b = wait.barrier
+        try:
+            count = self._counter(barrier_counter(b.key)) - wait.generation * b.world_size
+        except RejectError:
+            return None
+        return min(count, b.world_size)
+
+    def _missing_ranks(self, wait: _BarrierWait) -> list[int] | None:
+        """The ranks in ``range(world_size)`` that have not reached ``wait``'s generation;
+        ``None`` when that cannot be told: an arrival did not say its rank (a client
+        without ``RANK``, or the add/wait barrier of :mod:`kvsync.store.sync`), said one
+        outside the range or twice, or its record was lost."""
+        size = wait.barrier.world_size
+        ranks = self._arrivals.get(wait.keys[0], [])
+        known = {r for r in ranks if 0 <= r < size}
+        if len(known) != len(ranks) or len(ranks) != self._arrived(wait):
+            return None
+        return [r for r in range(size) if r not in known]
+
+    def _forget_arrivals(self) -> None:
+        """Drop the arrival records of barrier generations nobody is parked on any more
+        (after timeouts and lost connections; completed ones are dropped at once)."""
+        for flag in [f for f in self._arrivals if not self._waiters.has_waiters(f)]:
+            del self._arrivals[flag]
 
     def _block_on(self, conn_id: int, request_id: int, msg: object, keys: tuple[str, ...],
                   timeout_ms: int, now: float) -> object | None:  # fmt: skip
@@ -586,10 +637,15 @@ class StoreState:
         self._check_key(arrival.flag)  # every check before the first change
         self._store(counter, str(count).encode())
         if arrival.last:  # the last of its generation: release the others
+            self._arrivals.pop(arrival.flag, None)
             self._store(arrival.flag, b"1")
             return _OK
+        self._arrivals.setdefault(arrival.flag, []).append(msg.rank)
         wait = _BarrierWait(msg, (arrival.flag,), arrival.generation)
-        return self._block_on(conn_id, request_id, wait, wait.keys, msg.timeout_ms, now)
+        reply = self._block_on(conn_id, request_id, wait, wait.keys, msg.timeout_ms, now)
+        if reply is not None and not self._waiters.has_waiters(arrival.flag):
+            del self._arrivals[arrival.flag]  # answered at once (timeout 0): not parked
+        return reply
 
     # --- requests only torch's protocol makes (kvsync.protocol.torch_requests) ----------
 

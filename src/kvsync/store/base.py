@@ -78,6 +78,9 @@ class Store(abc.ABC):
     #: ``True``: :meth:`barrier` is one server request; ``False`` (a client of a torch
     #: server, which has no such request): :func:`kvsync.store.sync.barrier`'s add/set/wait.
     _server_barrier: bool = True
+    #: The caller's rank that :meth:`barrier` sends (``RANK`` for a :class:`TCPStore`), so
+    #: the server can name the ranks still missing; ``-1``: unknown.
+    _rank: int = -1
 
     def __init__(self, timeout: Timeout = defaults.DEFAULT_TIMEOUT) -> None:
         self._closed = False
@@ -394,8 +397,9 @@ class Store(abc.ABC):
         Raises:
             TypeError: ``key`` is not ``str`` or ``world_size`` not an ``int``.
             ValueError: ``world_size`` < 1.
-            StoreTimeoutError: naming how many ranks arrived, e.g. "3/8 ranks reached
-                barrier 'b' after 2.00 s".
+            StoreTimeoutError: naming how many ranks arrived and, when every arrival
+                said its rank, which are missing, e.g. "6/8 ranks reached barrier 'b'
+                after 2.00 s; missing ranks 3, 5" (else "...; ranks unknown").
 
         Example:
             >>> from kvsync.store import HashStore
@@ -410,7 +414,8 @@ class Store(abc.ABC):
         if type(world_size) is not int or world_size < 1:
             check_world_size(world_size)
         timeout_ms, reply_timeout = self._deadline(timeout)
-        self._request(m.Barrier(key, world_size, timeout_ms), m.OkReply, reply_timeout)
+        msg = m.Barrier(key, world_size, timeout_ms, self._rank)
+        self._request(msg, m.OkReply, reply_timeout)
 
     # --- timeouts and lifetime ------------------------------------------------------------
 

@@ -206,6 +206,15 @@ def format_stats(report: dict[str, Any]) -> str:
     return _table(["field", "value"], rows) + "\n\n" + _table(["request", "count"], requests)
 
 
+def _barrier_note(waiter: dict[str, Any]) -> str:
+    """`` (of 4; missing ranks 0, 2)`` for a parked barrier, ``""`` for anything else."""
+    if "world_size" not in waiter:
+        return ""
+    missing = waiter.get("missing_ranks")
+    who = "ranks unknown" if missing is None else "missing ranks " + ", ".join(map(str, missing))
+    return f" (of {waiter['world_size']}; {who})"
+
+
 def format_waiters(report: dict[str, Any]) -> str:
     """The parked requests of an ``Inspect`` report, longest waiting first.
 
@@ -215,14 +224,17 @@ def format_waiters(report: dict[str, Any]) -> str:
         conn  peer  rank  op    waits for  waited  timeout
         ----  ----  ----  ----  ---------  ------  -------
         4     h:9   1     wait  a          2 s     300 s
+        >>> format_waiters({"waiters": [{"conn": 7, "peer": "h:8", "rank": 3,
+        ...     "op": "barrier", "keys": ["sync"], "world_size": 4, "missing_ranks": [0, 2],
+        ...     "waited_s": 41.2, "timeout_s": 300.0}]}).splitlines()[-1]
+        '7     h:8   3     barrier  sync (of 4; missing ranks 0, 2)  41.2 s  300 s'
     """
     waiters = report["waiters"]
     if not waiters:
         return "no parked requests"
     rows = [
         [w["conn"], w["peer"] or "-", "-" if w["rank"] is None else w["rank"], w["op"],
-         ", ".join(w["keys"]) + (f" (of {w['world_size']})" if "world_size" in w else ""),
-         f"{w['waited_s']:g} s", f"{w['timeout_s']:g} s"]
+         ", ".join(w["keys"]) + _barrier_note(w), f"{w['waited_s']:g} s", f"{w['timeout_s']:g} s"]
         for w in waiters
     ]  # fmt: skip
     return _table(["conn", "peer", "rank", "op", "waits for", "waited", "timeout"], rows)

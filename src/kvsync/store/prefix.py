@@ -76,6 +76,7 @@ class PrefixStore(Store):
         self._store = store
         self._blocking_get = store._blocking_get
         self._server_barrier = store._server_barrier
+        self._rank = store._rank
 
     @property
     def underlying_store(self) -> Store:

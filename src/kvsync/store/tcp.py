@@ -244,8 +244,10 @@ class TCPStore(Store):
                 # not wait for the server (a get, which waits for its key, cannot miss it)
                 self._post = self._client.post  # type: ignore[method-assign,union-attr]
             if e.rank is not None and isinstance(self._client, Client):  # kvsync's server:
-                # so that ``kvsync inspect waiters`` can name the rank (torch's protocol
-                # cannot); posted: only a refusal is answered, raised by the next request
+                # so that ``kvsync inspect waiters`` and a barrier's progress lines can name
+                # the rank (torch's protocol cannot); posted: only a refusal is answered,
+                # raised by the next request
+                self._rank = e.rank
                 self._client.post(m.Identify(e.rank))
             self._join(wait_for_workers)
         except BaseException:
