@@ -10,8 +10,10 @@ import pytest
 
 from kvsync import env
 from kvsync.errors import StoreTimeoutError
-from kvsync.launcher.job_store import JobStore
+from kvsync.launcher.job_store import MAX_RESTARTS_KEY, JobStore
 from kvsync.launcher.run import build_parser, child_specs, node_address
+from kvsync.server import StoreServer
+from kvsync.store.tcp import TCPStore
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -96,3 +98,16 @@ def test_every_child_of_a_multi_node_job_gets_the_node_address() -> None:
     ]
     single = child_specs(build_parser().parse_args(["t.py"]), 5)
     assert all("KVSYNC_NODE_ADDR" not in s.env for s in single)
+
+
+def test_a_node_whose_max_restarts_differs_from_the_first_nodes_is_refused() -> None:
+    with StoreServer(port=0).start() as node0_store:  # node 0 joined with --max-restarts 2
+        with TCPStore("127.0.0.1", node0_store.port, timeout=5) as node0:
+            node0.set(MAX_RESTARTS_KEY, "2")
+        said: list[str] = []
+        with pytest.raises(ValueError) as refused:
+            _open(_args(1, node0_store.port, "--max-restarts", "1"), said, 5)
+    assert str(refused.value) == (
+        "node 1 has --max-restarts 1 but another node of the job has 2: every node needs "
+        "the same --max-restarts"
+    )

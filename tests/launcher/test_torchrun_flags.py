@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -91,7 +92,6 @@ def test_rdzv_endpoint_and_standalone_name_the_store() -> None:
         (["--rdzv-backend", "etcd"], "--rdzv-backend 'etcd' is not supported"),
         (["--rdzv-endpoint", "h:70000"], "70000 is not a TCP port"),
         (["--standalone", "--nnodes", "2"], "--standalone is one node"),
-        (["--max-restarts", "1", "--nnodes", "2", "--master-port", "5"], "one node only"),
         (["--rdzv-endpoint", "a:1", "--master-addr", "b"], "name different stores"),
         (["--no-python", "-m"], "-m and --no-python exclude each other"),
         (["--redirects", "5"], "S in 0-3"),
@@ -174,23 +174,25 @@ def test_no_python_runs_the_program_itself(tmp_path: Path) -> None:
 
 
 RESTARTED_TRAINING = """
-    import os, signal
+    import os, signal, sys
     import numpy as np
     import kvsync.kv
     from kvsync.optimizer import SGD
 
     STEPS = 8
+    KILLED = int(sys.argv[1])  # the rank that dies in the first group
     restart = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
     kv = kvsync.kv.create("dist_sync", timeout=30)
+    per_round = 0.5 * kv.num_workers  # each round: w -= 0.5 * (one 1 per worker)
     if kv.rank == 0:
-        kv.set_optimizer(SGD(learning_rate=0.5))  # each round: w -= 0.5 * (1 + 1)
+        kv.set_optimizer(SGD(learning_rate=0.5))
     kv.barrier()
     kv.init(0, np.zeros(4))  # after a restart: adopts the servers' trained value
     w = kv.pull(0)
-    start = int(round(-w[0]))  # rounds the servers completed
+    start = int(round(-w[0] / per_round))  # rounds the servers completed
     print(f"restart {restart} rank {kv.rank} resumes at step {start}", flush=True)
     for step in range(start, STEPS):
-        if restart == 0 and kv.rank == 1 and step == 4:
+        if restart == 0 and kv.rank == KILLED and step == 4:
             os.kill(os.getpid(), signal.SIGKILL)  # dies mid-training, before round 5
         kv.push(0, np.ones(4))
         kv.pull(0, out=w)
@@ -214,6 +216,7 @@ def test_max_restarts_restarts_the_workers_and_training_resumes_from_the_servers
         "--grace",
         "2",
         script,
+        "1",
         timeout=110,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -270,3 +273,94 @@ def test_the_launchers_log_level_reaches_the_ranks_kvsync_loggers(tmp_path: Path
     assert done.stdout.splitlines() == ["[worker 0] level 20"]
     done = _run("--nproc-per-node", "1", script)
     assert done.stdout.splitlines() == ["[worker 0] level 30"]  # Python's default: WARNING
+
+
+def _two_nodes(
+    flags: list[str], script: str, *script_args: str, timeout: float = 120.0
+) -> list[tuple[int, str, str]]:
+    """Run two launchers (``--nnodes 2``, node ranks 0 and 1, one rendezvous endpoint) of
+    two workers and one parameter server each; their exit codes, stdouts and stderrs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: node 0's store binds it
+    common = ["--nnodes", "2", "--rdzv-endpoint", endpoint, "--nproc-per-node", "2",
+              "--num-servers", "1", "--grace", "2"]  # fmt: skip
+    nodes = [
+        subprocess.Popen([*RUN, *common, "--node-rank", str(rank), *flags, script, *script_args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait(timeout=10)
+    return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs, strict=True)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_max_restarts_with_two_nodes_restarts_every_nodes_workers_and_resumes(
+    tmp_path: Path,
+) -> None:
+    script = _script(tmp_path, "train.py", RESTARTED_TRAINING)
+    (code0, out0, err0), (code1, out1, err1) = _two_nodes(["--max-restarts", "2"], script, "3")
+    assert (code0, code1) == (0, 0), err0 + err1
+    # worker 3 (node 1) kills itself; the first failure a launcher sees may also be a worker
+    # whose parameter server names rank 3 as gone (exit code 1): either way one request,
+    # restart 1 of 2, and every node prints the same line
+    restart = re.compile(
+        r"node \d: worker \d failed with (signal SIGKILL|exit code 1): restarting the "
+        r"workers on every node \(restart 1 of 2\); the store and the parameter servers "
+        r"keep running"
+    )
+    lines = [[line for line in err.splitlines() if restart.search(line)] for err in (err0, err1)]
+    assert len(lines[0]) == len(lines[1]) == 1 and lines[0] == lines[1], err0 + err1
+    assert "restart 2" not in err0 + err1
+    expected = {
+        f"[worker {rank}] restart 1 rank {rank} {what}"
+        for rank in range(4)
+        for what in ("resumes at step 4", "final -16")
+    }
+    assert {f"[worker {r}] restart 0 rank {r} resumes at step 0" for r in (0, 1)} <= set(
+        out0.splitlines()
+    ), out0
+    assert expected <= set(out0.splitlines()) | set(out1.splitlines()), out0 + out1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_restarts_exhausted_on_one_node_end_the_job_on_every_node(tmp_path: Path) -> None:
+    # node 0's workers succeed every time; worker 3 on node 1 fails a little later, each time
+    script = _script(
+        tmp_path,
+        "fail.py",
+        """
+        import os, sys, time
+        rank = int(os.environ["RANK"])
+        print("attempt", os.environ["TORCHELASTIC_RESTART_COUNT"], "rank", rank, flush=True)
+        if rank == 3:
+            time.sleep(1)  # node 0 has counted its workers done by now
+            sys.exit(3)
+    """,
+    )
+    (code0, out0, err0), (code1, out1, err1) = _two_nodes(["--max-restarts", "1"], script)
+    assert (code0, code1) == (1, 3), err0 + err1
+    line = (
+        "node 1: worker 3 failed with exit code 3: restarting the workers on every node "
+        "(restart 1 of 1); the store and the parameter servers keep running"
+    )
+    assert err0.count(line) == err1.count(line) == 1, err0 + err1
+    failed = re.compile(r"worker 3 failed \(pid \d+\); no restarts left \(--max-restarts 1\)")
+    assert re.search(r"\[kvsync-run\] job stopped by node 1: " + failed.pattern, err0), err0
+    assert re.search(r"\[kvsync-run\] " + failed.pattern, err1), err1
+    assert {"[worker 3] attempt 0 rank 3", "[worker 3] attempt 1 rank 3"} <= set(
+        out1.splitlines()
+    ), out1
+    # the node whose workers had succeeded restarted them too
+    assert [x for x in out0.splitlines() if "rank 0" in x] == [
+        "[worker 0] attempt 0 rank 0",
+        "[worker 0] attempt 1 rank 0",
+    ], out0

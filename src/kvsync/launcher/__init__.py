@@ -9,7 +9,9 @@ workers with the environment a training script expects (``MASTER_ADDR``, ``RANK`
 and when one of them fails stops the others and exits with that child's code.
 
 Modules: :mod:`~kvsync.launcher.run` (command line), :mod:`~kvsync.launcher.agent` (spawn
-and supervise), :mod:`~kvsync.launcher.output` (prefixed output); the processes that only
+and supervise), :mod:`~kvsync.launcher.coordinator` and :mod:`~kvsync.launcher.job_store`
+(how the nodes of a job agree it is done, failed or restarting), :mod:`~kvsync.launcher.output`
+(prefixed output); the processes that only
 serve: :mod:`~kvsync.launcher.serve` (``kvsync serve``) and
 :mod:`~kvsync.launcher.ps_server` (a parameter server). Finding kvsync's store
 under ``torchrun`` is part of the store: :mod:`kvsync.store.address`.

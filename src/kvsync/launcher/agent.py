@@ -9,8 +9,10 @@ group, SIGKILL after the grace period, and the job's exit code is that child's
 way; a second one skips the grace period. When every worker has succeeded the job is
 done once the :class:`Coordinator` agrees (other nodes may still be working), and the
 servers, which serve until told to stop, are stopped with SIGTERM. With ``max_restarts``, a
-failing worker instead stops the other workers only (the servers keep running) and a new
-group of workers is started, up to that many times.
+failing worker instead asks the :class:`Coordinator` to restart the worker group: every
+node (one, or all nodes of the job) stops its workers only (the servers keep running),
+waits until every node's workers have exited, and starts a new group with the restart
+count one higher, up to ``max_restarts`` times; a failure after that ends the job.
 
 Example:
     >>> import io, sys
@@ -34,17 +36,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from kvsync import defaults, env
+from kvsync.launcher.coordinator import Coordinator, LocalCoordinator
 from kvsync.launcher.output import ChildOutput, OutputRouter
 
 __all__ = [
     "ChildExit",
     "ChildSpec",
-    "Coordinator",
     "JobResult",
-    "LocalCoordinator",
     "Respawn",
     "Supervisor",
     "exit_code_of",
@@ -145,58 +145,17 @@ class JobResult:
             lines.append(head + ("; last stderr lines:" if f.stderr_tail else "; no stderr"))
             lines.extend(f"    {line}" for line in f.stderr_tail)
         if self.stopped:
-            lines.append(f"stopped {len(self.stopped)} other process(es): "
-                         + ", ".join(self.stopped))
+            lines.append(
+                f"stopped {len(self.stopped)} other process(es): " + ", ".join(self.stopped)
+            )
         lines.append(f"exit code {self.exit_code}")
         return lines
 
 
-class Coordinator(Protocol):
-    """How one node's supervisor learns about the rest of the job (other nodes)."""
-
-    def workers_done(self) -> None:
-        """Called once, when every local worker has exited with code 0."""
-
-    def job_done(self) -> bool:
-        """Whether the whole job is done (asked after :meth:`workers_done`)."""
-
-    def remote_failure(self) -> str | None:
-        """A message if another node failed or the job store is gone, else ``None``."""
-
-    def report_failure(self, message: str) -> None:
-        """Tell the other nodes that this node failed the job."""
-
-
-class LocalCoordinator:
-    """The coordinator of a single-node job: done when the local workers are.
-
-    Example:
-        >>> c = LocalCoordinator(); c.workers_done(); c.job_done()
-        True
-    """
-
-    def __init__(self) -> None:
-        self._done = False
-
-    def workers_done(self) -> None:
-        """Mark the job done."""
-        self._done = True
-
-    def job_done(self) -> bool:
-        """Whether :meth:`workers_done` was called."""
-        return self._done
-
-    def remote_failure(self) -> str | None:
-        """Never: there are no other nodes."""
-        return None
-
-    def report_failure(self, message: str) -> None:
-        """Nothing to tell."""
-
-
-#: ``respawn(restart, failed)``: the workers to start for restart number ``restart`` (1, 2,
-#: ...) after ``failed`` ended the previous group.
-Respawn = Callable[[int, ChildExit], Sequence[ChildSpec]]
+#: ``respawn(restart, reason)``: the workers to start as group ``restart`` (1, 2, ...) after
+#: the previous group failed, ``reason`` saying how (``"worker 1 failed with signal
+#: SIGKILL"``, prefixed ``"node 1: "`` in a job of several nodes).
+Respawn = Callable[[int, str], Sequence[ChildSpec]]
 
 
 class _Child:
@@ -205,6 +164,10 @@ class _Child:
         self.proc = proc
         self.out = out
         self.stopping = False
+
+    def describe(self) -> str:
+        """How it ended (``"signal SIGKILL"``), without waiting for its output."""
+        return ChildExit(self.spec, self.proc.pid, self.proc.returncode or 0).describe()
 
     def exit(self) -> ChildExit:
         code = self.proc.returncode
@@ -223,6 +186,8 @@ class Supervisor:
         coordinator: tells when the whole (multi-node) job is done or failed elsewhere.
         max_restarts: how many times a failing worker restarts the worker group.
         respawn: builds the new group's specs (required with ``max_restarts``).
+        restart_timeout: seconds a restart waits for the other nodes to stop their workers.
+        say: where progress lines go while a restart waits for other nodes.
     """
 
     def __init__(
@@ -234,12 +199,16 @@ class Supervisor:
         coordinator: Coordinator | None = None,
         max_restarts: int = 0,
         respawn: Respawn | None = None,
+        restart_timeout: float = defaults.NODE_JOIN_TIMEOUT_SECONDS,
+        say: Callable[[str], None] = _log.info,
     ) -> None:
         if max_restarts and respawn is None:
             raise ValueError("max_restarts needs a respawn function")
         self._max_restarts = max_restarts
         self._respawn = respawn
-        #: how many times the worker group was restarted so far
+        self._restart_timeout = restart_timeout
+        self._say = say
+        #: how many times the worker group was restarted so far (the group's number)
         self.restarts = 0
         self._router = router
         self._grace = grace
@@ -290,33 +259,52 @@ class Supervisor:
             The job's result; every child has exited (or been killed) when it returns.
         """
         reported_done = False
-        while True:
+        while True:  # until the job ends: each turn waits ``poll_interval``
             workers = [c for c in self._children if c.spec.role == "worker"]
             failed = self._first_failure()
-            if failed is not None and failed.spec.role == "worker" and (
-                    self.restarts < self._max_restarts and not self._signals):
-                self._restart(failed, workers)
-                continue
-            if failed is not None:
+            restartable = self.restarts < self._max_restarts and not self._signals
+            if failed is not None and failed.spec.role == "worker" and restartable:
+                self._coordinator.request_restart(
+                    self.restarts + 1, f"{failed.spec.name} failed with {failed.describe()}"
+                )
+            elif failed is not None:
                 reason = f"{failed.spec.name} failed (pid {failed.proc.pid})"
+                if self._max_restarts and failed.spec.role == "worker":
+                    reason += f"; no restarts left (--max-restarts {self._max_restarts})"
                 self._coordinator.report_failure(reason)
                 return self._finish(exit_code_of(failed.proc.returncode or 0), reason, failed)
-            if self._signals:
-                signum = self._signals[0]
-                reason = f"received {signal.Signals(signum).name}: stopping the job"
-                self._coordinator.report_failure(reason)
-                return self._finish(128 + signum, reason, None)
-            remote = self._coordinator.remote_failure()
-            if remote is not None:
-                return self._finish(1, remote, None)
-            if all(c.proc.poll() is not None for c in workers):
+            stopped = self._stopped_by_signal() or self._remote_failure()
+            if stopped is not None:
+                return stopped
+            why = None
+            if self._max_restarts:  # a restart of this node's or another node's request
+                why = self._coordinator.restart_requested(self.restarts + 1)
+            if why is not None:
+                ended = self._restart(why, failed)
+                if ended is not None:
+                    return ended
+                reported_done = False
+                continue
+            if failed is None and all(c.proc.poll() is not None for c in workers):
                 if not reported_done:
-                    self._coordinator.workers_done()
+                    self._coordinator.workers_done(self.restarts)
                     reported_done = True
-                if self._coordinator.job_done():
+                if self._coordinator.job_done(self.restarts):
                     return self._finish(0, "", None)
             self._wake.wait(self._poll)
             self._wake.clear()
+
+    def _stopped_by_signal(self) -> JobResult | None:
+        if not self._signals:
+            return None
+        signum = self._signals[0]
+        reason = f"received {signal.Signals(signum).name}: stopping the job"
+        self._coordinator.report_failure(reason)
+        return self._finish(128 + signum, reason, None)
+
+    def _remote_failure(self) -> JobResult | None:
+        remote = self._coordinator.remote_failure()
+        return None if remote is None else self._finish(1, remote, None)
 
     def _first_failure(self) -> _Child | None:
         for child in self._children:
@@ -325,14 +313,43 @@ class Supervisor:
                 return child
         return None
 
-    def _restart(self, failed: _Child, workers: list[_Child]) -> None:
-        """Stop the worker group (not the servers) and start the next one."""
+    def _restart(self, why: str, failed: _Child | None) -> JobResult | None:
+        """Replace the worker group (not the servers) with the next one, once every node
+        stopped its workers; a :class:`JobResult` if the job ended meanwhile."""
         assert self._respawn is not None
         self.restarts += 1
-        self._stop(workers, {failed.proc.pid})
-        ended = failed.exit()
+        specs = self._respawn(self.restarts, why)  # says "restarting the workers ..."
+        workers = [c for c in self._children if c.spec.role == "worker"]
+        self._stop(workers, set() if failed is None else {failed.proc.pid})
+        if failed is not None:
+            failed.exit()  # its last output lines are forwarded
         self._children = [c for c in self._children if c.spec.role != "worker"]
-        self.start(self._respawn(self.restarts, ended))
+        self._coordinator.workers_stopped(self.restarts)
+        start = time.monotonic()
+        notice = start + defaults.NODE_WAIT_NOTICE_SECONDS
+        while missing := self._coordinator.not_stopped(self.restarts):
+            ended = self._stopped_by_signal() or self._remote_failure()
+            if ended is not None:
+                return ended
+            now = time.monotonic()
+            nodes = ", ".join(map(str, missing))
+            if now - start >= self._restart_timeout:
+                reason = (
+                    f"restart {self.restarts}: node(s) {nodes} did not stop their "
+                    f"workers within {self._restart_timeout:g} s"
+                )
+                self._coordinator.report_failure(reason)
+                return self._finish(1, reason, None)
+            if now >= notice:
+                self._say(
+                    f"restart {self.restarts}: waiting {now - start:.0f} s for node(s) "
+                    f"{nodes} to stop their workers"
+                )
+                notice = now + defaults.NODE_WAIT_NOTICE_SECONDS
+            self._wake.wait(self._poll)
+            self._wake.clear()
+        self.start(specs)
+        return None
 
     def _finish(self, code: int, reason: str, failed: _Child | None) -> JobResult:
         skip = set() if failed is None else {failed.proc.pid}
@@ -376,4 +393,3 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-

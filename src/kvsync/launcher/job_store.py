@@ -6,10 +6,14 @@ address every node dials (or an address given for node 0, e.g. behind NAT).
 In a job of several nodes every launcher also holds a client of that store, joins (each
 node counts itself in :data:`JOINED_KEY` and publishes its address under
 :data:`NODE_KEY`, then waits for the others, saying every few seconds how many have
-joined) and coordinates through two keys (:class:`StoreCoordinator`): a counter of nodes
-whose workers all succeeded (node 0 keeps the store, and every node its servers, until it
-reaches ``--nnodes``) and a failure message (a node that fails writes it; the others stop
-their children when they see it, or when the store itself is gone).
+joined) and coordinates through keys (:class:`StoreCoordinator`): per worker group, a
+counter of nodes whose workers all succeeded (node 0 keeps the store, and every node its
+servers, until it reaches ``--nnodes``); a failure message (a node that fails writes it;
+the others stop their children when they see it, or when the store itself is gone); and,
+with ``--max-restarts``, a restart request per group (the first node whose worker fails
+writes why; every node sees it, stops its workers and marks them stopped under the
+group's key; each starts the new group once all nodes have, so no worker of the old group
+is still connected to the parameter servers when the new one connects).
 """
 
 from __future__ import annotations
@@ -22,23 +26,39 @@ from types import TracebackType
 
 from kvsync import defaults, env
 from kvsync.errors import StoreTimeoutError
-from kvsync.launcher.agent import Coordinator, LocalCoordinator
+from kvsync.launcher.coordinator import Coordinator, LocalCoordinator
 from kvsync.server import ServerSettings, StoreServer
 from kvsync.store.base import Store
 from kvsync.store.tcp import TCPStore
 
-__all__ = ["DONE_KEY", "FAILURE_KEY", "JOINED_KEY", "NODE_KEY", "JobStore", "StoreCoordinator"]
+__all__ = [
+    "DONE_KEY",
+    "FAILURE_KEY",
+    "JOINED_KEY",
+    "MAX_RESTARTS_KEY",
+    "NODE_KEY",
+    "RESTART_KEY",
+    "STOPPED_KEY",
+    "JobStore",
+    "StoreCoordinator",
+]
 
 _log = logging.getLogger(__name__)
 
-#: Counter of nodes whose workers all exited with code 0.
-DONE_KEY = "kvsync/run/nodes_done"
+#: Counter of nodes whose workers of group ``{}`` (the restart count) all exited with code 0.
+DONE_KEY = "kvsync/run/nodes_done/{}"
 #: Set by the first node that fails the job: which node and why.
 FAILURE_KEY = "kvsync/run/failure"
 #: Counter of nodes whose launcher joined the job.
 JOINED_KEY = "kvsync/run/nodes_joined"
 #: Node ``r``'s address (``--node-addr``), set when it joins.
 NODE_KEY = "kvsync/run/node/{}"
+#: ``--max-restarts`` of the first node that joined; every node must give the same.
+MAX_RESTARTS_KEY = "kvsync/run/max_restarts"
+#: Why worker group ``{}`` was started (the first request wins).
+RESTART_KEY = "kvsync/run/restart/{}"
+#: Set by node ``{1}`` once its workers of the group before group ``{0}`` have exited.
+STOPPED_KEY = "kvsync/run/restart/{}/stopped/{}"
 #: Seconds a launcher's store operation (not the first connection) may take.
 _OP_TIMEOUT = 10.0
 #: Seconds between two looks at the join counter.
@@ -61,26 +81,77 @@ class StoreCoordinator:
         self._node_rank = node_rank
         self._interval = interval
         self._next_look = 0.0
+        self._next_restart_look = 0.0
         self._reported_done = False
+        self._restarts: dict[int, str] = {}
 
-    def workers_done(self) -> None:
-        """Count this node as done."""
+    def workers_done(self, restart: int) -> None:
+        """Count this node as done with group ``restart``."""
         try:
-            self._store.add(DONE_KEY, 1)
+            self._store.add(DONE_KEY.format(restart), 1)
         except ConnectionError as exc:
             _log.debug("could not count this node done: %s", exc)
         self._reported_done = True
 
-    def job_done(self) -> bool:
-        """Whether every node counted itself done.
+    def job_done(self, restart: int) -> bool:
+        """Whether every node counted itself done with group ``restart``.
 
         Once this node is done, losing the store means node 0 saw the count complete and
         closed it, so that counts as done too.
         """
         try:
-            return self._store.add(DONE_KEY, 0) >= self._nnodes
+            return self._store.add(DONE_KEY.format(restart), 0) >= self._nnodes
         except ConnectionError:
             return self._reported_done
+
+    def request_restart(self, restart: int, reason: str) -> None:
+        """Write why group ``restart`` starts, unless another node already did."""
+        if restart in self._restarts:
+            return
+        try:
+            current = self._store.compare_set(
+                RESTART_KEY.format(restart), "", f"node {self._node_rank}: {reason}"
+            )
+        except (ConnectionError, TimeoutError) as exc:  # remote_failure() will say so
+            _log.debug("could not request restart %d: %s", restart, exc)
+            return
+        self._restarts[restart] = current.decode(errors="replace")
+
+    def restart_requested(self, restart: int) -> str | None:
+        """The request for group ``restart`` (this node's or another's); throttled."""
+        if restart in self._restarts:
+            return self._restarts[restart]
+        now = time.monotonic()
+        if now < self._next_restart_look:
+            return None
+        self._next_restart_look = now + self._interval
+        key = RESTART_KEY.format(restart)
+        try:
+            if not self._store.check([key]):
+                return None
+            self._restarts[restart] = self._store.get(key).decode(errors="replace")
+        except (ConnectionError, TimeoutError):  # remote_failure() will say so
+            return None
+        return self._restarts[restart]
+
+    def workers_stopped(self, restart: int) -> None:
+        """Mark this node's workers of the group before ``restart`` as exited."""
+        self._reported_done = False  # the new group has to succeed again
+        try:
+            self._store.set(STOPPED_KEY.format(restart, self._node_rank), "1")
+        except (ConnectionError, TimeoutError) as exc:  # remote_failure() will say so
+            _log.debug("could not mark the workers stopped for restart %d: %s", restart, exc)
+
+    def not_stopped(self, restart: int) -> list[int]:
+        """The nodes that have not marked their workers before group ``restart`` exited."""
+        try:
+            return [
+                r
+                for r in range(self._nnodes)
+                if not self._store.check([STOPPED_KEY.format(restart, r)])
+            ]
+        except (ConnectionError, TimeoutError):  # remote_failure() will say so
+            return list(range(self._nnodes))
 
     def remote_failure(self) -> str | None:
         """The failure another node wrote, or the loss of the store; throttled."""
@@ -141,8 +212,7 @@ class JobStore:
                 secret=environment.secret,
                 settings=ServerSettings.from_environment(environment),
             ).start()
-            say(f"store server listening on {server.host}:{server.port} "
-                f"(node 0 of {args.nnodes})")
+            say(f"store server listening on {server.host}:{server.port} (node 0 of {args.nnodes})")
         client = None
         try:
             if args.nnodes > 1:
@@ -184,28 +254,53 @@ class JobStore:
         self.close()
 
 
-def _dial(host: str, port: int, deadline: float, notice: float,
-          say: Callable[[str], None]) -> TCPStore:
+def _dial(
+    host: str, port: int, deadline: float, notice: float, say: Callable[[str], None]
+) -> TCPStore:
     """A client of node 0's store, saying every ``notice`` seconds that it is waiting."""
     start = time.monotonic()
     for _ in range(1 << 20):  # bounded by the deadline
         remaining = deadline - time.monotonic()
         try:
-            return TCPStore(host, port, is_master=False, wait_for_workers=False,
-                            timeout=max(0.001, min(notice, remaining)))
+            return TCPStore(
+                host,
+                port,
+                is_master=False,
+                wait_for_workers=False,
+                timeout=max(0.001, min(notice, remaining)),
+            )
         except StoreTimeoutError as exc:
             if time.monotonic() >= deadline:
                 raise StoreTimeoutError(
                     f"node 0's job store at {host}:{port} did not answer within "
-                    f"{deadline - start:.0f} s: {exc}") from exc
-            say(f"waiting for the job store at {host}:{port} (node 0's launcher) for "
-                f"{time.monotonic() - start:.0f} s")
+                    f"{deadline - start:.0f} s: {exc}"
+                ) from exc
+            say(
+                f"waiting for the job store at {host}:{port} (node 0's launcher) for "
+                f"{time.monotonic() - start:.0f} s"
+            )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _join(store: Store, args: argparse.Namespace, deadline: float, notice: float,
-          say: Callable[[str], None]) -> None:
-    """Count this node in and wait until all ``--nnodes`` did, saying how many have."""
+def _join(
+    store: Store,
+    args: argparse.Namespace,
+    deadline: float,
+    notice: float,
+    say: Callable[[str], None],
+) -> None:
+    """Count this node in and wait until all ``--nnodes`` did, saying how many have.
+
+    Raises:
+        ValueError: this node's ``--max-restarts`` differs from the first node's.
+    """
+    mine = str(args.max_restarts)
+    agreed = store.compare_set(MAX_RESTARTS_KEY, "", mine).decode(errors="replace")
+    if agreed != mine:
+        raise ValueError(
+            f"node {args.node_rank} has --max-restarts {mine} but another node of the job "
+            f"has {agreed}: every node needs the same --max-restarts"
+        )
     store.set(NODE_KEY.format(args.node_rank), args.node_addr or "")
     joined = store.add(JOINED_KEY, 1)
     start = next_notice = time.monotonic()
@@ -217,8 +312,10 @@ def _join(store: Store, args: argparse.Namespace, deadline: float, notice: float
         now = time.monotonic()
         if now >= deadline or now >= next_notice:
             missing = [r for r in range(args.nnodes) if not store.check(NODE_KEY.format(r))]
-            status = (f"{joined} of {args.nnodes} nodes joined after {now - start:.0f} s; "
-                      f"waiting for node rank(s) {', '.join(map(str, missing))}")
+            status = (
+                f"{joined} of {args.nnodes} nodes joined after {now - start:.0f} s; "
+                f"waiting for node rank(s) {', '.join(map(str, missing))}"
+            )
             if now >= deadline:
                 raise StoreTimeoutError(f"{status}: giving up")
             say(status)

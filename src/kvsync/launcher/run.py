@@ -45,7 +45,8 @@ from types import FrameType
 
 from kvsync import defaults, env
 from kvsync.launcher import torchrun_args
-from kvsync.launcher.agent import ChildExit, ChildSpec, Coordinator, JobResult, Supervisor
+from kvsync.launcher.agent import ChildSpec, JobResult, Supervisor
+from kvsync.launcher.coordinator import Coordinator
 from kvsync.launcher.output import OutputRouter
 from kvsync.launcher.torchrun_args import nnodes, nproc_per_node, spellings
 from kvsync.options import (
@@ -216,14 +217,15 @@ def _run(args: argparse.Namespace, router: OutputRouter) -> int:
         with job_store:
             coordinator: Coordinator = job_store.coordinator()
 
-            def respawn(restart: int, failed: ChildExit) -> list[ChildSpec]:
-                _say(router, f"{failed.spec.name} failed with {failed.describe()}: restarting "
-                     f"the workers (restart {restart} of {args.max_restarts}); the store and "
-                     "the parameter servers keep running")
+            def respawn(restart: int, reason: str) -> list[ChildSpec]:
+                nodes = " on every node" if args.nnodes > 1 else ""
+                _say(router, f"{reason}: restarting the workers{nodes} (restart {restart} of "
+                     f"{args.max_restarts}); the store and the parameter servers keep running")
                 return child_specs(args, job_store.port, restart=restart, roles=("worker",))
 
             supervisor = Supervisor(router, grace=args.grace, coordinator=coordinator,
-                                    max_restarts=args.max_restarts, respawn=respawn)
+                                    max_restarts=args.max_restarts, respawn=respawn,
+                                    say=lambda text: _say(router, text))
             try:
                 supervisor.start(child_specs(args, job_store.port))
             except OSError as exc:

@@ -11,8 +11,9 @@ both spellings (``--nproc_per_node`` and ``--nproc-per-node``; :func:`spellings`
 - ``--rdzv-endpoint HOST:PORT``: the job's store address (``--master-addr``/``--master-port``).
 - ``--rdzv-backend c10d|static``: both mean kvsync's store; ``--rdzv-id ID`` is exported as
   ``TORCHELASTIC_RUN_ID``.
-- ``--max-restarts N``: when a worker fails, stop the workers and start them again, up to
-  N times, with ``TORCHELASTIC_RESTART_COUNT``; the store and parameter servers keep running.
+- ``--max-restarts N``: when a worker fails (on any node), every node stops its workers and
+  starts them again, up to N times, with ``TORCHELASTIC_RESTART_COUNT``; the store and
+  parameter servers keep running (every node must give the same N).
 - ``--local-ranks-filter 0,2``: only those local ranks' output reaches the console.
 - ``--redirects S`` / ``--tee S`` (``S`` is 0 none, 1 stdout, 2 stderr, 3 both, for every
   local rank or per rank as ``0:1,1:2``): redirected streams go only to the log files,
@@ -250,11 +251,6 @@ def resolve(args: argparse.Namespace, error: Callable[[str], object]) -> None:
                 f"{given[0]}:{given[1]} name different stores"
             )
         args.master_addr, args.master_port = host, port_number
-    if args.max_restarts and args.nnodes > 1:
-        error(
-            "--max-restarts works on one node only: restarting the workers of several "
-            "nodes together is not supported"
-        )
     modes = [
         name
         for name, on in (
