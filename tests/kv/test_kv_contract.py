@@ -143,7 +143,8 @@ def test_the_first_key_type_is_the_only_one_the_store_takes(
 ) -> None:
     kvstore.init(first, np.ones(SHAPE, np.float32))
     value = np.zeros(SHAPE, np.float32)
-    took = f"took {type(first).__name__} keys first"
+    kind = "an int" if other == 3 else "a str"
+    took = f"is {kind}, but this store took {type(first).__name__} keys first"
     with pytest.raises(KeyTypeError, match=took):
         kvstore.init(other, value)
     with pytest.raises(KeyTypeError, match=took):

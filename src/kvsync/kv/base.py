@@ -375,8 +375,9 @@ class KVStoreBase(abc.ABC):
             if self._key_type is None:
                 self._key_type = type(key)
             elif type(key) is not self._key_type:
+                kind = "an int" if isinstance(key, int) else f"a {type(key).__name__}"
                 raise KeyTypeError(
-                    f"key {key!r} is a {type(key).__name__}, but this store took "
+                    f"key {key!r} is {kind}, but this store took "
                     f"{self._key_type.__name__} keys first; a store uses one kind of key"
                 )
 
