@@ -43,6 +43,12 @@ def test_version_prints_the_package_version() -> None:
     assert done.returncode == 0 and done.stdout.strip() == f"kvsync {kvsync.__version__}"
 
 
+def test_help_shows_plain_text_not_the_docstrings_markup() -> None:
+    done = _kvsync("--help")
+    assert done.returncode == 0 and "``" not in done.stdout
+    assert "The kvsync command line: kvsync serve, kvsync inspect, kvsync bench." in done.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [["serve", "--port", "70000"], ["serve", "--port", "-1"], ["inspect", "--port", "65536"]],

@@ -95,7 +95,7 @@ def add_commands(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvsync`` argument parser (a subcommand's options load when it is parsed)."""
-    parser = Parser(prog="kvsync", description=__doc__.splitlines()[0])
+    parser = Parser(prog="kvsync", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"kvsync {__version__}")
     add_commands(parser, COMMANDS)
     return parser
