@@ -106,3 +106,18 @@ def test_kvsync_run_with_a_bad_variable_fails_in_one_line(variable: tuple[str, s
                           env={**environ, variable[0]: variable[1]}, capture_output=True,
                           text=True, timeout=30, check=False)  # fmt: skip
     assert variable[0] in _one_error_line(done, "kvsync-run")
+
+
+def test_a_hash_store_applies_the_log_level_so_its_long_wait_says_so() -> None:
+    code = (
+        "import kvsync\n"
+        "try:\n    kvsync.HashStore().wait(['a'], 0.7)\nexcept TimeoutError:\n    pass"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KVSYNC_")}
+    environ.update(KVSYNC_LOG_LEVEL="INFO", KVSYNC_PROGRESS_SECONDS="0.2")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wait: still waiting after 0 s of 0.7 s: wait for keys ['a']" in done.stderr

@@ -25,7 +25,7 @@ import itertools
 import threading
 import time
 
-from kvsync import defaults
+from kvsync import defaults, log
 from kvsync.errors import StoreTimeoutError
 from kvsync.server.state import Outgoing, StoreState
 from kvsync.store.base import Store, Timeout
@@ -77,6 +77,7 @@ class HashStore(Store):
         max_value_bytes: int = defaults.MAX_VALUE_BYTES,
     ) -> None:
         super().__init__(timeout)
+        log.configure_from_environment()  # KVSYNC_LOG_LEVEL, as every store: once per process
         self._state = StoreState(max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes)
         self._cond = threading.Condition(threading.Lock())
         self._mailbox: dict[int, object] = {}
