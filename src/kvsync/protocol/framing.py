@@ -81,7 +81,7 @@ __all__ = [
 #: The four bytes that open every frame.
 MAGIC: bytes = b"KVSY"
 #: Bumped whenever the byte layout changes; peers of different versions refuse each other.
-PROTOCOL_VERSION: int = 1
+PROTOCOL_VERSION: int = 2
 #: ``struct`` layout of the header (the only one: the codec appends field codes to it).
 HEADER: struct.Struct = struct.Struct("<4sBBHQQ")
 #: Bytes in a frame header.
@@ -126,7 +126,7 @@ def pack_header(opcode: int, request_id: int, length: int) -> bytes:
     Example:
         >>> h = pack_header(0x10, 7, 3)
         >>> len(h), unpack_header(h)
-        (24, Header(magic=b'KVSY', version=1, opcode=16, flags=0, request_id=7, length=3))
+        (24, Header(magic=b'KVSY', version=2, opcode=16, flags=0, request_id=7, length=3))
     """
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, opcode, 0, request_id, length)
 
