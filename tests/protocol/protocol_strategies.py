@@ -13,7 +13,7 @@ import kvsync.protocol.ps_messages  # noqa: F401 (compiled on first use: every m
 from kvsync.protocol.codec import MESSAGE_OF, encode_frame
 from kvsync.protocol.connection import NEED_DATA, Connection, Event
 from kvsync.protocol.fields import BIG_BUFFER
-from kvsync.protocol.framing import PROTOCOL_VERSION
+from kvsync.protocol.framing import MAGIC, PROTOCOL_VERSION
 from kvsync.protocol.messages import Hello
 
 _DTYPES = [
@@ -45,6 +45,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "tuple[NDArray, ...]": st.lists(arrays, max_size=3).map(tuple),
     "NDArray | None": st.none() | arrays,
 }
+
+#: The first bytes of a frame of this version, cut short.
+_HEAD = MAGIC + bytes([PROTOCOL_VERSION])
 
 
 def message_strategy(cls: type) -> st.SearchStrategy[Any]:
@@ -103,7 +106,7 @@ def fuzz_stream() -> st.SearchStrategy[bytes]:
         lambda ms: hello + b"".join(join_buffers(encode_frame(i, m)) for i, m in enumerate(ms))
     )
 
-    return st.one_of(st.binary(max_size=200), mutated(valid), valid.map(lambda s: s + b"KVSY\x01"))
+    return st.one_of(st.binary(max_size=200), mutated(valid), valid.map(lambda s: s + _HEAD))
 
 
 @st.composite

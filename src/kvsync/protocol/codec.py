@@ -479,7 +479,7 @@ def encode_frame(request_id: int, msg: object, limits: Limits | None = None) -> 
     Example:
         >>> from kvsync.protocol.messages import Ping
         >>> encode_frame(1, Ping())[0][:6]
-        b'KVSY\\x01\\x1f'
+        b'KVSY\\x02\\x1f'
     """
     encode = ENCODERS.get(type(msg))
     if encode is None:
