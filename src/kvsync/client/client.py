@@ -385,7 +385,8 @@ class Client(ConnectionLifetime):
         """Send ``msg`` and do not wait for its reply: the server answers it only if it
         fails (:data:`~kvsync.protocol.framing.NO_REPLY`), and that error is raised by the
         first :meth:`call`, :meth:`submit` or :meth:`post` that starts after it arrived.
-        For requests whose only answer is ``OkReply`` (``Set``), as torch's SET.
+        For requests whose only answer is ``OkReply``: the torch flavour's ``Set`` (as
+        torch's SET) and a ``TCPStore``'s ``Identify``.
 
         Raises:
             LimitExceededError: a key or value is over the server's caps (nothing sent).

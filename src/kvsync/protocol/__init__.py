@@ -29,7 +29,7 @@ from kvsync.protocol.connection import (
     drain_events,
     encode_error,
 )
-from kvsync.protocol.framing import HEADER_SIZE, MAGIC, PROTOCOL_VERSION, Landing
+from kvsync.protocol.framing import HEADER_SIZE, MAGIC, NO_REPLY, PROTOCOL_VERSION, Landing
 
 if TYPE_CHECKING:
     from kvsync.protocol import ps_messages
@@ -38,6 +38,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "NEED_DATA",
+    "NO_REPLY",
     "PROTOCOL_VERSION",
     "Connection",
     "Event",
