@@ -4,12 +4,12 @@ Strategy: the loop owns no store logic. Each readable socket is drained with ``r
 straight into its sans-IO :class:`~kvsync.protocol.Connection` (large payloads land in their
 own buffer, zero copy); each decoded request goes to the pure ``logic`` (a
 :class:`~kvsync.server.state.StoreState` or a :class:`~kvsync.server.router.Router`), and the
-:class:`~kvsync.server.router.Outgoing` replies it returns are encoded (a small one in one
-piece by ``encode_frame``). The replies to the connection just read
-are sent once its requests are handled: one buffer with nothing queued before it goes out
-with one ``send``; anything else, and replies to other connections (wake-ups), is queued on
-its connection and the queues are flushed with ``sendmsg`` at the end of the loop turn. A
-partial send keeps the rest queued and registers ``EVENT_WRITE`` until drained.
+:class:`~kvsync.server.router.Outgoing` replies it returns are encoded by their message's
+compiled encoder. The replies to the connection just read are sent once its requests are
+handled, and a reply to another connection (a wake-up) as soon as it is made: a buffer with
+nothing queued before it goes out with one ``send`` (several with one ``sendmsg``); what
+the socket does not take stays queued on its connection, with ``EVENT_WRITE`` watched
+until it drains.
 Parked requests are expired through ``logic.expire`` with ``logic.next_deadline()`` as the
 ``select`` timeout. Per event the work is proportional to that event (dict lookups, no scans
 over all connections), so the loop holds tens of thousands of connections.
@@ -52,9 +52,15 @@ from typing import Any
 
 from kvsync import defaults, env
 from kvsync.env import check_port
-from kvsync.errors import ErrorCode, KVSyncError, LimitExceededError, StoreConnectionError
+from kvsync.errors import (
+    ErrorCode,
+    KVSyncError,
+    LimitExceededError,
+    LocalProtocolError,
+    StoreConnectionError,
+)
 from kvsync.progress import interval as progress_interval
-from kvsync.protocol.codec import Limits, encode_frame
+from kvsync.protocol.codec import ENCODERS, Limits
 from kvsync.protocol.connection import Connection, Event, Role, drain_events, encode_error
 from kvsync.protocol.framing import NO_REPLY, ReceiveBudget
 from kvsync.protocol.messages import ErrorReply, Identify, Inspect, OkReply, ValueReply
@@ -97,7 +103,7 @@ class _Peer:
         self.sock = sock
         self.addr = addr
         self.proto = proto  # a Connection or a TorchSession, set once the first byte is in
-        self.encode: Callable[[Outgoing], list[_Buffer]] = _encode
+        self.encode: Callable[[int, object], list[_Buffer]] = _encode  # a reply's buffers
         self.outq: collections.deque[_Buffer] = collections.deque()
         self.pending = 0  # bytes queued in outq
         self.events = selectors.EVENT_READ  # what the selector watches for this socket
@@ -188,7 +194,6 @@ class StoreServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._sniff = bytearray(_SNIFF_BYTES)  # every connection's first read lands here
         self._peers: dict[int, _Peer] = {}
-        self._dirty: dict[int, _Peer] = {}
         self._closing: dict[int, _Peer] = {}
         self._next_id = 1
         self._accept_resume: float | None = None  # accepts paused (out of descriptors)
@@ -300,10 +305,6 @@ class StoreServer:
         if self._closing:
             for peer in [p for p in self._closing.values() if (p.closing or 0.0) <= now]:
                 self._drop(peer, "error reply grace period over")
-        if self._dirty:
-            for peer in list(self._dirty.values()):
-                self._flush(peer)
-            self._dirty.clear()
         if self._accept_resume is not None and now >= self._accept_resume:
             self._accept_resume = None
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
@@ -376,7 +377,7 @@ class StoreServer:
             return
         if sniff[0] == 0:
             session = TorchSession(self.limits)
-            peer.encode = lambda o: session.encode(o.request_id, o.reply)
+            peer.encode = session.encode
             proto = session
             logger.debug("connection %d from %s speaks torch's protocol", peer.conn_id, peer.addr)
         else:
@@ -439,7 +440,7 @@ class StoreServer:
                 self._guard.handshaken(conn_id)
         if events:
             peer.inflight += len(events)
-            now = time.monotonic()
+            now = self._woke  # (this turn's time: one clock read per turn, not per request)
             handle = self.logic.handle
             encode = peer.encode
             requests, own = self._requests, self._own
@@ -457,14 +458,15 @@ class StoreServer:
                     text = f"server failed on {type(msg).__name__}: {exc!r}"
                     out = [Outgoing(conn_id, request_id, ErrorReply(ErrorCode.SERVER, text))]
                 for o in out:  # usually just its reply
-                    if o.conn_id == conn_id:
-                        mine += encode(o)
+                    if o[0] == conn_id:
+                        mine += encode(o[1], o[2])
                         peer.inflight -= 1
                     else:
                         others.append(o)
-            if others:  # wake-ups of other connections, queued in one go
+            if others:  # wake-ups of other connections
                 self._deliver(others)
-            error = error or proto.error  # a torch session fails on a refused request
+            if error is None and type(proto) is TorchSession:  # it fails on a refused request
+                error = proto.error
         if error is not None:  # a bad frame after the good ones: answer them, then fail
             if mine:
                 self._queue(peer, mine)
@@ -504,9 +506,9 @@ class StoreServer:
         return ValueReply(json.dumps(report).encode())
 
     def _send(self, peer: _Peer, buffers: list[_Buffer]) -> None:
-        """Send ``buffers`` to ``peer``: at once when they are one buffer with nothing queued
-        before it (the usual small reply), else (or what is left) queued for the flush."""
-        if len(buffers) == 1 and not peer.outq:
+        """Send ``buffers`` to ``peer`` now, after what is queued for it; what the socket
+        does not take stays queued (and ``EVENT_WRITE`` is watched until it drains)."""
+        if len(buffers) == 1 and not peer.outq:  # the usual small reply: one send
             data = buffers[0]
             try:
                 sent = peer.sock.send(data)
@@ -520,6 +522,7 @@ class StoreServer:
                 return
             buffers = [memoryview(data)[sent:]]
         self._queue(peer, buffers)
+        self._flush(peer)
 
     def _fail(self, peer: _Peer, exc: KVSyncError) -> None:
         logger.info("closing connection from %s: %s", peer.addr, exc)
@@ -557,23 +560,26 @@ class StoreServer:
     # --- sending ------------------------------------------------------------------------
 
     def _deliver(self, outgoing: Iterable[Outgoing]) -> None:
-        """Queue replies on their connections, to be flushed at the end of the turn."""
-        now = time.monotonic()
-        for out in outgoing:
-            peer = self._peers.get(out.conn_id)
+        """Send replies to their connections (parked requests answered, or expired)."""
+        now = self._woke
+        peers, sent = self._peers, self._guard.sent
+        for conn_id, request_id, reply in outgoing:
+            peer = peers.get(conn_id)
             if peer is None or peer.closing is not None:
                 continue  # the client went away while its request was parked
             peer.inflight -= 1
-            self._guard.sent(peer.conn_id, now)
-            self._queue(peer, peer.encode(out))
-            if peer.proto.error is not None:  # a torch peer whose parked request failed
+            sent(conn_id, now)
+            buffers = peer.encode(request_id, reply)
+            if buffers:
+                self._send(peer, buffers)
+            elif peer.proto.error is not None:  # a torch peer whose parked request failed
                 self._fail(peer, peer.proto.error)
 
     def _queue(self, peer: _Peer, buffers: list[_Buffer]) -> None:
+        """Queue ``buffers`` after what ``peer`` has queued (sent by :meth:`_flush`)."""
         # The codec's buffers are bytes-like with 1-byte items, so len() counts bytes.
         peer.outq.extend(buffers)
         peer.pending += sum(map(len, buffers))
-        self._dirty[peer.conn_id] = peer
 
     def _flush(self, peer: _Peer) -> None:
         outq = peer.outq
@@ -610,7 +616,6 @@ class StoreServer:
         if self._peers.pop(peer.conn_id, None) is None:
             return
         logger.debug("dropping connection %d from %s: %s", peer.conn_id, peer.addr, why)
-        self._dirty.pop(peer.conn_id, None)
         self._closing.pop(peer.conn_id, None)
         try:
             self._selector.unregister(peer.sock)
@@ -635,16 +640,19 @@ def _feed(proto: Connection | TorchSession, data: memoryview) -> None:
         data = data[n:]
 
 
-def _encode(out: Outgoing) -> list[_Buffer]:
+def _encode(request_id: int, reply: object) -> list[_Buffer]:
     """The buffers of one reply (an error reply if the logic produced an unencodable one);
     none for a request that asked for no reply (:data:`NO_REPLY`) and did not fail."""
-    if out.request_id >= NO_REPLY and type(out.reply) is not ErrorReply:
+    if request_id >= NO_REPLY and type(reply) is not ErrorReply:
         return []
+    encoder = ENCODERS.get(type(reply))
     try:
-        return encode_frame(out.request_id, out.reply)
+        if encoder is None:
+            raise LocalProtocolError(f"{type(reply).__name__} is not a protocol message")
+        return encoder(request_id, reply, None)
     except KVSyncError as exc:  # a logic bug: answer with an error, keep serving
-        logger.exception("cannot encode reply %r", out.reply)
-        return encode_error(out.request_id, exc)
+        logger.exception("cannot encode reply %r", reply)
+        return encode_error(request_id, exc)
 
 
 def _listen(host: str, port: int, listen_fd: int | None, backlog: int) -> socket.socket:

@@ -213,8 +213,9 @@ class StoreState:
     def next_deadline(self) -> float | None:
         """The earliest deadline of a parked request (or of its next "still waiting" log
         line), ``None`` when nothing is parked. (Constant time: the loop asks every turn.)"""
-        if self._progress_at is not None and not self.parked:
+        if not self._waiters and not self._pops:  # the usual: nothing parked
             self._progress_at = None  # the next park schedules it again
+            return None
         times = (self._waiters.next_deadline(), self._pops.next_deadline(), self._progress_at)
         return min((t for t in times if t is not None), default=None)
 
@@ -354,17 +355,21 @@ class StoreState:
             del self._counts[key]
 
     def _wake_keys(self, key: str) -> None:
-        for w in self._waiters.take(key):
+        out, waiters = self._out, self._waiters
+        for w in waiters.take(key):
             msg = w.msg
-            keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
-            missing = self._first_missing(keys)
-            if missing is not None:
-                self._waiters.reindex(w, missing)
-                continue
-            self._waiters.finish(w)
-            if type(msg) is _BarrierWait:  # its generation is complete (the flag was set)
+            if type(msg) is _BarrierWait:  # its one key, the flag, was set: generation done
                 self._arrivals.pop(msg.keys[0], None)
-            self._out.append(Outgoing(w.conn_id, w.request_id, self._answer(msg)))
+                reply: object = _OK
+            else:
+                keys = (msg.key,) if isinstance(msg, Get) else msg.keys  # type: ignore[attr-defined]
+                missing = self._first_missing(keys)
+                if missing is not None:
+                    waiters.reindex(w, missing)
+                    continue
+                reply = self._answer(msg)
+            waiters.finish(w)
+            out.append(tuple.__new__(Outgoing, (w.conn_id, w.request_id, reply)))
 
     def _answer(self, msg: object) -> object:
         """The reply of a satisfied Wait / Get / MultiGet."""
