@@ -22,8 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from kvsync import defaults
 from kvsync.errors import KeyTypeError
@@ -103,9 +102,9 @@ def barrier_counter(key: str) -> str:
     return f"{key}/arrived"
 
 
-@dataclass(frozen=True, slots=True)
-class BarrierArrival:
-    """Where the arrival that brought barrier ``key``'s counter to ``count`` stands.
+class BarrierArrival(NamedTuple):
+    """Where the arrival that brought barrier ``key``'s counter to ``count`` stands (a
+    named tuple: the server makes one for every arrival).
 
     Attributes:
         generation: which round of ``world_size`` arrivals it belongs to (from 0).

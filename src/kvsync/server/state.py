@@ -33,8 +33,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvsync import defaults
 from kvsync.errors import ErrorCode
@@ -91,9 +90,9 @@ def _check_timeout(timeout_ms: int) -> None:
         raise RejectError(ErrorCode.INVALID_ARGUMENT, f"timeout_ms is {timeout_ms}, must be >= 0")
 
 
-@dataclass(frozen=True, slots=True)
-class _BarrierWait:
-    """A parked :class:`Barrier`: waits, like a ``Wait``, for its generation's done flag."""
+class _BarrierWait(NamedTuple):
+    """A parked :class:`Barrier`: waits, like a ``Wait``, for its generation's done flag
+    (a named tuple: one is made for every arrival but the last)."""
 
     barrier: Barrier
     keys: tuple[str]  # the generation's done flag (BarrierArrival.flag)
