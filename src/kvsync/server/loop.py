@@ -294,9 +294,11 @@ class StoreServer:
             else:
                 handler: Callable[[Any, int], None] = data
                 handler(key.fileobj, mask)
+        if deadline is None:  # nothing timed: no expiry, guard sweep, grace or paused accept
+            return
         now = time.monotonic()
-        if deadline is not None and deadline <= now:  # requests parked in this turn expire
-            self._deliver(self.logic.expire(now))  # later: their deadline is the next one
+        if deadline <= now:  # (requests parked in this turn expire later: theirs is the next)
+            self._deliver(self.logic.expire(now))
         if guard is not None and guard <= now:
             for conn_id, exc in self._guard.expired(now, self._busy):
                 peer = self._peers.get(conn_id)
