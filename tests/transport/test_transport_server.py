@@ -418,6 +418,39 @@ def test_a_reply_the_socket_takes_only_in_part_is_queued_and_finished_in_order(
         srv.close()
 
 
+def test_wake_ups_go_out_as_they_are_made_and_a_part_sent_is_finished_in_order() -> None:
+    """Replies to parked requests (``_deliver``) are sent at once, not at the end of the
+    turn; what the socket does not take stays queued, with EVENT_WRITE watched."""
+    import selectors
+
+    from kvsync.server.loop import _Peer
+
+    srv = StoreServer(port=0)
+    a, b = socket.socketpair()
+    try:
+        sock = _TrickleSocket(0)  # would block: the replies stay queued
+        sock.fileno = a.fileno  # type: ignore[attr-defined]  # (registered as the real one)
+        peer = _Peer(1, sock, "test", object())  # type: ignore[arg-type]
+        srv._peers[1] = peer
+        srv._selector.register(sock, selectors.EVENT_READ, peer)  # type: ignore[arg-type]
+        peer.inflight = 3
+        srv._deliver([Outgoing(1, 5, OkReply()), Outgoing(1, 6, ValueReply(b"x" * 40))])
+        assert not sock.sent and peer.events & selectors.EVENT_WRITE and peer.inflight == 1
+        sock.limit = 7  # the socket drains: the flush EVENT_WRITE triggers sends the rest
+        srv._flush(peer)
+        expected = join(encode_frame(5, OkReply())) + join(encode_frame(6, ValueReply(b"x" * 40)))
+        assert bytes(sock.sent) == expected and not peer.outq and peer.pending == 0
+        assert peer.events == selectors.EVENT_READ
+        srv._deliver([Outgoing(1, 7, OkReply())])  # nothing queued: out at once, no flush
+        assert bytes(sock.sent) == expected + join(encode_frame(7, OkReply()))
+        assert not peer.outq and peer.inflight == 0
+    finally:
+        srv._peers.clear()
+        srv.close()
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize(
     ("bad", "text"),
     [
