@@ -87,9 +87,11 @@ def choose_dialect(
         return keyword
     if e.store_dialect is not None:
         return e.store_dialect
+    if not e.use_agent_store:  # (the usual: the address variables are not read at all)
+        return "kvsync"
     launcher_store = e.store_addr is not None and e.store_port is not None
     agent_store = (host, port) == (e.master_addr, e.master_port)
-    return "torch" if e.use_agent_store and not launcher_store and agent_store else "kvsync"
+    return "kvsync" if launcher_store or not agent_store else "torch"
 
 
 def open_client(
