@@ -105,6 +105,9 @@ class Role(Enum):
 
     CLIENT = "client"
     SERVER = "server"
+    # Members are singletons: hashed by identity in C, not by Enum's Python __hash__
+    # (each connection looks its handlers up by (role, state) at every state change).
+    __hash__ = object.__hash__
 
 
 class _State(Enum):
@@ -113,6 +116,7 @@ class _State(Enum):
     AWAIT_HELLO_REPLY = "await_hello_reply"
     AWAIT_AUTH_OK = "await_auth_ok"
     READY = "ready"
+    __hash__ = object.__hash__  # (as Role's)
 
 
 class Event(NamedTuple):
