@@ -42,3 +42,36 @@ def test_pull_out_receives_each_slice_straight_into_the_output_array(
         finally:
             kv.close()
     assert seen == [True, True, True, False]  # the 32-byte key is copied, as before
+
+
+def test_a_pull_of_many_big_keys_in_one_call_lands_each_straight_in_its_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Socket pulls of at least LAND_BYTES travel one per message, so each reply is
+    received into the caller's array (several arrays in one reply were copied)."""
+    from kvsync.kv.comm import LAND_BYTES
+
+    seen: list[bool] = []
+    deliver = Comm._deliver
+
+    def spy(self: Comm, batch: list[Op], reply: Any) -> None:
+        if batch[0].kind == "pull" and hasattr(reply, "values"):
+            seen.extend(v is op.out for op, v in zip(batch, reply.values, strict=True))
+        deliver(self, batch, reply)
+
+    monkeypatch.setattr(Comm, "_deliver", spy)
+    n = LAND_BYTES // 4
+    keys = list(range(6))
+    vals = [np.full(n, k, np.float32) for k in keys]
+    with StoreServer(logic=make_logic(0)).start() as server:
+        kv = DistKVStore("dist_sync", rank=0, num_workers=1, shm=False,
+                         links=[Client("127.0.0.1", server.port, timeout=10)])
+        try:
+            kv.init(keys, vals)
+            outs = [np.zeros(n, np.float32) for _ in keys]
+            kv.pull(keys, out=outs)
+            for o, v in zip(outs, vals, strict=True):
+                assert np.array_equal(o, v)
+        finally:
+            kv.close()
+    assert seen == [True] * len(keys)

@@ -77,6 +77,10 @@ logger = logging.getLogger(__name__)
 BATCH_BYTES = defaults.PS_CHUNK_BYTES
 #: Most keys one batched message carries.
 BATCH_KEYS = 4096
+#: A socket pull of at least this many bytes travels alone, so its reply is received
+#: straight into the caller's array (a reply of several arrays lands in a buffer of its
+#: own first and is copied: for big arrays that copy costs more than a round trip).
+LAND_BYTES = 256 << 10
 
 
 class Link(Protocol):
@@ -527,6 +531,9 @@ def _batches(ops: list[Op]) -> list[list[Op]]:
             continue
         clash = [s for s, b in open_.items() if s[0] == op.server and op.wire in b.wires]
         out.extend(open_.pop(s).ops for s in clash)
+        if op.kind == "pull" and op.nbytes >= LAND_BYTES:  # alone: its reply lands in out
+            out.append([op])
+            continue
         slot = (op.server, op.kind)
         batch = open_.setdefault(slot, _Batch())
         batch.add(op)
