@@ -575,3 +575,76 @@ def test_a_long_wait_is_logged_every_interval_naming_the_missing_ranks(
             "server 0: rank 0 waiting for the round's pushes for keys [3] (ranks [1, 2] "
             "missing), for 10 s so far")
         assert job.ps.next_deadline() == pytest.approx(20.0)
+
+
+@pytest.mark.timeout(30)
+def test_a_push_rechecks_only_the_pulls_waiting_for_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parked pulls are filed under a key they wait for: a request re-checks the pulls of
+    the keys it changed, not every parked request (was O(parked) per request)."""
+    from kvsync.server import ps_wait
+
+    job = Job(2)
+    keys = tuple(f"i{i}" for i in range(50))
+    job.reply(0, PSInit(keys=keys, values=tuple(np.zeros(2) for _ in keys)))
+    rids = {}
+    for k in keys:
+        job.push(0, k, np.ones(2))
+        rid, out = job.send(0, job.pull_msg((k,), T))
+        assert out == []
+        rids[k] = rid
+    checked: list[tuple[str, ...]] = []
+    ready = ps_wait.ParkedRequests._ready_reply
+
+    def spy(self: Any, p: Any, barrier_done: bool) -> object | None:
+        checked.append(p.keys)
+        return ready(self, p, barrier_done)
+
+    monkeypatch.setattr(ps_wait.ParkedRequests, "_ready_reply", spy)
+    for k in keys[:3]:
+        _, out = job.send(1, push_msg((k,), (np.full(2, 2.0),)))
+        woken = [(o.request_id, values(o.reply)[0].tolist()) for o in out if o.conn_id == 1]
+        assert woken == [(rids[k], [3.0, 3.0])]
+    assert checked == [(k,) for k in keys[:3]]
+    assert len(job.ps.stats()["parked"]) == 47
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["push", "pull", "pull2"]), st.integers(0, 2), st.integers(0, 3)),
+        max_size=40,
+    )
+)
+def test_parked_pulls_are_answered_exactly_when_a_full_rescan_would_answer_them(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Model check of the key index: after every request, the set of parked pulls equals
+    the pulls whose keys all have no open round the pulling rank pushed into."""
+    job = Job(3)
+    keys = tuple(f"i{i}" for i in range(4))
+    job.reply(0, PSInit(keys=keys, values=tuple(np.zeros(1) for _ in keys)))
+    pushed: dict[str, set[int]] = {k: set() for k in keys}
+    parked: dict[int, tuple[int, tuple[str, ...]]] = {}
+    for kind, rank, i in steps:
+        k = keys[i]
+        if kind == "push":
+            if rank in pushed[k]:
+                continue  # a second push in one round is refused; not what is checked here
+            _, out = job.send(rank, push_msg((k,), (np.ones(1),)))
+            pushed[k].add(rank)
+            if len(pushed[k]) == 3:
+                pushed[k].clear()
+        else:
+            ks = (k,) if kind == "pull" else (k, keys[(i + 1) % 4])
+            rid, out = job.send(rank, job.pull_msg(ks, T))
+            parked[rid] = (rank, ks)
+        answered = {o.request_id for o in out if not isinstance(o.reply, OkReply)}
+        expect = {rid for rid, (r, ks) in parked.items() if all(r not in pushed[k] for k in ks)}
+        assert answered == expect
+        for rid in answered:
+            del parked[rid]
+        assert sorted(p["rank"] for p in job.ps.stats()["parked"]) == sorted(
+            r for r, _ in parked.values()
+        )

@@ -231,6 +231,7 @@ class ParameterServerLogic:
         open_keys = [ks for ks in self._keys.values() if ks.pushed or ks.partial]
         for ks in open_keys:
             ks.discard_round()
+        self._parked.recheck_all()
         self._job.barrier.clear()
         self._job.gone.clear()
         self._job.elsewhere.clear()
@@ -307,7 +308,7 @@ class ParameterServerLogic:
                         "values", self.server_index, len(adopted), key_of_wire(adopted[0]))
         for k, v in zip(msg.keys, msg.values, strict=True):
             if k not in self._keys:
-                self._keys[k] = KeyState(key_of_wire(k), v, self._alloc)
+                self._keys[k] = KeyState(key_of_wire(k), v, self._alloc, wire=k)
                 self._counters.bytes_in += v.nbytes
         return OkReply()
 
@@ -550,6 +551,7 @@ class ParameterServerLogic:
         whole = ks.add_part(rank, lo, grad, sync)
         if whole is None:
             return
+        self._parked.touch(ks.wire)
         self._counters.pushes += 1
         if not sync:
             self._apply(ks, whole)

@@ -42,6 +42,7 @@ class KeyState:
 
     Attributes:
         key: the original KVStore key (given to the updater).
+        wire: its wire key (how requests name it).
         value: the stored slice (rows of the full array).
         round: how many updates were applied.
         pushed: ranks whose push into the open round is complete.
@@ -49,10 +50,13 @@ class KeyState:
     """
 
     __slots__ = ("_acc", "_alloc", "_filled", "_own", "acc_path", "key", "partial", "pushed",
-                 "round", "rows", "value", "value_path")
+                 "round", "rows", "value", "value_path", "wire")
 
-    def __init__(self, key: Key, value: np.ndarray, alloc: Allocate | None = None) -> None:
+    def __init__(
+        self, key: Key, value: np.ndarray, alloc: Allocate | None = None, wire: str = ""
+    ) -> None:
         self.key = key
+        self.wire = wire
         self.value_path = self.acc_path = ""
         self._alloc = alloc if value.nbytes >= defaults.PS_SHM_MIN_BYTES else None
         if self._alloc is not None:  # big slices live in memory workers can map

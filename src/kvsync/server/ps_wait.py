@@ -10,6 +10,7 @@ workers stuck on different servers are seen too.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ class Parked:
     keys: tuple[str, ...] = ()
     rows: np.ndarray | None = None  # "rows": local row ids; "pull": [offsets, counts]
     since: float = 0.0  # when it was parked
+    seq: int = 0  # park order
+    blocked_on: str | None = None  # a pull not ready: a key whose round it waits for
 
 
 @dataclass(slots=True)
@@ -67,73 +70,156 @@ class JobState:
 
 
 class ParkedRequests:
-    """The parked requests of one server, over its keys, job and counters."""
+    """The parked requests of one server, over its keys, job and counters.
+
+    A pull (``pull``, ``rows``, ``shm``) that cannot be answered yet is filed under one key
+    it waits for; :meth:`wake` re-checks only the requests parked since the last wake, the
+    init waits and barriers (at most one per rank), and the pulls filed under keys
+    :meth:`touch` named, so a request costs O(its keys), not O(parked requests). Deadlines
+    sit in a heap; both the heap and the key index drop answered requests lazily.
+    """
 
     def __init__(self, server_index: int, keys: dict[str, KeyState], job: JobState,
                  counters: Counters,
                  progress_every: float = defaults.PROGRESS_LOG_SECONDS) -> None:
         self.where = f"server {server_index}"
-        self.items: list[Parked] = []
+        self._live: dict[int, Parked] = {}  # id(p) -> p, in park order
+        self._fresh: list[Parked] = []  # parked since the last wake: checked in full
+        self._others: dict[int, Parked] = {}  # init waits and barriers: checked every wake
+        self._by_key: dict[str, list[Parked]] = {}  # blocked pulls, filed under one key
+        self._dirty: set[str] = set()  # keys whose pushes completed since the last wake
+        self._all = False  # re-check everything (a rank left, rounds were discarded)
+        self._deadlines: list[tuple[float, int, Parked]] = []
+        self._seq = 0
+        self._ranks: dict[int, int] = {}  # rank -> its parked requests
         self._every = progress_every
         self._last_log = 0.0
         self._keys = keys
         self._job = job
         self._counters = counters
 
+    @property
+    def items(self) -> list[Parked]:
+        """The parked requests, in the order they were parked."""
+        return list(self._live.values())
+
     def park(self, p: Parked) -> None:
         """Add a request; :meth:`wake` answers it at once when it is already ready."""
-        self.items.append(p)
+        self._live[id(p)] = p
+        self._fresh.append(p)
+        self._seq += 1
+        p.seq = self._seq
+        heapq.heappush(self._deadlines, (p.deadline, self._seq, p))
+        self._ranks[p.rank] = self._ranks.get(p.rank, 0) + 1
+
+    def touch(self, wire: str) -> None:
+        """A push of key ``wire`` completed (or its round closed): re-check its waiters."""
+        if wire in self._by_key:
+            self._dirty.add(wire)
+
+    def recheck_all(self) -> None:
+        """The next :meth:`wake` re-checks every parked request (a rank left, rounds were
+        discarded)."""
+        self._all = True
+
+    def _remove(self, p: Parked) -> None:
+        del self._live[id(p)]
+        self._others.pop(id(p), None)
+        n = self._ranks[p.rank] - 1
+        if n:
+            self._ranks[p.rank] = n
+        else:
+            del self._ranks[p.rank]
 
     def drop(self, conn_id: int) -> None:
         """Forget the requests of a closed connection."""
-        self.items = [p for p in self.items if p.conn_id != conn_id]
+        for p in [p for p in self._live.values() if p.conn_id == conn_id]:
+            self._remove(p)
+        self._fresh = [p for p in self._fresh if id(p) in self._live]
+        self._all = True
 
     def wake(self) -> list[Outgoing]:
         """Answer every request that is ready, fail those that can never be."""
         out: list[Outgoing] = []
-        if not self.items:
+        if not self._live:
+            self._fresh.clear()
+            self._dirty.clear()
             return out
         barrier_done = bool(self._job.num_workers) and (
             len(self._job.barrier) >= self._job.num_workers
         )
-        keep: list[Parked] = []
-        for p in self.items:
+        live = self._live
+        if self._all:
+            self._all = False
+            self._by_key.clear()
+            check = list(live.values())
+        else:
+            check = list(self._others.values())
+            check += self._fresh
+            by_key = self._by_key
+            for k in self._dirty:
+                check += [p for p in by_key.pop(k, ()) if p.blocked_on == k and id(p) in live]
+            if len(check) > 1:
+                check.sort(key=lambda p: p.seq)  # answered in park order
+        self._fresh = []
+        self._dirty.clear()
+        for p in check:
             reply = self._ready_reply(p, barrier_done)
             if reply is None:
                 failure = self._failure(p)
                 if failure is None:
-                    keep.append(p)
+                    self._file(p)
                     continue
                 reply = ErrorReply(code=int(ErrorCode.PEER_LOST), message=failure)
+            self._remove(p)
             out.append(Outgoing(p.conn_id, p.request_id, reply))
-        self.items = keep
         if barrier_done:
             self._job.barrier.clear()
         return out
+
+    def _file(self, p: Parked) -> None:
+        """Keep a request that is not ready: pulls under the key they wait for."""
+        if p.kind in ("init", "barrier"):
+            self._others[id(p)] = p
+            return
+        assert p.blocked_on is not None
+        self._by_key.setdefault(p.blocked_on, []).append(p)
+
+    def _expired(self, now: float) -> list[Parked]:
+        heap, live, due = self._deadlines, self._live, []
+        while heap and (heap[0][0] <= now or id(heap[0][2]) not in live):
+            p = heapq.heappop(heap)[2]
+            if live.get(id(p)) is p:
+                due.append(p)
+        return due
 
     def expire(self, now: float, last_event: float, stall: float) -> list[Outgoing]:
         """Time out requests past their deadline; break a stall (uneven pushes); every
         ``progress_every`` seconds, log what the longest-waiting request waits for."""
         due = self._progress_due()
         if due is not None and now >= due:
-            oldest = min(self.items, key=lambda p: p.since)
+            oldest = next(iter(self._live.values()))
             self._last_log = now
             logger.info("%s: %s, for %.0f s so far", self.where, self._waiting_text(oldest),
                         now - oldest.since)
         out = []
-        for p in [p for p in self.items if p.deadline <= now]:
-            self.items.remove(p)
+        for p in sorted(self._expired(now), key=lambda p: p.seq):
+            self._remove(p)
             out.append(self._error(p, ErrorCode.TIMEOUT, self._timeout_text(p)))
         if self.stalled() and now - last_event >= stall:
             text = self._uneven_text()
             out.extend(self._error(p, ErrorCode.KVSTORE_USAGE, text) for p in self.items)
-            self.items.clear()
+            for p in self.items:
+                self._remove(p)
             self._job.barrier.clear()
         return out
 
     def next_deadline(self, last_event: float, stall: float) -> float | None:
         """The earliest deadline, or when a stall will be declared."""
-        times = [p.deadline for p in self.items]
+        heap, live = self._deadlines, self._live
+        while heap and id(heap[0][2]) not in live:  # answered: dropped lazily
+            heapq.heappop(heap)
+        times = [heap[0][0]] if heap else []
         due = self._progress_due()
         if due is not None:
             times.append(due)
@@ -142,26 +228,30 @@ class ParkedRequests:
         return min(times, default=None)
 
     def _progress_due(self) -> float | None:
-        if not self.items or self._every <= 0:
+        if not self._live or self._every <= 0:
             return None
-        return max(min(p.since for p in self.items), self._last_log) + self._every
+        oldest = next(iter(self._live.values()))  # park order: the earliest ``since``
+        return max(oldest.since, self._last_log) + self._every
 
     def stalled(self) -> bool:
         """Whether every rank of the job is parked here, blocked on another server, or gone."""
         job = self._job
-        if not self.items or not job.num_workers:
+        if not self._live or not job.num_workers:
             return False
-        stuck = {p.rank for p in self.items} | job.gone | job.elsewhere
-        return len(stuck) >= job.num_workers
+        stuck = len(self._ranks) + len((job.gone | job.elsewhere).difference(self._ranks))
+        return stuck >= job.num_workers
 
     def _ready_reply(self, p: Parked, barrier_done: bool) -> object | None:
         if p.kind == "barrier":
             return OkReply() if barrier_done else None
         if p.kind == "init":
             return OkReply() if all(k in self._keys for k in p.keys) else None
-        states = [self._keys[k] for k in p.keys]
-        if any(p.rank in ks.pushed or p.rank in ks.partial for ks in states):
-            return None
+        keys, rank = self._keys, p.rank
+        states = [keys[k] for k in p.keys]
+        for k, ks in zip(p.keys, states, strict=True):
+            if rank in ks.pushed or rank in ks.partial:
+                p.blocked_on = k
+                return None
         if p.kind == "shm":
             self._counters.pulls += 1
             self._counters.bytes_out += sum(ks.value.nbytes for ks in states)
