@@ -256,3 +256,52 @@ def test_a_bucket_a_stuck_server_never_answers_times_out_at_the_next_call(
         assert time.monotonic() - start < 5.0
     finally:
         kv.close()
+
+
+class _ReplyLink:
+    """Answers every request with ``reply``."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+
+    def submit(self, msg: object, into: np.ndarray | None = None) -> int:
+        return 1
+
+    def result(self, request_id: int, timeout: float | None = None) -> object:
+        return self.reply
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["pull", "pull_shm"])
+def test_a_pull_batch_whose_copy_fails_midway_fails_the_call_at_once(kind: str) -> None:
+    """Every op of a delivered batch is settled only after every copy succeeded: a first
+    key settled before a later key's copy failed left the call's latch one short, and the
+    pull waited for its whole timeout instead of raising."""
+    from kvsync.kv.shm import SharedSegments, shm_supported
+    from kvsync.protocol.ps_messages import PSShmReply
+
+    if kind == "pull_shm" and not shm_supported():
+        pytest.skip("no shared memory here")
+    segments = SharedSegments()
+    try:
+        good, buf = segments.create(64)
+        buf[:] = 7
+        reply: object = (
+            PSShmReply(paths=(good, "/proc/1/fd/999999"))  # the second one does not exist
+            if kind == "pull_shm"
+            else PSValuesReply(values=(np.full(64, 7, np.uint8), np.zeros(3, np.uint8)))
+        )
+        comm = Comm([_ReplyLink(reply)], timeout=30.0, shared=segments)
+        outs = [np.zeros(64, np.uint8), np.zeros(64, np.uint8)]
+        latch = Latch(2)
+        ops = [
+            Op(kind, 0, w, out=o, future=latch, nbytes=64) for w, o in zip("ab", outs, strict=True)
+        ]
+        t0 = time.monotonic()
+        comm.enqueue_many(ops, 0)
+        with pytest.raises((OSError, ValueError)):
+            latch.wait(10.0)
+        assert time.monotonic() - t0 < 5.0
+        comm.close()
+    finally:
+        segments.close()

@@ -147,6 +147,8 @@ class Latch:
 
     def done(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every op; whether they all finished."""
+        if self._left <= 0:  # finished (the count only goes down): no lock needed
+            return True
         with self._cv:
             return self._cv.wait_for(lambda: self._left <= 0, timeout)
 
@@ -459,16 +461,17 @@ class Comm:
                 self._finish(batch, None)
 
     def _deliver(self, batch: list[Op], reply: object) -> None:
+        """Copy a pull's reply into its outputs, then settle its ops (every copy first: a
+        copy that fails leaves the whole batch to :meth:`_finish`)."""
         if batch[0].kind == "pull_shm":
             if not isinstance(reply, PSShmReply) or len(reply.paths) != len(batch):
                 raise error_from_code(ErrorCode.PROTOCOL, f"unexpected {type(reply).__name__}")
+            attach = self._shared.attach
             for op, path in zip(batch, reply.paths, strict=True):
-                assert op.out is not None
-                src = self._shared.attach(path, op.out.nbytes)
-                np.copyto(op.out, src.view(op.out.dtype).reshape(op.out.shape))
-                if op.future is not None:
-                    op.future.set_result(op.out)
-                op.settled = True
+                out = op.out
+                assert out is not None
+                np.copyto(out, attach(path, out.nbytes).view(out.dtype).reshape(out.shape))
+            _settle(batch, [op.out for op in batch])
             return
         if batch[0].kind not in ("pull", "pull_rows"):
             return
@@ -481,17 +484,15 @@ class Comm:
             reply = PSValuesReply(values=tuple(op.out for op in batch))  # type: ignore[misc]
         if not isinstance(reply, PSValuesReply) or len(reply.values) != len(batch):
             raise error_from_code(ErrorCode.PROTOCOL, f"unexpected reply {type(reply).__name__}")
-        latch, done = None, 0
+        got = []
         for op, v in zip(batch, reply.values, strict=True):
-            if op.out is not None and v is not op.out:
+            if op.out is None:
+                got.append(v)
+                continue
+            if v is not op.out:
                 np.copyto(op.out, v.reshape(op.out.shape))
-            op.settled = True
-            if isinstance(op.future, Latch) and (latch is None or op.future is latch):
-                latch, done = op.future, done + 1  # counted down once per batch below
-            elif op.future is not None:
-                op.future.set_result(v if op.out is None else op.out)
-        if latch is not None:
-            latch.count_down(done)
+            got.append(op.out)
+        _settle(batch, got)
 
     def _finish(self, batch: list[Op], exc: BaseException | None) -> None:
         for op in batch:
@@ -511,6 +512,19 @@ class Comm:
         with self._cv:
             self._outstanding -= len(batch)
             self._cv.notify_all()
+
+
+def _settle(batch: list[Op], values: list[Any]) -> None:
+    """Settle a delivered batch: one count-down per latch run (a call's pulls share one)."""
+    latch, done = None, 0
+    for op, v in zip(batch, values, strict=True):
+        op.settled = True
+        if isinstance(op.future, Latch) and (latch is None or op.future is latch):
+            latch, done = op.future, done + 1
+        elif op.future is not None:
+            op.future.set_result(v)
+    if latch is not None:
+        latch.count_down(done)
 
 
 def _batches(ops: list[Op]) -> list[list[Op]]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -328,7 +329,7 @@ class ParameterServerLogic:
         for k, n in zip(msg.keys, msg.counts, strict=True):
             stored = self._key(k).value
             shape = stored.shape if stored.ndim == 0 else (n, *stored.shape[1:])
-            size = int(np.prod(shape, dtype=np.int64))
+            size = math.prod(shape)
             if data.dtype != stored.dtype or at + size > data.size:
                 raise RejectError(
                     ErrorCode.SHAPE_MISMATCH,
