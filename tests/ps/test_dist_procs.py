@@ -117,12 +117,16 @@ def test_big_arrays_through_shared_memory_or_socket_parts(shm: str) -> None:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("kind", ["dist_sync", "dist_async"])
+@pytest.mark.parametrize(
+    ("kind", "shm"), [("dist_sync", "1"), ("dist_async", "1"), ("dist_sync", "0")]
+)
 def test_bucketed_steps_give_the_bits_of_per_key_steps_for_every_rule_and_compression(
-    kind: str,
+    kind: str, shm: str
 ) -> None:
+    """With shared memory off, the big keys' pulls of one call travel one per message and
+    land in the outputs (kvsync.kv.comm.LAND_BYTES): the same bits again."""
     with ps_job(2, bound=300_000) as job:
-        job.start_workers("bucketed", 2, KVSYNC_TEST_KV_TYPE=kind)
+        job.start_workers("bucketed", 2, KVSYNC_TEST_KV_TYPE=kind, KVSYNC_PS_SHM=shm)
         res = job.results(timeout=140)
     assert all(r["mismatched"] == [] for r in res), res
-    assert all(r["shm"] is shm_supported() for r in res)
+    assert all(r["shm"] is (shm == "1" and shm_supported()) for r in res)
