@@ -648,3 +648,16 @@ def test_parked_pulls_are_answered_exactly_when_a_full_rescan_would_answer_them(
         assert sorted(p["rank"] for p in job.ps.stats()["parked"]) == sorted(
             r for r, _ in parked.values()
         )
+
+
+def test_answered_pulls_do_not_pile_up_behind_a_long_parked_barrier() -> None:
+    """Deadlines are dropped lazily; a barrier parked for long (its deadline first) must
+    not keep every answered pull's entry: the heap is compacted as it grows."""
+    job = Job(2, sync=False)
+    job.reply(0, PSInit(keys=("i1",), values=(np.zeros(1),)))
+    job.send(1, PSBarrier(timeout_ms=1))  # earliest deadline, never expired here
+    for _ in range(1000):
+        values(job.reply(0, job.pull_msg(("i1",), T)))
+    parked = job.ps._parked
+    assert len(parked.items) == 1
+    assert len(parked._deadlines) <= 2 * 1 + 64 + 1

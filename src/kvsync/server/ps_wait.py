@@ -109,7 +109,11 @@ class ParkedRequests:
         self._fresh.append(p)
         self._seq += 1
         p.seq = self._seq
-        heapq.heappush(self._deadlines, (p.deadline, self._seq, p))
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._live) + 64:  # answered entries under a long wait's
+            heap[:] = [e for e in heap if self._live.get(id(e[2])) is e[2]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (p.deadline, self._seq, p))
         self._ranks[p.rank] = self._ranks.get(p.rank, 0) + 1
 
     def touch(self, wire: str) -> None:
