@@ -10,6 +10,7 @@ import pytest
 
 from kvsync import kv
 from kvsync.bench import kvstore as bench
+from kvsync.bench.report import results_of
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -68,9 +69,15 @@ def test_model_step_bench_prints_keys_one_key_and_ddp_rows(
     argv = ["--type", "dist_sync", "--model", "mlp40", "--repeat", "1"]
     if importlib.util.find_spec("torch") is not None:
         argv += ["--vs", "gloo"]
-    assert bench.run(_args(*argv)) == 0
+    args = _args(*argv)
+    assert bench.run(args) == 0
     out = capsys.readouterr().out
     assert "model mlp40: 40 float32 arrays" in out
+    # the same rows go to --json / --plot (the table was once printed only)
+    (table,) = results_of(args).as_json()["tables"]
+    steps = {row["step"]: row for row in table["rows"]}
+    assert {"keys, no optimizer", "one key, SGD on the server"} <= set(steps)
+    assert all(row["seconds"] > 0 for row in steps.values())
     for row in (
         "keys, no optimizer",
         "one key, no optimizer",

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -35,7 +36,7 @@ import numpy as np
 
 from kvsync import env
 from kvsync.bench.kvstore_dist import free_port, run_children, run_job
-from kvsync.bench.report import format_table, human_bytes, human_seconds
+from kvsync.bench.report import format_table, human_bytes, human_seconds, results_of
 
 __all__ = ["DDP_BUCKET_BYTES", "MODELS", "model_shapes", "run_model", "worker_main"]
 
@@ -218,6 +219,18 @@ def _step_time(results: list[dict[str, Any]], row: str) -> float:
     return float(max(statistics.median(r[row]) for r in results))
 
 
+@dataclasses.dataclass(frozen=True)
+class StepRow:
+    """One row of the model-step table: a way to run a step, its time (the slowest
+    worker's median), GB/s of the model's bytes, and the time over the DDP-style step's
+    (``None`` without ``--vs gloo``)."""
+
+    step: str
+    seconds: float
+    gb_per_s: float
+    x_ddp: float | None
+
+
 def run_model(args: argparse.Namespace) -> int:
     """Run the model step benchmark and print its table; returns 0."""
     if getattr(args, "hosts", 1) != 1:
@@ -248,6 +261,15 @@ def run_model(args: argparse.Namespace) -> int:
         for row, t in times.items()
     ]
     print(format_table(headers, rows))
+    results_of(args).add(
+        f"KVStore {args.type!r}, model {args.model}: step (seconds)",
+        [
+            StepRow(row, t, nbytes / t / 1e9, None if ref is None else t / ref)
+            for row, t in times.items()
+        ],
+        y="seconds",
+        label=("step",),
+    )
     return 0
 
 
