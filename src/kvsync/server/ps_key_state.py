@@ -5,7 +5,7 @@ in (updater, compression, shared memory) is described in :mod:`kvsync.server.ps_
 
 Example:
     >>> import numpy as np
-    >>> ks = KeyState(3, np.zeros((4, 2)))
+    >>> ks = KeyState(3, np.zeros((4, 2)), wire="3")
     >>> ks.rows, ks.missing(2)
     (4, [0, 1])
 """
@@ -53,7 +53,7 @@ class KeyState:
                  "round", "rows", "value", "value_path", "wire")
 
     def __init__(
-        self, key: Key, value: np.ndarray, alloc: Allocate | None = None, wire: str = ""
+        self, key: Key, value: np.ndarray, alloc: Allocate | None = None, *, wire: str
     ) -> None:
         self.key = key
         self.wire = wire

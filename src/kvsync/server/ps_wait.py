@@ -190,12 +190,17 @@ class ParkedRequests:
         self._by_key.setdefault(p.blocked_on, []).append(p)
 
     def _expired(self, now: float) -> list[Parked]:
-        heap, live, due = self._deadlines, self._live, []
-        while heap and (heap[0][0] <= now or id(heap[0][2]) not in live):
-            p = heapq.heappop(heap)[2]
-            if live.get(id(p)) is p:
-                due.append(p)
+        heap, due = self._deadlines, []
+        while self._earliest() is not None and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
         return due
+
+    def _earliest(self) -> float | None:
+        """The earliest deadline of a live request (answered ones at the top are dropped)."""
+        heap, live = self._deadlines, self._live
+        while heap and id(heap[0][2]) not in live:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def expire(self, now: float, last_event: float, stall: float) -> list[Outgoing]:
         """Time out requests past their deadline; break a stall (uneven pushes); every
@@ -220,10 +225,8 @@ class ParkedRequests:
 
     def next_deadline(self, last_event: float, stall: float) -> float | None:
         """The earliest deadline, or when a stall will be declared."""
-        heap, live = self._deadlines, self._live
-        while heap and id(heap[0][2]) not in live:  # answered: dropped lazily
-            heapq.heappop(heap)
-        times = [heap[0][0]] if heap else []
+        earliest = self._earliest()
+        times = [] if earliest is None else [earliest]
         due = self._progress_due()
         if due is not None:
             times.append(due)
